@@ -1,0 +1,89 @@
+// swift-tools-version:6.1
+// snapshotd: a layered filesystem snapshotter service for containerd.
+//
+// Dependencies point one way:
+//   SnapshotSys (system calls) → SnapshotCore (metadata, layout, mounts)
+//     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl, snapbench)
+// The core never imports gRPC.
+import PackageDescription
+
+let package = Package(
+  name: "snapshotd",
+  platforms: [.macOS(.v15)],
+  products: [
+    .executable(name: "snapshotd", targets: ["snapshotd"]),
+    .executable(name: "snapctl", targets: ["snapctl"]),
+    .executable(name: "snapbench", targets: ["snapbench"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+    .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
+    .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+  ],
+  targets: [
+    .target(
+      name: "SnapshotSys",
+      path: "Sources/SnapshotSys"
+    ),
+    .target(
+      name: "SnapshotCore",
+      dependencies: [
+        "SnapshotSys",
+        .product(name: "GRDB", package: "GRDB.swift"),
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+    .target(
+      name: "SnapshotAPI",
+      dependencies: [
+        "SnapshotCore",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+    .executableTarget(
+      name: "snapshotd",
+      dependencies: [
+        "SnapshotAPI", "SnapshotCore", "SnapshotSys",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
+    ),
+    .executableTarget(
+      name: "snapctl",
+      dependencies: [
+        "SnapshotAPI", "SnapshotCore", "SnapshotSys",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
+    .executableTarget(
+      name: "snapbench",
+      dependencies: [
+        "SnapshotAPI",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ],
+      path: "Benchmarks/snapbench"
+    ),
+    .testTarget(
+      name: "SnapshotCoreTests",
+      dependencies: ["SnapshotCore", "SnapshotSys"]
+    ),
+    .testTarget(
+      name: "SnapshotAPITests",
+      dependencies: [
+        "SnapshotAPI", "SnapshotCore", "SnapshotSys",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+  ]
+)

@@ -1,0 +1,31 @@
+/// Where things live under the root directory. Directory names are short on purpose:
+/// an overlay `lowerdir=` option for a 128-layer chain must fit in one page.
+///
+///     ROOT/metadata.db      SQLite (WAL) metadata
+///     ROOT/lock             flock'd by the running daemon
+///     ROOT/s/<id>/fs        a snapshot's files (overlay upper dir, or a lower layer)
+///     ROOT/s/<id>/work      overlay work dir of an active snapshot
+///     ROOT/s/new-<id>       a snapshot directory being made (renamed to <id> in the transaction)
+public struct Layout: Sendable {
+  public let root: String
+
+  public init(root: String) {
+    var r = root
+    while r.count > 1 && r.hasSuffix("/") { r.removeLast() }
+    self.root = r
+  }
+
+  public var database: String { root + "/metadata.db" }
+  public var lockFile: String { root + "/lock" }
+  public var snapshots: String { root + "/s" }
+  public func dir(_ id: Int64) -> String { snapshots + "/" + String(id) }
+  public func fs(_ id: Int64) -> String { dir(id) + "/fs" }
+  public func work(_ id: Int64) -> String { dir(id) + "/work" }
+  public func staging(_ id: Int64) -> String { snapshots + "/new-" + String(id) }
+
+  /// The snapshot id a directory name in `snapshots` stands for, if it is one.
+  public static func id(ofDirectory name: String) -> Int64? {
+    guard let first = name.utf8.first, first >= 0x30, first <= 0x39 else { return nil }
+    return Int64(name)
+  }
+}

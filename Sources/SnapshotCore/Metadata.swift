@@ -1,0 +1,152 @@
+import GRDB
+
+/// A snapshot row as stored: the integer id names its directory (`s/<id>`).
+struct SnapshotRow: Sendable {
+  var id: Int64
+  var key: String
+  var parentID: Int64?
+  var parentKey: String?
+  var kind: SnapshotKind
+  var created: Int64
+  var updated: Int64
+  var size: Int64
+  var inodes: Int64
+
+  init(row: Row) throws(SnapshotError) {
+    id = row["id"]
+    key = row["key"]
+    parentID = row["parent"]
+    parentKey = row["parent_key"]
+    let k: Int = row["kind"]
+    guard let kind = SnapshotKind(rawValue: k) else { throw .internal("snapshot \(key): unknown kind \(k) in database") }
+    self.kind = kind
+    created = row["created"]
+    updated = row["updated"]
+    size = row["size"]
+    inodes = row["inodes"]
+  }
+}
+
+/// The SQLite schema and every query the snapshotter runs. Functions take the
+/// `Database` of a transaction the caller opened; none opens its own.
+enum Metadata {
+  static func migrator() -> DatabaseMigrator {
+    var m = DatabaseMigrator()
+    m.registerMigration("v1") { db in
+      try db.execute(sql: """
+        CREATE TABLE snapshot (
+          id INTEGER PRIMARY KEY AUTOINCREMENT,
+          key TEXT NOT NULL UNIQUE,
+          parent INTEGER REFERENCES snapshot(id),
+          kind INTEGER NOT NULL,
+          created INTEGER NOT NULL,
+          updated INTEGER NOT NULL,
+          size INTEGER NOT NULL DEFAULT 0,
+          inodes INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX snapshot_parent ON snapshot(parent);
+        CREATE TABLE label (
+          snapshot INTEGER NOT NULL REFERENCES snapshot(id) ON DELETE CASCADE,
+          key TEXT NOT NULL,
+          value TEXT NOT NULL,
+          PRIMARY KEY (snapshot, key)
+        ) WITHOUT ROWID;
+        """)
+    }
+    return m
+  }
+
+  private static let selectColumns = """
+    SELECT s.id, s.key, s.parent, p.key AS parent_key, s.kind, s.created, s.updated, s.size, s.inodes
+    FROM snapshot s LEFT JOIN snapshot p ON p.id = s.parent
+    """
+
+  static func find(_ db: Database, key: String) throws -> SnapshotRow? {
+    guard let row = try Row.fetchOne(db, sql: selectColumns + " WHERE s.key = ?", arguments: [key]) else { return nil }
+    return try SnapshotRow(row: row)
+  }
+
+  static func get(_ db: Database, key: String) throws -> SnapshotRow {
+    guard let row = try find(db, key: key) else { throw SnapshotError.notFound("snapshot \(quoted(key)) does not exist") }
+    return row
+  }
+
+  static func all(_ db: Database) throws -> [SnapshotRow] {
+    try Row.fetchAll(db, sql: selectColumns + " ORDER BY s.id").map { row throws(SnapshotError) in try SnapshotRow(row: row) }
+  }
+
+  static func allIDs(_ db: Database) throws -> Set<Int64> {
+    Set(try Int64.fetchAll(db, sql: "SELECT id FROM snapshot"))
+  }
+
+  /// Ids of the parent chain of `id`, nearest parent first.
+  static func parentChain(_ db: Database, of id: Int64) throws -> [Int64] {
+    try Int64.fetchAll(db, sql: """
+      WITH RECURSIVE chain(id, parent, depth) AS (
+        SELECT id, parent, 0 FROM snapshot WHERE id = ?
+        UNION ALL
+        SELECT s.id, s.parent, c.depth + 1 FROM snapshot s JOIN chain c ON s.id = c.parent
+      )
+      SELECT id FROM chain WHERE depth > 0 ORDER BY depth
+      """, arguments: [id])
+  }
+
+  static func hasChildren(_ db: Database, id: Int64) throws -> Bool {
+    try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM snapshot WHERE parent = ?)", arguments: [id]) ?? false
+  }
+
+  static func insert(_ db: Database, key: String, parent: Int64?, kind: SnapshotKind, now: Int64) throws -> Int64 {
+    try db.execute(
+      sql: "INSERT INTO snapshot (key, parent, kind, created, updated) VALUES (?, ?, ?, ?, ?)",
+      arguments: [key, parent, kind.rawValue, now, now])
+    return db.lastInsertedRowID
+  }
+
+  static func commit(_ db: Database, id: Int64, name: String, usage: SnapshotUsage, now: Int64) throws {
+    try db.execute(
+      sql: "UPDATE snapshot SET key = ?, kind = ?, created = ?, updated = ?, size = ?, inodes = ? WHERE id = ?",
+      arguments: [name, SnapshotKind.committed.rawValue, now, now, usage.size, usage.inodes, id])
+  }
+
+  static func touch(_ db: Database, id: Int64, now: Int64) throws {
+    try db.execute(sql: "UPDATE snapshot SET updated = ? WHERE id = ?", arguments: [now, id])
+  }
+
+  static func delete(_ db: Database, id: Int64) throws {
+    try db.execute(sql: "DELETE FROM snapshot WHERE id = ?", arguments: [id])
+  }
+
+  static func labels(_ db: Database, id: Int64) throws -> [String: String] {
+    var out: [String: String] = [:]
+    for row in try Row.fetchAll(db, sql: "SELECT key, value FROM label WHERE snapshot = ?", arguments: [id]) {
+      out[row[0]] = row[1] as String
+    }
+    return out
+  }
+
+  static func allLabels(_ db: Database) throws -> [Int64: [String: String]] {
+    var out: [Int64: [String: String]] = [:]
+    for row in try Row.fetchAll(db, sql: "SELECT snapshot, key, value FROM label") {
+      out[row[0], default: [:]][row[1]] = row[2] as String
+    }
+    return out
+  }
+
+  static func setLabels(_ db: Database, id: Int64, _ labels: [String: String]) throws {
+    try db.execute(sql: "DELETE FROM label WHERE snapshot = ?", arguments: [id])
+    for (k, v) in labels {
+      try db.execute(sql: "INSERT INTO label (snapshot, key, value) VALUES (?, ?, ?)", arguments: [id, k, v])
+    }
+  }
+
+  static func count(_ db: Database) throws -> Int {
+    try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM snapshot") ?? 0
+  }
+}
+
+/// A key as it appears in error messages: quoted, and cut short when huge.
+func quoted(_ key: String) -> String {
+  let utf8 = key.utf8
+  if utf8.count <= 200 { return "\"\(key)\"" }
+  return "\"\(String(decoding: utf8.prefix(200), as: UTF8.self))...\" (\(utf8.count) bytes)"
+}

@@ -1,0 +1,39 @@
+import SnapshotSys
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Mount {
+  /// Performs this mount at `target` as containerd's `mount.All` would: `bind`/`rbind`
+  /// with `ro` as a bind mount remounted read-only, anything else (`overlay`) with its
+  /// options as the mount data.
+  public func perform(at target: String) throws(SystemError) {
+    var flags: UInt = 0
+    var data: [String] = []
+    for option in options {
+      switch option {
+      case "ro": flags |= UInt(MS_RDONLY)
+      case "rw": break
+      case "bind": flags |= UInt(MS_BIND)
+      case "rbind": flags |= UInt(MS_BIND) | UInt(MS_REC)
+      case "nosuid": flags |= UInt(MS_NOSUID)
+      case "nodev": flags |= UInt(MS_NODEV)
+      case "noexec": flags |= UInt(MS_NOEXEC)
+      default: data.append(option)
+      }
+    }
+    let joined = data.joined(separator: ",")
+    if flags & UInt(MS_BIND) != 0 {
+      try Sys.mount(source: source, target: target, type: "", flags: flags & ~UInt(MS_RDONLY), data: nil)
+      if flags & UInt(MS_RDONLY) != 0 {
+        try Sys.mount(source: "", target: target, type: "", flags: flags | UInt(MS_REMOUNT), data: nil)
+      }
+      return
+    }
+    if joined.utf8.count >= Int(getpagesize()) {
+      throw SystemError("mount", target + " (options are \(joined.utf8.count) bytes, more than a page)", errno: E2BIG)
+    }
+    try Sys.mount(source: source, target: target, type: type, flags: flags, data: joined)
+  }
+}

@@ -1,0 +1,361 @@
+import GRDB
+import Logging
+import SnapshotSys
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// containerd's snapshotter contract over a root directory: one SQLite database for the
+/// metadata, one directory per snapshot, overlayfs (or bind) mounts to compose them.
+///
+/// Every call is one transaction, durable (fsync'd) when it returns. Directories are made
+/// under a temporary name and renamed, made durable, inside the transaction; directories of
+/// removed snapshots are deleted after the transaction commits and never fail the call.
+public final class Snapshotter: Sendable {
+  public let layout: Layout
+  let db: DatabasePool
+  let logger: Logger
+  let reaper: Reaper
+
+  /// Opens (creating when needed) the snapshotter state under `root`, and sweeps directories
+  /// a crash left behind.
+  public init(root: String, logger: Logger = Logger(label: "snapshotd.core")) throws(SnapshotError) {
+    layout = Layout(root: root)
+    self.logger = logger
+    do {
+      try Sys.mkdirAll(layout.root, mode: 0o700)
+      try Sys.mkdirIfMissing(layout.snapshots, mode: 0o700)
+    } catch {
+      throw .init(.unavailable, "root directory \(layout.root) is unusable: \(error)")
+    }
+    var config = Configuration()
+    config.label = "snapshotd"
+    config.busyMode = .timeout(5)
+    config.prepareDatabase { db in
+      try db.execute(sql: "PRAGMA synchronous = FULL")
+    }
+    do {
+      db = try DatabasePool(path: layout.database, configuration: config)
+      try Metadata.migrator().migrate(db)
+    } catch {
+      throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
+    }
+    reaper = Reaper(logger: logger)
+    try sweep()
+  }
+
+  // MARK: - Create
+
+  /// Prepare: an active snapshot on top of the committed `parent` ("" for none).
+  public func prepare(key: String, parent: String, labels: [String: String] = [:]) async throws(SnapshotError) -> [Mount] {
+    try await create(.active, key: key, parent: parent, labels: labels)
+  }
+
+  /// View: a read-only snapshot of the committed `parent`.
+  public func view(key: String, parent: String, labels: [String: String] = [:]) async throws(SnapshotError) -> [Mount] {
+    try await create(.view, key: key, parent: parent, labels: labels)
+  }
+
+  private func create(_ kind: SnapshotKind, key: String, parent: String, labels: [String: String]) async throws(SnapshotError) -> [Mount] {
+    try Validate.key(key, what: "key")
+    try Validate.labels(labels, key: key)
+    let layout = self.layout
+    return try await write { db in
+      if try Metadata.find(db, key: key) != nil {
+        throw SnapshotError.exists("snapshot \(quoted(key)) already exists")
+      }
+      var parentID: Int64?
+      if !parent.isEmpty {
+        guard let p = try Metadata.find(db, key: parent) else {
+          throw SnapshotError.notFound("parent \(quoted(parent)) of snapshot \(quoted(key)) does not exist")
+        }
+        guard p.kind == .committed else {
+          throw SnapshotError.invalid("parent \(quoted(parent)) of snapshot \(quoted(key)) is not a committed snapshot")
+        }
+        parentID = p.id
+      }
+      let id = try Metadata.insert(db, key: key, parent: parentID, kind: kind, now: Clock.nowNanos())
+      try Metadata.setLabels(db, id: id, labels)
+      let chain = try parentID.map { try [$0] + Metadata.parentChain(db, of: $0) } ?? []
+      try Self.makeDirectory(layout, id: id, kind: kind, parentID: parentID)
+      return Self.mounts(layout, id: id, kind: kind, parents: chain)
+    }
+  }
+
+  /// Makes `s/<id>` with `fs` (and `work` for an active snapshot) under a temporary name,
+  /// renames it into place and makes the rename durable. `fs` gets the owner of the
+  /// parent's `fs`, as containerd's overlay snapshotter does.
+  private static func makeDirectory(_ layout: Layout, id: Int64, kind: SnapshotKind, parentID: Int64?) throws(SystemError) {
+    let staging = layout.staging(id)
+    let final = layout.dir(id)
+    do {
+      if Sys.exists(final) { try Tree.remove(final) }  // an orphan of a rolled back id
+      if Sys.exists(staging) { try Tree.remove(staging) }
+      try Sys.mkdir(staging, mode: 0o700)
+      try Sys.mkdir(staging + "/fs", mode: 0o755)
+      if kind == .active { try Sys.mkdir(staging + "/work", mode: 0o711) }
+      if let parentID {
+        let st = try Sys.lstat(layout.fs(parentID))
+        try Sys.lchown(staging + "/fs", uid: st.st_uid, gid: st.st_gid)
+      }
+      try Sys.rename(staging, final)
+      try Sys.fsyncDirectory(layout.snapshots)
+    } catch {
+      try? Tree.remove(staging)
+      try? Tree.remove(final)
+      throw error
+    }
+  }
+
+  // MARK: - Mounts
+
+  /// The mounts of an active snapshot or a view.
+  public func mounts(key: String) async throws(SnapshotError) -> [Mount] {
+    let layout = self.layout
+    return try await read { db in
+      let row = try Metadata.get(db, key: key)
+      guard row.kind != .committed else {
+        throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
+      }
+      let chain = try row.parentID.map { try [$0] + Metadata.parentChain(db, of: $0) } ?? []
+      return Self.mounts(layout, id: row.id, kind: row.kind, parents: chain)
+    }
+  }
+
+  /// The mount shapes of containerd's overlay snapshotter: a bind mount of the snapshot's
+  /// own dir when it has no parent (rw, or ro for a view), a ro bind of the parent for a
+  /// view of one layer, otherwise overlay with `index=off`, lower dirs nearest parent first.
+  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, parents: [Int64]) -> [Mount] {
+    if parents.isEmpty {
+      return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
+    }
+    var options = ["index=off"]
+    if kind == .active {
+      options.append("workdir=" + layout.work(id))
+      options.append("upperdir=" + layout.fs(id))
+    } else if parents.count == 1 {
+      return [Mount(type: "bind", source: layout.fs(parents[0]), options: ["ro", "rbind"])]
+    }
+    options.append("lowerdir=" + parents.map { layout.fs($0) }.joined(separator: ":"))
+    return [Mount(type: "overlay", source: "overlay", options: options)]
+  }
+
+  // MARK: - Commit, remove
+
+  /// Commit: the active snapshot `key` becomes the committed snapshot `name`. Its usage is
+  /// computed here, once.
+  public func commit(name: String, key: String, labels: [String: String] = [:]) async throws(SnapshotError) {
+    try Validate.key(name, what: "name")
+    try Validate.key(key, what: "key")
+    try Validate.labels(labels, key: name)
+    let layout = self.layout
+    // Usage is computed outside the write transaction: the upper dir is the caller's and
+    // does not change during the commit, and other calls keep going meanwhile.
+    let found = try await read { db in try Metadata.get(db, key: key) }
+    guard found.kind == .active else {
+      throw .precondition("snapshot \(quoted(key)) is not active: only an active snapshot can be committed")
+    }
+    let usage: SnapshotUsage
+    do {
+      let u = try Tree.diskUsage(layout.fs(found.id))
+      usage = SnapshotUsage(size: u.size, inodes: u.inodes)
+    } catch {
+      throw .internal("commit of \(quoted(key)): \(error)")
+    }
+    try await write { db in
+      let row = try Metadata.get(db, key: key)
+      guard row.kind == .active, row.id == found.id else {
+        throw SnapshotError.precondition("snapshot \(quoted(key)) is not active: only an active snapshot can be committed")
+      }
+      if try Metadata.find(db, key: name) != nil {
+        throw SnapshotError.exists("snapshot \(quoted(name)) already exists")
+      }
+      try Metadata.commit(db, id: row.id, name: name, usage: usage, now: Clock.nowNanos())
+      try Metadata.setLabels(db, id: row.id, labels)
+    }
+  }
+
+  /// Remove: deletes the snapshot's row; its directory goes after the commit.
+  public func remove(key: String) async throws(SnapshotError) {
+    try Validate.key(key, what: "key")
+    let id = try await write { db in
+      let row = try Metadata.get(db, key: key)
+      if try Metadata.hasChildren(db, id: row.id) {
+        throw SnapshotError.precondition("cannot remove snapshot \(quoted(key)): it has children")
+      }
+      try Metadata.delete(db, id: row.id)
+      return row.id
+    }
+    reaper.remove(layout.dir(id))
+  }
+
+  // MARK: - Info
+
+  public func stat(key: String) async throws(SnapshotError) -> SnapshotInfo {
+    try await read { db in
+      let row = try Metadata.get(db, key: key)
+      return try Self.info(row, labels: Metadata.labels(db, id: row.id))
+    }
+  }
+
+  /// Update: replaces the labels (no field paths, or `labels`) or single labels
+  /// (`labels.KEY`; an absent value deletes the label). Other fields are immutable.
+  public func update(_ info: SnapshotInfo, fieldPaths: [String]) async throws(SnapshotError) -> SnapshotInfo {
+    let key = info.name
+    try Validate.key(key, what: "name")
+    for path in fieldPaths where path != "labels" && !path.hasPrefix("labels.") {
+      throw .invalid("cannot update \(quoted(path)) field on snapshot \(quoted(key)): only labels are mutable")
+    }
+    return try await write { db in
+      let row = try Metadata.get(db, key: key)
+      var labels = try Metadata.labels(db, id: row.id)
+      if fieldPaths.isEmpty {
+        labels = info.labels
+      } else {
+        for path in fieldPaths {
+          if path == "labels" {
+            labels = info.labels
+          } else {
+            let label = String(path.dropFirst("labels.".count))
+            labels[label] = info.labels[label]
+          }
+        }
+      }
+      try Validate.labels(labels, key: key)
+      let now = Clock.nowNanos()
+      try Metadata.touch(db, id: row.id, now: now)
+      try Metadata.setLabels(db, id: row.id, labels)
+      var updated = row
+      updated.updated = now
+      return Self.info(updated, labels: labels)
+    }
+  }
+
+  /// Usage: stored at commit for committed snapshots, measured now for active ones.
+  public func usage(key: String) async throws(SnapshotError) -> SnapshotUsage {
+    let row = try await read { db in try Metadata.get(db, key: key) }
+    guard row.kind == .active else { return SnapshotUsage(size: row.size, inodes: row.inodes) }
+    do {
+      let u = try Tree.diskUsage(layout.fs(row.id))
+      return SnapshotUsage(size: u.size, inodes: u.inodes)
+    } catch {
+      throw .internal("usage of \(quoted(key)): \(error)")
+    }
+  }
+
+  /// Every snapshot matching any of `filters` (all when empty).
+  public func list(filters: [String] = []) async throws(SnapshotError) -> [SnapshotInfo] {
+    var parsed: [Filter] = []
+    for f in filters { parsed.append(try Filter(parsing: f)) }
+    let all = try await read { db in
+      let labels = try Metadata.allLabels(db)
+      return try Metadata.all(db).map { Self.info($0, labels: labels[$0.id] ?? [:]) }
+    }
+    return all.filter { Filter.matchesAny(parsed, $0) }
+  }
+
+  static func info(_ row: SnapshotRow, labels: [String: String]) -> SnapshotInfo {
+    SnapshotInfo(name: row.key, parent: row.parentKey ?? "", kind: row.kind, created: row.created, updated: row.updated, labels: labels)
+  }
+
+  // MARK: - Cleanup
+
+  /// Deletes every directory under `s/` that no snapshot refers to, and waits for pending
+  /// removals. Returns the directories it removed.
+  @discardableResult
+  public func cleanup() async throws(SnapshotError) -> [String] {
+    await reaper.drain()
+    // Listing and removal run inside a write transaction so no snapshot is being made
+    // while we decide what is an orphan.
+    let layout = self.layout
+    return try await write { db in try Self.removeOrphans(layout, ids: Metadata.allIDs(db)) }
+  }
+
+  private static func removeOrphans(_ layout: Layout, ids: Set<Int64>) throws -> [String] {
+    var removed: [String] = []
+    for name in try Sys.listDirectory(layout.snapshots) {
+      if let id = Layout.id(ofDirectory: name), ids.contains(id) { continue }
+      let path = layout.snapshots + "/" + name
+      try Tree.remove(path)
+      removed.append(path)
+    }
+    return removed
+  }
+
+  /// At start: removes orphan directories and recreates the directory of any active
+  /// snapshot or view that lost it (an unclean shutdown on a file system without ordered
+  /// metadata). A committed snapshot without its directory is reported, not hidden.
+  private func sweep() throws(SnapshotError) {
+    do {
+      let rows = try db.read { db in try Metadata.all(db) }
+      let removed = try Self.removeOrphans(layout, ids: Set(rows.map(\.id)))
+      for path in removed { logger.info("removed orphan directory", metadata: ["path": "\(path)"]) }
+      for row in rows where !Sys.exists(layout.fs(row.id)) {
+        if row.kind == .committed {
+          logger.error("committed snapshot has lost its directory", metadata: ["key": "\(row.key)", "path": "\(layout.dir(row.id))"])
+        } else {
+          logger.warning("recreating missing directory of snapshot", metadata: ["key": "\(row.key)"])
+          try Self.makeDirectory(layout, id: row.id, kind: row.kind, parentID: row.parentID)
+        }
+      }
+    } catch let e as SnapshotError {
+      throw e
+    } catch {
+      throw .init(.unavailable, "cannot recover snapshot directories under \(layout.root): \(error)")
+    }
+  }
+
+  /// Number of snapshots (for `info` and tests).
+  public func count() async throws(SnapshotError) -> Int {
+    try await read { db in try Metadata.count(db) }
+  }
+
+  // MARK: - Transactions
+
+  private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(SnapshotError) -> T {
+    do {
+      return try await db.write(body)
+    } catch {
+      throw Self.mapError(error)
+    }
+  }
+
+  private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(SnapshotError) -> T {
+    do {
+      return try await db.read(body)
+    } catch {
+      throw Self.mapError(error)
+    }
+  }
+
+  static func mapError(_ error: any Error) -> SnapshotError {
+    switch error {
+    case let e as SnapshotError: return e
+    case let e as SystemError where e.errno == ENOSPC || e.errno == EDQUOT:
+      return .init(.unavailable, "no space left: \(e)")
+    case let e as SystemError: return .internal("\(e)")
+    case let e as DatabaseError where e.resultCode == .SQLITE_FULL:
+      return .init(.unavailable, "no space left for the metadata database: \(e.message ?? "")")
+    default: return .internal("\(error)")
+    }
+  }
+}
+
+/// Argument checks shared by every call; errors name the key.
+enum Validate {
+  static func key(_ key: String, what: String) throws(SnapshotError) {
+    if key.isEmpty { throw .invalid("snapshot \(what) must not be empty") }
+    if key.utf8.count > Limits.keyBytes {
+      throw .invalid("snapshot \(what) \(quoted(key)) is longer than \(Limits.keyBytes) bytes")
+    }
+    if key.utf8.contains(0) { throw .invalid("snapshot \(what) \(quoted(key)) contains a NUL byte") }
+  }
+
+  static func labels(_ labels: [String: String], key: String) throws(SnapshotError) {
+    for (k, v) in labels where k.utf8.count + v.utf8.count > Limits.labelPairBytes {
+      let shown = k.utf8.count > 10 ? String(decoding: k.utf8.prefix(10), as: UTF8.self) + "..." : k
+      throw .invalid("snapshot \(quoted(key)): label key and value greater than maximum size (\(Limits.labelPairBytes) bytes), key: \(shown)")
+    }
+  }
+}

@@ -1,0 +1,147 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Thin wrappers around the system calls the snapshotter uses. Each call is wrapped
+/// once here; errors come back as ``SystemError`` naming the call and the path, EINTR is
+/// retried where the call may return it.
+public enum Sys {
+  /// `mkdir(2)`.
+  public static func mkdir(_ path: String, mode: mode_t) throws(SystemError) {
+    _ = try SystemError.check("mkdir", path) { Glibc.mkdir(path, mode) }
+  }
+
+  /// `mkdir(2)` that treats an existing directory as success.
+  public static func mkdirIfMissing(_ path: String, mode: mode_t) throws(SystemError) {
+    do { try mkdir(path, mode: mode) } catch where error.errno == EEXIST {}
+  }
+
+  /// `mkdir -p`: creates every missing component of `path`.
+  public static func mkdirAll(_ path: String, mode: mode_t) throws(SystemError) {
+    var prefix = path.hasPrefix("/") ? "" : "."
+    for part in path.split(separator: "/") {
+      prefix += "/" + part
+      try mkdirIfMissing(prefix, mode: mode)
+    }
+  }
+
+  /// `rename(2)`.
+  public static func rename(_ from: String, _ to: String) throws(SystemError) {
+    _ = try SystemError.check("rename", "\(from) -> \(to)") { Glibc.rename(from, to) }
+  }
+
+  /// `lchown(2)`.
+  public static func lchown(_ path: String, uid: uid_t, gid: gid_t) throws(SystemError) {
+    _ = try SystemError.check("lchown", path) { Glibc.lchown(path, uid, gid) }
+  }
+
+  /// `chmod(2)`.
+  public static func chmod(_ path: String, mode: mode_t) throws(SystemError) {
+    _ = try SystemError.check("chmod", path) { Glibc.chmod(path, mode) }
+  }
+
+  /// `lstat(2)`.
+  public static func lstat(_ path: String) throws(SystemError) -> stat {
+    var st = stat()
+    _ = try SystemError.check("lstat", path) { Glibc.lstat(path, &st) }
+    return st
+  }
+
+  /// Whether `lstat(2)` finds anything at `path`.
+  public static func exists(_ path: String) -> Bool {
+    var st = stat()
+    return Glibc.lstat(path, &st) == 0
+  }
+
+  /// `unlink(2)`.
+  public static func unlink(_ path: String) throws(SystemError) {
+    _ = try SystemError.check("unlink", path) { Glibc.unlink(path) }
+  }
+
+  /// `open(2)` read-only of a directory, then `fsync(2)`: makes entries created, renamed or
+  /// removed in `path` durable.
+  public static func fsyncDirectory(_ path: String) throws(SystemError) {
+    let fd = try SystemError.check("open", path) { Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+    defer { close(fd) }
+    _ = try SystemError.check("fsync", path) { Glibc.fsync(fd) }
+  }
+
+  /// `open(2)` + `lockf(3)` F_TLOCK (an exclusive fcntl record lock). Returns the descriptor
+  /// that holds the lock for as long as it stays open; throws EAGAIN/EACCES when another
+  /// process holds it.
+  public static func lockFile(_ path: String) throws(SystemError) -> Int32 {
+    let fd = try SystemError.check("open", path) { Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+    if Glibc.lockf(fd, F_TLOCK, 0) != 0 {
+      let e = errno
+      close(fd)
+      throw SystemError("lockf", path, errno: e)
+    }
+    return fd
+  }
+
+  /// Names in a directory (`opendir(3)`/`readdir(3)`), without "." and "..".
+  public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
+    guard let dir = opendir(path) else { throw SystemError("opendir", path, errno: errno) }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+      let name = withUnsafePointer(to: entry.pointee.d_name) {
+        $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+      }
+      if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+  }
+
+  /// `mount(2)`.
+  public static func mount(source: String, target: String, type: String, flags: UInt, data: String?) throws(SystemError) {
+    _ = try SystemError.check("mount", target) {
+      if let data {
+        return data.withCString { Glibc.mount(source, target, type, flags, $0) }
+      }
+      return Glibc.mount(source, target, type, flags, nil)
+    }
+  }
+
+  /// `umount2(2)`.
+  public static func unmount(_ target: String, flags: Int32 = 0) throws(SystemError) {
+    _ = try SystemError.check("umount2", target) { Glibc.umount2(target, flags) }
+  }
+}
+
+extension Sys {
+  /// `socket(2)` + `connect(2)` to a unix socket: whether a live process accepts on it.
+  public static func unixSocketIsLive(_ path: String) -> Bool {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+      raw.copyBytes(from: bytes)
+      raw[bytes.count] = 0
+    }
+    let rc = withUnsafePointer(to: &addr) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+      }
+    }
+    return rc == 0
+  }
+
+  /// `umask(2)`: sets the mask and returns the previous one.
+  @discardableResult
+  public static func setUmask(_ mask: mode_t) -> mode_t { umask(mask) }
+
+  /// `getgrnam_r(3)`, or a numeric gid.
+  public static func groupID(_ name: String) -> gid_t? {
+    if let n = UInt32(name) { return n }
+    var grp = group()
+    var result: UnsafeMutablePointer<group>?
+    var buf = [CChar](repeating: 0, count: 16384)
+    guard getgrnam_r(name, &grp, &buf, buf.count, &result) == 0, result != nil else { return nil }
+    return grp.gr_gid
+  }
+}

@@ -1,0 +1,138 @@
+import ArgumentParser
+import Logging
+import ServiceLifecycle
+import SnapshotAPI
+import SnapshotCore
+import SnapshotSys
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct Snapshotd: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "snapshotd",
+    abstract: "A layered filesystem snapshotter for containerd, served on a unix socket.")
+
+  @Option(help: "Directory holding the metadata database and the snapshot directories.")
+  var root: String = "/var/lib/snapshotd"
+
+  @Option(help: "Unix socket to serve the containerd snapshots API on.")
+  var address: String = "/run/snapshotd/snapshotd.sock"
+
+  @Option(help: "Group allowed to use the socket (mode 0660); without it the socket is root's only (0600).")
+  var group: String?
+
+  @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+  var logLevel: Logger.Level = .info
+
+  func validate() throws {
+    guard root.hasPrefix("/") else { throw ValidationError("--root must be an absolute path, got \(root)") }
+    guard !address.isEmpty else { throw ValidationError("--address must not be empty") }
+    if let group, Sys.groupID(group) == nil { throw ValidationError("--group \(group): no such group") }
+  }
+
+  func run() async throws {
+    let level = logLevel
+    LoggingSystem.bootstrap { label in
+      var h = StreamLogHandler.standardError(label: label)
+      h.logLevel = level
+      return h
+    }
+    let logger = Logger(label: "snapshotd")
+    do {
+      try await serve(logger: logger)
+    } catch let error as SnapshotError {
+      logger.critical("\(error.message)")
+      throw ExitCode(2)
+    } catch let error as StartupError {
+      logger.critical("\(error.message)")
+      throw ExitCode(2)
+    }
+  }
+
+  struct StartupError: Error { let message: String }
+
+  func serve(logger: Logger) async throws {
+    // One daemon per root: the lock is held for the life of the process.
+    try? Sys.mkdirAll(root, mode: 0o700)
+    let lock: Int32
+    do {
+      lock = try Sys.lockFile(Layout(root: root).lockFile)
+    } catch where error.errno == EAGAIN || error.errno == EACCES {
+      throw StartupError(message: "root \(root) is in use by another snapshotd")
+    } catch {
+      throw StartupError(message: "root \(root) is unusable: \(error)")
+    }
+    defer { close(lock) }
+
+    let snapshotter = try Snapshotter(root: root, logger: logger)
+    try prepareSocket()
+
+    // The socket is created with mode 0600 (0660 with --group): no moment where others can connect.
+    let old = Sys.setUmask(group == nil ? 0o177 : 0o117)
+    let server = SnapshotServer(socketPath: address, snapshotter: snapshotter, logger: logger)
+    let service = ServerService(server: server, group: group.flatMap(Sys.groupID), logger: logger, restoreUmask: old)
+    let group = ServiceGroup(
+      configuration: .init(
+        services: [.init(service: service)],
+        gracefulShutdownSignals: [.sigterm, .sigint],
+        logger: logger))
+    let count = try await snapshotter.count()
+    logger.info("snapshotd starting", metadata: ["root": "\(root)", "address": "\(address)", "snapshots": "\(count)"])
+    try await group.run()
+    try? Sys.unlink(address)
+    logger.info("snapshotd stopped")
+  }
+
+  /// Makes the socket's directory; replaces a stale socket file, refuses a live one.
+  func prepareSocket() throws {
+    let dir = String(address[..<(address.lastIndex(of: "/") ?? address.startIndex)])
+    if !dir.isEmpty {
+      do { try Sys.mkdirAll(dir, mode: 0o711) } catch {
+        throw StartupError(message: "cannot create socket directory: \(error)")
+      }
+    }
+    guard Sys.exists(address) else { return }
+    if Sys.unixSocketIsLive(address) {
+      throw StartupError(message: "socket \(address) is in use by a running daemon")
+    }
+    do { try Sys.unlink(address) } catch {
+      throw StartupError(message: "cannot replace stale socket \(address): \(error)")
+    }
+  }
+}
+
+/// The gRPC server as a service-lifecycle service: serves until a shutdown signal.
+struct ServerService: Service {
+  let server: SnapshotServer
+  let group: gid_t?
+  let logger: Logger
+  let restoreUmask: mode_t
+
+  func run() async throws {
+    try await withGracefulShutdownHandler {
+      try await withThrowingTaskGroup(of: Void.self) { tasks in
+        tasks.addTask { try await server.serve() }
+        do {
+          try await server.waitUntilListening()
+        } catch {
+          Sys.setUmask(restoreUmask)
+          throw Snapshotd.StartupError(message: "cannot listen on \(server.socketPath): \(error)")
+        }
+        Sys.setUmask(restoreUmask)
+        if let group {
+          try Sys.lchown(server.socketPath, uid: 0, gid: group)
+        }
+        logger.info("serving", metadata: ["address": "\(server.socketPath)"])
+        try await tasks.waitForAll()
+      }
+    } onGracefulShutdown: {
+      logger.info("shutting down")
+      server.beginGracefulShutdown()
+    }
+  }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}

@@ -1,0 +1,114 @@
+import GRPCCore
+import Logging
+import SnapshotAPI
+import SnapshotCore
+import SnapshotSys
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Bad requests over the real unix socket and gRPC stack: each gets containerd's gRPC code
+/// and a message naming the key, and the server keeps serving.
+@Suite struct SocketTests {
+  /// Runs `body` against a server on a fresh root and socket, then shuts it down.
+  func withServer(_ body: @Sendable (String) async throws -> Void) async throws {
+    var template = Array("/tmp/snapshotd-sock-XXXXXX".utf8CString)
+    let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    defer { try? Tree.remove(dir) }
+    let snapshotter = try Snapshotter(root: dir + "/root")
+    let socket = dir + "/s.sock"
+    let server = SnapshotServer(socketPath: socket, snapshotter: snapshotter, logger: Logger(label: "test"))
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      group.addTask { try await server.serve() }
+      try await server.waitUntilListening()
+      do {
+        try await body(socket)
+      } catch {
+        server.beginGracefulShutdown()
+        throw error
+      }
+      server.beginGracefulShutdown()
+      try await group.waitForAll()
+    }
+  }
+
+  func expectCode(_ kind: SnapshotError.Kind, naming key: String, _ body: () async throws -> Void) async {
+    do {
+      try await body()
+      Issue.record("expected \(kind) naming \(key)")
+    } catch let rpc as RPCError {
+      let e = SnapshotError(rpc)
+      #expect(e.kind == kind, "\(e.message)")
+      #expect(e.message.contains(key), "\(e.message)")
+    } catch {
+      Issue.record("unexpected error \(error)")
+    }
+  }
+
+  @Test func badRequestsGetContainerdCodes() async throws {
+    try await withServer { socket in
+      try await withSnapshotsClient(socketPath: socket) { c in
+        await expectCode(.invalidArgument, naming: "empty") { _ = try await c.prepare(.with { $0.key = "" }) }
+        let long = String(repeating: "x", count: 70_000)
+        await expectCode(.invalidArgument, naming: "xxxxxxxx") { _ = try await c.prepare(.with { $0.key = long }) }
+        _ = try await c.prepare(.with { $0.key = "active" })
+        await expectCode(.invalidArgument, naming: "\"active\"") {
+          _ = try await c.prepare(.with { $0.key = "child"; $0.parent = "active" })
+        }
+        await expectCode(.notFound, naming: "\"missing\"") {
+          _ = try await c.prepare(.with { $0.key = "child"; $0.parent = "missing" })
+        }
+        _ = try await c.commit(.with { $0.name = "base"; $0.key = "active" })
+        _ = try await c.view(.with { $0.key = "view"; $0.parent = "base" })
+        await expectCode(.failedPrecondition, naming: "\"view\"") { _ = try await c.commit(.with { $0.name = "n"; $0.key = "view" }) }
+        await expectCode(.failedPrecondition, naming: "\"base\"") { _ = try await c.remove(.with { $0.key = "base" }) }
+        await expectCode(.alreadyExists, naming: "\"view\"") { _ = try await c.view(.with { $0.key = "view"; $0.parent = "base" }) }
+        await expectCode(.notFound, naming: "\"nothing\"") { _ = try await c.stat(.with { $0.key = "nothing" }) }
+        let big = String(repeating: "v", count: 4096)
+        await expectCode(.invalidArgument, naming: "\"labelled\"") {
+          _ = try await c.prepare(.with { $0.key = "labelled"; $0.labels = ["key": big] })
+        }
+        await expectCode(.invalidArgument, naming: "\"base\"") {
+          _ = try await c.update(.with { $0.info.name = "base"; $0.updateMask.paths = ["parent"] })
+        }
+        await expectCode(.invalidArgument, naming: "invalid filter") {
+          _ = try await c.list(.with { $0.filters = ["kind=="] }) { r in for try await _ in r.messages {} }
+        }
+        // Still serving, and nothing half-made was kept.
+        let info = try await c.stat(.with { $0.key = "base" }).info
+        #expect(info.kind == .committed)
+        let names = try await c.list(.init()) { r in
+          var all: [String] = []
+          for try await b in r.messages { all += b.info.map(\.name) }
+          return all
+        }
+        #expect(names.sorted() == ["base", "view"])
+      }
+    }
+  }
+
+  @Test func duplicateKeysRacedFromManyClientsHaveOneWinner() async throws {
+    try await withServer { socket in
+      for round in 0..<3 {
+        let key = "race-\(round)"
+        let outcomes = try await withThrowingTaskGroup(of: String.self) { group in
+          for _ in 0..<12 {
+            group.addTask {
+              do {
+                _ = try await withSnapshotsClient(socketPath: socket) { try await $0.prepare(.with { $0.key = key }) }
+                return "ok"
+              } catch let e as SnapshotError {
+                return e.kind == .alreadyExists && e.message.contains(key) ? "exists" : "other: \(e)"
+              }
+            }
+          }
+          return try await group.reduce(into: [String]()) { $0.append($1) }
+        }
+        #expect(outcomes.filter { $0 == "ok" }.count == 1, "\(outcomes)")
+        #expect(outcomes.filter { $0 == "exists" }.count == 11, "\(outcomes)")
+      }
+    }
+  }
+}

@@ -1,0 +1,170 @@
+import SnapshotSys
+import Testing
+
+@testable import SnapshotCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fresh snapshotter on a temporary root, removed afterwards. No root privileges needed:
+/// these tests exercise the metadata and directory layer, not mounts.
+final class TempRoot {
+  let path: String
+  init() {
+    var template = Array("/tmp/snapshotd-test-XXXXXX".utf8CString)
+    path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+  }
+  deinit { try? Tree.remove(path) }
+  func open() throws -> Snapshotter { try Snapshotter(root: path + "/root") }
+}
+
+func expectError(_ kind: SnapshotError.Kind, containing text: String, _ body: () async throws -> Void) async {
+  do {
+    try await body()
+    Issue.record("expected \(kind) error mentioning \(text)")
+  } catch let e as SnapshotError {
+    #expect(e.kind == kind, "\(e.message)")
+    #expect(e.message.contains(text), "\(e.message)")
+  } catch {
+    Issue.record("unexpected error \(error)")
+  }
+}
+
+@Suite struct SnapshotterTests {
+  @Test func prepareCommitChain() async throws {
+    let tmp = TempRoot()
+    let s = try tmp.open()
+    let m0 = try await s.prepare(key: "a-active", parent: "")
+    #expect(m0 == [Mount(type: "bind", source: s.layout.fs(1), options: ["rw", "rbind"])])
+    try await s.commit(name: "a", key: "a-active", labels: ["l": "1"])
+    let a = try await s.stat(key: "a")
+    #expect(a.kind == .committed && a.parent == "" && a.labels == ["l": "1"])
+    await expectError(.notFound, containing: "a-active") { _ = try await s.stat(key: "a-active") }
+
+    // A view of one layer is a read-only bind of that layer.
+    let v = try await s.view(key: "v", parent: "a")
+    #expect(v == [Mount(type: "bind", source: s.layout.fs(1), options: ["ro", "rbind"])])
+
+    _ = try await s.prepare(key: "b-active", parent: "a")
+    try await s.commit(name: "b", key: "b-active")
+    let m = try await s.prepare(key: "c", parent: "b")
+    #expect(m.count == 1 && m[0].type == "overlay")
+    #expect(m[0].options == ["index=off", "workdir=\(s.layout.work(4))", "upperdir=\(s.layout.fs(4))", "lowerdir=\(s.layout.fs(3)):\(s.layout.fs(1))"])
+    #expect(try await s.mounts(key: "c") == m)
+    let view2 = try await s.view(key: "v2", parent: "b")
+    #expect(view2 == [Mount(type: "overlay", source: "overlay", options: ["index=off", "lowerdir=\(s.layout.fs(3)):\(s.layout.fs(1))"])])
+    #expect(try await s.stat(key: "c").parent == "b")
+  }
+
+  @Test func errorsNameTheKey() async throws {
+    let tmp = TempRoot()
+    let s = try tmp.open()
+    await expectError(.invalidArgument, containing: "must not be empty") { _ = try await s.prepare(key: "", parent: "") }
+    let long = String(repeating: "k", count: Limits.keyBytes + 1)
+    await expectError(.invalidArgument, containing: "longer than") { _ = try await s.prepare(key: long, parent: "") }
+    await expectError(.notFound, containing: "\"nope\"") { _ = try await s.prepare(key: "x", parent: "nope") }
+    _ = try await s.prepare(key: "act", parent: "")
+    await expectError(.alreadyExists, containing: "\"act\"") { _ = try await s.prepare(key: "act", parent: "") }
+    await expectError(.invalidArgument, containing: "not a committed") { _ = try await s.prepare(key: "x", parent: "act") }
+    try await s.commit(name: "base", key: "act")
+    _ = try await s.view(key: "view", parent: "base")
+    await expectError(.failedPrecondition, containing: "\"view\"") { try await s.commit(name: "n", key: "view") }
+    await expectError(.failedPrecondition, containing: "children") { try await s.remove(key: "base") }
+    await expectError(.failedPrecondition, containing: "committed") { _ = try await s.mounts(key: "base") }
+    _ = try await s.prepare(key: "act2", parent: "")
+    await expectError(.alreadyExists, containing: "\"base\"") { try await s.commit(name: "base", key: "act2") }
+    let big = ["k": String(repeating: "v", count: Limits.labelPairBytes)]
+    await expectError(.invalidArgument, containing: "\"lab\"") { _ = try await s.prepare(key: "lab", parent: "", labels: big) }
+    await expectError(.notFound, containing: "\"gone\"") { try await s.remove(key: "gone") }
+    // Failed calls leave nothing behind.
+    #expect(try await s.count() == 3)
+    #expect(try await s.cleanup().isEmpty)
+  }
+
+  @Test func updateLabels() async throws {
+    let tmp = TempRoot()
+    let s = try tmp.open()
+    _ = try await s.prepare(key: "k", parent: "", labels: ["a": "1", "b": "2"])
+    let before = try await s.stat(key: "k")
+    var info = SnapshotInfo(name: "k", kind: .active, labels: ["b": "20", "c": "3"])
+    var out = try await s.update(info, fieldPaths: ["labels.b"])
+    #expect(out.labels == ["a": "1", "b": "20"])
+    out = try await s.update(info, fieldPaths: ["labels.a"])
+    #expect(out.labels == ["b": "20"])
+    out = try await s.update(info, fieldPaths: [])
+    #expect(out.labels == ["b": "20", "c": "3"])
+    #expect(out.updated >= before.updated && out.created == before.created)
+    #expect(try await s.stat(key: "k") == out)
+    info.labels = [:]
+    await expectError(.invalidArgument, containing: "\"name\"") { _ = try await s.update(info, fieldPaths: ["name"]) }
+    await expectError(.notFound, containing: "\"zz\"") { _ = try await s.update(SnapshotInfo(name: "zz", kind: .active), fieldPaths: []) }
+  }
+
+  @Test func listWithFilters() async throws {
+    let tmp = TempRoot()
+    let s = try tmp.open()
+    _ = try await s.prepare(key: "a1", parent: "")
+    try await s.commit(name: "a", key: "a1", labels: ["tier": "base"])
+    _ = try await s.prepare(key: "b", parent: "a", labels: ["tier": "app"])
+    _ = try await s.view(key: "v", parent: "a")
+    #expect(try await s.list().map(\.name).sorted() == ["a", "b", "v"])
+    #expect(try await s.list(filters: ["kind==committed"]).map(\.name) == ["a"])
+    #expect(try await s.list(filters: ["parent==a"]).map(\.name).sorted() == ["b", "v"])
+    #expect(try await s.list(filters: ["labels.tier==app", "kind==view"]).map(\.name).sorted() == ["b", "v"])
+    await expectError(.invalidArgument, containing: "invalid filter") { _ = try await s.list(filters: ["kind=="]) }
+  }
+
+  @Test func usageAndRemove() async throws {
+    let tmp = TempRoot()
+    let s = try tmp.open()
+    _ = try await s.prepare(key: "a1", parent: "")
+    let file = s.layout.fs(1) + "/data"
+    let fd = open(file, O_WRONLY | O_CREAT, 0o644)
+    let chunk = [UInt8](repeating: 7, count: 65536)
+    _ = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+    let live = try await s.usage(key: "a1")
+    #expect(live.inodes == 2 && live.size >= 65536)
+    try await s.commit(name: "a", key: "a1")
+    #expect(try await s.usage(key: "a") == live)
+    try await s.remove(key: "a")
+    await expectError(.notFound, containing: "\"a\"") { _ = try await s.usage(key: "a") }
+    _ = try await s.cleanup()
+    #expect(!Sys.exists(s.layout.dir(1)))
+  }
+
+  @Test func reopenRecoversAndSweepsOrphans() async throws {
+    let tmp = TempRoot()
+    var s = try tmp.open()
+    _ = try await s.prepare(key: "a1", parent: "")
+    try await s.commit(name: "a", key: "a1")
+    _ = try await s.prepare(key: "b", parent: "a")
+    let layout = s.layout
+    // What a crash can leave: a half-made directory, an orphan, an active snapshot's
+    // directory lost.
+    try Sys.mkdir(layout.staging(9), mode: 0o700)
+    try Sys.mkdir(layout.dir(42), mode: 0o700)
+    try Tree.remove(layout.dir(2))
+    s = try tmp.open()
+    #expect(!Sys.exists(layout.staging(9)) && !Sys.exists(layout.dir(42)))
+    #expect(Sys.exists(layout.fs(2)) && Sys.exists(layout.work(2)))
+    #expect(try await s.list().count == 2)
+    // The ids keep growing: a new snapshot never reuses a directory.
+    _ = try await s.prepare(key: "c", parent: "")
+    #expect(Sys.exists(layout.fs(3)))
+  }
+
+  @Test func concurrentDuplicatePrepareHasOneWinner() async throws {
+    let tmp = TempRoot()
+    let s = try tmp.open()
+    let results = await withTaskGroup(of: Bool.self) { group in
+      for _ in 0..<16 {
+        group.addTask { (try? await s.prepare(key: "same", parent: "")) != nil }
+      }
+      return await group.reduce(into: [Bool]()) { $0.append($1) }
+    }
+    #expect(results.filter { $0 }.count == 1)
+    #expect(try await s.count() == 1)
+  }
+}
