@@ -3,6 +3,27 @@ import SnapshotAPI
 import SnapshotCore
 
 @main
+enum Main {
+  /// `snapctl [--address SOCKET] [--json] COMMAND ...`: the global options may come before
+  /// the subcommand; they are moved after it, where the subcommand's option group reads them.
+  static func main() async {
+    var args = Array(CommandLine.arguments.dropFirst())
+    var global: [String] = []
+    while let first = args.first, first.hasPrefix("--") {
+      if first == "--address", args.count > 1 {
+        global += args.prefix(2)
+        args.removeFirst(2)
+      } else if first.hasPrefix("--address=") || first == "--json" {
+        global.append(args.removeFirst())
+      } else {
+        break
+      }
+    }
+    if !global.isEmpty, !args.isEmpty { args.insert(contentsOf: global, at: 1) }
+    await Snapctl.main(args)
+  }
+}
+
 struct Snapctl: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "snapctl",
