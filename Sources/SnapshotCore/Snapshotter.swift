@@ -84,7 +84,7 @@ public final class Snapshotter: Sendable {
   }
 
   /// Makes `s/<id>` with `fs` (and `work` for an active snapshot) under a temporary name,
-  /// renames it into place and makes the rename durable. `fs` gets the owner of the
+  /// renames it into place and makes all of it durable before the row's transaction commits. `fs` gets the owner of the
   /// parent's `fs`, as containerd's overlay snapshotter does.
   private static func makeDirectory(_ layout: Layout, id: Int64, kind: SnapshotKind, parentID: Int64?) throws(SystemError) {
     let staging = layout.staging(id)
@@ -100,6 +100,9 @@ public final class Snapshotter: Sendable {
         try Sys.lchown(staging + "/fs", uid: st.st_uid, gid: st.st_gid)
       }
       try Sys.rename(staging, final)
+      // Entries of the new directory, then its own entry in s/ (on a journalling file
+      // system the first forces one journal commit and the second finds it done).
+      try Sys.fsyncDirectory(final)
       try Sys.fsyncDirectory(layout.snapshots)
     } catch {
       try? Tree.remove(staging)

@@ -40,36 +40,20 @@ public enum Tree {
 
   /// Empties the directory open at `fd` (which this call closes).
   private static func removeContents(_ fd: Int32, _ path: String) throws(SystemError) {
-    guard let dir = fdopendir(fd) else {
-      close(fd)
-      throw SystemError("fdopendir", path, errno: errno)
-    }
-    defer { closedir(dir) }
-    while true {
-      errno = 0
-      guard let entry = readdir(dir) else {
-        if errno != 0 { throw SystemError("readdir", path, errno: errno) }
-        return
+    try forEachEntry(fd, path) { (name, type) throws(SystemError) in
+      if type != UInt8(DT_DIR) {
+        if unlinkat(fd, name, 0) == 0 { return }
+        if errno != EISDIR { throw SystemError("unlinkat", path + "/" + String(cString: name), errno: errno) }
       }
-      let isDir = entry.pointee.d_type == UInt8(DT_DIR)
-      try withUnsafePointer(to: entry.pointee.d_name) { (p) throws(SystemError) in
-        try p.withMemoryRebound(to: CChar.self, capacity: 256) { (name) throws(SystemError) in
-          if isDot(name) { return }
-          if !isDir {
-            if unlinkat(fd, name, 0) == 0 { return }
-            if errno != EISDIR { throw SystemError("unlinkat", path + "/" + String(cString: name), errno: errno) }
-          }
-          var st = stat()
-          if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, (st.st_mode & 0o700) != 0o700 {
-            _ = fchmodat(fd, name, 0o700, 0)
-          }
-          let child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-          if child < 0 { throw SystemError("openat", path + "/" + String(cString: name), errno: errno) }
-          try removeContents(child, path)
-          if unlinkat(fd, name, AT_REMOVEDIR) != 0 {
-            throw SystemError("unlinkat", path + "/" + String(cString: name), errno: errno)
-          }
-        }
+      var st = stat()
+      if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, (st.st_mode & 0o700) != 0o700 {
+        _ = fchmodat(fd, name, 0o700, 0)
+      }
+      let child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+      if child < 0 { throw SystemError("openat", path + "/" + String(cString: name), errno: errno) }
+      try removeContents(child, path)
+      if unlinkat(fd, name, AT_REMOVEDIR) != 0 {
+        throw SystemError("unlinkat", path + "/" + String(cString: name), errno: errno)
       }
     }
   }
@@ -78,6 +62,25 @@ public enum Tree {
   /// (which this call closes), depth first, without following symlinks.
   private static func walk(
     _ fd: Int32, _ path: String, _ visit: (Int32, UnsafePointer<CChar>, stat) throws(SystemError) -> Void
+  ) throws(SystemError) {
+    try forEachEntry(fd, path) { (name, _) throws(SystemError) in
+      var st = stat()
+      if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
+        throw SystemError("fstatat", path + "/" + String(cString: name), errno: errno)
+      }
+      try visit(fd, name, st)
+      if (st.st_mode & S_IFMT) == S_IFDIR {
+        let child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        if child < 0 { throw SystemError("openat", path + "/" + String(cString: name), errno: errno) }
+        try walk(child, path, visit)
+      }
+    }
+  }
+
+  /// `fdopendir(3)`/`readdir(3)` over the directory open at `fd` (closed on return): calls
+  /// `body` with each entry's name and `d_type`, skipping "." and "..".
+  private static func forEachEntry(
+    _ fd: Int32, _ path: String, _ body: (UnsafePointer<CChar>, UInt8) throws(SystemError) -> Void
   ) throws(SystemError) {
     guard let dir = fdopendir(fd) else {
       close(fd)
@@ -90,19 +93,10 @@ public enum Tree {
         if errno != 0 { throw SystemError("readdir", path, errno: errno) }
         return
       }
+      let type = entry.pointee.d_type
       try withUnsafePointer(to: entry.pointee.d_name) { (p) throws(SystemError) in
         try p.withMemoryRebound(to: CChar.self, capacity: 256) { (name) throws(SystemError) in
-          if isDot(name) { return }
-          var st = stat()
-          if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
-            throw SystemError("fstatat", path + "/" + String(cString: name), errno: errno)
-          }
-          try visit(fd, name, st)
-          if (st.st_mode & S_IFMT) == S_IFDIR {
-            let child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            if child < 0 { throw SystemError("openat", path + "/" + String(cString: name), errno: errno) }
-            try walk(child, path, visit)
-          }
+          if !isDot(name) { try body(name, type) }
         }
       }
     }

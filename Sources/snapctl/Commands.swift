@@ -224,6 +224,7 @@ struct MountCommand: AsyncParsableCommand {
 
 struct Umount: AsyncParsableCommand {
   static let configuration = CommandConfiguration(abstract: "Unmount TARGET.")
+  @OptionGroup var client: ClientOptions  // accepted for symmetry; umount needs no daemon
   @Argument(help: "Mount point.") var target: String
 
   func run() async throws {
