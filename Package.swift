@@ -3,7 +3,8 @@
 //
 // Dependencies point one way:
 //   SnapshotSys (system calls) → SnapshotCore (metadata, layout, mounts)
-//     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl, snapbench)
+//     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl)
+//   Benchmarks/snapbench times the core in-process.
 // The core never imports gRPC.
 import PackageDescription
 
@@ -24,6 +25,7 @@ let package = Package(
     .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
     .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
     .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+    .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
   ],
   targets: [
     .target(
@@ -47,6 +49,8 @@ let package = Package(
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
       ]
     ),
     .executableTarget(
@@ -68,7 +72,7 @@ let package = Package(
     .executableTarget(
       name: "snapbench",
       dependencies: [
-        "SnapshotAPI",
+        "SnapshotCore",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       path: "Benchmarks/snapbench"

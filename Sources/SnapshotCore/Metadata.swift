@@ -62,7 +62,7 @@ enum Metadata {
     """
 
   static func find(_ db: Database, key: String) throws -> SnapshotRow? {
-    guard let row = try Row.fetchOne(db, sql: selectColumns + " WHERE s.key = ?", arguments: [key]) else { return nil }
+    guard let row = try Row.fetchOne(db.cachedStatement(sql: selectColumns + " WHERE s.key = ?"), arguments: [key]) else { return nil }
     return try SnapshotRow(row: row)
   }
 
@@ -81,44 +81,40 @@ enum Metadata {
 
   /// Ids of the parent chain of `id`, nearest parent first.
   static func parentChain(_ db: Database, of id: Int64) throws -> [Int64] {
-    try Int64.fetchAll(db, sql: """
+    try Int64.fetchAll(db.cachedStatement(sql: """
       WITH RECURSIVE chain(id, parent, depth) AS (
         SELECT id, parent, 0 FROM snapshot WHERE id = ?
         UNION ALL
         SELECT s.id, s.parent, c.depth + 1 FROM snapshot s JOIN chain c ON s.id = c.parent
       )
       SELECT id FROM chain WHERE depth > 0 ORDER BY depth
-      """, arguments: [id])
+      """), arguments: [id])
   }
 
   static func hasChildren(_ db: Database, id: Int64) throws -> Bool {
-    try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM snapshot WHERE parent = ?)", arguments: [id]) ?? false
+    try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM snapshot WHERE parent = ?)"), arguments: [id]) ?? false
   }
 
   static func insert(_ db: Database, key: String, parent: Int64?, kind: SnapshotKind, now: Int64) throws -> Int64 {
-    try db.execute(
-      sql: "INSERT INTO snapshot (key, parent, kind, created, updated) VALUES (?, ?, ?, ?, ?)",
-      arguments: [key, parent, kind.rawValue, now, now])
+    try db.cachedStatement(sql: "INSERT INTO snapshot (key, parent, kind, created, updated) VALUES (?, ?, ?, ?, ?)").execute(arguments: [key, parent, kind.rawValue, now, now])
     return db.lastInsertedRowID
   }
 
   static func commit(_ db: Database, id: Int64, name: String, usage: SnapshotUsage, now: Int64) throws {
-    try db.execute(
-      sql: "UPDATE snapshot SET key = ?, kind = ?, created = ?, updated = ?, size = ?, inodes = ? WHERE id = ?",
-      arguments: [name, SnapshotKind.committed.rawValue, now, now, usage.size, usage.inodes, id])
+    try db.cachedStatement(sql: "UPDATE snapshot SET key = ?, kind = ?, created = ?, updated = ?, size = ?, inodes = ? WHERE id = ?").execute(arguments: [name, SnapshotKind.committed.rawValue, now, now, usage.size, usage.inodes, id])
   }
 
   static func touch(_ db: Database, id: Int64, now: Int64) throws {
-    try db.execute(sql: "UPDATE snapshot SET updated = ? WHERE id = ?", arguments: [now, id])
+    try db.cachedStatement(sql: "UPDATE snapshot SET updated = ? WHERE id = ?").execute(arguments: [now, id])
   }
 
   static func delete(_ db: Database, id: Int64) throws {
-    try db.execute(sql: "DELETE FROM snapshot WHERE id = ?", arguments: [id])
+    try db.cachedStatement(sql: "DELETE FROM snapshot WHERE id = ?").execute(arguments: [id])
   }
 
   static func labels(_ db: Database, id: Int64) throws -> [String: String] {
     var out: [String: String] = [:]
-    for row in try Row.fetchAll(db, sql: "SELECT key, value FROM label WHERE snapshot = ?", arguments: [id]) {
+    for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT key, value FROM label WHERE snapshot = ?"), arguments: [id]) {
       out[row[0]] = row[1] as String
     }
     return out
@@ -133,9 +129,9 @@ enum Metadata {
   }
 
   static func setLabels(_ db: Database, id: Int64, _ labels: [String: String]) throws {
-    try db.execute(sql: "DELETE FROM label WHERE snapshot = ?", arguments: [id])
+    try db.cachedStatement(sql: "DELETE FROM label WHERE snapshot = ?").execute(arguments: [id])
     for (k, v) in labels {
-      try db.execute(sql: "INSERT INTO label (snapshot, key, value) VALUES (?, ?, ?)", arguments: [id, k, v])
+      try db.cachedStatement(sql: "INSERT INTO label (snapshot, key, value) VALUES (?, ?, ?)").execute(arguments: [id, k, v])
     }
   }
 
