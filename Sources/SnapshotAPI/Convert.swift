@@ -10,20 +10,20 @@ public typealias PBKind = Containerd_Services_Snapshots_V1_Kind
 /// The one mapping from the core's error kinds to gRPC status codes, matching containerd's
 /// `errdefs.ToGRPC` so that its client turns them back into the same error kinds.
 extension SnapshotError {
-  public var rpcError: RPCError {
-    let code: RPCError.Code =
+  public var status: RPCStatus {
+    let code: RPCStatus.Code =
       switch kind {
       case .invalidArgument: .invalidArgument
       case .notFound: .notFound
       case .alreadyExists: .alreadyExists
       case .failedPrecondition: .failedPrecondition
       case .unavailable: .unavailable
-      case .internal: .internalError
+      case .internal: .internal
       }
-    return RPCError(code: code, message: message)
+    return RPCStatus(code, message)
   }
 
-  /// The inverse, for clients: a gRPC error back into a core error kind.
+  /// The inverse, for clients (grpc-swift): a gRPC error back into a core error kind.
   public init(_ error: RPCError) {
     let kind: Kind =
       switch error.code {

@@ -1,39 +1,45 @@
+import Dispatch
 import Logging
 import SnapshotSys
+import Synchronization
 
 /// Deletes directories of removed snapshots off the caller's path, one at a time.
 /// A failure is logged; `Snapshotter.cleanup()` sweeps whatever is left.
 final class Reaper: Sendable {
-  private let continuation: AsyncStream<Job>.Continuation
+  private let queue = DispatchQueue(label: "snapshotd.reaper", qos: .utility)
+  private let logger: Logger
 
-  private enum Job: Sendable {
-    case remove(String)
-    case drain(CheckedContinuation<Void, Never>)
-  }
+  init(logger: Logger) { self.logger = logger }
 
-  init(logger: Logger) {
-    let (stream, continuation) = AsyncStream.makeStream(of: Job.self)
-    self.continuation = continuation
-    Task.detached(priority: .utility) {
-      for await job in stream {
-        switch job {
-        case .remove(let path):
-          do { try Tree.remove(path) } catch {
-            logger.warning("failed to remove snapshot directory", metadata: ["path": "\(path)", "error": "\(error)"])
-          }
-        case .drain(let c):
-          c.resume()
-        }
+  func remove(_ path: String) {
+    queue.async { [logger] in
+      do { try Tree.remove(path) } catch {
+        logger.warning("failed to remove snapshot directory", metadata: ["path": "\(path)", "error": "\(error)"])
       }
     }
   }
 
-  deinit { continuation.finish() }
-
-  func remove(_ path: String) { continuation.yield(.remove(path)) }
-
   /// Returns once every removal queued before the call is done.
-  func drain() async {
-    await withCheckedContinuation { c in continuation.yield(.drain(c)) }
+  func drain() { queue.sync {} }
+}
+
+/// Work started on another thread now and waited for later.
+final class Background: Sendable {
+  private let done = DispatchSemaphore(value: 0)
+  private let result = Mutex<SystemError?>(nil)
+
+  static func run(_ body: @escaping @Sendable () throws(SystemError) -> Void) -> Background {
+    let b = Background()
+    DispatchQueue.global(qos: .userInitiated).async {
+      do throws(SystemError) { try body() } catch { b.result.withLock { $0 = error } }
+      b.done.signal()
+    }
+    return b
+  }
+
+  /// Waits for the work; its error, if any.
+  func wait() -> SystemError? {
+    done.wait()
+    return result.withLock { $0 }
   }
 }

@@ -48,20 +48,20 @@ public final class Snapshotter: Sendable {
   // MARK: - Create
 
   /// Prepare: an active snapshot on top of the committed `parent` ("" for none).
-  public func prepare(key: String, parent: String, labels: [String: String] = [:]) async throws(SnapshotError) -> [Mount] {
-    try await create(.active, key: key, parent: parent, labels: labels)
+  public func prepare(key: String, parent: String, labels: [String: String] = [:]) throws(SnapshotError) -> [Mount] {
+    try create(.active, key: key, parent: parent, labels: labels)
   }
 
   /// View: a read-only snapshot of the committed `parent`.
-  public func view(key: String, parent: String, labels: [String: String] = [:]) async throws(SnapshotError) -> [Mount] {
-    try await create(.view, key: key, parent: parent, labels: labels)
+  public func view(key: String, parent: String, labels: [String: String] = [:]) throws(SnapshotError) -> [Mount] {
+    try create(.view, key: key, parent: parent, labels: labels)
   }
 
-  private func create(_ kind: SnapshotKind, key: String, parent: String, labels: [String: String]) async throws(SnapshotError) -> [Mount] {
+  private func create(_ kind: SnapshotKind, key: String, parent: String, labels: [String: String]) throws(SnapshotError) -> [Mount] {
     try Validate.key(key, what: "key")
     try Validate.labels(labels, key: key)
     let layout = self.layout
-    let (mounts, durable) = try await write { db in
+    let (mounts, durable) = try write { db in
       if try Metadata.find(db, key: key) != nil {
         throw SnapshotError.exists("snapshot \(quoted(key)) already exists")
       }
@@ -83,17 +83,13 @@ public final class Snapshotter: Sendable {
       // it is durable when it returns, at the cost of one flush instead of two. If the
       // machine dies between the two, the row of an active snapshot or view may outlive its
       // directory: `sweep()` recreates it at start (it was empty then, too).
-      let durable = Task.detached {
+      let durable = Background.run { () throws(SystemError) in
         try Sys.fsyncDirectory(layout.dir(id))
         try Sys.fsyncDirectory(layout.snapshots)
       }
       return (Self.mounts(layout, id: id, kind: kind, parents: chain), durable)
     }
-    do {
-      try await durable.value
-    } catch {
-      throw Self.mapError(error)
-    }
+    if let error = durable.wait() { throw Self.mapError(error) }
     return mounts
   }
 
@@ -124,9 +120,9 @@ public final class Snapshotter: Sendable {
   // MARK: - Mounts
 
   /// The mounts of an active snapshot or a view.
-  public func mounts(key: String) async throws(SnapshotError) -> [Mount] {
+  public func mounts(key: String) throws(SnapshotError) -> [Mount] {
     let layout = self.layout
-    return try await read { db in
+    return try read { db in
       let row = try Metadata.get(db, key: key)
       guard row.kind != .committed else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
@@ -158,14 +154,14 @@ public final class Snapshotter: Sendable {
 
   /// Commit: the active snapshot `key` becomes the committed snapshot `name`. Its usage is
   /// computed here, once.
-  public func commit(name: String, key: String, labels: [String: String] = [:]) async throws(SnapshotError) {
+  public func commit(name: String, key: String, labels: [String: String] = [:]) throws(SnapshotError) {
     try Validate.key(name, what: "name")
     try Validate.key(key, what: "key")
     try Validate.labels(labels, key: name)
     let layout = self.layout
     // Usage is computed outside the write transaction: the upper dir is the caller's and
     // does not change during the commit, and other calls keep going meanwhile.
-    let found = try await read { db in try Metadata.get(db, key: key) }
+    let found = try read { db in try Metadata.get(db, key: key) }
     guard found.kind == .active else {
       throw .precondition("snapshot \(quoted(key)) is not active: only an active snapshot can be committed")
     }
@@ -176,7 +172,7 @@ public final class Snapshotter: Sendable {
     } catch {
       throw .internal("commit of \(quoted(key)): \(error)")
     }
-    try await write { db in
+    try write { db in
       let row = try Metadata.get(db, key: key)
       guard row.kind == .active, row.id == found.id else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is not active: only an active snapshot can be committed")
@@ -190,9 +186,9 @@ public final class Snapshotter: Sendable {
   }
 
   /// Remove: deletes the snapshot's row; its directory goes after the commit.
-  public func remove(key: String) async throws(SnapshotError) {
+  public func remove(key: String) throws(SnapshotError) {
     try Validate.key(key, what: "key")
-    let id = try await write { db in
+    let id = try write { db in
       let row = try Metadata.get(db, key: key)
       if try Metadata.hasChildren(db, id: row.id) {
         throw SnapshotError.precondition("cannot remove snapshot \(quoted(key)): it has children")
@@ -205,8 +201,8 @@ public final class Snapshotter: Sendable {
 
   // MARK: - Info
 
-  public func stat(key: String) async throws(SnapshotError) -> SnapshotInfo {
-    try await read { db in
+  public func stat(key: String) throws(SnapshotError) -> SnapshotInfo {
+    try read { db in
       let row = try Metadata.get(db, key: key)
       return try Self.info(row, labels: Metadata.labels(db, id: row.id))
     }
@@ -214,13 +210,13 @@ public final class Snapshotter: Sendable {
 
   /// Update: replaces the labels (no field paths, or `labels`) or single labels
   /// (`labels.KEY`; an absent value deletes the label). Other fields are immutable.
-  public func update(_ info: SnapshotInfo, fieldPaths: [String]) async throws(SnapshotError) -> SnapshotInfo {
+  public func update(_ info: SnapshotInfo, fieldPaths: [String]) throws(SnapshotError) -> SnapshotInfo {
     let key = info.name
     try Validate.key(key, what: "name")
     for path in fieldPaths where path != "labels" && !path.hasPrefix("labels.") {
       throw .invalid("cannot update \(quoted(path)) field on snapshot \(quoted(key)): only labels are mutable")
     }
-    return try await write { db in
+    return try write { db in
       let row = try Metadata.get(db, key: key)
       var labels = try Metadata.labels(db, id: row.id)
       if fieldPaths.isEmpty {
@@ -246,8 +242,8 @@ public final class Snapshotter: Sendable {
   }
 
   /// Usage: stored at commit for committed snapshots, measured now for active ones.
-  public func usage(key: String) async throws(SnapshotError) -> SnapshotUsage {
-    let row = try await read { db in try Metadata.get(db, key: key) }
+  public func usage(key: String) throws(SnapshotError) -> SnapshotUsage {
+    let row = try read { db in try Metadata.get(db, key: key) }
     guard row.kind == .active else { return SnapshotUsage(size: row.size, inodes: row.inodes) }
     do {
       let u = try Tree.diskUsage(layout.fs(row.id))
@@ -258,10 +254,10 @@ public final class Snapshotter: Sendable {
   }
 
   /// Every snapshot matching any of `filters` (all when empty).
-  public func list(filters: [String] = []) async throws(SnapshotError) -> [SnapshotInfo] {
+  public func list(filters: [String] = []) throws(SnapshotError) -> [SnapshotInfo] {
     var parsed: [Filter] = []
     for f in filters { parsed.append(try Filter(parsing: f)) }
-    let all = try await read { db in
+    let all = try read { db in
       let labels = try Metadata.allLabels(db)
       return try Metadata.all(db).map { Self.info($0, labels: labels[$0.id] ?? [:]) }
     }
@@ -277,12 +273,12 @@ public final class Snapshotter: Sendable {
   /// Deletes every directory under `s/` that no snapshot refers to, and waits for pending
   /// removals. Returns the directories it removed.
   @discardableResult
-  public func cleanup() async throws(SnapshotError) -> [String] {
-    await reaper.drain()
+  public func cleanup() throws(SnapshotError) -> [String] {
+    reaper.drain()
     // Listing and removal run inside a write transaction so no snapshot is being made
     // while we decide what is an orphan.
     let layout = self.layout
-    return try await write { db in try Self.removeOrphans(layout, ids: Metadata.allIDs(db)) }
+    return try write { db in try Self.removeOrphans(layout, ids: Metadata.allIDs(db)) }
   }
 
   private static func removeOrphans(_ layout: Layout, ids: Set<Int64>) throws -> [String] {
@@ -322,29 +318,27 @@ public final class Snapshotter: Sendable {
   }
 
   /// Number of snapshots (for `info` and tests).
-  public func count() async throws(SnapshotError) -> Int {
-    try await read { db in try Metadata.count(db) }
+  public func count() throws(SnapshotError) -> Int {
+    try read { db in try Metadata.count(db) }
   }
 
   // MARK: - Transactions
 
-  private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(SnapshotError) -> T {
+  private func write<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
     do {
-      return try await db.write(body)
+      return try db.write(body)
     } catch {
       throw Self.mapError(error)
     }
   }
 
-  private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(SnapshotError) -> T {
+  private func read<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
     do {
-      return try readNow(body)
+      return try db.read(body)
     } catch {
       throw Self.mapError(error)
     }
   }
-
-  private func readNow<T>(_ body: (Database) throws -> T) throws -> T { try db.read(body) }
 
   static func mapError(_ error: any Error) -> SnapshotError {
     switch error {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import Logging
 import ServiceLifecycle
 import SnapshotAPI
@@ -104,7 +105,8 @@ struct Snapshotd: AsyncParsableCommand {
   }
 }
 
-/// The gRPC server as a service-lifecycle service: serves until a shutdown signal.
+/// The server as a service-lifecycle service: serves until a shutdown signal, then stops
+/// gracefully (calls in progress are answered).
 struct ServerService: Service {
   let server: SnapshotServer
   let group: gid_t?
@@ -112,25 +114,24 @@ struct ServerService: Service {
   let restoreUmask: mode_t
 
   func run() async throws {
-    try await withGracefulShutdownHandler {
-      try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await server.serve() }
-        do {
-          try await server.waitUntilListening()
-        } catch {
-          Sys.setUmask(restoreUmask)
-          throw Snapshotd.StartupError(message: "cannot listen on \(server.socketPath): \(error)")
-        }
-        Sys.setUmask(restoreUmask)
-        if let group {
-          try Sys.lchown(server.socketPath, uid: 0, gid: group)
-        }
-        logger.info("serving", metadata: ["address": "\(server.socketPath)"])
-        try await tasks.waitForAll()
+    do {
+      try server.start()
+      Sys.setUmask(restoreUmask)
+    } catch {
+      Sys.setUmask(restoreUmask)
+      throw Snapshotd.StartupError(message: "cannot listen on \(server.socketPath): \(error)")
+    }
+    if let group {
+      try Sys.lchown(server.socketPath, uid: 0, gid: group)
+    }
+    logger.info("serving", metadata: ["address": "\(server.socketPath)"])
+    try? await gracefulShutdown()
+    logger.info("shutting down")
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+      DispatchQueue.global().async {
+        server.stop()
+        done.resume()
       }
-    } onGracefulShutdown: {
-      logger.info("shutting down")
-      server.beginGracefulShutdown()
     }
   }
 }

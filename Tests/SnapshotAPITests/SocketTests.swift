@@ -20,18 +20,9 @@ import Glibc
     let snapshotter = try Snapshotter(root: dir + "/root")
     let socket = dir + "/s.sock"
     let server = SnapshotServer(socketPath: socket, snapshotter: snapshotter, logger: Logger(label: "test"))
-    try await withThrowingTaskGroup(of: Void.self) { group in
-      group.addTask { try await server.serve() }
-      try await server.waitUntilListening()
-      do {
-        try await body(socket)
-      } catch {
-        server.beginGracefulShutdown()
-        throw error
-      }
-      server.beginGracefulShutdown()
-      try await group.waitForAll()
-    }
+    try server.start()
+    defer { server.stop() }
+    try await body(socket)
   }
 
   func expectCode(_ kind: SnapshotError.Kind, naming key: String, _ body: () async throws -> Void) async {

@@ -1,0 +1,107 @@
+import Dispatch
+import Logging
+import SnapshotSys
+import Synchronization
+
+/// A gRPC server on a unix socket: one thread accepts, one thread per connection serves
+/// (``H2Connection``). `stop()` is graceful: no new connections, calls in progress finish
+/// and are answered, then every connection closes.
+public final class RPCServer: Sendable {
+  public let socketPath: String
+  let routes: RPCRoutes
+  let logger: Logger
+  private let state = Mutex(State())
+  private let running = DispatchGroup()
+
+  private struct State {
+    var listener: Int32 = -1
+    var connections: Set<Int32> = []
+    var stopping = false
+  }
+
+  public init(socketPath: String, routes: RPCRoutes, logger: Logger) {
+    self.socketPath = socketPath
+    self.routes = routes
+    self.logger = logger
+  }
+
+  /// Binds the socket and starts accepting.
+  public func start() throws(SystemError) {
+    let fd = try Socket.listen(unixPath: socketPath)
+    state.withLock { $0.listener = fd }
+    running.enter()
+    do {
+      try Threads.spawn { self.acceptLoop(fd) }
+    } catch {
+      running.leave()
+      Socket.close(fd)
+      throw error
+    }
+  }
+
+  private func acceptLoop(_ listener: Int32) {
+    defer {
+      Socket.close(listener)
+      running.leave()
+    }
+    while true {
+      let fd: Int32
+      do {
+        fd = try Socket.accept(listener)
+      } catch {
+        if state.withLock({ $0.stopping }) { return }
+        if error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS || error.errno == ENOMEM {
+          logger.error("accept failed", metadata: ["error": "\(error)"])
+          usleep(100_000)
+          continue
+        }
+        if error.errno == ECONNABORTED { continue }
+        logger.error("accept failed, no longer serving", metadata: ["error": "\(error)"])
+        return
+      }
+      let accepted = state.withLock { s in
+        if s.stopping { return false }
+        s.connections.insert(fd)
+        return true
+      }
+      guard accepted else {
+        Socket.close(fd)
+        return
+      }
+      running.enter()
+      do {
+        try Threads.spawn { self.serve(fd) }
+      } catch {
+        logger.error("cannot start a connection thread", metadata: ["error": "\(error)"])
+        state.withLock { _ = $0.connections.remove(fd) }
+        Socket.close(fd)
+        running.leave()
+      }
+    }
+  }
+
+  private func serve(_ fd: Int32) {
+    H2Connection(fd: fd, routes: routes, logger: logger).run()
+    state.withLock { _ = $0.connections.remove(fd) }
+    Socket.close(fd)
+    running.leave()
+  }
+
+  /// Stops accepting, lets calls in progress finish, closes every connection, and returns
+  /// when all threads are done.
+  public func stop() {
+    let (listener, connections) = state.withLock { s in
+      s.stopping = true
+      return (s.listener, s.connections)
+    }
+    // shutdown() wakes accept() and every blocking read; a call being served still
+    // writes its response before its thread notices the end of input.
+    if listener >= 0 { Socket.shutdown(listener) }
+    for fd in connections { Socket.shutdownRead(fd) }
+    running.wait()
+  }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

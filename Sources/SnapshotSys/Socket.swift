@@ -1,0 +1,94 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Unix stream sockets with blocking I/O, for the RPC server's thread-per-connection loop.
+public enum Socket {
+  /// `socket(2)` + `bind(2)` + `listen(2)` on a unix socket path.
+  public static func listen(unixPath path: String, backlog: Int32 = 128) throws(SystemError) -> Int32 {
+    let fd = try SystemError.check("socket", path) { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    do {
+      var addr = try address(path)
+      _ = try SystemError.check("bind", path) {
+        withUnsafePointer(to: &addr) {
+          $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+      }
+      _ = try SystemError.check("listen", path) { Glibc.listen(fd, backlog) }
+    } catch {
+      Glibc.close(fd)
+      throw error
+    }
+    return fd
+  }
+
+  /// `socket(2)` + `connect(2)` to a unix socket path.
+  public static func connect(unixPath path: String) throws(SystemError) -> Int32 {
+    let fd = try SystemError.check("socket", path) { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    do {
+      var addr = try address(path)
+      _ = try SystemError.check("connect", path) {
+        withUnsafePointer(to: &addr) {
+          $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+      }
+    } catch {
+      Glibc.close(fd)
+      throw error
+    }
+    return fd
+  }
+
+  private static func address(_ path: String) throws(SystemError) -> sockaddr_un {
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw SystemError("bind", path, errno: ENAMETOOLONG) }
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+      raw.copyBytes(from: bytes)
+      raw[bytes.count] = 0
+    }
+    return addr
+  }
+
+  /// `accept(2)`. (Glibc's module does not export accept4; the daemon never execs, so
+  /// close-on-exec does not matter here.)
+  public static func accept(_ fd: Int32) throws(SystemError) -> Int32 {
+    try SystemError.check("accept", "listener") { Glibc.accept(fd, nil, nil) }
+  }
+
+  /// `read(2)` into `buffer`; 0 at end of stream.
+  public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
+    while true {
+      let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+      if n >= 0 { return n }
+      if errno == EINTR { continue }
+      throw SystemError("read", "socket", errno: errno)
+    }
+  }
+
+  /// `send(2)` with MSG_NOSIGNAL until every byte is written: a peer that went away is an
+  /// EPIPE error, not a SIGPIPE.
+  public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws(SystemError) {
+    var offset = 0
+    while offset < bytes.count {
+      let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+      if n < 0 {
+        if errno == EINTR { continue }
+        throw SystemError("write", "socket", errno: errno)
+      }
+      offset += n
+    }
+  }
+
+  /// `shutdown(2)`: wakes a thread blocked reading or accepting on `fd`.
+  public static func shutdown(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+
+  /// `close(2)`.
+  public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+}
+
+extension Socket {
+  /// `shutdown(2)` SHUT_RD: blocked and later reads return end of stream; writes still work.
+  public static func shutdownRead(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RD)) }
+}
