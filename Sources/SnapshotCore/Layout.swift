@@ -5,7 +5,10 @@
 ///     ROOT/lock             flock'd by the running daemon
 ///     ROOT/s/<id>/fs        a snapshot's files (overlay upper dir, or a lower layer)
 ///     ROOT/s/<id>/work      overlay work dir of an active snapshot
-///     ROOT/s/new-<id>       a snapshot directory being made (renamed to <id> in the transaction)
+///     ROOT/s/new-<id>       a snapshot directory being made (then renamed to <id> and fsync'd)
+///
+/// Directories are made ahead of time (`DirectoryPool`): `s/<id>` may exist before the
+/// snapshot <id> does.
 public struct Layout: Sendable {
   public let root: String
 
@@ -22,6 +25,11 @@ public struct Layout: Sendable {
   public func fs(_ id: Int64) -> String { dir(id) + "/fs" }
   public func work(_ id: Int64) -> String { dir(id) + "/work" }
   public func staging(_ id: Int64) -> String { snapshots + "/new-" + String(id) }
+
+  /// The id of a staging directory name (`new-<id>`), if it is one.
+  public static func id(ofStaging name: String) -> Int64? {
+    name.hasPrefix("new-") ? id(ofDirectory: String(name.dropFirst(4))) : nil
+  }
 
   /// The snapshot id a directory name in `snapshots` stands for, if it is one.
   public static func id(ofDirectory name: String) -> Int64? {

@@ -95,9 +95,15 @@ enum Metadata {
     try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM snapshot WHERE parent = ?)"), arguments: [id]) ?? false
   }
 
-  static func insert(_ db: Database, key: String, parent: Int64?, kind: SnapshotKind, now: Int64) throws -> Int64 {
-    try db.cachedStatement(sql: "INSERT INTO snapshot (key, parent, kind, created, updated) VALUES (?, ?, ?, ?, ?)").execute(arguments: [key, parent, kind.rawValue, now, now])
-    return db.lastInsertedRowID
+  static func insert(_ db: Database, id: Int64, key: String, parent: Int64?, kind: SnapshotKind, now: Int64) throws {
+    try db.cachedStatement(sql: "INSERT INTO snapshot (id, key, parent, kind, created, updated) VALUES (?, ?, ?, ?, ?, ?)").execute(arguments: [id, key, parent, kind.rawValue, now, now])
+  }
+
+  /// The highest id any snapshot ever had (AUTOINCREMENT remembers removed ones).
+  static func lastID(_ db: Database) throws -> Int64 {
+    let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'snapshot'") ?? 0
+    let max = try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM snapshot") ?? 0
+    return Swift.max(seq, max)
   }
 
   static func commit(_ db: Database, id: Int64, name: String, usage: SnapshotUsage, now: Int64) throws {

@@ -1,7 +1,6 @@
 import Dispatch
 import Logging
 import SnapshotSys
-import Synchronization
 
 /// Deletes directories of removed snapshots off the caller's path, one at a time.
 /// A failure is logged; `Snapshotter.cleanup()` sweeps whatever is left.
@@ -23,23 +22,3 @@ final class Reaper: Sendable {
   func drain() { queue.sync {} }
 }
 
-/// Work started on another thread now and waited for later.
-final class Background: Sendable {
-  private let done = DispatchSemaphore(value: 0)
-  private let result = Mutex<SystemError?>(nil)
-
-  static func run(_ body: @escaping @Sendable () throws(SystemError) -> Void) -> Background {
-    let b = Background()
-    DispatchQueue.global(qos: .userInitiated).async {
-      do throws(SystemError) { try body() } catch { b.result.withLock { $0 = error } }
-      b.done.signal()
-    }
-    return b
-  }
-
-  /// Waits for the work; its error, if any.
-  func wait() -> SystemError? {
-    done.wait()
-    return result.withLock { $0 }
-  }
-}

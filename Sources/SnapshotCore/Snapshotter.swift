@@ -17,6 +17,7 @@ public final class Snapshotter: Sendable {
   let db: DatabasePool
   let logger: Logger
   let reaper: Reaper
+  let pool: DirectoryPool
 
   /// Opens (creating when needed) the snapshotter state under `root`, and sweeps directories
   /// a crash left behind.
@@ -42,7 +43,8 @@ public final class Snapshotter: Sendable {
       throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
     }
     reaper = Reaper(logger: logger)
-    try sweep()
+    let lastID = try Self.sweep(layout, db: db, logger: logger)
+    pool = DirectoryPool(layout: layout, firstID: lastID + 1, logger: logger)
   }
 
   // MARK: - Create
@@ -61,7 +63,7 @@ public final class Snapshotter: Sendable {
     try Validate.key(key, what: "key")
     try Validate.labels(labels, key: key)
     let layout = self.layout
-    let (mounts, durable) = try write { db in
+    return try write { db in
       if try Metadata.find(db, key: key) != nil {
         throw SnapshotError.exists("snapshot \(quoted(key)) already exists")
       }
@@ -75,36 +77,55 @@ public final class Snapshotter: Sendable {
         }
         parentID = p.id
       }
-      let id = try Metadata.insert(db, key: key, parent: parentID, kind: kind, now: Clock.nowNanos())
+      let pooled = pool.take()
+      let id = pooled ?? pool.reserveID()
+      defer { pool.release(id) }
+      try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos())
       try Metadata.setLabels(db, id: id, labels)
       let chain = try parentID.map { try [$0] + Metadata.parentChain(db, of: $0) } ?? []
-      try Self.makeDirectory(layout, id: id, kind: kind, parentID: parentID)
-      // The directory is flushed while SQLite flushes its log: the call waits for both, so
-      // it is durable when it returns, at the cost of one flush instead of two. If the
-      // machine dies between the two, the row of an active snapshot or view may outlive its
-      // directory: `sweep()` recreates it at start (it was empty then, too).
-      let durable = Background.run { () throws(SystemError) in
+      if pooled == nil {
+        try Self.makeDirectory(layout, id: id, kind: kind, parentID: parentID)
         try Sys.fsyncDirectory(layout.dir(id))
         try Sys.fsyncDirectory(layout.snapshots)
+      } else {
+        try Self.adopt(layout, id: id, kind: kind, parentID: parentID)
       }
-      return (Self.mounts(layout, id: id, kind: kind, parents: chain), durable)
+      return Self.mounts(layout, id: id, kind: kind, parents: chain)
     }
-    if let error = durable.wait() { throw Self.mapError(error) }
-    return mounts
+  }
+
+  /// Fits a pooled directory (made for an active snapshot without parent) to this
+  /// snapshot: a view has no work dir, and `fs` takes the owner of the parent's `fs`
+  /// (made durable then; image layers' roots are normally root's, which needs nothing).
+  private static func adopt(_ layout: Layout, id: Int64, kind: SnapshotKind, parentID: Int64?) throws(SystemError) {
+    if kind == .view { try Tree.remove(layout.work(id)) }
+    if let parentID {
+      let owner = try Sys.lstat(layout.fs(parentID))
+      let own = try Sys.lstat(layout.fs(id))
+      if owner.st_uid != own.st_uid || owner.st_gid != own.st_gid {
+        try Sys.lchown(layout.fs(id), uid: owner.st_uid, gid: owner.st_gid)
+        try Sys.fsyncDirectory(layout.fs(id))
+      }
+    }
   }
 
   /// Makes `s/<id>` with `fs` (and `work` for an active snapshot) under a temporary name and
   /// renames it into place; the caller makes it durable. `fs` gets the owner of the
   /// parent's `fs`, as containerd's overlay snapshotter does.
-  private static func makeDirectory(_ layout: Layout, id: Int64, kind: SnapshotKind, parentID: Int64?) throws(SystemError) {
+  static func makeDirectory(_ layout: Layout, id: Int64, kind: SnapshotKind, parentID: Int64?) throws(SystemError) {
     let staging = layout.staging(id)
     let final = layout.dir(id)
     do {
       if Sys.exists(final) { try Tree.remove(final) }  // an orphan of a rolled back id
       if Sys.exists(staging) { try Tree.remove(staging) }
+      // Modes are set explicitly: the process umask is not ours to rely on.
       try Sys.mkdir(staging, mode: 0o700)
       try Sys.mkdir(staging + "/fs", mode: 0o755)
-      if kind == .active { try Sys.mkdir(staging + "/work", mode: 0o711) }
+      try Sys.chmod(staging + "/fs", mode: 0o755)
+      if kind == .active {
+        try Sys.mkdir(staging + "/work", mode: 0o711)
+        try Sys.chmod(staging + "/work", mode: 0o711)
+      }
       if let parentID {
         let st = try Sys.lstat(layout.fs(parentID))
         try Sys.lchown(staging + "/fs", uid: st.st_uid, gid: st.st_gid)
@@ -278,13 +299,13 @@ public final class Snapshotter: Sendable {
     // Listing and removal run inside a write transaction so no snapshot is being made
     // while we decide what is an orphan.
     let layout = self.layout
-    return try write { db in try Self.removeOrphans(layout, ids: Metadata.allIDs(db)) }
+    return try write { db in try Self.removeOrphans(layout, ids: Metadata.allIDs(db).union(pool.inUse)) }
   }
 
   private static func removeOrphans(_ layout: Layout, ids: Set<Int64>) throws -> [String] {
     var removed: [String] = []
     for name in try Sys.listDirectory(layout.snapshots) {
-      if let id = Layout.id(ofDirectory: name), ids.contains(id) { continue }
+      if let id = Layout.id(ofDirectory: name) ?? Layout.id(ofStaging: name), ids.contains(id) { continue }
       let path = layout.snapshots + "/" + name
       try Tree.remove(path)
       removed.append(path)
@@ -295,21 +316,23 @@ public final class Snapshotter: Sendable {
   /// At start: removes orphan directories and recreates the directory of any active
   /// snapshot or view that lost it (an unclean shutdown on a file system without ordered
   /// metadata). A committed snapshot without its directory is reported, not hidden.
-  private func sweep() throws(SnapshotError) {
+  /// Returns the highest id ever given to a snapshot.
+  private static func sweep(_ layout: Layout, db: DatabasePool, logger: Logger) throws(SnapshotError) -> Int64 {
     do {
-      let rows = try db.read { db in try Metadata.all(db) }
-      let removed = try Self.removeOrphans(layout, ids: Set(rows.map(\.id)))
+      let (rows, lastID) = try db.read { db in (try Metadata.all(db), try Metadata.lastID(db)) }
+      let removed = try removeOrphans(layout, ids: Set(rows.map(\.id)))
       for path in removed { logger.info("removed orphan directory", metadata: ["path": "\(path)"]) }
       for row in rows where !Sys.exists(layout.fs(row.id)) {
         if row.kind == .committed {
           logger.error("committed snapshot has lost its directory", metadata: ["key": "\(row.key)", "path": "\(layout.dir(row.id))"])
         } else {
           logger.warning("recreating missing directory of snapshot", metadata: ["key": "\(row.key)"])
-          try Self.makeDirectory(layout, id: row.id, kind: row.kind, parentID: row.parentID)
+          try makeDirectory(layout, id: row.id, kind: row.kind, parentID: row.parentID)
           try Sys.fsyncDirectory(layout.dir(row.id))
           try Sys.fsyncDirectory(layout.snapshots)
         }
       }
+      return lastID
     } catch let e as SnapshotError {
       throw e
     } catch {

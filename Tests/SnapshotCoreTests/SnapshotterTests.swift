@@ -31,30 +31,44 @@ func expectError(_ kind: SnapshotError.Kind, containing text: String, _ body: ()
   }
 }
 
+/// The upper dir of an active snapshot's mounts (the bind source when it has no parent).
+func upperDir(_ mounts: [Mount]) -> String {
+  if mounts[0].type == "bind" { return mounts[0].source }
+  return String(mounts[0].options.first { $0.hasPrefix("upperdir=") }!.dropFirst("upperdir=".count))
+}
+
 @Suite struct SnapshotterTests {
   @Test func prepareCommitChain() async throws {
     let tmp = TempRoot()
     let s = try tmp.open()
-    let m0 = try await s.prepare(key: "a-active", parent: "")
-    #expect(m0 == [Mount(type: "bind", source: s.layout.fs(1), options: ["rw", "rbind"])])
-    try await s.commit(name: "a", key: "a-active", labels: ["l": "1"])
-    let a = try await s.stat(key: "a")
+    let m0 = try s.prepare(key: "a-active", parent: "")
+    #expect(m0.count == 1 && m0[0].type == "bind" && m0[0].options == ["rw", "rbind"])
+    let aFS = m0[0].source
+    #expect(aFS.hasPrefix(s.layout.snapshots + "/") && aFS.hasSuffix("/fs") && Sys.exists(aFS))
+    try s.commit(name: "a", key: "a-active", labels: ["l": "1"])
+    let a = try s.stat(key: "a")
     #expect(a.kind == .committed && a.parent == "" && a.labels == ["l": "1"])
-    await expectError(.notFound, containing: "a-active") { _ = try await s.stat(key: "a-active") }
+    await expectError(.notFound, containing: "a-active") { _ = try s.stat(key: "a-active") }
 
     // A view of one layer is a read-only bind of that layer.
-    let v = try await s.view(key: "v", parent: "a")
-    #expect(v == [Mount(type: "bind", source: s.layout.fs(1), options: ["ro", "rbind"])])
+    #expect(try s.view(key: "v", parent: "a") == [Mount(type: "bind", source: aFS, options: ["ro", "rbind"])])
 
-    _ = try await s.prepare(key: "b-active", parent: "a")
-    try await s.commit(name: "b", key: "b-active")
-    let m = try await s.prepare(key: "c", parent: "b")
-    #expect(m.count == 1 && m[0].type == "overlay")
-    #expect(m[0].options == ["index=off", "workdir=\(s.layout.work(4))", "upperdir=\(s.layout.fs(4))", "lowerdir=\(s.layout.fs(3)):\(s.layout.fs(1))"])
-    #expect(try await s.mounts(key: "c") == m)
-    let view2 = try await s.view(key: "v2", parent: "b")
-    #expect(view2 == [Mount(type: "overlay", source: "overlay", options: ["index=off", "lowerdir=\(s.layout.fs(3)):\(s.layout.fs(1))"])])
-    #expect(try await s.stat(key: "c").parent == "b")
+    let mb = try s.prepare(key: "b-active", parent: "a")
+    #expect(mb.count == 1 && mb[0].type == "overlay")
+    let bUpper = mb[0].options.first { $0.hasPrefix("upperdir=") }!.dropFirst("upperdir=".count)
+    try s.commit(name: "b", key: "b-active")
+    let m = try s.prepare(key: "c", parent: "b")
+    #expect(m.count == 1 && m[0].type == "overlay" && m[0].source == "overlay")
+    let opts = m[0].options
+    #expect(opts.count == 4 && opts[0] == "index=off" && opts[1].hasPrefix("workdir=") && opts[2].hasPrefix("upperdir="))
+    #expect(opts[3] == "lowerdir=\(bUpper):\(aFS)")
+    let upper = String(opts[2].dropFirst("upperdir=".count))
+    let work = String(opts[1].dropFirst("workdir=".count))
+    #expect(Sys.exists(upper) && Sys.exists(work))
+    #expect(try s.mounts(key: "c") == m)
+    let view2 = try s.view(key: "v2", parent: "b")
+    #expect(view2 == [Mount(type: "overlay", source: "overlay", options: ["index=off", "lowerdir=\(bUpper):\(aFS)"])])
+    #expect(try s.stat(key: "c").parent == "b")
   }
 
   @Test func errorsNameTheKey() async throws {
@@ -118,8 +132,8 @@ func expectError(_ kind: SnapshotError.Kind, containing text: String, _ body: ()
   @Test func usageAndRemove() async throws {
     let tmp = TempRoot()
     let s = try tmp.open()
-    _ = try await s.prepare(key: "a1", parent: "")
-    let file = s.layout.fs(1) + "/data"
+    let fs = try s.prepare(key: "a1", parent: "")[0].source
+    let file = fs + "/data"
     let fd = open(file, O_WRONLY | O_CREAT, 0o644)
     let chunk = [UInt8](repeating: 7, count: 65536)
     _ = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
@@ -131,28 +145,34 @@ func expectError(_ kind: SnapshotError.Kind, containing text: String, _ body: ()
     try await s.remove(key: "a")
     await expectError(.notFound, containing: "\"a\"") { _ = try await s.usage(key: "a") }
     _ = try await s.cleanup()
-    #expect(!Sys.exists(s.layout.dir(1)))
+    #expect(!Sys.exists(fs))
   }
 
   @Test func reopenRecoversAndSweepsOrphans() async throws {
     let tmp = TempRoot()
     var s = try tmp.open()
-    _ = try await s.prepare(key: "a1", parent: "")
-    try await s.commit(name: "a", key: "a1")
-    _ = try await s.prepare(key: "b", parent: "a")
+    _ = try s.prepare(key: "a1", parent: "")
+    try s.commit(name: "a", key: "a1")
+    let bUpper = upperDir(try s.prepare(key: "b", parent: "a"))
     let layout = s.layout
+    s.pool.waitIdle()
     // What a crash can leave: a half-made directory, an orphan, an active snapshot's
     // directory lost.
-    try Sys.mkdir(layout.staging(9), mode: 0o700)
-    try Sys.mkdir(layout.dir(42), mode: 0o700)
-    try Tree.remove(layout.dir(2))
+    try Sys.mkdir(layout.staging(900), mode: 0o700)
+    try Sys.mkdir(layout.dir(942), mode: 0o700)
+    try Tree.remove(String(bUpper.dropLast(3)))
     s = try tmp.open()
-    #expect(!Sys.exists(layout.staging(9)) && !Sys.exists(layout.dir(42)))
-    #expect(Sys.exists(layout.fs(2)) && Sys.exists(layout.work(2)))
-    #expect(try await s.list().count == 2)
-    // The ids keep growing: a new snapshot never reuses a directory.
-    _ = try await s.prepare(key: "c", parent: "")
-    #expect(Sys.exists(layout.fs(3)))
+    s.pool.waitIdle()
+    #expect(!Sys.exists(layout.staging(900)) && !Sys.exists(layout.dir(942)))
+    #expect(Sys.exists(bUpper) && Sys.exists(String(bUpper.dropLast(3)) + "/work"))
+    #expect(try s.list().count == 2)
+    #expect(try s.mounts(key: "b")[0].options.contains("upperdir=\(bUpper)"))
+    // Ids keep growing: a new snapshot never reuses a directory.
+    let c = try s.prepare(key: "c", parent: "")[0].source
+    #expect(c != bUpper && Sys.exists(c))
+    // Cleanup keeps the directories made ahead of time and every snapshot's.
+    #expect(try s.cleanup().isEmpty)
+    #expect(Sys.exists(c) && Sys.exists(bUpper))
   }
 
   @Test func concurrentDuplicatePrepareHasOneWinner() async throws {
