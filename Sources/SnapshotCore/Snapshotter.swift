@@ -33,11 +33,11 @@ public final class Snapshotter: Sendable {
     var config = Configuration()
     config.label = "snapshotd"
     config.busyMode = .timeout(5)
-    config.prepareDatabase { db in
-      try db.execute(sql: "PRAGMA synchronous = FULL")
-    }
     do {
       db = try DatabasePool(path: layout.database, configuration: config)
+      // Every call durable when it returns: the WAL is fsync'd at each commit. (GRDB sets
+      // NORMAL, which syncs only at checkpoints, when it opens the pool in WAL mode.)
+      try db.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
       try Metadata.migrator().migrate(db)
     } catch {
       throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
@@ -338,6 +338,11 @@ public final class Snapshotter: Sendable {
     } catch {
       throw .init(.unavailable, "cannot recover snapshot directories under \(layout.root): \(error)")
     }
+  }
+
+  /// SQLite's `PRAGMA synchronous` of the connection that writes (2 is FULL).
+  func writerSynchronous() throws -> Int {
+    try db.writeWithoutTransaction { try Int.fetchOne($0, sql: "PRAGMA synchronous") ?? -1 }
   }
 
   /// Number of snapshots (for `info` and tests).

@@ -96,6 +96,11 @@ func upperDir(_ mounts: [Mount]) -> String {
     #expect(try await s.cleanup().isEmpty)
   }
 
+  @Test func everyTransactionIsFlushed() throws {
+    let tmp = TempRoot()
+    #expect(try tmp.open().writerSynchronous() == 2)
+  }
+
   @Test func updateLabels() async throws {
     let tmp = TempRoot()
     let s = try tmp.open()
