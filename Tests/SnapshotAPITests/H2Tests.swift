@@ -1,0 +1,191 @@
+import Logging
+import SnapshotAPI
+import SnapshotCore
+import SnapshotSys
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The HTTP/2 server against raw, hand-made frames: malformed input gets an error or a
+/// closed connection, never a crash, and the server keeps serving.
+@Suite struct H2Tests {
+  /// A raw HTTP/2 client: frames in, frames out.
+  final class Raw {
+    let fd: Int32
+    var input: [UInt8] = []
+    /// DATA bytes passed over while waiting for another frame.
+    var skippedData = 0
+
+    init(_ socket: String) throws { fd = try Socket.connect(unixPath: socket) }
+    deinit { Socket.close(fd) }
+
+    func send(_ bytes: [UInt8]) throws { try Socket.writeAll(fd, bytes) }
+
+    static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
+    static func frame(_ type: UInt8, _ flags: UInt8, _ stream: UInt32, _ payload: [UInt8]) -> [UInt8] {
+      let n = payload.count
+      return [UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff), type, flags,
+              UInt8(stream >> 24), UInt8(stream >> 16 & 0xff), UInt8(stream >> 8 & 0xff), UInt8(stream & 0xff)] + payload
+    }
+
+    /// A header block of literal fields without indexing (names and values under 127 bytes).
+    static func headers(_ fields: [(String, String)]) -> [UInt8] {
+      var out: [UInt8] = []
+      for (n, v) in fields {
+        out.append(0)
+        out.append(UInt8(n.utf8.count)); out += Array(n.utf8)
+        out.append(UInt8(v.utf8.count)); out += Array(v.utf8)
+      }
+      return out
+    }
+
+    static func request(_ stream: UInt32, path: String, body: [UInt8], compressed: Bool = false) -> [UInt8] {
+      let h = headers([(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
+                       ("content-type", "application/grpc"), ("te", "trailers")])
+      let n = body.count
+      let message = [compressed ? 1 : 0, UInt8(n >> 24), UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)] + body
+      return frame(0x1, 0x4, stream, h) + frame(0x0, 0x1, stream, message)
+    }
+
+    /// Reads frames until one of `type` arrives on `stream` (or EOF: nil).
+    func await(type: UInt8, stream: UInt32? = nil) throws -> (flags: UInt8, payload: [UInt8])? {
+      var buf = [UInt8](repeating: 0, count: 65536)
+      while true {
+        while input.count >= 9 {
+          let n = Int(input[0]) << 16 | Int(input[1]) << 8 | Int(input[2])
+          guard input.count >= 9 + n else { break }
+          let t = input[3], f = input[4]
+          let s = UInt32(input[5] & 0x7f) << 24 | UInt32(input[6]) << 16 | UInt32(input[7]) << 8 | UInt32(input[8])
+          let p = Array(input[9..<9 + n])
+          input.removeFirst(9 + n)
+          if t == type && (stream == nil || s == stream) { return (f, p) }
+          if t == 0x0 { skippedData += n }
+        }
+        let got = try buf.withUnsafeMutableBytes { try Socket.read(fd, into: $0) }
+        if got == 0 { return nil }
+        input += buf[0..<got]
+      }
+    }
+  }
+
+  func withServer(_ body: (String, Snapshotter) throws -> Void) throws {
+    var template = Array("/tmp/snapshotd-h2-XXXXXX".utf8CString)
+    let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    defer { try? Tree.remove(dir) }
+    let snapshotter = try Snapshotter(root: dir + "/root")
+    let socket = dir + "/s.sock"
+    let server = SnapshotServer(socketPath: socket, snapshotter: snapshotter, logger: Logger(label: "test"))
+    try server.start()
+    defer { server.stop() }
+    try body(socket, snapshotter)
+  }
+
+  /// The server still answers a well-formed Stat.
+  func stillServes(_ socket: String) throws {
+    let c = try Raw(socket)
+    try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []) + Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Stat", body: [0x12, 1, 0x78]))
+    let trailers = try #require(try c.await(type: 0x1, stream: 1))
+    #expect(String(decoding: trailers.payload, as: UTF8.self).contains("grpc-status\u{1}5"))  // NotFound: "x"
+  }
+
+  @Test func garbageAndBadFramesCloseTheConnectionOnly() throws {
+    try withServer { socket, _ in
+      let junk = try Raw(socket)
+      try junk.send(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+      let goaway = try junk.await(type: 0x7)
+      #expect(goaway != nil)
+      #expect(try junk.await(type: 0x0) == nil)  // then closed
+
+      let big = try Raw(socket)
+      try big.send(Raw.preface + Raw.frame(0x0, 0, 1, [UInt8](repeating: 0, count: 20_000)))
+      let g = try #require(try big.await(type: 0x7))
+      #expect(g.payload.suffix(4) == [0, 0, 0, 6])  // FRAME_SIZE_ERROR
+
+      let badHeaders = try Raw(socket)
+      try badHeaders.send(Raw.preface + Raw.frame(0x1, 0x5, 1, [0xff, 0xff, 0xff, 0xff, 0xff]))
+      let g2 = try #require(try badHeaders.await(type: 0x7))
+      #expect(g2.payload.suffix(4) == [0, 0, 0, 9])  // COMPRESSION_ERROR
+
+      try stillServes(socket)
+    }
+  }
+
+  @Test func badCallsGetGRPCErrors() throws {
+    try withServer { socket, _ in
+      let c = try Raw(socket)
+      try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []))
+      try c.send(Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Nope", body: []))
+      try c.send(Raw.request(3, path: "/containerd.services.snapshots.v1.Snapshots/Prepare", body: [0xff, 0xff, 0xff]))
+      try c.send(Raw.request(5, path: "/containerd.services.snapshots.v1.Snapshots/Prepare", body: [0x12, 1, 0x61], compressed: true))
+      try c.send(Raw.request(7, path: "/containerd.services.snapshots.v1.Snapshots/Prepare", body: []))
+      for (stream, code) in [(UInt32(1), "12"), (3, "3"), (5, "12"), (7, "3")] {
+        let t = try #require(try c.await(type: 0x1, stream: stream))
+        let text = String(decoding: t.payload, as: UTF8.self)
+        #expect(text.contains("grpc-status\u{1}" + code.suffix(1)) || text.contains("grpc-status\u{2}" + code), "\(stream): \(text)")
+        #expect(t.flags & 0x1 != 0)  // trailers-only, stream ended
+      }
+      // PING is answered.
+      try c.send(Raw.frame(0x6, 0, 0, [1, 2, 3, 4, 5, 6, 7, 8]))
+      let ping = try #require(try c.await(type: 0x6))
+      #expect(ping.flags == 1 && ping.payload == [1, 2, 3, 4, 5, 6, 7, 8])
+      try stillServes(socket)
+    }
+  }
+
+  @Test func largeListRespectsFlowControl() async throws {
+    var template = Array("/tmp/snapshotd-h2-XXXXXX".utf8CString)
+    let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    defer { try? Tree.remove(dir) }
+    let s = try Snapshotter(root: dir + "/root")
+    let socket = dir + "/s.sock"
+    let server = SnapshotServer(socketPath: socket, snapshotter: s, logger: Logger(label: "test"))
+    try server.start()
+    defer { server.stop() }
+    // 1,500 snapshots with 300-byte labels: a List response of about half a megabyte, far
+    // over the 64 KiB initial window, so the server must wait for WINDOW_UPDATEs.
+    let label = String(repeating: "l", count: 300)
+    for i in 0..<1500 { _ = try s.prepare(key: "k\(i)", parent: "", labels: ["x": label]) }
+    let names = try await withSnapshotsClient(socketPath: socket) { c in
+      try await c.list(.init()) { r in
+        var all: [String] = []
+        for try await batch in r.messages { all += batch.info.map(\.name) }
+        return all
+      }
+    }
+    #expect(names.count == 1500)
+    #expect(Set(names).count == 1500)
+  }
+
+  @Test func responsesWaitForTheClientsWindow() throws {
+    try withServer { socket, s in
+      let label = String(repeating: "w", count: 400)
+      for i in 0..<400 { _ = try s.prepare(key: "w\(i)", parent: "", labels: ["x": label]) }
+      let c = try Raw(socket)
+      // Default settings: a 65,535-byte window, and no WINDOW_UPDATE from us yet.
+      try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []))
+      try c.send(Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/List", body: []))
+      var received = 0
+      while received < 65_535 {
+        let d = try #require(try c.await(type: 0x0, stream: 1))
+        received += d.payload.count
+      }
+      #expect(received == 65_535)
+      // The server is blocked on the window: it still answers a PING, and sends nothing
+      // more on the stream before it.
+      try c.send(Raw.frame(0x6, 0, 0, [9, 9, 9, 9, 9, 9, 9, 9]))
+      _ = try #require(try c.await(type: 0x6))
+      #expect(c.skippedData == 0)
+      try c.send(Raw.frame(0x8, 0, 0, [0, 0x10, 0, 0]) + Raw.frame(0x8, 0, 1, [0, 0x10, 0, 0]))
+      var body: [UInt8] = []
+      while true {
+        guard let f = try c.await(type: 0x0, stream: 1) else { break }
+        body += f.payload
+        if body.count + received > 150_000 { break }
+      }
+      #expect(received + body.count > 150_000)
+    }
+  }
+}
