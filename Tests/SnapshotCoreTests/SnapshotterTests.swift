@@ -96,6 +96,15 @@ func upperDir(_ mounts: [Mount]) -> String {
     #expect(try await s.cleanup().isEmpty)
   }
 
+  @Test func deepChainOptionsFitInAPage() {
+    // 128 layers under the default root with 6-digit ids: the overlay data must stay under
+    // a page for mount(2).
+    let layout = Layout(root: "/var/lib/snapshotd")
+    let parents = (0..<127).map { Int64(900_000 + $0) }
+    let m = Snapshotter.mounts(layout, id: 999_999, kind: .active, parents: parents)
+    #expect(m[0].options.joined(separator: ",").utf8.count < 4096)
+  }
+
   @Test func everyTransactionIsFlushed() throws {
     let tmp = TempRoot()
     #expect(try tmp.open().writerSynchronous() == 2)

@@ -49,6 +49,9 @@ final class H2Connection {
   static let maxRequest = 16 << 20
   /// The per-stream receive window we announce: any request we accept fits.
   static let streamWindow = 16 << 20
+  /// The connection receive window we keep open, and the streams a client may have open.
+  static let connectionWindow = 64 << 20
+  static let maxStreams = 128
 
   struct ProtocolError: Error {
     let code: UInt32
@@ -65,9 +68,11 @@ final class H2Connection {
   func run() {
     do {
       guard try readPreface() else { return }  // a connect-and-close probe
-      // SETTINGS: INITIAL_WINDOW_SIZE (4); then open the connection window wide.
-      frame(type: 0x4, flags: 0, stream: 0, payload: setting(0x4, UInt32(Self.streamWindow)))
-      frame(type: 0x8, flags: 0, stream: 0, payload: be32(UInt32((1 << 30) - 65_535)))
+      // SETTINGS: MAX_CONCURRENT_STREAMS (3), INITIAL_WINDOW_SIZE (4); then widen the
+      // connection window. What one connection can make us buffer is bounded by these.
+      frame(type: 0x4, flags: 0, stream: 0,
+            payload: setting(0x3, UInt32(Self.maxStreams)) + setting(0x4, UInt32(Self.streamWindow)))
+      frame(type: 0x8, flags: 0, stream: 0, payload: be32(UInt32(Self.connectionWindow - 65_535)))
       try flush()
       while let f = try readFrame() {
         try handle(f)
@@ -183,6 +188,7 @@ final class H2Connection {
     if streams[f.stream] == nil {
       guard f.stream > lastStream else { throw ProtocolError(code: 1, reason: "stream \(f.stream) reused") }
       lastStream = f.stream
+      guard streams.count < Self.maxStreams else { throw ProtocolError(code: 1, reason: "more than \(Self.maxStreams) open streams") }
       streams[f.stream] = Stream(sendWindow: peerInitialWindow)
     }
     try headerFragment(f.stream, p, endHeaders: f.flags & 0x4 != 0)
