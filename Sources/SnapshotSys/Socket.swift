@@ -92,3 +92,14 @@ extension Socket {
   /// `shutdown(2)` SHUT_RD: blocked and later reads return end of stream; writes still work.
   public static func shutdownRead(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RD)) }
 }
+
+extension Socket {
+  /// `setsockopt(2)` SO_SNDTIMEO: a send blocked longer than `seconds` fails with EAGAIN,
+  /// so a peer that stops reading cannot hold a thread forever.
+  public static func setSendTimeout(_ fd: Int32, seconds: Int) throws(SystemError) {
+    var tv = timeval(tv_sec: seconds, tv_usec: 0)
+    _ = try SystemError.check("setsockopt", "SO_SNDTIMEO") {
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+  }
+}

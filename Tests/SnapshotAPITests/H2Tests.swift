@@ -188,4 +188,34 @@ import Glibc
       #expect(received + body.count > 150_000)
     }
   }
+
+  @Test func oversizedRequestsAndHeaderBlocksAreRefused() throws {
+    try withServer { socket, _ in
+      // A request declaring 32 MiB is refused on its first DATA frame, with RST_STREAM.
+      let c = try Raw(socket)
+      let h = Raw.headers([(":method", "POST"), (":path", "/containerd.services.snapshots.v1.Snapshots/Prepare"),
+                           ("content-type", "application/grpc")])
+      try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []) + Raw.frame(0x1, 0x4, 1, h)
+                 + Raw.frame(0x0, 0, 1, [0, 2, 0, 0, 0] + [UInt8](repeating: 0, count: 1000)))
+      let t = try #require(try c.await(type: 0x1, stream: 1))
+      #expect(String(decoding: t.payload, as: UTF8.self).contains("grpc-status\u{1}8"))
+      #expect(try c.await(type: 0x3, stream: 1) != nil)
+
+      // END_STREAM on HEADERS whose block ends in a CONTINUATION: answered after it.
+      try c.send(Raw.frame(0x1, 0x1, 3, Array(h.prefix(10))) + Raw.frame(0x9, 0x4, 3, Array(h.dropFirst(10))))
+      let t3 = try #require(try c.await(type: 0x1, stream: 3))
+      #expect(String(decoding: t3.payload, as: UTF8.self).contains("grpc-status\u{1}3"))  // empty request: no key
+
+      // A header block that never ends is cut off.
+      let d = try Raw(socket)
+      try d.send(Raw.preface + Raw.frame(0x1, 0, 1, [0]))
+      var aborted = false
+      for _ in 0..<10 {
+        do { try d.send(Raw.frame(0x9, 0, 1, [UInt8](repeating: 0x40, count: 16_000))) } catch { aborted = true; break }
+      }
+      let g = try d.await(type: 0x7)
+      #expect(aborted || g?.payload.suffix(4) == [0, 0, 0, 0xb])
+      try stillServes(socket)
+    }
+  }
 }

@@ -37,21 +37,26 @@ final class H2Connection {
   private var lastStream: UInt32 = 0
   private var peerGoingAway = false
 
+  private var buffered = 0  // request bytes held across all streams
+
   private struct Stream {
     var block: [UInt8] = []
     var path: String?
     var data: [UInt8] = []
     var sendWindow: Int
-    var tooLarge = false
+    var endStream = false
   }
 
-  /// Largest request message accepted (bytes).
+  /// Largest request message accepted (bytes): containerd's client sends up to 16 MiB.
   static let maxRequest = 16 << 20
-  /// The per-stream receive window we announce: any request we accept fits.
-  static let streamWindow = 16 << 20
-  /// The connection receive window we keep open, and the streams a client may have open.
+  /// The per-stream receive window we announce: any request we accept fits, prefix included.
+  static let streamWindow = maxRequest + 1024
+  /// The connection receive window we keep open, the streams a client may have open, the
+  /// request bytes one connection may have us hold, and the largest header block.
   static let connectionWindow = 64 << 20
   static let maxStreams = 128
+  static let maxBuffered = 64 << 20
+  static let maxHeaderList = 16_384
 
   struct ProtocolError: Error {
     let code: UInt32
@@ -71,7 +76,8 @@ final class H2Connection {
       // SETTINGS: MAX_CONCURRENT_STREAMS (3), INITIAL_WINDOW_SIZE (4); then widen the
       // connection window. What one connection can make us buffer is bounded by these.
       frame(type: 0x4, flags: 0, stream: 0,
-            payload: setting(0x3, UInt32(Self.maxStreams)) + setting(0x4, UInt32(Self.streamWindow)))
+            payload: setting(0x3, UInt32(Self.maxStreams)) + setting(0x4, UInt32(Self.streamWindow))
+              + setting(0x6, UInt32(Self.maxHeaderList)))
       frame(type: 0x8, flags: 0, stream: 0, payload: be32(UInt32(Self.connectionWindow - 65_535)))
       try flush()
       while let f = try readFrame() {
@@ -83,6 +89,10 @@ final class H2Connection {
         try flush()
         if peerGoingAway && streams.isEmpty { break }
       }
+      // End of input (the peer closed, or the server is stopping): say which streams were
+      // answered, so a client can retry the others elsewhere.
+      frame(type: 0x7, flags: 0, stream: 0, payload: be32(lastStream) + be32(0))
+      try? flush()
     } catch let e as ProtocolError {
       logger.warning("closing connection: HTTP/2 protocol error", metadata: ["reason": "\(e.reason)"])
       frame(type: 0x7, flags: 0, stream: 0, payload: be32(lastStream) + be32(e.code))
@@ -166,7 +176,9 @@ final class H2Connection {
       if f.flags & 0x1 == 0 { frame(type: 0x6, flags: 0x1, stream: 0, payload: Array(f.payload)) }
     case 0x7: peerGoingAway = true
     case 0x8: try windowUpdate(f)
-    case 0x9: try headerFragment(f.stream, f.payload, endHeaders: f.flags & 0x4 != 0)
+    case 0x9:
+      guard continuing == f.stream else { throw ProtocolError(code: 1, reason: "CONTINUATION without HEADERS") }
+      try headerFragment(f.stream, f.payload, endHeaders: f.flags & 0x4 != 0)
     case 0x5: throw ProtocolError(code: 1, reason: "PUSH_PROMISE from a client")
     default: break  // PRIORITY and unknown frame types are ignored
     }
@@ -184,21 +196,29 @@ final class H2Connection {
   private func headers(_ f: Frame) throws {
     guard f.stream != 0, f.stream & 1 == 1 else { throw ProtocolError(code: 1, reason: "HEADERS on stream \(f.stream)") }
     var p = try unpadded(f)
-    if f.flags & 0x20 != 0 { p = p.dropFirst(5) }  // PRIORITY fields
+    if f.flags & 0x20 != 0 {  // PRIORITY fields
+      guard p.count >= 5 else { throw ProtocolError(code: 6, reason: "HEADERS too short for PRIORITY") }
+      p = p.dropFirst(5)
+    }
     if streams[f.stream] == nil {
       guard f.stream > lastStream else { throw ProtocolError(code: 1, reason: "stream \(f.stream) reused") }
       lastStream = f.stream
       guard streams.count < Self.maxStreams else { throw ProtocolError(code: 1, reason: "more than \(Self.maxStreams) open streams") }
       streams[f.stream] = Stream(sendWindow: peerInitialWindow)
     }
+    if f.flags & 0x1 != 0 { streams[f.stream]?.endStream = true }
     try headerFragment(f.stream, p, endHeaders: f.flags & 0x4 != 0)
-    if f.flags & 0x1 != 0 { ready.append(f.stream) }
   }
 
   private func headerFragment(_ id: UInt32, _ fragment: ArraySlice<UInt8>, endHeaders: Bool) throws {
-    streams[id]?.block += fragment
+    guard var stream = streams[id] else { throw ProtocolError(code: 1, reason: "header block for closed stream \(id)") }
+    guard stream.block.count + fragment.count <= Self.maxHeaderList * 2 else {
+      throw ProtocolError(code: 0xb, reason: "header block of stream \(id) too large")
+    }
+    stream.block += fragment
+    streams[id] = stream
     continuing = endHeaders ? nil : id
-    guard endHeaders, var stream = streams[id] else { return }
+    guard endHeaders else { return }
     var buffer = ByteBuffer(bytes: stream.block)
     let decoded: HPACKHeaders
     do {
@@ -209,6 +229,7 @@ final class H2Connection {
     if stream.path == nil { stream.path = decoded.first(name: ":path") }
     stream.block = []
     streams[id] = stream
+    if stream.endStream { ready.append(id) }
   }
 
   private func data(_ f: Frame) throws {
@@ -219,16 +240,26 @@ final class H2Connection {
       unacknowledged = 0
     }
     let p = try unpadded(f)
-    if var stream = streams[f.stream] {
-      if stream.data.count + p.count > Self.maxRequest {
-        stream.tooLarge = true
-        stream.data = []
-      } else if !stream.tooLarge {
-        stream.data += p
+    guard var stream = streams[f.stream], !stream.endStream else { return }  // reset or answered
+    stream.data += p
+    buffered += p.count
+    guard buffered <= Self.maxBuffered else { throw ProtocolError(code: 0xb, reason: "more than \(Self.maxBuffered) bytes of requests held") }
+    if stream.data.count >= 5 {
+      let declared = Int(stream.data[1]) << 24 | Int(stream.data[2]) << 16 | Int(stream.data[3]) << 8 | Int(stream.data[4])
+      if declared > Self.maxRequest {
+        // Refused at once, before the client has sent it all; RST_STREAM stops the rest.
+        buffered -= stream.data.count
+        streams[f.stream] = nil
+        errorResponse(f.stream, RPCStatus(.resourceExhausted, "request message of \(declared) bytes exceeds \(Self.maxRequest)"))
+        frame(type: 0x3, flags: 0, stream: f.stream, payload: be32(0))
+        return
       }
-      streams[f.stream] = stream
-      if f.flags & 0x1 != 0 { ready.append(f.stream) }
     }
+    if f.flags & 0x1 != 0 {
+      stream.endStream = true
+      ready.append(f.stream)
+    }
+    streams[f.stream] = stream
   }
 
   private func settings(_ f: Frame) throws {
@@ -258,14 +289,18 @@ final class H2Connection {
     guard f.payload.count == 4 else { throw ProtocolError(code: 6, reason: "WINDOW_UPDATE length") }
     let p = f.payload.startIndex
     let inc = Int(f.payload[p] & 0x7f) << 24 | Int(f.payload[p + 1]) << 16 | Int(f.payload[p + 2]) << 8 | Int(f.payload[p + 3])
+    guard inc > 0 else { throw ProtocolError(code: 1, reason: "WINDOW_UPDATE of 0") }
     if f.stream == 0 {
+      guard connectionWindow + inc <= 0x7fff_ffff else { throw ProtocolError(code: 3, reason: "connection window overflow") }
       connectionWindow += inc
-    } else {
-      streams[f.stream]?.sendWindow += inc
+    } else if let w = streams[f.stream]?.sendWindow {
+      guard w + inc <= 0x7fff_ffff else { throw ProtocolError(code: 3, reason: "stream window overflow") }
+      streams[f.stream]!.sendWindow = w + inc
     }
   }
 
   private func removeStream(_ id: UInt32) {
+    if let s = streams[id] { buffered -= s.data.count }
     streams[id] = nil
     ready.removeAll { $0 == id }
   }
@@ -274,10 +309,9 @@ final class H2Connection {
 
   private func respond(_ id: UInt32) throws {
     guard let stream = streams[id] else { return }
+    buffered -= stream.data.count
     let result: Result<[[UInt8]], RPCStatus>
-    if stream.tooLarge {
-      result = .failure(RPCStatus(.resourceExhausted, "request larger than \(Self.maxRequest) bytes"))
-    } else if let path = stream.path, let route = routes[path] {
+    if let path = stream.path, let route = routes[path] {
       switch Self.message(stream.data) {
       case .success(let request):
         do {
@@ -305,13 +339,20 @@ final class H2Connection {
       guard try send(id, body) else { return }
       headerFrames(id, [("grpc-status", "0")], endStream: true)
     case .failure(let status):
-      headerFrames(
-        id,
-        [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", String(status.code.rawValue)),
-         ("grpc-message", Self.percentEncoded(status.message))],
-        endStream: true)
+      errorResponse(id, status)
     }
     streams[id] = nil
+  }
+
+  /// A trailers-only response carrying `status` (its message cut to 1 KiB).
+  private func errorResponse(_ id: UInt32, _ status: RPCStatus) {
+    var message = status.message
+    if message.utf8.count > 1024 { message = String(decoding: message.utf8.prefix(1024), as: UTF8.self) + "..." }
+    headerFrames(
+      id,
+      [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", String(status.code.rawValue)),
+       ("grpc-message", Self.percentEncoded(message))],
+      endStream: true)
   }
 
   /// The one length-prefixed message of a unary request (empty when the body is empty).

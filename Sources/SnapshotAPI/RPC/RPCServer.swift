@@ -41,7 +41,10 @@ public final class RPCServer: Sendable {
 
   private func acceptLoop(_ listener: Int32) {
     defer {
-      Socket.close(listener)
+      state.withLock { s in
+        s.listener = -1
+        Socket.close(listener)
+      }
       running.leave()
     }
     while true {
@@ -68,6 +71,7 @@ public final class RPCServer: Sendable {
         Socket.close(fd)
         return
       }
+      try? Socket.setSendTimeout(fd, seconds: 60)
       running.enter()
       do {
         try Threads.spawn { self.serve(fd) }
@@ -82,22 +86,25 @@ public final class RPCServer: Sendable {
 
   private func serve(_ fd: Int32) {
     H2Connection(fd: fd, routes: routes, logger: logger).run()
-    state.withLock { _ = $0.connections.remove(fd) }
-    Socket.close(fd)
+    // Removed and closed under the lock, so stop() never shuts down a reused number.
+    state.withLock { s in
+      s.connections.remove(fd)
+      Socket.close(fd)
+    }
     running.leave()
   }
 
   /// Stops accepting, lets calls in progress finish, closes every connection, and returns
   /// when all threads are done.
   public func stop() {
-    let (listener, connections) = state.withLock { s in
+    // shutdown() wakes accept() and every blocking read; a call being served still writes
+    // its response before its thread notices the end of input. A peer that stopped reading
+    // holds its thread at most the send timeout.
+    state.withLock { s in
       s.stopping = true
-      return (s.listener, s.connections)
+      if s.listener >= 0 { Socket.shutdown(s.listener) }
+      for fd in s.connections { Socket.shutdownRead(fd) }
     }
-    // shutdown() wakes accept() and every blocking read; a call being served still
-    // writes its response before its thread notices the end of input.
-    if listener >= 0 { Socket.shutdown(listener) }
-    for fd in connections { Socket.shutdownRead(fd) }
     running.wait()
   }
 }
