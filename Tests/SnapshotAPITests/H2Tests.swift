@@ -71,18 +71,6 @@ import Glibc
     }
   }
 
-  func withServer(_ body: (String, Snapshotter) throws -> Void) throws {
-    var template = Array("/tmp/snapshotd-h2-XXXXXX".utf8CString)
-    let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    defer { try? Tree.remove(dir) }
-    let snapshotter = try Snapshotter(root: dir + "/root")
-    let socket = dir + "/s.sock"
-    let server = SnapshotServer(socketPath: socket, snapshotter: snapshotter, logger: Logger(label: "test"))
-    try server.start()
-    defer { server.stop() }
-    try body(socket, snapshotter)
-  }
-
   /// The server still answers a well-formed Stat.
   func stillServes(_ socket: String) throws {
     let c = try Raw(socket)
@@ -91,8 +79,8 @@ import Glibc
     #expect(String(decoding: trailers.payload, as: UTF8.self).contains("grpc-status\u{1}5"))  // NotFound: "x"
   }
 
-  @Test func garbageAndBadFramesCloseTheConnectionOnly() throws {
-    try withServer { socket, _ in
+  @Test func garbageAndBadFramesCloseTheConnectionOnly() async throws {
+    try await withTestServer { socket, _ in
       let junk = try Raw(socket)
       try junk.send(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
       let goaway = try junk.await(type: 0x7)
@@ -113,8 +101,8 @@ import Glibc
     }
   }
 
-  @Test func badCallsGetGRPCErrors() throws {
-    try withServer { socket, _ in
+  @Test func badCallsGetGRPCErrors() async throws {
+    try await withTestServer { socket, _ in
       let c = try Raw(socket)
       try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []))
       try c.send(Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Nope", body: []))
@@ -136,14 +124,7 @@ import Glibc
   }
 
   @Test func largeListRespectsFlowControl() async throws {
-    var template = Array("/tmp/snapshotd-h2-XXXXXX".utf8CString)
-    let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    defer { try? Tree.remove(dir) }
-    let s = try Snapshotter(root: dir + "/root")
-    let socket = dir + "/s.sock"
-    let server = SnapshotServer(socketPath: socket, snapshotter: s, logger: Logger(label: "test"))
-    try server.start()
-    defer { server.stop() }
+    try await withTestServer { socket, s in
     // 1,500 snapshots with 300-byte labels: a List response of about half a megabyte, far
     // over the 64 KiB initial window, so the server must wait for WINDOW_UPDATEs.
     let label = String(repeating: "l", count: 300)
@@ -157,10 +138,11 @@ import Glibc
     }
     #expect(names.count == 1500)
     #expect(Set(names).count == 1500)
+    }
   }
 
-  @Test func responsesWaitForTheClientsWindow() throws {
-    try withServer { socket, s in
+  @Test func responsesWaitForTheClientsWindow() async throws {
+    try await withTestServer { socket, s in
       let label = String(repeating: "w", count: 400)
       for i in 0..<400 { _ = try s.prepare(key: "w\(i)", parent: "", labels: ["x": label]) }
       let c = try Raw(socket)
@@ -189,8 +171,8 @@ import Glibc
     }
   }
 
-  @Test func oversizedRequestsAndHeaderBlocksAreRefused() throws {
-    try withServer { socket, _ in
+  @Test func oversizedRequestsAndHeaderBlocksAreRefused() async throws {
+    try await withTestServer { socket, _ in
       // A request declaring 32 MiB is refused on its first DATA frame, with RST_STREAM.
       let c = try Raw(socket)
       let h = Raw.headers([(":method", "POST"), (":path", "/containerd.services.snapshots.v1.Snapshots/Prepare"),

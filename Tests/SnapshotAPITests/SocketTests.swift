@@ -12,19 +12,6 @@ import Glibc
 /// Bad requests over the real unix socket and gRPC stack: each gets containerd's gRPC code
 /// and a message naming the key, and the server keeps serving.
 @Suite struct SocketTests {
-  /// Runs `body` against a server on a fresh root and socket, then shuts it down.
-  func withServer(_ body: @Sendable (String) async throws -> Void) async throws {
-    var template = Array("/tmp/snapshotd-sock-XXXXXX".utf8CString)
-    let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    defer { try? Tree.remove(dir) }
-    let snapshotter = try Snapshotter(root: dir + "/root")
-    let socket = dir + "/s.sock"
-    let server = SnapshotServer(socketPath: socket, snapshotter: snapshotter, logger: Logger(label: "test"))
-    try server.start()
-    defer { server.stop() }
-    try await body(socket)
-  }
-
   func expectCode(_ kind: SnapshotError.Kind, naming key: String, _ body: () async throws -> Void) async {
     do {
       try await body()
@@ -39,7 +26,7 @@ import Glibc
   }
 
   @Test func badRequestsGetContainerdCodes() async throws {
-    try await withServer { socket in
+    try await withTestServer { socket, _ in
       try await withSnapshotsClient(socketPath: socket) { c in
         await expectCode(.invalidArgument, naming: "empty") { _ = try await c.prepare(.with { $0.key = "" }) }
         let long = String(repeating: "x", count: 70_000)
@@ -81,7 +68,7 @@ import Glibc
   }
 
   @Test func duplicateKeysRacedFromManyClientsHaveOneWinner() async throws {
-    try await withServer { socket in
+    try await withTestServer { socket, _ in
       for round in 0..<3 {
         let key = "race-\(round)"
         let outcomes = try await withThrowingTaskGroup(of: String.self) { group in
