@@ -80,7 +80,7 @@ struct Snapshotd: AsyncParsableCommand {
         services: [.init(service: service)],
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: logger))
-    let count = try await snapshotter.count()
+    let count = try snapshotter.count()
     logger.info("snapshotd starting", metadata: ["root": "\(root)", "address": "\(address)", "snapshots": "\(count)"])
     try await group.run()
     try? Sys.unlink(address)

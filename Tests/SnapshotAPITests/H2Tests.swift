@@ -51,7 +51,7 @@ import Glibc
     }
 
     /// Reads frames until one of `type` arrives on `stream` (or EOF: nil).
-    func await(type: UInt8, stream: UInt32? = nil) throws -> (flags: UInt8, payload: [UInt8])? {
+    func next(type: UInt8, stream: UInt32? = nil) throws -> (flags: UInt8, payload: [UInt8])? {
       var buf = [UInt8](repeating: 0, count: 65536)
       while true {
         while input.count >= 9 {
@@ -75,7 +75,7 @@ import Glibc
   func stillServes(_ socket: String) throws {
     let c = try Raw(socket)
     try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []) + Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Stat", body: [0x12, 1, 0x78]))
-    let trailers = try #require(try c.await(type: 0x1, stream: 1))
+    let trailers = try #require(try c.next(type: 0x1, stream: 1))
     #expect(String(decoding: trailers.payload, as: UTF8.self).contains("grpc-status\u{1}5"))  // NotFound: "x"
   }
 
@@ -83,18 +83,18 @@ import Glibc
     try await withTestServer { socket, _ in
       let junk = try Raw(socket)
       try junk.send(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
-      let goaway = try junk.await(type: 0x7)
+      let goaway = try junk.next(type: 0x7)
       #expect(goaway != nil)
-      #expect(try junk.await(type: 0x0) == nil)  // then closed
+      #expect(try junk.next(type: 0x0) == nil)  // then closed
 
       let big = try Raw(socket)
       try big.send(Raw.preface + Raw.frame(0x0, 0, 1, [UInt8](repeating: 0, count: 20_000)))
-      let g = try #require(try big.await(type: 0x7))
+      let g = try #require(try big.next(type: 0x7))
       #expect(g.payload.suffix(4) == [0, 0, 0, 6])  // FRAME_SIZE_ERROR
 
       let badHeaders = try Raw(socket)
       try badHeaders.send(Raw.preface + Raw.frame(0x1, 0x5, 1, [0xff, 0xff, 0xff, 0xff, 0xff]))
-      let g2 = try #require(try badHeaders.await(type: 0x7))
+      let g2 = try #require(try badHeaders.next(type: 0x7))
       #expect(g2.payload.suffix(4) == [0, 0, 0, 9])  // COMPRESSION_ERROR
 
       try stillServes(socket)
@@ -110,14 +110,14 @@ import Glibc
       try c.send(Raw.request(5, path: "/containerd.services.snapshots.v1.Snapshots/Prepare", body: [0x12, 1, 0x61], compressed: true))
       try c.send(Raw.request(7, path: "/containerd.services.snapshots.v1.Snapshots/Prepare", body: []))
       for (stream, code) in [(UInt32(1), "12"), (3, "3"), (5, "12"), (7, "3")] {
-        let t = try #require(try c.await(type: 0x1, stream: stream))
+        let t = try #require(try c.next(type: 0x1, stream: stream))
         let text = String(decoding: t.payload, as: UTF8.self)
         #expect(text.contains("grpc-status\u{1}" + code.suffix(1)) || text.contains("grpc-status\u{2}" + code), "\(stream): \(text)")
         #expect(t.flags & 0x1 != 0)  // trailers-only, stream ended
       }
       // PING is answered.
       try c.send(Raw.frame(0x6, 0, 0, [1, 2, 3, 4, 5, 6, 7, 8]))
-      let ping = try #require(try c.await(type: 0x6))
+      let ping = try #require(try c.next(type: 0x6))
       #expect(ping.flags == 1 && ping.payload == [1, 2, 3, 4, 5, 6, 7, 8])
       try stillServes(socket)
     }
@@ -151,19 +151,19 @@ import Glibc
       try c.send(Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/List", body: []))
       var received = 0
       while received < 65_535 {
-        let d = try #require(try c.await(type: 0x0, stream: 1))
+        let d = try #require(try c.next(type: 0x0, stream: 1))
         received += d.payload.count
       }
       #expect(received == 65_535)
       // The server is blocked on the window: it still answers a PING, and sends nothing
       // more on the stream before it.
       try c.send(Raw.frame(0x6, 0, 0, [9, 9, 9, 9, 9, 9, 9, 9]))
-      _ = try #require(try c.await(type: 0x6))
+      _ = try #require(try c.next(type: 0x6))
       #expect(c.skippedData == 0)
       try c.send(Raw.frame(0x8, 0, 0, [0, 0x10, 0, 0]) + Raw.frame(0x8, 0, 1, [0, 0x10, 0, 0]))
       var body: [UInt8] = []
       while true {
-        guard let f = try c.await(type: 0x0, stream: 1) else { break }
+        guard let f = try c.next(type: 0x0, stream: 1) else { break }
         body += f.payload
         if body.count + received > 150_000 { break }
       }
@@ -179,13 +179,13 @@ import Glibc
                            ("content-type", "application/grpc")])
       try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []) + Raw.frame(0x1, 0x4, 1, h)
                  + Raw.frame(0x0, 0, 1, [0, 2, 0, 0, 0] + [UInt8](repeating: 0, count: 1000)))
-      let t = try #require(try c.await(type: 0x1, stream: 1))
+      let t = try #require(try c.next(type: 0x1, stream: 1))
       #expect(String(decoding: t.payload, as: UTF8.self).contains("grpc-status\u{1}8"))
-      #expect(try c.await(type: 0x3, stream: 1) != nil)
+      #expect(try c.next(type: 0x3, stream: 1) != nil)
 
       // END_STREAM on HEADERS whose block ends in a CONTINUATION: answered after it.
       try c.send(Raw.frame(0x1, 0x1, 3, Array(h.prefix(10))) + Raw.frame(0x9, 0x4, 3, Array(h.dropFirst(10))))
-      let t3 = try #require(try c.await(type: 0x1, stream: 3))
+      let t3 = try #require(try c.next(type: 0x1, stream: 3))
       #expect(String(decoding: t3.payload, as: UTF8.self).contains("grpc-status\u{1}3"))  // empty request: no key
 
       // A header block that never ends is cut off.
@@ -195,7 +195,7 @@ import Glibc
       for _ in 0..<10 {
         do { try d.send(Raw.frame(0x9, 0, 1, [UInt8](repeating: 0x40, count: 16_000))) } catch { aborted = true; break }
       }
-      let g = try d.await(type: 0x7)
+      let g = try d.next(type: 0x7)
       #expect(aborted || g?.payload.suffix(4) == [0, 0, 0, 0xb])
       try stillServes(socket)
     }

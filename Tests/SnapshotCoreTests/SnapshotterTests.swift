@@ -19,9 +19,9 @@ final class TempRoot {
   func open() throws -> Snapshotter { try Snapshotter(root: path + "/root") }
 }
 
-func expectError(_ kind: SnapshotError.Kind, containing text: String, _ body: () async throws -> Void) async {
+func expectError(_ kind: SnapshotError.Kind, containing text: String, _ body: () throws -> Void) {
   do {
-    try await body()
+    try body()
     Issue.record("expected \(kind) error mentioning \(text)")
   } catch let e as SnapshotError {
     #expect(e.kind == kind, "\(e.message)")
@@ -48,7 +48,7 @@ func upperDir(_ mounts: [Mount]) -> String {
     try s.commit(name: "a", key: "a-active", labels: ["l": "1"])
     let a = try s.stat(key: "a")
     #expect(a.kind == .committed && a.parent == "" && a.labels == ["l": "1"])
-    await expectError(.notFound, containing: "a-active") { _ = try s.stat(key: "a-active") }
+    expectError(.notFound, containing: "a-active") { _ = try s.stat(key: "a-active") }
 
     // A view of one layer is a read-only bind of that layer.
     #expect(try s.view(key: "v", parent: "a") == [Mount(type: "bind", source: aFS, options: ["ro", "rbind"])])
@@ -74,26 +74,26 @@ func upperDir(_ mounts: [Mount]) -> String {
   @Test func errorsNameTheKey() async throws {
     let tmp = TempRoot()
     let s = try tmp.open()
-    await expectError(.invalidArgument, containing: "must not be empty") { _ = try await s.prepare(key: "", parent: "") }
+    expectError(.invalidArgument, containing: "must not be empty") { _ = try s.prepare(key: "", parent: "") }
     let long = String(repeating: "k", count: Limits.keyBytes + 1)
-    await expectError(.invalidArgument, containing: "longer than") { _ = try await s.prepare(key: long, parent: "") }
-    await expectError(.notFound, containing: "\"nope\"") { _ = try await s.prepare(key: "x", parent: "nope") }
-    _ = try await s.prepare(key: "act", parent: "")
-    await expectError(.alreadyExists, containing: "\"act\"") { _ = try await s.prepare(key: "act", parent: "") }
-    await expectError(.invalidArgument, containing: "not a committed") { _ = try await s.prepare(key: "x", parent: "act") }
-    try await s.commit(name: "base", key: "act")
-    _ = try await s.view(key: "view", parent: "base")
-    await expectError(.failedPrecondition, containing: "\"view\"") { try await s.commit(name: "n", key: "view") }
-    await expectError(.failedPrecondition, containing: "children") { try await s.remove(key: "base") }
-    await expectError(.failedPrecondition, containing: "committed") { _ = try await s.mounts(key: "base") }
-    _ = try await s.prepare(key: "act2", parent: "")
-    await expectError(.alreadyExists, containing: "\"base\"") { try await s.commit(name: "base", key: "act2") }
+    expectError(.invalidArgument, containing: "longer than") { _ = try s.prepare(key: long, parent: "") }
+    expectError(.notFound, containing: "\"nope\"") { _ = try s.prepare(key: "x", parent: "nope") }
+    _ = try s.prepare(key: "act", parent: "")
+    expectError(.alreadyExists, containing: "\"act\"") { _ = try s.prepare(key: "act", parent: "") }
+    expectError(.invalidArgument, containing: "not a committed") { _ = try s.prepare(key: "x", parent: "act") }
+    try s.commit(name: "base", key: "act")
+    _ = try s.view(key: "view", parent: "base")
+    expectError(.failedPrecondition, containing: "\"view\"") { try s.commit(name: "n", key: "view") }
+    expectError(.failedPrecondition, containing: "children") { try s.remove(key: "base") }
+    expectError(.failedPrecondition, containing: "committed") { _ = try s.mounts(key: "base") }
+    _ = try s.prepare(key: "act2", parent: "")
+    expectError(.alreadyExists, containing: "\"base\"") { try s.commit(name: "base", key: "act2") }
     let big = ["k": String(repeating: "v", count: Limits.labelPairBytes)]
-    await expectError(.invalidArgument, containing: "\"lab\"") { _ = try await s.prepare(key: "lab", parent: "", labels: big) }
-    await expectError(.notFound, containing: "\"gone\"") { try await s.remove(key: "gone") }
+    expectError(.invalidArgument, containing: "\"lab\"") { _ = try s.prepare(key: "lab", parent: "", labels: big) }
+    expectError(.notFound, containing: "\"gone\"") { try s.remove(key: "gone") }
     // Failed calls leave nothing behind.
-    #expect(try await s.count() == 3)
-    #expect(try await s.cleanup().isEmpty)
+    #expect(try s.count() == 3)
+    #expect(try s.cleanup().isEmpty)
   }
 
   @Test func deepChainOptionsFitInAPage() {
@@ -113,34 +113,34 @@ func upperDir(_ mounts: [Mount]) -> String {
   @Test func updateLabels() async throws {
     let tmp = TempRoot()
     let s = try tmp.open()
-    _ = try await s.prepare(key: "k", parent: "", labels: ["a": "1", "b": "2"])
-    let before = try await s.stat(key: "k")
+    _ = try s.prepare(key: "k", parent: "", labels: ["a": "1", "b": "2"])
+    let before = try s.stat(key: "k")
     var info = SnapshotInfo(name: "k", kind: .active, labels: ["b": "20", "c": "3"])
-    var out = try await s.update(info, fieldPaths: ["labels.b"])
+    var out = try s.update(info, fieldPaths: ["labels.b"])
     #expect(out.labels == ["a": "1", "b": "20"])
-    out = try await s.update(info, fieldPaths: ["labels.a"])
+    out = try s.update(info, fieldPaths: ["labels.a"])
     #expect(out.labels == ["b": "20"])
-    out = try await s.update(info, fieldPaths: [])
+    out = try s.update(info, fieldPaths: [])
     #expect(out.labels == ["b": "20", "c": "3"])
     #expect(out.updated >= before.updated && out.created == before.created)
-    #expect(try await s.stat(key: "k") == out)
+    #expect(try s.stat(key: "k") == out)
     info.labels = [:]
-    await expectError(.invalidArgument, containing: "\"name\"") { _ = try await s.update(info, fieldPaths: ["name"]) }
-    await expectError(.notFound, containing: "\"zz\"") { _ = try await s.update(SnapshotInfo(name: "zz", kind: .active), fieldPaths: []) }
+    expectError(.invalidArgument, containing: "\"name\"") { _ = try s.update(info, fieldPaths: ["name"]) }
+    expectError(.notFound, containing: "\"zz\"") { _ = try s.update(SnapshotInfo(name: "zz", kind: .active), fieldPaths: []) }
   }
 
   @Test func listWithFilters() async throws {
     let tmp = TempRoot()
     let s = try tmp.open()
-    _ = try await s.prepare(key: "a1", parent: "")
-    try await s.commit(name: "a", key: "a1", labels: ["tier": "base"])
-    _ = try await s.prepare(key: "b", parent: "a", labels: ["tier": "app"])
-    _ = try await s.view(key: "v", parent: "a")
-    #expect(try await s.list().map(\.name).sorted() == ["a", "b", "v"])
-    #expect(try await s.list(filters: ["kind==committed"]).map(\.name) == ["a"])
-    #expect(try await s.list(filters: ["parent==a"]).map(\.name).sorted() == ["b", "v"])
-    #expect(try await s.list(filters: ["labels.tier==app", "kind==view"]).map(\.name).sorted() == ["b", "v"])
-    await expectError(.invalidArgument, containing: "invalid filter") { _ = try await s.list(filters: ["kind=="]) }
+    _ = try s.prepare(key: "a1", parent: "")
+    try s.commit(name: "a", key: "a1", labels: ["tier": "base"])
+    _ = try s.prepare(key: "b", parent: "a", labels: ["tier": "app"])
+    _ = try s.view(key: "v", parent: "a")
+    #expect(try s.list().map(\.name).sorted() == ["a", "b", "v"])
+    #expect(try s.list(filters: ["kind==committed"]).map(\.name) == ["a"])
+    #expect(try s.list(filters: ["parent==a"]).map(\.name).sorted() == ["b", "v"])
+    #expect(try s.list(filters: ["labels.tier==app", "kind==view"]).map(\.name).sorted() == ["b", "v"])
+    expectError(.invalidArgument, containing: "invalid filter") { _ = try s.list(filters: ["kind=="]) }
   }
 
   @Test func usageAndRemove() async throws {
@@ -152,13 +152,13 @@ func upperDir(_ mounts: [Mount]) -> String {
     let chunk = [UInt8](repeating: 7, count: 65536)
     _ = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     close(fd)
-    let live = try await s.usage(key: "a1")
+    let live = try s.usage(key: "a1")
     #expect(live.inodes == 2 && live.size >= 65536)
-    try await s.commit(name: "a", key: "a1")
-    #expect(try await s.usage(key: "a") == live)
-    try await s.remove(key: "a")
-    await expectError(.notFound, containing: "\"a\"") { _ = try await s.usage(key: "a") }
-    _ = try await s.cleanup()
+    try s.commit(name: "a", key: "a1")
+    #expect(try s.usage(key: "a") == live)
+    try s.remove(key: "a")
+    expectError(.notFound, containing: "\"a\"") { _ = try s.usage(key: "a") }
+    _ = try s.cleanup()
     #expect(!Sys.exists(fs))
   }
 
@@ -194,11 +194,11 @@ func upperDir(_ mounts: [Mount]) -> String {
     let s = try tmp.open()
     let results = await withTaskGroup(of: Bool.self) { group in
       for _ in 0..<16 {
-        group.addTask { (try? await s.prepare(key: "same", parent: "")) != nil }
+        group.addTask { (try? s.prepare(key: "same", parent: "")) != nil }
       }
       return await group.reduce(into: [Bool]()) { $0.append($1) }
     }
     #expect(results.filter { $0 }.count == 1)
-    #expect(try await s.count() == 1)
+    #expect(try s.count() == 1)
   }
 }
