@@ -9,9 +9,11 @@ import Glibc
 /// containerd's snapshotter contract over a root directory: one SQLite database for the
 /// metadata, one directory per snapshot, overlayfs (or bind) mounts to compose them.
 ///
-/// Every call is one transaction, durable (fsync'd) when it returns. Directories are made
-/// under a temporary name and renamed, made durable, inside the transaction; directories of
-/// removed snapshots are deleted after the transaction commits and never fail the call.
+/// Every call is one transaction, durable (fsync'd) when it returns. A snapshot's directory
+/// is made under a temporary name, renamed and made durable before the row naming it can
+/// commit: ahead of time by the `DirectoryPool`, or inside the transaction when the pool is
+/// empty. Directories of removed snapshots are deleted after the transaction commits and
+/// never fail the call.
 public final class Snapshotter: Sendable {
   public let layout: Layout
   let db: DatabasePool
