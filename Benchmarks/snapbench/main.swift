@@ -9,29 +9,29 @@ import Glibc
 #endif
 
 @main
-struct SnapBench: AsyncParsableCommand {
+struct SnapBench: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "snapbench", abstract: "In-process latency of prepare, mounts, commit, stat and remove.")
 
   @Option(help: "Root directory to create the snapshotter in (must not exist).") var root: String
   @Option(help: "Cycles of prepare/mounts/commit/stat/remove.") var iterations = 1000
 
-  func run() async throws {
+  func run() throws {
     let s = try Snapshotter(root: root)
-    _ = try await s.prepare(key: "base-a", parent: "")
-    try await s.commit(name: "base", key: "base-a")
+    _ = try s.prepare(key: "base-a", parent: "")
+    try s.commit(name: "base", key: "base-a")
     var times: [String: [Double]] = [:]
-    func timed<T>(_ op: String, _ body: () async throws -> T) async throws {
+    func timed<T>(_ op: String, _ body: () throws -> T) throws {
       let t = now()
-      _ = try await body()
+      _ = try body()
       times[op, default: []].append(now() - t)
     }
     for i in 0..<iterations {
-      try await timed("prepare") { try await s.prepare(key: "a\(i)", parent: "base") }
-      try await timed("mounts") { try await s.mounts(key: "a\(i)") }
-      try await timed("commit") { try await s.commit(name: "c\(i)", key: "a\(i)") }
-      try await timed("stat") { try await s.stat(key: "c\(i)") }
-      try await timed("remove") { try await s.remove(key: "c\(i)") }
+      try timed("prepare") { try s.prepare(key: "a\(i)", parent: "base") }
+      try timed("mounts") { try s.mounts(key: "a\(i)") }
+      try timed("commit") { try s.commit(name: "c\(i)", key: "a\(i)") }
+      try timed("stat") { try s.stat(key: "c\(i)") }
+      try timed("remove") { try s.remove(key: "c\(i)") }
     }
     print("| call | p50 ms | p99 ms |\n|---|---:|---:|")
     for op in ["prepare", "mounts", "commit", "stat", "remove"] {

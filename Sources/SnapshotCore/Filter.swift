@@ -21,7 +21,12 @@ public struct Filter: Sendable {
   let selectors: [Selector]
 
   /// Parses one filter string; an error names the filter and the offending position.
+  /// An empty (or blank) filter matches everything, as containerd's `filters.Parse("")`.
   public init(parsing text: String) throws(SnapshotError) {
+    if text.unicodeScalars.allSatisfy(\.properties.isWhitespace) {
+      selectors = []
+      return
+    }
     var p = Parser(text: Array(text.unicodeScalars), source: text)
     selectors = try p.parseFilter()
   }

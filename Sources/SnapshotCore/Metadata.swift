@@ -136,6 +136,11 @@ enum Metadata {
 
   static func setLabels(_ db: Database, id: Int64, _ labels: [String: String]) throws {
     try db.cachedStatement(sql: "DELETE FROM label WHERE snapshot = ?").execute(arguments: [id])
+    try insertLabels(db, id: id, labels)
+  }
+
+  /// Labels of a snapshot that has none yet.
+  static func insertLabels(_ db: Database, id: Int64, _ labels: [String: String]) throws {
     for (k, v) in labels {
       try db.cachedStatement(sql: "INSERT INTO label (snapshot, key, value) VALUES (?, ?, ?)").execute(arguments: [id, k, v])
     }

@@ -12,11 +12,6 @@ public enum SnapshotKind: Int, Sendable, CaseIterable {
     case .committed: "committed"
     }
   }
-
-  public init?(name: String) {
-    guard let kind = Self.allCases.first(where: { $0.name == name }) else { return nil }
-    self = kind
-  }
 }
 
 /// What Stat, List and Update return for a snapshot.

@@ -83,7 +83,7 @@ public final class Snapshotter: Sendable {
       let id = pooled ?? pool.reserveID()
       defer { pool.release(id) }
       try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos())
-      try Metadata.setLabels(db, id: id, labels)
+      try Metadata.insertLabels(db, id: id, labels)
       let chain = try parentID.map { try [$0] + Metadata.parentChain(db, of: $0) } ?? []
       if pooled == nil {
         try Self.makeDirectory(layout, id: id, kind: kind, parentID: parentID)
@@ -122,6 +122,7 @@ public final class Snapshotter: Sendable {
       if Sys.exists(staging) { try Tree.remove(staging) }
       // Modes are set explicitly: the process umask is not ours to rely on.
       try Sys.mkdir(staging, mode: 0o700)
+      try Sys.chmod(staging, mode: 0o700)
       try Sys.mkdir(staging + "/fs", mode: 0o755)
       try Sys.chmod(staging + "/fs", mode: 0o755)
       if kind == .active {
@@ -301,12 +302,17 @@ public final class Snapshotter: Sendable {
     // Listing and removal run inside a write transaction so no snapshot is being made
     // while we decide what is an orphan.
     let layout = self.layout
-    return try write { db in try Self.removeOrphans(layout, ids: Metadata.allIDs(db).union(pool.inUse)) }
+    return try write { db in try Self.removeOrphans(layout) { try Metadata.allIDs(db).union(pool.inUse) } }
   }
 
-  private static func removeOrphans(_ layout: Layout, ids: Set<Int64>) throws -> [String] {
+  /// Removes what `s/` holds for ids outside `keep()`. `keep` is asked after the listing:
+  /// the pool reserves an id before it makes its directory, so a directory listed is either
+  /// kept or truly orphaned.
+  private static func removeOrphans(_ layout: Layout, keep: () throws -> Set<Int64>) throws -> [String] {
     var removed: [String] = []
-    for name in try Sys.listDirectory(layout.snapshots) {
+    let names = try Sys.listDirectory(layout.snapshots)
+    let ids = try keep()
+    for name in names {
       if let id = Layout.id(ofDirectory: name) ?? Layout.id(ofStaging: name), ids.contains(id) { continue }
       let path = layout.snapshots + "/" + name
       try Tree.remove(path)
@@ -322,7 +328,7 @@ public final class Snapshotter: Sendable {
   private static func sweep(_ layout: Layout, db: DatabasePool, logger: Logger) throws(SnapshotError) -> Int64 {
     do {
       let (rows, lastID) = try db.read { db in (try Metadata.all(db), try Metadata.lastID(db)) }
-      let removed = try removeOrphans(layout, ids: Set(rows.map(\.id)))
+      let removed = try removeOrphans(layout) { Set(rows.map(\.id)) }
       for path in removed { logger.info("removed orphan directory", metadata: ["path": "\(path)"]) }
       for row in rows where !Sys.exists(layout.fs(row.id)) {
         if row.kind == .committed {

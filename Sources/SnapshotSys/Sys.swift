@@ -110,25 +110,11 @@ public enum Sys {
 }
 
 extension Sys {
-  /// `socket(2)` + `connect(2)` to a unix socket: whether a live process accepts on it.
+  /// Whether a live process accepts connections on the unix socket at `path`.
   public static func unixSocketIsLive(_ path: String) -> Bool {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    let bytes = Array(path.utf8)
-    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
-    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-      raw.copyBytes(from: bytes)
-      raw[bytes.count] = 0
-    }
-    let rc = withUnsafePointer(to: &addr) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-      }
-    }
-    return rc == 0
+    guard let fd = try? Socket.connect(unixPath: path) else { return false }
+    Socket.close(fd)
+    return true
   }
 
   /// `umask(2)`: sets the mask and returns the previous one.

@@ -14,7 +14,7 @@ public enum Tree {
     _ = try SystemError.check("fstat", path) { fstat(fd, &st) }
     seen.insert(InodeKey(st))
     var size = Int64(st.st_blocks) * 512
-    try walk(fd, path) { (dirfd: Int32, name: UnsafePointer<CChar>, st: stat) in
+    try walk(fd, path) { st in
       if seen.insert(InodeKey(st)).inserted { size += Int64(st.st_blocks) * 512 }
     }
     return (size, Int64(seen.count))
@@ -61,14 +61,14 @@ public enum Tree {
   /// Calls `visit` with `fstatat` of every entry below the directory open at `fd`
   /// (which this call closes), depth first, without following symlinks.
   private static func walk(
-    _ fd: Int32, _ path: String, _ visit: (Int32, UnsafePointer<CChar>, stat) throws(SystemError) -> Void
+    _ fd: Int32, _ path: String, _ visit: (stat) throws(SystemError) -> Void
   ) throws(SystemError) {
     try forEachEntry(fd, path) { (name, _) throws(SystemError) in
       var st = stat()
       if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
         throw SystemError("fstatat", path + "/" + String(cString: name), errno: errno)
       }
-      try visit(fd, name, st)
+      try visit(st)
       if (st.st_mode & S_IFMT) == S_IFDIR {
         let child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         if child < 0 { throw SystemError("openat", path + "/" + String(cString: name), errno: errno) }

@@ -1,4 +1,3 @@
-import SnapshotAPI
 import SnapshotCore
 
 /// Human tables and JSON for snapctl's output. JSON is written by hand here: the values

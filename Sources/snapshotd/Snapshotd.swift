@@ -122,7 +122,7 @@ struct ServerService: Service {
       throw Snapshotd.StartupError(message: "cannot listen on \(server.socketPath): \(error)")
     }
     if let group {
-      try Sys.lchown(server.socketPath, uid: 0, gid: group)
+      try Sys.lchown(server.socketPath, uid: uid_t.max, gid: group)  // owner unchanged
     }
     logger.info("serving", metadata: ["address": "\(server.socketPath)"])
     try? await gracefulShutdown()

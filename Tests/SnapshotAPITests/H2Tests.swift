@@ -112,7 +112,9 @@ import Glibc
       for (stream, code) in [(UInt32(1), "12"), (3, "3"), (5, "12"), (7, "3")] {
         let t = try #require(try c.next(type: 0x1, stream: stream))
         let text = String(decoding: t.payload, as: UTF8.self)
-        #expect(text.contains("grpc-status\u{1}" + code.suffix(1)) || text.contains("grpc-status\u{2}" + code), "\(stream): \(text)")
+        // Literal field: name, then the value's length byte, then the value itself.
+        let field = "grpc-status" + String(UnicodeScalar(UInt8(code.utf8.count))) + code
+        #expect(text.contains(field), "\(stream): \(text)")
         #expect(t.flags & 0x1 != 0)  // trailers-only, stream ended
       }
       // PING is answered.
@@ -191,12 +193,12 @@ import Glibc
       // A header block that never ends is cut off.
       let d = try Raw(socket)
       try d.send(Raw.preface + Raw.frame(0x1, 0, 1, [0]))
-      var aborted = false
       for _ in 0..<10 {
-        do { try d.send(Raw.frame(0x9, 0, 1, [UInt8](repeating: 0x40, count: 16_000))) } catch { aborted = true; break }
+        do { try d.send(Raw.frame(0x9, 0, 1, [UInt8](repeating: 0x40, count: 16_000))) } catch { break }
       }
-      let g = try d.next(type: 0x7)
-      #expect(aborted || g?.payload.suffix(4) == [0, 0, 0, 0xb])
+      // Sends may fail once the server has closed; its GOAWAY is still there to read.
+      let g = try #require(try d.next(type: 0x7))
+      #expect(g.payload.suffix(4) == [0, 0, 0, 0xb])  // ENHANCE_YOUR_CALM
       try stillServes(socket)
     }
   }

@@ -181,12 +181,19 @@ func upperDir(_ mounts: [Mount]) -> String {
     #expect(Sys.exists(bUpper) && Sys.exists(String(bUpper.dropLast(3)) + "/work"))
     #expect(try s.list().count == 2)
     #expect(try s.mounts(key: "b")[0].options.contains("upperdir=\(bUpper)"))
-    // Ids keep growing: a new snapshot never reuses a directory.
+    // Ids are never reused, across restarts too: a removed snapshot's directory name
+    // does not come back.
     let c = try s.prepare(key: "c", parent: "")[0].source
-    #expect(c != bUpper && Sys.exists(c))
+    try s.remove(key: "c")
+    s.pool.waitIdle()
+    s = try tmp.open()
+    s.pool.waitIdle()
+    let d = try s.prepare(key: "d", parent: "")[0].source
+    #expect(d != c && Sys.exists(d))
+    #expect(try s.list().count == 3)
     // Cleanup keeps the directories made ahead of time and every snapshot's.
     #expect(try s.cleanup().isEmpty)
-    #expect(Sys.exists(c) && Sys.exists(bUpper))
+    #expect(Sys.exists(d) && Sys.exists(bUpper))
   }
 
   @Test func concurrentDuplicatePrepareHasOneWinner() async throws {

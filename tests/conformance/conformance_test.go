@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -41,9 +42,7 @@ func TestSnapshotd(t *testing.T) {
 func startDaemon(bin, root, extra string) (snapshots.Snapshotter, func() error, error) {
 	sock := filepath.Join(filepath.Dir(root), "snapshotd.sock")
 	args := []string{"--root", root, "--address", sock, "--log-level", "warning"}
-	if extra != "" {
-		args = append(args, extra)
-	}
+	args = append(args, strings.Fields(extra)...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = os.Stderr
 	cmd.Stderr = os.Stderr

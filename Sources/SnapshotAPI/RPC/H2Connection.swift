@@ -211,14 +211,13 @@ final class H2Connection {
   }
 
   private func headerFragment(_ id: UInt32, _ fragment: ArraySlice<UInt8>, endHeaders: Bool) throws {
-    guard var stream = streams[id] else { throw ProtocolError(code: 1, reason: "header block for closed stream \(id)") }
-    guard stream.block.count + fragment.count <= Self.maxHeaderList * 2 else {
+    guard let held = streams[id]?.block.count else { throw ProtocolError(code: 1, reason: "header block for closed stream \(id)") }
+    guard held + fragment.count <= Self.maxHeaderList * 2 else {
       throw ProtocolError(code: 0xb, reason: "header block of stream \(id) too large")
     }
-    stream.block += fragment
-    streams[id] = stream
+    streams[id]!.block.append(contentsOf: fragment)
     continuing = endHeaders ? nil : id
-    guard endHeaders else { return }
+    guard endHeaders, var stream = streams[id] else { return }
     var buffer = ByteBuffer(bytes: stream.block)
     let decoded: HPACKHeaders
     do {
@@ -240,15 +239,17 @@ final class H2Connection {
       unacknowledged = 0
     }
     let p = try unpadded(f)
-    guard var stream = streams[f.stream], !stream.endStream else { return }  // reset or answered
-    stream.data += p
+    guard let stream = streams[f.stream], !stream.endStream else { return }  // reset or answered
+    let held = stream.data.count + p.count
     buffered += p.count
     guard buffered <= Self.maxBuffered else { throw ProtocolError(code: 0xb, reason: "more than \(Self.maxBuffered) bytes of requests held") }
-    if stream.data.count >= 5 {
-      let declared = Int(stream.data[1]) << 24 | Int(stream.data[2]) << 16 | Int(stream.data[3]) << 8 | Int(stream.data[4])
+    streams[f.stream]!.data.append(contentsOf: p)  // in place: no copy of what is held
+    if held >= 5 {
+      let d = streams[f.stream]!.data
+      let declared = Int(d[1]) << 24 | Int(d[2]) << 16 | Int(d[3]) << 8 | Int(d[4])
       if declared > Self.maxRequest {
         // Refused at once, before the client has sent it all; RST_STREAM stops the rest.
-        buffered -= stream.data.count
+        buffered -= held
         streams[f.stream] = nil
         errorResponse(f.stream, RPCStatus(.resourceExhausted, "request message of \(declared) bytes exceeds \(Self.maxRequest)"))
         frame(type: 0x3, flags: 0, stream: f.stream, payload: be32(0))
@@ -256,10 +257,9 @@ final class H2Connection {
       }
     }
     if f.flags & 0x1 != 0 {
-      stream.endStream = true
+      streams[f.stream]!.endStream = true
       ready.append(f.stream)
     }
-    streams[f.stream] = stream
   }
 
   private func settings(_ f: Frame) throws {
@@ -310,6 +310,7 @@ final class H2Connection {
   private func respond(_ id: UInt32) throws {
     guard let stream = streams[id] else { return }
     buffered -= stream.data.count
+    streams[id]!.data = []  // counted out; a reset while sending must not count it again
     let result: Result<[[UInt8]], RPCStatus>
     if let path = stream.path, let route = routes[path] {
       switch Self.message(stream.data) {
