@@ -85,10 +85,7 @@ func main() {
 		}
 		for i := 0; i < max(100, *n/5); i++ {
 			k := fmt.Sprintf("deep-%d", i)
-			st := time.Now()
-			_, err := t.sn.Prepare(ctx, k, parent)
-			t.s[deep] = append(t.s[deep], ms(st))
-			check(err)
+			timed(t.s, deep, func() error { _, err := t.sn.Prepare(ctx, k, parent); return err })
 			check(t.sn.Remove(ctx, k))
 		}
 	}
@@ -137,15 +134,13 @@ func main() {
 					check(err)
 					check(t.sn.Commit(ctx, fmt.Sprintf("fill-%d", have), fmt.Sprintf("fill-%d-a", have)))
 				}
-				var xs []float64
+				s := map[string][]float64{}
 				for i := 0; i < max(200, *n/5); i++ {
 					k := fmt.Sprintf("scale-%d-%d", size, i)
-					st := time.Now()
-					_, err := t.sn.Prepare(ctx, k, "bench-base")
-					xs = append(xs, ms(st))
-					check(err)
+					timed(s, "prepare", func() error { _, err := t.sn.Prepare(ctx, k, "bench-base"); return err })
 					check(t.sn.Remove(ctx, k))
 				}
+				xs := s["prepare"]
 				fmt.Printf("| %s | %d | %.3f | %.3f |\n", t.name, size, pct(xs, .5), pct(xs, .99))
 				p50 = append(p50, pct(xs, .5))
 			}
@@ -157,25 +152,18 @@ func main() {
 // cycle times prepare → mounts → commit → stat → remove.
 func cycle(ctx context.Context, t *target, id string, s map[string][]float64) {
 	a, c := "a-"+id, "c-"+id
+	timed(s, "prepare", func() error { _, err := t.sn.Prepare(ctx, a, "bench-base"); return err })
+	timed(s, "mounts", func() error { _, err := t.sn.Mounts(ctx, a); return err })
+	timed(s, "commit", func() error { return t.sn.Commit(ctx, c, a) })
+	timed(s, "stat", func() error { _, err := t.sn.Stat(ctx, c); return err })
+	timed(s, "remove", func() error { return t.sn.Remove(ctx, c) })
+}
+
+// timed runs call, appends its latency in ms to s[op], and stops the run on an error.
+func timed(s map[string][]float64, op string, call func() error) {
 	st := time.Now()
-	_, err := t.sn.Prepare(ctx, a, "bench-base")
-	s["prepare"] = append(s["prepare"], ms(st))
-	check(err)
-	st = time.Now()
-	_, err = t.sn.Mounts(ctx, a)
-	s["mounts"] = append(s["mounts"], ms(st))
-	check(err)
-	st = time.Now()
-	err = t.sn.Commit(ctx, c, a)
-	s["commit"] = append(s["commit"], ms(st))
-	check(err)
-	st = time.Now()
-	_, err = t.sn.Stat(ctx, c)
-	s["stat"] = append(s["stat"], ms(st))
-	check(err)
-	st = time.Now()
-	err = t.sn.Remove(ctx, c)
-	s["remove"] = append(s["remove"], ms(st))
+	err := call()
+	s[op] = append(s[op], ms(st))
 	check(err)
 }
 

@@ -99,12 +99,12 @@ public final class Snapshotter: Sendable {
   /// Fits a pooled directory (made for an active snapshot without parent) to this
   /// snapshot: a view has no work dir, and `fs` takes the owner of the parent's `fs`
   /// (made durable then; image layers' roots are normally root's, which needs nothing).
+  /// Pooled directories belong to this process's effective user and group.
   private static func adopt(_ layout: Layout, id: Int64, kind: SnapshotKind, parentID: Int64?) throws(SystemError) {
     if kind == .view { try Tree.remove(layout.work(id)) }
     if let parentID {
       let owner = try Sys.lstat(layout.fs(parentID))
-      let own = try Sys.lstat(layout.fs(id))
-      if owner.st_uid != own.st_uid || owner.st_gid != own.st_gid {
+      if owner.st_uid != geteuid() || owner.st_gid != getegid() {
         try Sys.lchown(layout.fs(id), uid: owner.st_uid, gid: owner.st_gid)
         try Sys.fsyncDirectory(layout.fs(id))
       }
