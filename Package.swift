@@ -2,7 +2,8 @@
 // snapshotd: a layered filesystem snapshotter service for containerd.
 //
 // Dependencies point one way:
-//   SnapshotSys (system calls) → SnapshotCore (metadata, layout, mounts)
+//   CSysShims, CArchive (C) → SnapshotSys (system calls) → LayerStore (layer unpacking,
+//   content objects, OCI formats) → SnapshotCore (metadata, layout, mounts, imports)
 //     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl)
 //   Benchmarks/snapbench times the core in-process.
 // The core never imports gRPC.
@@ -27,16 +28,32 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
+    .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
   ],
   targets: [
+    .target(name: "CSysShims", path: "Sources/CSysShims"),
+    .systemLibrary(
+      name: "CArchive",
+      path: "Sources/CArchive",
+      pkgConfig: "libarchive",
+      providers: [.apt(["libarchive-dev"])]
+    ),
     .target(
       name: "SnapshotSys",
+      dependencies: ["CSysShims"],
       path: "Sources/SnapshotSys"
+    ),
+    .target(
+      name: "LayerStore",
+      dependencies: [
+        "SnapshotSys", "CArchive",
+        .product(name: "Crypto", package: "swift-crypto"),
+      ]
     ),
     .target(
       name: "SnapshotCore",
       dependencies: [
-        "SnapshotSys",
+        "SnapshotSys", "LayerStore",
         .product(name: "GRDB", package: "GRDB.swift"),
         .product(name: "Logging", package: "swift-log"),
       ]
@@ -67,6 +84,7 @@ let package = Package(
       name: "snapctl",
       dependencies: [
         "SnapshotAPI", "SnapshotCore", "SnapshotSys",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),

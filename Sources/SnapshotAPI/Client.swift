@@ -8,6 +8,7 @@ public typealias SnapshotsClient = SnapshotsAPI.Client<HTTP2ClientTransport.Posi
 /// A long-lived client connection; ``close()`` it when done.
 public final class SnapshotsConnection: Sendable {
   public let client: SnapshotsClient
+  public let store: StoreClient
   private let grpc: GRPCClient<HTTP2ClientTransport.Posix>
   private let connections: Task<Void, any Error>
 
@@ -19,6 +20,7 @@ public final class SnapshotsConnection: Sendable {
     let grpc = self.grpc
     connections = Task { try await grpc.runConnections() }
     client = SnapshotsAPI.Client(wrapping: grpc)
+    store = StoreClient(wrapping: grpc)
   }
 
   public func close() async {
@@ -27,15 +29,33 @@ public final class SnapshotsConnection: Sendable {
   }
 }
 
+/// snapshotd's store service (layer and image import, usage, gc).
+public typealias StoreClient = Snapshotd_V1_Store.Client<HTTP2ClientTransport.Posix>
+
 /// Runs `body` with a client connected to the unix socket at `socketPath`; gRPC errors
 /// thrown inside come back as ``SnapshotError`` of the matching kind.
 public func withSnapshotsClient<T: Sendable>(
   socketPath: String,
   _ body: @Sendable (SnapshotsClient) async throws -> T
 ) async throws -> T {
+  try await withConnection(socketPath: socketPath) { try await body($0.client) }
+}
+
+/// ``withSnapshotsClient(socketPath:_:)`` for the store service.
+public func withStoreClient<T: Sendable>(
+  socketPath: String,
+  _ body: @Sendable (StoreClient) async throws -> T
+) async throws -> T {
+  try await withConnection(socketPath: socketPath) { try await body($0.store) }
+}
+
+private func withConnection<T: Sendable>(
+  socketPath: String,
+  _ body: @Sendable (SnapshotsConnection) async throws -> T
+) async throws -> T {
   let connection = try SnapshotsConnection(socketPath: socketPath)
   do {
-    let result = try await body(connection.client)
+    let result = try await body(connection)
     await connection.close()
     return result
   } catch let error as RPCError {

@@ -2,14 +2,16 @@ import Logging
 import SnapshotCore
 import SnapshotSys
 
-/// snapshotd's server: the snapshots service on a unix socket.
+/// snapshotd's server: containerd's snapshots service and our store service on a unix
+/// socket.
 public final class SnapshotServer: Sendable {
   public let socketPath: String
   let rpc: RPCServer
 
   public init(socketPath: String, snapshotter: Snapshotter, logger: Logger) {
     self.socketPath = socketPath
-    rpc = RPCServer(socketPath: socketPath, routes: SnapshotsRoutes.make(snapshotter, logger: logger), logger: logger)
+    let routes = SnapshotsRoutes.make(snapshotter, logger: logger).merging(StoreRoutes.make(snapshotter, logger: logger)) { a, _ in a }
+    rpc = RPCServer(socketPath: socketPath, routes: routes, logger: logger)
   }
 
   /// Binds the socket and serves on background threads.

@@ -74,9 +74,9 @@ public enum SnapshotsRoutes {
         return Google_Protobuf_Empty()
       },
     ]
-    var table = RPCRoutes(uniqueKeysWithValues: routes)
+    var table = RPCRoutes(uniqueKeysWithValues: routes.map { ($0.0, RPCHandler.unary($0.1)) })
     // List streams its results in batches of 100, as containerd's service does.
-    table[service + "List"] = { bytes in
+    table[service + "List"] = .unary { bytes in
       let request: Containerd_Services_Snapshots_V1_ListSnapshotsRequest
       do {
         request = try .init(serializedBytes: bytes)

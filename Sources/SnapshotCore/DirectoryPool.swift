@@ -75,7 +75,7 @@ final class DirectoryPool: Sendable {
       do {
         for _ in 0..<want {
           let id = reserveID()
-          try Snapshotter.makeDirectory(layout, id: id, kind: .active, parentID: nil)
+          try Snapshotter.makeDirectory(layout, id: id, kind: .active, parent: nil)
           try Sys.fsyncDirectory(layout.dir(id))
           made.append(id)
         }

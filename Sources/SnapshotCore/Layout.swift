@@ -6,6 +6,10 @@
 ///     ROOT/s/<id>/fs        a snapshot's files (overlay upper dir, or a lower layer)
 ///     ROOT/s/<id>/work      overlay work dir of an active snapshot
 ///     ROOT/s/new-<id>       a snapshot directory being made (then renamed to <id> and fsync'd)
+///     ROOT/l/<id>           an imported layer (one per diffID), shared by every chain holding it
+///     ROOT/l/new-<n>        a layer being unpacked
+///     ROOT/o/<xx>/<62 hex>  content objects, hard-linked into layers
+///     ROOT/tmp/             image archives being read
 ///
 /// Directories are made ahead of time (`DirectoryPool`): `s/<id>` may exist before the
 /// snapshot <id> does.
@@ -25,6 +29,17 @@ public struct Layout: Sendable {
   public func fs(_ id: Int64) -> String { dir(id) + "/fs" }
   public func work(_ id: Int64) -> String { dir(id) + "/work" }
   public func staging(_ id: Int64) -> String { snapshots + "/new-" + String(id) }
+  public var layers: String { root + "/l" }
+  public func layer(_ id: Int64) -> String { layers + "/" + String(id) }
+  public var objects: String { root + "/o" }
+  public var temporary: String { root + "/tmp" }
+
+  /// The directory holding a snapshot's files: its layer's, or its own.
+  func files(id: Int64, layer: Int64?) -> String { layer.map { self.layer($0) } ?? fs(id) }
+
+  /// Names of trees in the object reference table.
+  static func tree(layer: Int64) -> String { "l/" + String(layer) }
+  static func tree(snapshot: Int64) -> String { "s/" + String(snapshot) }
 
   /// The id of a staging directory name (`new-<id>`), if it is one.
   public static func id(ofStaging name: String) -> Int64? {

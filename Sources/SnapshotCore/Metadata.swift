@@ -11,6 +11,8 @@ struct SnapshotRow: Sendable {
   var updated: Int64
   var size: Int64
   var inodes: Int64
+  /// The shared layer directory (`l/<layer>`) an imported snapshot uses instead of `s/<id>/fs`.
+  var layer: Int64?
 
   init(row: Row) throws(SnapshotError) {
     id = row["id"]
@@ -24,6 +26,7 @@ struct SnapshotRow: Sendable {
     updated = row["updated"]
     size = row["size"]
     inodes = row["inodes"]
+    layer = row["layer"]
   }
 }
 
@@ -53,11 +56,39 @@ enum Metadata {
         ) WITHOUT ROWID;
         """)
     }
+    // Imported layers: one directory per diffID (`l/<id>`), shared by every chain holding
+    // it; content objects (`o/..`) reference-counted by the trees (`l/<id>`, `s/<id>`)
+    // that link them.
+    m.registerMigration("v2") { db in
+      try db.execute(sql: """
+        CREATE TABLE layer (
+          id INTEGER PRIMARY KEY AUTOINCREMENT,
+          diff_id TEXT NOT NULL UNIQUE,
+          digest TEXT,
+          size INTEGER NOT NULL,
+          entries INTEGER NOT NULL,
+          created INTEGER NOT NULL
+        );
+        CREATE INDEX layer_digest ON layer(digest);
+        ALTER TABLE snapshot ADD COLUMN layer INTEGER REFERENCES layer(id);
+        CREATE INDEX snapshot_layer ON snapshot(layer);
+        CREATE TABLE object (
+          key TEXT PRIMARY KEY,
+          size INTEGER NOT NULL,
+          refs INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE object_ref (
+          tree TEXT NOT NULL,
+          key TEXT NOT NULL,
+          PRIMARY KEY (tree, key)
+        ) WITHOUT ROWID;
+        """)
+    }
     return m
   }
 
   private static let selectColumns = """
-    SELECT s.id, s.key, s.parent, p.key AS parent_key, s.kind, s.created, s.updated, s.size, s.inodes
+    SELECT s.id, s.key, s.parent, p.key AS parent_key, s.kind, s.created, s.updated, s.size, s.inodes, s.layer
     FROM snapshot s LEFT JOIN snapshot p ON p.id = s.parent
     """
 
@@ -79,16 +110,16 @@ enum Metadata {
     Set(try Int64.fetchAll(db, sql: "SELECT id FROM snapshot"))
   }
 
-  /// Ids of the parent chain of `id`, nearest parent first.
-  static func parentChain(_ db: Database, of id: Int64) throws -> [Int64] {
-    try Int64.fetchAll(db.cachedStatement(sql: """
-      WITH RECURSIVE chain(id, parent, depth) AS (
-        SELECT id, parent, 0 FROM snapshot WHERE id = ?
+  /// The parent chain of `id` (ids and layers), nearest parent first.
+  static func parentChain(_ db: Database, of id: Int64) throws -> [(id: Int64, layer: Int64?)] {
+    try Row.fetchAll(db.cachedStatement(sql: """
+      WITH RECURSIVE chain(id, parent, layer, depth) AS (
+        SELECT id, parent, layer, 0 FROM snapshot WHERE id = ?
         UNION ALL
-        SELECT s.id, s.parent, c.depth + 1 FROM snapshot s JOIN chain c ON s.id = c.parent
+        SELECT s.id, s.parent, s.layer, c.depth + 1 FROM snapshot s JOIN chain c ON s.id = c.parent
       )
-      SELECT id FROM chain WHERE depth > 0 ORDER BY depth
-      """), arguments: [id])
+      SELECT id, layer FROM chain ORDER BY depth
+      """), arguments: [id]).map { ($0[0], $0[1]) }
   }
 
   static func hasChildren(_ db: Database, id: Int64) throws -> Bool {
@@ -144,6 +175,86 @@ enum Metadata {
     for (k, v) in labels {
       try db.cachedStatement(sql: "INSERT INTO label (snapshot, key, value) VALUES (?, ?, ?)").execute(arguments: [id, k, v])
     }
+  }
+
+  // MARK: Layers and objects
+
+  static func layer(_ db: Database, diffID: String) throws -> Int64? {
+    try Int64.fetchOne(db.cachedStatement(sql: "SELECT id FROM layer WHERE diff_id = ?"), arguments: [diffID])
+  }
+
+  static func layer(_ db: Database, digest: String) throws -> (id: Int64, diffID: String)? {
+    try Row.fetchOne(db.cachedStatement(sql: "SELECT id, diff_id FROM layer WHERE digest = ?"), arguments: [digest]).map { ($0[0], $0[1]) }
+  }
+
+  static func insertLayer(_ db: Database, diffID: String, digest: String?, size: Int64, entries: Int, now: Int64) throws -> Int64 {
+    try db.cachedStatement(sql: "INSERT INTO layer (diff_id, digest, size, entries, created) VALUES (?, ?, ?, ?, ?)").execute(arguments: [diffID, digest, size, entries, now])
+    return db.lastInsertedRowID
+  }
+
+  static func nextLayerID(_ db: Database) throws -> Int64 {
+    let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'layer'") ?? 0
+    let max = try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM layer") ?? 0
+    return Swift.max(seq, max) + 1
+  }
+
+  static func insertSnapshot(_ db: Database, id: Int64, key: String, parent: Int64?, layer: Int64, size: Int64, inodes: Int64, now: Int64) throws {
+    try db.cachedStatement(sql: "INSERT INTO snapshot (id, key, parent, kind, created, updated, size, inodes, layer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+      .execute(arguments: [id, key, parent, SnapshotKind.committed.rawValue, now, now, size, inodes, layer])
+  }
+
+  static func layerInUse(_ db: Database, _ layer: Int64) throws -> Bool {
+    try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM snapshot WHERE layer = ?)"), arguments: [layer]) ?? false
+  }
+
+  static func deleteLayer(_ db: Database, _ layer: Int64) throws {
+    try db.cachedStatement(sql: "DELETE FROM layer WHERE id = ?").execute(arguments: [layer])
+  }
+
+  static func allLayerIDs(_ db: Database) throws -> Set<Int64> {
+    Set(try Int64.fetchAll(db, sql: "SELECT id FROM layer"))
+  }
+
+  /// Counts one more reference from `tree` to each object.
+  static func addRefs(_ db: Database, tree: String, _ objects: [String: Int64]) throws {
+    let upsert = try db.cachedStatement(sql: "INSERT INTO object (key, size, refs) VALUES (?, ?, 1) ON CONFLICT (key) DO UPDATE SET refs = refs + 1")
+    let ref = try db.cachedStatement(sql: "INSERT INTO object_ref (tree, key) VALUES (?, ?)")
+    for (key, size) in objects {
+      try upsert.execute(arguments: [key, size])
+      try ref.execute(arguments: [tree, key])
+    }
+  }
+
+  /// Drops every reference `tree` holds.
+  static func releaseRefs(_ db: Database, tree: String) throws {
+    try db.cachedStatement(sql: "UPDATE object SET refs = refs - 1 WHERE key IN (SELECT key FROM object_ref WHERE tree = ?)").execute(arguments: [tree])
+    try db.cachedStatement(sql: "DELETE FROM object_ref WHERE tree = ?").execute(arguments: [tree])
+  }
+
+  static func hasRefs(_ db: Database, tree: String) throws -> Bool {
+    try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM object_ref WHERE tree = ?)"), arguments: [tree]) ?? false
+  }
+
+  /// Removes the rows of objects nothing references and returns them.
+  static func takeUnreferenced(_ db: Database) throws -> [(key: String, size: Int64)] {
+    let rows = try Row.fetchAll(db, sql: "SELECT key, size FROM object WHERE refs <= 0").map { ($0[0] as String, $0[1] as Int64) }
+    try db.execute(sql: "DELETE FROM object WHERE refs <= 0")
+    return rows
+  }
+
+  static func objectKnown(_ db: Database, _ key: String) throws -> Bool {
+    try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM object WHERE key = ?)"), arguments: [key]) ?? false
+  }
+
+  static func storeUsage(_ db: Database) throws -> StoreUsage {
+    let row = try Row.fetchOne(db, sql: """
+      SELECT (SELECT COUNT(*) FROM layer), (SELECT COUNT(*) FROM object),
+             (SELECT COALESCE(SUM(size), 0) FROM object),
+             (SELECT COALESCE(SUM(size), 0) FROM layer)
+             + (SELECT COALESCE(SUM(s.size), 0) FROM snapshot s
+                WHERE s.layer IS NULL AND EXISTS (SELECT 1 FROM object_ref r WHERE r.tree = 's/' || s.id))
+      """)!
+    return StoreUsage(layers: row[0], objects: row[1], storedBytes: row[2], logicalBytes: row[3])
   }
 
   static func count(_ db: Database) throws -> Int {

@@ -79,3 +79,19 @@ enum Clock {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// What the layer store holds: imported layers, content objects, the bytes of regular
+/// files stored (each object once) and the bytes the same files would take unshared.
+public struct StoreUsage: Sendable, Equatable, Codable {
+  public var layers: Int64
+  public var objects: Int64
+  public var storedBytes: Int64
+  public var logicalBytes: Int64
+
+  public init(layers: Int64, objects: Int64, storedBytes: Int64, logicalBytes: Int64) {
+    self.layers = layers
+    self.objects = objects
+    self.storedBytes = storedBytes
+    self.logicalBytes = logicalBytes
+  }
+}

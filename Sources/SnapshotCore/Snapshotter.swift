@@ -1,4 +1,5 @@
 import GRDB
+import LayerStore
 import Logging
 import SnapshotSys
 
@@ -20,6 +21,8 @@ public final class Snapshotter: Sendable {
   let logger: Logger
   let reaper: Reaper
   let pool: DirectoryPool
+  let objects: ObjectStore
+  let inflight = Inflight()
 
   /// Opens (creating when needed) the snapshotter state under `root`, and sweeps directories
   /// a crash left behind.
@@ -29,6 +32,9 @@ public final class Snapshotter: Sendable {
     do {
       try Sys.mkdirAll(layout.root, mode: 0o700)
       try Sys.mkdirIfMissing(layout.snapshots, mode: 0o700)
+      try Sys.mkdirIfMissing(layout.layers, mode: 0o700)
+      try Sys.mkdirIfMissing(layout.temporary, mode: 0o700)
+      objects = try ObjectStore(path: layout.objects)
     } catch {
       throw .init(.unavailable, "root directory \(layout.root) is unusable: \(error)")
     }
@@ -51,6 +57,8 @@ public final class Snapshotter: Sendable {
 
   // MARK: - Create
 
+  static let snapshotRef = "containerd.io/snapshot.ref"
+
   /// Prepare: an active snapshot on top of the committed `parent` ("" for none).
   public func prepare(key: String, parent: String, labels: [String: String] = [:]) throws(SnapshotError) -> [Mount] {
     try create(.active, key: key, parent: parent, labels: labels)
@@ -69,6 +77,13 @@ public final class Snapshotter: Sendable {
       if try Metadata.find(db, key: key) != nil {
         throw SnapshotError.exists("snapshot \(quoted(key)) already exists")
       }
+      // containerd's unpacker names the committed snapshot it is about to make; when that
+      // layer was imported already, "already exists" tells it to use ours.
+      if let target = labels[Self.snapshotRef], let t = try Metadata.find(db, key: target), t.kind == .committed,
+        (t.parentKey ?? "") == parent
+      {
+        throw SnapshotError.exists("target snapshot \(quoted(target)) already exists")
+      }
       var parentID: Int64?
       if !parent.isEmpty {
         guard let p = try Metadata.find(db, key: parent) else {
@@ -84,15 +99,15 @@ public final class Snapshotter: Sendable {
       defer { pool.release(id) }
       try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos())
       try Metadata.insertLabels(db, id: id, labels)
-      let chain = try parentID.map { try [$0] + Metadata.parentChain(db, of: $0) } ?? []
+      let lowers = try parentID.map { try Metadata.parentChain(db, of: $0).map { layout.files(id: $0.id, layer: $0.layer) } } ?? []
       if pooled == nil {
-        try Self.makeDirectory(layout, id: id, kind: kind, parentID: parentID)
+        try Self.makeDirectory(layout, id: id, kind: kind, parent: lowers.first)
         try Sys.fsyncDirectory(layout.dir(id))
         try Sys.fsyncDirectory(layout.snapshots)
       } else {
-        try Self.adopt(layout, id: id, kind: kind, parentID: parentID)
+        try Self.adopt(layout, id: id, kind: kind, parent: lowers.first)
       }
-      return Self.mounts(layout, id: id, kind: kind, parents: chain)
+      return Self.mounts(layout, id: id, kind: kind, lowers: lowers)
     }
   }
 
@@ -100,10 +115,10 @@ public final class Snapshotter: Sendable {
   /// snapshot: a view has no work dir, and `fs` takes the owner of the parent's `fs`
   /// (made durable then; image layers' roots are normally root's, which needs nothing).
   /// Pooled directories belong to this process's effective user and group.
-  private static func adopt(_ layout: Layout, id: Int64, kind: SnapshotKind, parentID: Int64?) throws(SystemError) {
+  private static func adopt(_ layout: Layout, id: Int64, kind: SnapshotKind, parent: String?) throws(SystemError) {
     if kind == .view { try Tree.remove(layout.work(id)) }
-    if let parentID {
-      let owner = try Sys.lstat(layout.fs(parentID))
+    if let parent {
+      let owner = try Sys.lstat(parent)
       if owner.st_uid != geteuid() || owner.st_gid != getegid() {
         try Sys.lchown(layout.fs(id), uid: owner.st_uid, gid: owner.st_gid)
         try Sys.fsyncDirectory(layout.fs(id))
@@ -114,7 +129,7 @@ public final class Snapshotter: Sendable {
   /// Makes `s/<id>` with `fs` (and `work` for an active snapshot) under a temporary name and
   /// renames it into place; the caller makes it durable. `fs` gets the owner of the
   /// parent's `fs`, as containerd's overlay snapshotter does.
-  static func makeDirectory(_ layout: Layout, id: Int64, kind: SnapshotKind, parentID: Int64?) throws(SystemError) {
+  static func makeDirectory(_ layout: Layout, id: Int64, kind: SnapshotKind, parent: String?) throws(SystemError) {
     let staging = layout.staging(id)
     let final = layout.dir(id)
     do {
@@ -129,8 +144,8 @@ public final class Snapshotter: Sendable {
         try Sys.mkdir(staging + "/work", mode: 0o711)
         try Sys.chmod(staging + "/work", mode: 0o711)
       }
-      if let parentID {
-        let st = try Sys.lstat(layout.fs(parentID))
+      if let parent {
+        let st = try Sys.lstat(parent)
         try Sys.lchown(staging + "/fs", uid: st.st_uid, gid: st.st_gid)
       }
       try Sys.rename(staging, final)
@@ -151,26 +166,26 @@ public final class Snapshotter: Sendable {
       guard row.kind != .committed else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
       }
-      let chain = try row.parentID.map { try [$0] + Metadata.parentChain(db, of: $0) } ?? []
-      return Self.mounts(layout, id: row.id, kind: row.kind, parents: chain)
+      let lowers = try row.parentID.map { try Metadata.parentChain(db, of: $0).map { layout.files(id: $0.id, layer: $0.layer) } } ?? []
+      return Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers)
     }
   }
 
   /// The mount shapes of containerd's overlay snapshotter: a bind mount of the snapshot's
   /// own dir when it has no parent (rw, or ro for a view), a ro bind of the parent for a
   /// view of one layer, otherwise overlay with `index=off`, lower dirs nearest parent first.
-  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, parents: [Int64]) -> [Mount] {
-    if parents.isEmpty {
+  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [String]) -> [Mount] {
+    if lowers.isEmpty {
       return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
     }
     var options = ["index=off"]
     if kind == .active {
       options.append("workdir=" + layout.work(id))
       options.append("upperdir=" + layout.fs(id))
-    } else if parents.count == 1 {
-      return [Mount(type: "bind", source: layout.fs(parents[0]), options: ["ro", "rbind"])]
+    } else if lowers.count == 1 {
+      return [Mount(type: "bind", source: lowers[0], options: ["ro", "rbind"])]
     }
-    options.append("lowerdir=" + parents.map { layout.fs($0) }.joined(separator: ":"))
+    options.append("lowerdir=" + lowers.joined(separator: ":"))
     return [Mount(type: "overlay", source: "overlay", options: options)]
   }
 
@@ -212,15 +227,30 @@ public final class Snapshotter: Sendable {
   /// Remove: deletes the snapshot's row; its directory goes after the commit.
   public func remove(key: String) throws(SnapshotError) {
     try Validate.key(key, what: "key")
-    let id = try write { db in
+    let (row, freedLayer, released) = try write { db in
       let row = try Metadata.get(db, key: key)
       if try Metadata.hasChildren(db, id: row.id) {
         throw SnapshotError.precondition("cannot remove snapshot \(quoted(key)): it has children")
       }
       try Metadata.delete(db, id: row.id)
-      return row.id
+      var freedLayer = false
+      if let layer = row.layer, try !Metadata.layerInUse(db, layer) {
+        try Metadata.releaseRefs(db, tree: Layout.tree(layer: layer))
+        try Metadata.deleteLayer(db, layer)
+        freedLayer = true
+      }
+      var released = false
+      if row.kind == .committed, row.layer == nil, try Metadata.hasRefs(db, tree: Layout.tree(snapshot: row.id)) {
+        try Metadata.releaseRefs(db, tree: Layout.tree(snapshot: row.id))
+        released = true
+      }
+      return (row, freedLayer, released)
     }
-    reaper.remove(layout.dir(id))
+    if let layer = row.layer {
+      if freedLayer { reaper.remove(layout.layer(layer)) { [weak self] in self?.collectQuietly() } }
+    } else {
+      reaper.remove(layout.dir(row.id)) { [weak self] in if released { self?.collectQuietly() } }
+    }
   }
 
   // MARK: - Info
@@ -270,7 +300,7 @@ public final class Snapshotter: Sendable {
     let row = try read { db in try Metadata.get(db, key: key) }
     guard row.kind == .active else { return SnapshotUsage(size: row.size, inodes: row.inodes) }
     do {
-      let u = try Tree.diskUsage(layout.fs(row.id))
+      let u = try Tree.diskUsage(layout.files(id: row.id, layer: row.layer))
       return SnapshotUsage(size: u.size, inodes: u.inodes)
     } catch {
       throw .internal("usage of \(quoted(key)): \(error)")
@@ -330,12 +360,22 @@ public final class Snapshotter: Sendable {
       let (rows, lastID) = try db.read { db in (try Metadata.all(db), try Metadata.lastID(db)) }
       let removed = try removeOrphans(layout) { Set(rows.map(\.id)) }
       for path in removed { logger.info("removed orphan directory", metadata: ["path": "\(path)"]) }
-      for row in rows where !Sys.exists(layout.fs(row.id)) {
+      let layers = try db.read { db in try Metadata.allLayerIDs(db) }
+      for name in try Sys.listDirectory(layout.layers) {
+        if let id = Layout.id(ofDirectory: name), layers.contains(id) { continue }
+        logger.info("removed orphan layer directory", metadata: ["path": "\(layout.layers)/\(name)"])
+        try Tree.remove(layout.layers + "/" + name)
+      }
+      try Tree.remove(layout.temporary)
+      try Sys.mkdir(layout.temporary, mode: 0o700)
+      let byID = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+      for row in rows where !Sys.exists(layout.files(id: row.id, layer: row.layer)) {
         if row.kind == .committed {
-          logger.error("committed snapshot has lost its directory", metadata: ["key": "\(row.key)", "path": "\(layout.dir(row.id))"])
+          logger.error("committed snapshot has lost its directory", metadata: ["key": "\(row.key)", "path": "\(layout.files(id: row.id, layer: row.layer))"])
         } else {
           logger.warning("recreating missing directory of snapshot", metadata: ["key": "\(row.key)"])
-          try makeDirectory(layout, id: row.id, kind: row.kind, parentID: row.parentID)
+          let parent = row.parentID.flatMap { byID[$0] }.map { layout.files(id: $0.id, layer: $0.layer) }
+          try makeDirectory(layout, id: row.id, kind: row.kind, parent: parent)
           try Sys.fsyncDirectory(layout.dir(row.id))
           try Sys.fsyncDirectory(layout.snapshots)
         }
@@ -360,7 +400,7 @@ public final class Snapshotter: Sendable {
 
   // MARK: - Transactions
 
-  private func write<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
+  func write<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
     do {
       return try db.write(body)
     } catch {
@@ -368,7 +408,7 @@ public final class Snapshotter: Sendable {
     }
   }
 
-  private func read<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
+  func read<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
     do {
       return try db.read(body)
     } catch {
@@ -382,6 +422,12 @@ public final class Snapshotter: Sendable {
     case let e as SystemError where e.errno == ENOSPC || e.errno == EDQUOT:
       return .init(.unavailable, "no space left: \(e)")
     case let e as SystemError: return .internal("\(e)")
+    case let e as LayerError:
+      switch e.kind {
+      case .invalid: return .invalid(e.message)
+      case .noSpace: return .init(.unavailable, "no space left: \(e.message)")
+      case .failed: return .internal(e.message)
+      }
     case let e as DatabaseError where e.resultCode == .SQLITE_FULL:
       return .init(.unavailable, "no space left for the metadata database: \(e.message ?? "")")
     default: return .internal("\(error)")

@@ -20,13 +20,13 @@ public struct SystemError: Error, CustomStringConvertible, Equatable, Sendable {
 
   /// Runs `body` and retries it while it fails with EINTR; throws for any other -1 result.
   @inline(__always)
-  static func check(_ call: String, _ path: String, _ body: () -> Int32) throws(SystemError) -> Int32 {
+  static func check(_ call: String, _ path: @autoclosure () -> String, _ body: () -> Int32) throws(SystemError) -> Int32 {
     while true {
       let rc = body()
       if rc != -1 { return rc }
       let e = Glibc.errno
       if e == EINTR { continue }
-      throw SystemError(call, path, errno: e)
+      throw SystemError(call, path(), errno: e)
     }
   }
 }

@@ -128,12 +128,22 @@ struct List: AsyncParsableCommand {
 }
 
 struct Usage: AsyncParsableCommand {
-  static let configuration = CommandConfiguration(abstract: "Show bytes and inodes used by snapshots (all when no key is given).")
+  static let configuration = CommandConfiguration(
+    abstract: "Show bytes and inodes used by snapshots; without keys, also the layer store's bytes with and without sharing.")
   @OptionGroup var client: ClientOptions
   @Argument(help: "Keys (default: every snapshot).") var keys: [String] = []
 
   func run() async throws {
     try await reporting {
+      if keys.isEmpty {
+        let u = try await client.store { try await $0.usage(request: .init(message: .init())) }
+        if client.json {
+          print("{\"layers\":\(u.layers),\"objects\":\(u.objects),\"storedBytes\":\(u.storedBytes),\"logicalBytes\":\(u.logicalBytes)}")
+          return
+        }
+        let saved = u.logicalBytes > 0 ? 100 * Double(u.logicalBytes - u.storedBytes) / Double(u.logicalBytes) : 0
+        print("layer store: \(u.layers) layers, \(u.objects) objects, \(Output.bytes(u.storedBytes)) stored, \(Output.bytes(u.logicalBytes)) unshared (\(String(format: "%.1f", saved))% saved by sharing)")
+      }
       let keys = self.keys
       let rows: [(String, Int64, Int64)] = try await client.run { c in
         var names = keys

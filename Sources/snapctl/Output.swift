@@ -88,3 +88,17 @@ extension String {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+extension Output {
+  /// `1.5 GB`-style sizes (powers of 1000, as `du --si`).
+  static func bytes(_ n: Int64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"]
+    var v = Double(n)
+    var i = 0
+    while v >= 1000 && i < units.count - 1 {
+      v /= 1000
+      i += 1
+    }
+    return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+  }
+}

@@ -35,6 +35,7 @@ struct Snapctl: AsyncParsableCommand {
     subcommands: [
       Prepare.self, View.self, Commit.self, Remove.self, Stat.self, List.self, Usage.self,
       Mounts.self, Update.self, Cleanup.self, MountCommand.self, Umount.self,
+      ImportLayer.self, ImportImage.self, GC.self,
     ])
 }
 
@@ -51,6 +52,15 @@ struct ClientOptions: ParsableArguments {
   func run<T: Sendable>(_ body: @Sendable (SnapshotsClient) async throws -> T) async throws -> T {
     do {
       return try await withSnapshotsClient(socketPath: address, body)
+    } catch let error as SnapshotError {
+      throw Failure(error)
+    }
+  }
+
+  /// ``run(_:)`` against the store service.
+  func store<T: Sendable>(_ body: @Sendable (StoreClient) async throws -> T) async throws -> T {
+    do {
+      return try await withStoreClient(socketPath: address, body)
     } catch let error as SnapshotError {
       throw Failure(error)
     }

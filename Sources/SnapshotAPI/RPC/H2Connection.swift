@@ -45,6 +45,8 @@ final class H2Connection {
     var data: [UInt8] = []
     var sendWindow: Int
     var endStream = false
+    var streaming = false  // its handler runs from the request headers on
+    var started = false  // response headers sent
   }
 
   /// Largest request message accepted (bytes): containerd's client sends up to 16 MiB.
@@ -225,10 +227,12 @@ final class H2Connection {
     } catch {
       throw ProtocolError(code: 9, reason: "header block of stream \(id): \(error)")
     }
-    if stream.path == nil { stream.path = decoded.first(name: ":path") }
+    let first = stream.path == nil
+    if first { stream.path = decoded.first(name: ":path") }
     stream.block = []
+    if first, let path = stream.path, case .streaming = routes[path] { stream.streaming = true }
     streams[id] = stream
-    if stream.endStream { ready.append(id) }
+    if stream.endStream || (first && stream.streaming) { ready.append(id) }
   }
 
   private func data(_ f: Frame) throws {
@@ -258,7 +262,7 @@ final class H2Connection {
     }
     if f.flags & 0x1 != 0 {
       streams[f.stream]!.endStream = true
-      ready.append(f.stream)
+      if !streams[f.stream]!.streaming { ready.append(f.stream) }
     }
   }
 
@@ -309,10 +313,14 @@ final class H2Connection {
 
   private func respond(_ id: UInt32) throws {
     guard let stream = streams[id] else { return }
+    if stream.streaming, let path = stream.path, case .streaming(let handler) = routes[path] {
+      try respondStreaming(id, handler)
+      return
+    }
     buffered -= stream.data.count
     streams[id]!.data = []  // counted out; a reset while sending must not count it again
     let result: Result<[[UInt8]], RPCStatus>
-    if let path = stream.path, let route = routes[path] {
+    if let path = stream.path, case .unary(let route) = routes[path] {
       switch Self.message(stream.data) {
       case .success(let request):
         do {
@@ -343,6 +351,78 @@ final class H2Connection {
       errorResponse(id, status)
     }
     streams[id] = nil
+  }
+
+  private func respondStreaming(_ id: UInt32, _ handler: (RPCStream) throws -> Void) throws {
+    let call = StreamCall(connection: self, id: id)
+    var status = RPCStatus(.ok, "")
+    do {
+      try handler(call)
+    } catch let s as RPCStatus {
+      status = s
+    } catch let e as ProtocolError {
+      throw e
+    } catch let e as StreamGone {
+      _ = e
+      streams[id] = nil
+      return
+    } catch {
+      status = RPCStatus(.internal, "\(error)")
+    }
+    guard let stream = streams[id] else { return }
+    buffered -= stream.data.count
+    if stream.started {
+      var trailers = [("grpc-status", String(status.code.rawValue))]
+      if status.code != .ok { trailers.append(("grpc-message", Self.percentEncoded(String(status.message.utf8.prefix(1024))!))) }
+      headerFrames(id, trailers, endStream: true)
+    } else if status.code == .ok {
+      headerFrames(id, [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "0")], endStream: true)
+    } else {
+      errorResponse(id, status)
+    }
+    if !stream.endStream { frame(type: 0x3, flags: 0, stream: id, payload: be32(0)) }  // the rest is not wanted
+    streams[id] = nil
+  }
+
+  /// The stream was reset, or the connection closed, while its handler ran.
+  struct StreamGone: Error {}
+
+  /// The next whole request message of a streaming call, reading frames as needed.
+  fileprivate func receive(_ id: UInt32) throws -> [UInt8]? {
+    while true {
+      guard let stream = streams[id] else { throw StreamGone() }
+      let d = stream.data
+      if d.count >= 5 {
+        guard d[0] == 0 else { throw RPCStatus(.unimplemented, "compressed messages are not supported") }
+        let length = Int(d[1]) << 24 | Int(d[2]) << 16 | Int(d[3]) << 8 | Int(d[4])
+        if d.count >= 5 + length {
+          let message = Array(d[5..<(5 + length)])
+          streams[id]!.data.removeFirst(5 + length)
+          buffered -= 5 + length
+          // Let the client send as much again on this stream.
+          frame(type: 0x8, flags: 0, stream: id, payload: be32(UInt32(5 + length)))
+          return message
+        }
+      }
+      if stream.endStream {
+        if d.isEmpty { return nil }
+        throw RPCStatus(.internal, "truncated gRPC message")
+      }
+      try flush()
+      guard let f = try readFrame() else { throw StreamGone() }
+      try handle(f)
+    }
+  }
+
+  /// Sends one response message of a streaming call now.
+  fileprivate func send(_ id: UInt32, message: [UInt8]) throws {
+    guard let stream = streams[id] else { throw StreamGone() }
+    if !stream.started {
+      headerFrames(id, [(":status", "200"), ("content-type", "application/grpc")], endStream: false)
+      streams[id]!.started = true
+    }
+    guard try send(id, [0] + be32(UInt32(message.count)) + message) else { throw StreamGone() }
+    try flush()
   }
 
   /// A trailers-only response carrying `status` (its message cut to 1 KiB).
@@ -468,4 +548,18 @@ final class H2Connection {
 @inline(__always)
 func be32(_ v: UInt32) -> [UInt8] {
   [UInt8(v >> 24), UInt8(v >> 16 & 0xff), UInt8(v >> 8 & 0xff), UInt8(v & 0xff)]
+}
+
+/// The handler's side of a streaming call on an ``H2Connection``.
+private final class StreamCall: RPCStream {
+  let connection: H2Connection
+  let id: UInt32
+
+  init(connection: H2Connection, id: UInt32) {
+    self.connection = connection
+    self.id = id
+  }
+
+  func receive() throws -> [UInt8]? { try connection.receive(id) }
+  func send(_ message: [UInt8]) throws { try connection.send(id, message: message) }
 }

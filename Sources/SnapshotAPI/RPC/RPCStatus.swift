@@ -16,8 +16,25 @@ public struct RPCStatus: Error, Sendable, Equatable {
   }
 }
 
-/// The methods a server offers: full method path (`/package.Service/Method`) to a handler
-/// that takes one serialized request message and returns the serialized response messages
-/// (one for a unary call, any number for a server-streaming one). A thrown ``RPCStatus`` is
-/// sent as is; any other error as INTERNAL.
-public typealias RPCRoutes = [String: @Sendable ([UInt8]) throws -> [[UInt8]]]
+/// A call whose requests or responses are a stream, seen from its handler: requests are
+/// read from the connection as the handler asks for them (so flow control holds a fast
+/// client back), responses are sent as they are produced.
+public protocol RPCStream: AnyObject {
+  /// The next request message; nil when the client has finished sending.
+  func receive() throws -> [UInt8]?
+  /// Sends one response message now.
+  func send(_ message: [UInt8]) throws
+}
+
+/// How a method is served: a unary handler takes the one serialized request message and
+/// returns the serialized response messages (any number for a server-streaming method
+/// whose responses can wait until the end); a streaming handler runs as soon as the
+/// request headers arrive. A thrown ``RPCStatus`` is sent as is; any other error as
+/// INTERNAL.
+public enum RPCHandler: Sendable {
+  case unary(@Sendable ([UInt8]) throws -> [[UInt8]])
+  case streaming(@Sendable (RPCStream) throws -> Void)
+}
+
+/// The methods a server offers, by full method path (`/package.Service/Method`).
+public typealias RPCRoutes = [String: RPCHandler]

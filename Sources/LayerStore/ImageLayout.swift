@@ -1,0 +1,202 @@
+import CArchive
+import Foundation
+import SnapshotSys
+
+/// An OCI content descriptor.
+public struct Descriptor: Codable, Sendable {
+  public var mediaType: String
+  public var digest: String
+  public var size: Int64
+  public var platform: Platform?
+  public var annotations: [String: String]?
+}
+
+public struct Platform: Codable, Sendable {
+  public var architecture: String
+  public var os: String
+  public var variant: String?
+
+  /// This machine's platform, as OCI names it.
+  public static var current: Platform {
+    var u = utsname()
+    uname(&u)
+    let machine = withUnsafeBytes(of: u.machine) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+    let arch: String
+    switch machine {
+    case "x86_64": arch = "amd64"
+    case "aarch64": arch = "arm64"
+    case "i686", "i386": arch = "386"
+    default: arch = machine
+    }
+    return Platform(architecture: arch, os: "linux", variant: nil)
+  }
+}
+
+/// One layer of an image to import: its blob and the diffID the image config gives it.
+public struct ImageLayer: Sendable {
+  public var descriptor: Descriptor
+  public var compression: Compression
+  public var digest: Digest
+  public var diffID: Digest
+  public var path: String
+}
+
+/// An OCI image layout directory (`oci-layout`, `index.json`, `blobs/sha256/...`): resolves
+/// index → manifest for a platform → config, and checks that the manifest's layers and
+/// the config's diffIDs agree. Every blob read is checked against its digest.
+public struct ImageLayout: Sendable {
+  public let dir: String
+
+  public init(dir: String) { self.dir = dir }
+
+  private struct Index: Codable {
+    var manifests: [Descriptor]
+  }
+
+  private struct Manifest: Codable {
+    var config: Descriptor
+    var layers: [Descriptor]
+  }
+
+  private struct Config: Codable {
+    struct RootFS: Codable {
+      var type: String
+      var diff_ids: [String]
+    }
+    var rootfs: RootFS
+  }
+
+  static let indexTypes: Set<String> = ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"]
+
+  public func blobPath(_ digest: Digest) -> String { dir + "/blobs/sha256/" + digest.hex }
+
+  /// The layers, bottom first, of the image for `platform`.
+  public func layers(for platform: Platform = .current) throws(LayerError) -> [ImageLayer] {
+    let index: Index = try decode(try Data(contentsOf: dir + "/index.json", "index.json"), "index.json")
+    var manifest = try pick(index.manifests, platform, "index.json")
+    var depth = 0
+    while Self.indexTypes.contains(manifest.mediaType) {
+      depth += 1
+      guard depth < 8 else { throw LayerError(.invalid, "image \(dir): indexes nested too deep") }
+      let nested: Index = try decode(try blob(manifest), manifest.digest)
+      manifest = try pick(nested.manifests, platform, manifest.digest)
+    }
+    let m: Manifest = try decode(try blob(manifest), manifest.digest)
+    let config: Config = try decode(try blob(m.config), m.config.digest)
+    guard config.rootfs.diff_ids.count == m.layers.count else {
+      throw LayerError(.invalid, "image \(dir): the manifest has \(m.layers.count) layers but the config \(config.rootfs.diff_ids.count) diffIDs")
+    }
+    var out: [ImageLayer] = []
+    for (d, diff) in zip(m.layers, config.rootfs.diff_ids) {
+      guard let digest = Digest(d.digest), let diffID = Digest(diff) else {
+        throw LayerError(.invalid, "image \(dir): layer \(d.digest): malformed digest or diffID \(diff)")
+      }
+      guard let compression = Compression(mediaType: d.mediaType) else {
+        throw LayerError(.invalid, "image \(dir): layer \(d.digest): unsupported media type \(d.mediaType)")
+      }
+      out.append(ImageLayer(descriptor: d, compression: compression, digest: digest, diffID: diffID, path: blobPath(digest)))
+    }
+    return out
+  }
+
+  private func pick(_ manifests: [Descriptor], _ platform: Platform, _ from: String) throws(LayerError) -> Descriptor {
+    if manifests.count == 1, manifests[0].platform == nil { return manifests[0] }
+    if let m = manifests.first(where: { $0.platform?.os == platform.os && $0.platform?.architecture == platform.architecture }) { return m }
+    if let m = manifests.first(where: { $0.platform == nil }) { return m }
+    throw LayerError(.invalid, "image \(dir): \(from) has no manifest for \(platform.os)/\(platform.architecture)")
+  }
+
+  /// A small blob (index, manifest, config), checked against its digest.
+  private func blob(_ d: Descriptor) throws(LayerError) -> Data {
+    guard let digest = Digest(d.digest) else { throw LayerError(.invalid, "image \(dir): malformed digest \(d.digest)") }
+    guard d.size <= 16 << 20 else { throw LayerError(.invalid, "image \(dir): \(d.digest) is too large for a \(d.mediaType)") }
+    let data = try Data(contentsOf: blobPath(digest), d.digest)
+    guard Digest.of(data) == digest else { throw LayerError(.invalid, "image \(dir): blob \(d.digest) does not match its digest") }
+    return data
+  }
+
+  private func decode<T: Decodable>(_ data: Data, _ what: String) throws(LayerError) -> T {
+    do {
+      return try JSONDecoder().decode(T.self, from: data)
+    } catch {
+      throw LayerError(.invalid, "image \(dir): \(what) is not valid: \(error)")
+    }
+  }
+}
+
+extension Data {
+  fileprivate init(contentsOf path: String, _ what: String) throws(LayerError) {
+    do {
+      self = try Data(contentsOf: URL(fileURLWithPath: path))
+    } catch {
+      throw LayerError(.invalid, "cannot read \(what) (\(path)): \(error.localizedDescription)")
+    }
+  }
+}
+
+/// OCI archives (the tar `ctr image export` writes): unpacked into a layout directory.
+public enum ImageArchive {
+  /// Writes the archive's `oci-layout`, `index.json` and `blobs/sha256/<hex>` files into
+  /// `dir` (which must exist and be empty); nothing else is written, and nothing outside.
+  public static func extract(_ path: String, into dir: String) throws(LayerError) {
+    guard let a = archive_read_new() else { throw LayerError(.failed, "libarchive: out of memory") }
+    defer { archive_read_free(a) }
+    archive_read_support_format_tar(a)
+    archive_read_support_filter_gzip(a)
+    guard archive_read_open_filename(a, path, 1 << 20) == ARCHIVE_OK else { throw failure(a, path) }
+    let root: Int32
+    do {
+      try Sys.mkdir(dir + "/blobs", mode: 0o700)
+      try Sys.mkdir(dir + "/blobs/sha256", mode: 0o700)
+      root = try At.openDirectory(dir)
+    } catch {
+      throw LayerError(.failed, "image archive \(path): \(error)")
+    }
+    defer { At.close(root) }
+    var entry: OpaquePointer?
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+    defer { buffer.deallocate() }
+    while true {
+      let rc = archive_read_next_header(a, &entry)
+      if rc == ARCHIVE_EOF { return }
+      guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let entry else { throw failure(a, path) }
+      guard archive_entry_filetype(entry) == S_IFREG, let p = archive_entry_pathname(entry),
+        let name = String(validatingCString: p).map(normalized), wanted(name)
+      else { continue }
+      do {
+        let fd = try At.open(root, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+        defer { At.close(fd) }
+        var offset: Int64 = 0
+        while true {
+          let n = archive_read_data(a, buffer.baseAddress, buffer.count)
+          if n < 0 { throw failure(a, path) }
+          if n == 0 { break }
+          try At.write(fd, name, UnsafeRawBufferPointer(rebasing: buffer[0..<n]), at: offset)
+          offset += Int64(n)
+        }
+      } catch let e as SystemError {
+        throw LayerError(e.errno == ENOSPC ? .noSpace : .failed, "image archive \(path): \(name): \(e)")
+      } catch {
+        throw error as! LayerError
+      }
+    }
+  }
+
+  private static func normalized(_ name: String) -> String {
+    var n = Substring(name)
+    while n.hasPrefix("./") { n = n.dropFirst(2) }
+    return String(n)
+  }
+
+  /// Only the files a layout is made of, with names that cannot leave `dir`.
+  private static func wanted(_ name: String) -> Bool {
+    if name == "index.json" || name == "oci-layout" { return true }
+    guard name.hasPrefix("blobs/sha256/") else { return false }
+    return Digest("sha256:" + name.dropFirst("blobs/sha256/".count)) != nil
+  }
+
+  private static func failure(_ a: OpaquePointer, _ path: String) -> LayerError {
+    let detail = archive_error_string(a).map { String(cString: $0) } ?? "unknown error"
+    return LayerError(.invalid, "image archive \(path): \(detail)")
+  }
+}

@@ -1,0 +1,47 @@
+/// How a layer blob is compressed, from its media type (OCI image-spec and Docker's).
+public enum Compression: String, Sendable {
+  case none, gzip, zstd
+
+  /// The layer media types we unpack. Anything else (encrypted layers, foreign formats)
+  /// is refused by name.
+  public init?(mediaType: String) {
+    switch mediaType {
+    case "application/vnd.oci.image.layer.v1.tar",
+         "application/vnd.oci.image.layer.nondistributable.v1.tar":
+      self = .none
+    case "application/vnd.oci.image.layer.v1.tar+gzip",
+         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+         "application/vnd.docker.image.rootfs.diff.tar.gzip",
+         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
+      self = .gzip
+    case "application/vnd.oci.image.layer.v1.tar+zstd",
+         "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd":
+      self = .zstd
+    default:
+      return nil
+    }
+  }
+}
+
+/// Why an import failed. `SnapshotCore` maps it to its own error kinds (and so to gRPC
+/// codes) in one place.
+public struct LayerError: Error, CustomStringConvertible, Sendable {
+  public enum Kind: Sendable {
+    /// The input is malformed, hostile or does not match its digests.
+    case invalid
+    /// The file system is full.
+    case noSpace
+    /// Anything else: an I/O error, a bug.
+    case failed
+  }
+
+  public let kind: Kind
+  public let message: String
+
+  public init(_ kind: Kind, _ message: String) {
+    self.kind = kind
+    self.message = message
+  }
+
+  public var description: String { message }
+}

@@ -1,0 +1,670 @@
+import CArchive
+import Dispatch
+import SnapshotSys
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A layer to unpack: how errors name it, how it is compressed, and the digests it must
+/// have (nil: not checked).
+public struct LayerDescription: Sendable {
+  public var name: String
+  public var compression: Compression
+  public var digest: Digest?
+  public var diffID: Digest?
+
+  public init(name: String, compression: Compression, digest: Digest?, diffID: Digest?) {
+    self.name = name
+    self.compression = compression
+    self.digest = digest
+    self.diffID = diffID
+  }
+}
+
+/// What an unpacked layer holds.
+public struct UnpackedLayer: Sendable {
+  /// Digest of the blob as read (compressed) and of the tar stream (the diffID).
+  public var digest: Digest
+  public var diffID: Digest
+  public var entries: Int
+  /// Bytes of regular files as the tar has them (each entry counted).
+  public var fileBytes: Int64
+  /// The objects the layer links to, with their sizes, each once.
+  public var objects: [String: Int64]
+}
+
+/// Bytes of the blob read so far, for progress reports from another thread.
+public final class ProgressCounter: Sendable {
+  private let value = Atomic<Int64>(0)
+  public init() {}
+  public var bytes: Int64 { value.load(ordering: .relaxed) }
+  func add(_ n: Int) { value.add(Int64(n), ordering: .relaxed) }
+}
+
+/// Unpacks layer tarballs into directories that overlayfs can use as lower layers.
+///
+/// Two threads per layer: one reads the blob, hashes it (the digest), decompresses it
+/// with libarchive and hashes the tar stream (the diffID); the caller's thread parses the
+/// tar with libarchive and writes the entries. Regular files become content objects
+/// (`ObjectStore`); OCI whiteouts become overlayfs whiteouts and opaque directories.
+///
+/// Nothing is written outside `dir`: every path is resolved beneath it with
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so `..`, absolute paths, and writes
+/// through symlinks (even ones pointing inside the layer) are refused, as are hard links
+/// leaving the layer and `*.overlay.*` xattrs. The files are made durable with one
+/// `syncfs(2)` at the end. On error the caller removes `dir`.
+public enum Unpacker {
+  public static func unpack(
+    _ source: ByteSource, _ layer: LayerDescription, into dir: String, objects: ObjectStore,
+    progress: ProgressCounter? = nil
+  ) throws(LayerError) -> UnpackedLayer {
+    let pipe = ChunkPipe(depth: 8)
+    let reader = BlobReader(source: source, layer: layer, pipe: pipe, progress: progress)
+    do {
+      try Threads.spawn { reader.run() }
+    } catch {
+      throw LayerError(.failed, "layer \(layer.name): cannot start a thread: \(error)")
+    }
+    let extracted: Result<Extractor.Totals, LayerError>
+    do {
+      let x = try Extractor(dir: dir, layer: layer, objects: objects)
+      extracted = .success(try x.extract(from: pipe))
+    } catch {
+      extracted = .failure(error)
+    }
+    if case .failure = extracted { pipe.abandon() }
+    reader.done.wait()
+    // A failure reading or decompressing explains a tar error that follows from it.
+    if let e = reader.error { throw e }
+    let totals = try extracted.get()
+    let digest = reader.compressedHash.finalize()
+    let diffID = layer.compression == .none ? digest : reader.tarHash.finalize()
+    if let want = layer.digest, want != digest {
+      throw LayerError(.invalid, "layer \(layer.name): digest mismatch: the blob is \(digest), expected \(want)")
+    }
+    if let want = layer.diffID, want != diffID {
+      throw LayerError(.invalid, "layer \(layer.name): diffID mismatch: the uncompressed tar is \(diffID), expected \(want)")
+    }
+    return UnpackedLayer(digest: digest, diffID: diffID, entries: totals.entries, fileBytes: totals.fileBytes, objects: totals.objects)
+  }
+}
+
+// MARK: - Reading and decompressing
+
+/// A buffer handed from one thread to another through a `ChunkPipe`.
+public final class Chunk: @unchecked Sendable {
+  let base: UnsafeMutableRawPointer
+  let capacity: Int
+  var count = 0
+
+  public init(capacity: Int) {
+    base = .allocate(byteCount: capacity, alignment: 16)
+    self.capacity = capacity
+  }
+
+  /// A chunk holding a copy of `bytes`.
+  public convenience init(copying bytes: UnsafeRawBufferPointer) {
+    self.init(capacity: max(bytes.count, 1))
+    if let b = bytes.baseAddress { base.copyMemory(from: b, byteCount: bytes.count) }
+    count = bytes.count
+  }
+
+  deinit { base.deallocate() }
+
+  var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+}
+
+/// The blob side of an unpack, on its own thread: read, hash, decompress, hash, hand on.
+final class BlobReader: @unchecked Sendable {
+  let source: ByteSource
+  let layer: LayerDescription
+  let pipe: ChunkPipe
+  let progress: ProgressCounter?
+  let done = DispatchSemaphore(value: 0)
+  var compressedHash = Hasher()
+  var tarHash = Hasher()
+  var error: LayerError?
+  private let input = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+
+  static let chunkSize = 1 << 20
+
+  init(source: ByteSource, layer: LayerDescription, pipe: ChunkPipe, progress: ProgressCounter?) {
+    self.source = source
+    self.layer = layer
+    self.pipe = pipe
+    self.progress = progress
+  }
+
+  deinit { input.deallocate() }
+
+  func run() {
+    do {
+      if layer.compression == .none { try copy() } else { try inflate() }
+      pipe.close()
+    } catch {
+      self.error = error
+      pipe.close(error: error)
+    }
+    done.signal()
+  }
+
+  /// Reads the next piece of the blob into `input` and hashes it.
+  func readBlob() throws(LayerError) -> Int {
+    let n = try source.read(into: input)
+    if n > 0 {
+      compressedHash.update(UnsafeRawBufferPointer(rebasing: input[0..<n]))
+      progress?.add(n)
+    }
+    return n
+  }
+
+  /// An uncompressed tar: read, hash once, hand on.
+  private func copy() throws(LayerError) {
+    while true {
+      let chunk = Chunk(capacity: Self.chunkSize)
+      while chunk.count < chunk.capacity {
+        let n = try source.read(into: UnsafeMutableRawBufferPointer(start: chunk.base + chunk.count, count: chunk.capacity - chunk.count))
+        if n == 0 { break }
+        compressedHash.update(UnsafeRawBufferPointer(start: chunk.base + chunk.count, count: n))
+        progress?.add(n)
+        chunk.count += n
+      }
+      if chunk.count == 0 { return }
+      if !pipe.put(chunk) { return }  // the extractor gave up
+    }
+  }
+
+  /// A compressed tar: libarchive's raw format with the one filter the media type names.
+  private func inflate() throws(LayerError) {
+    guard let a = archive_read_new() else { throw LayerError(.failed, "layer \(layer.name): libarchive: out of memory") }
+    defer { archive_read_free(a) }
+    let expected: Int32
+    switch layer.compression {
+    case .gzip:
+      archive_read_support_filter_gzip(a)
+      expected = ARCHIVE_FILTER_GZIP
+    case .zstd:
+      archive_read_support_filter_zstd(a)
+      expected = ARCHIVE_FILTER_ZSTD
+    case .none:
+      expected = ARCHIVE_FILTER_NONE
+    }
+    archive_read_support_format_raw(a)
+    let me = Unmanaged.passUnretained(self).toOpaque()
+    let opened = archive_read_open(a, me, nil, { _, ctx, out in
+      let reader = Unmanaged<BlobReader>.fromOpaque(ctx!).takeUnretainedValue()
+      do throws(LayerError) {
+        let n = try reader.readBlob()
+        out!.pointee = UnsafeRawPointer(reader.input.baseAddress!)
+        return n
+      } catch {
+        reader.error = error
+        return -1
+      }
+    }, nil)
+    var entry: OpaquePointer?
+    guard opened == ARCHIVE_OK, archive_read_next_header(a, &entry) == ARCHIVE_OK else { throw failure(a, "cannot read the blob") }
+    guard archive_filter_code(a, 0) == expected else {
+      throw LayerError(.invalid, "layer \(layer.name): the blob is not \(layer.compression.rawValue)-compressed, as its media type says")
+    }
+    while true {
+      let chunk = Chunk(capacity: Self.chunkSize)
+      while chunk.count < chunk.capacity {
+        let n = archive_read_data(a, chunk.base + chunk.count, chunk.capacity - chunk.count)
+        if n < 0 { throw failure(a, "corrupt or truncated \(layer.compression.rawValue) stream") }
+        if n == 0 { break }
+        chunk.count += n
+      }
+      if chunk.count == 0 { return }
+      tarHash.update(chunk.bytes)
+      if !pipe.put(chunk) { return }
+    }
+  }
+
+  private func failure(_ a: OpaquePointer, _ what: String) -> LayerError {
+    if let error { return error }
+    let detail = archive_error_string(a).map { String(cString: $0) } ?? "unknown error"
+    return LayerError(.invalid, "layer \(layer.name): \(what): \(detail)")
+  }
+}
+
+// MARK: - Extracting
+
+/// The tar side of an unpack: parses entries and writes them beneath `dir`.
+final class Extractor {
+  struct Totals {
+    var entries = 0
+    var fileBytes: Int64 = 0
+    var objects: [String: Int64] = [:]
+  }
+
+  let dir: String
+  let layer: LayerDescription
+  let objects: ObjectStore
+  let root: Int32
+  private var dirs: [String: Int32] = [:]  // open At.pathOnly descriptors of directories, by path
+  private var dirMeta: [String: FileMeta] = [:]  // applied at the end, after their contents
+  private var totals = Totals()
+  private var pipe: ChunkPipe?
+  private var current: Chunk?
+  private var pipeError: LayerError?
+  private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Extractor.smallFile, alignment: 16)
+  private let euid = geteuid()
+  private let egid = getegid()
+
+  /// Files up to this size are hashed before anything is written, so a file whose object
+  /// exists costs one link(2) and no write.
+  static let smallFile = 256 << 10
+
+  init(dir: String, layer: LayerDescription, objects: ObjectStore) throws(LayerError) {
+    self.dir = dir
+    self.layer = layer
+    self.objects = objects
+    do {
+      root = try At.openDirectory(dir)
+    } catch {
+      throw LayerError(.failed, "layer \(layer.name): \(error)")
+    }
+  }
+
+  deinit {
+    for fd in dirs.values { At.close(fd) }
+    At.close(root)
+    scratch.deallocate()
+  }
+
+  func extract(from pipe: ChunkPipe) throws(LayerError) -> Totals {
+    self.pipe = pipe
+    guard let a = archive_read_new() else { throw LayerError(.failed, "layer \(layer.name): libarchive: out of memory") }
+    defer { archive_read_free(a) }
+    archive_read_support_format_tar(a)
+    let me = Unmanaged.passUnretained(self).toOpaque()
+    guard archive_read_open(a, me, nil, { _, ctx, out in
+      let x = Unmanaged<Extractor>.fromOpaque(ctx!).takeUnretainedValue()
+      do throws(LayerError) {
+        guard let chunk = try x.pipe!.take() else { return 0 }
+        x.current = chunk
+        out!.pointee = UnsafeRawPointer(chunk.base)
+        return chunk.count
+      } catch {
+        x.pipeError = error
+        return -1
+      }
+    }, nil) == ARCHIVE_OK else { throw tarFailure(a, entry: nil) }
+
+    var entry: OpaquePointer?
+    while true {
+      let rc = archive_read_next_header(a, &entry)
+      if rc == ARCHIVE_EOF { break }
+      guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let entry else { throw tarFailure(a, entry: nil) }
+      totals.entries += 1
+      try self.entry(a, entry)
+    }
+    // The tar's end-of-archive blocks may be followed by padding: the diffID covers it all.
+    while try pipe.take() != nil {}
+    try finish()
+    return totals
+  }
+
+  private func tarFailure(_ a: OpaquePointer, entry: String?) -> LayerError {
+    if let pipeError { return pipeError }
+    let detail = archive_error_string(a).map { String(cString: $0) } ?? "unknown error"
+    let at = entry.map { " at entry \"\($0)\"" } ?? ""
+    return LayerError(.invalid, "layer \(layer.name): malformed tar\(at): \(detail)")
+  }
+
+  private func fail(_ path: String, _ reason: String) -> LayerError {
+    LayerError(.invalid, "layer \(layer.name): entry \"\(path)\": \(reason)")
+  }
+
+  private func fail(_ path: String, _ error: SystemError) -> LayerError {
+    if error.errno == ENOSPC || error.errno == EDQUOT {
+      return LayerError(.noSpace, "layer \(layer.name): entry \"\(path)\": no space left on device (\(error))")
+    }
+    return LayerError(.failed, "layer \(layer.name): entry \"\(path)\": \(error)")
+  }
+
+  /// The entry's path as components, refusing absolute paths and `..`.
+  private func components(_ raw: String) throws(LayerError) -> [Substring] {
+    if raw.hasPrefix("/") { throw fail(raw, "absolute path") }
+    var parts: [Substring] = []
+    for part in raw.split(separator: "/", omittingEmptySubsequences: true) {
+      if part == "." { continue }
+      if part == ".." { throw fail(raw, "path contains \"..\"") }
+      parts.append(part)
+    }
+    return parts
+  }
+
+  private static func string(_ p: UnsafePointer<CChar>?) -> String? {
+    guard let p else { return nil }
+    return String(validatingCString: p)
+  }
+
+  private func entry(_ a: OpaquePointer, _ e: OpaquePointer) throws(LayerError) {
+    guard let raw = Self.string(archive_entry_pathname(e)) else {
+      throw LayerError(.invalid, "layer \(layer.name): an entry's name is missing or not UTF-8")
+    }
+    let parts = try components(raw)
+    var meta = try self.meta(e, raw)
+    let type = archive_entry_filetype(e)
+
+    if parts.isEmpty {  // the layer's root directory itself
+      guard type == S_IFDIR else { throw fail(raw, "the root of the layer must be a directory") }
+      dirMeta[""] = meta
+      return
+    }
+    let name = String(parts.last!)
+    let parentPath = parts.dropLast().joined(separator: "/")
+
+    // OCI whiteouts.
+    if name.hasPrefix(".wh.") {
+      let parent = try directory(parentPath, raw)
+      if name == ".wh..wh..opq" {
+        try setOpaque(parentPath, raw)
+      } else if name.hasPrefix(".wh..wh.") {
+        // Other AUFS metadata (.wh..wh.plnk, ...): nothing overlayfs uses.
+      } else {
+        let hidden = String(name.dropFirst(4))
+        if hidden.isEmpty { throw fail(raw, "whiteout of nothing") }
+        try replacing(parent, hidden, raw) { () throws(SystemError) in try At.mknod(parent, hidden, mode: S_IFCHR) }
+      }
+      return
+    }
+
+    let parent = try directory(parentPath, raw)
+    if let target = Self.string(archive_entry_hardlink(e)) {
+      try hardLink(target, parent, name, raw)
+      return
+    }
+    switch type {
+    case S_IFDIR:
+      let path = parts.joined(separator: "/")
+      do {
+        try At.mkdir(parent, name, mode: 0o700)
+      } catch where error.errno == EEXIST {
+        guard let st = try? At.lstat(parent, name), st.st_mode & S_IFMT == S_IFDIR else {
+          throw fail(raw, "a directory replaces an entry that is not one")
+        }
+      } catch {
+        throw fail(raw, error)
+      }
+      dirMeta[path] = meta
+    case S_IFREG:
+      try regularFile(a, e, parent, name, raw, &meta)
+    case S_IFLNK:
+      guard let target = Self.string(archive_entry_symlink(e)) else { throw fail(raw, "symlink target missing or not UTF-8") }
+      try replacing(parent, name, raw) { () throws(SystemError) in try At.symlink(target, parent, name) }
+      try apply(meta, at: parent, name, path: parts.joined(separator: "/"), raw, isLink: true)
+    case S_IFCHR, S_IFBLK, S_IFIFO:
+      let major = UInt32(archive_entry_rdevmajor(e))
+      let minor = UInt32(archive_entry_rdevminor(e))
+      try replacing(parent, name, raw) { () throws(SystemError) in try At.mknod(parent, name, mode: type, major: major, minor: minor) }
+      try apply(meta, at: parent, name, path: parts.joined(separator: "/"), raw, isLink: false)
+    default:
+      break  // sockets and other types a tar cannot meaningfully restore
+    }
+  }
+
+  /// The entry's metadata, refusing xattrs that would change how overlayfs reads the layer.
+  private func meta(_ e: OpaquePointer, _ raw: String) throws(LayerError) -> FileMeta {
+    var xattrs: [(name: String, value: [UInt8])] = []
+    if archive_entry_xattr_reset(e) > 0 {
+      var name: UnsafePointer<CChar>?
+      var value: UnsafeRawPointer?
+      var size = 0
+      while archive_entry_xattr_next(e, &name, &value, &size) == ARCHIVE_OK {
+        guard let n = Self.string(name) else { throw fail(raw, "xattr name not UTF-8") }
+        if n.hasPrefix("trusted.overlay.") || n.hasPrefix("user.overlay.") {
+          throw fail(raw, "sets the overlayfs xattr \(n)")
+        }
+        let v = value.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
+        xattrs.append((n, v))
+      }
+      xattrs.sort { $0.name < $1.name }
+    }
+    let mtime = timespec(tv_sec: archive_entry_mtime(e), tv_nsec: Int(archive_entry_mtime_nsec(e)))
+    let atime = archive_entry_atime_is_set(e) != 0 ? timespec(tv_sec: archive_entry_atime(e), tv_nsec: Int(archive_entry_atime_nsec(e))) : mtime
+    let uid = archive_entry_uid(e)
+    let gid = archive_entry_gid(e)
+    guard uid >= 0, uid < Int64(UInt32.max), gid >= 0, gid < Int64(UInt32.max) else { throw fail(raw, "owner out of range") }
+    return FileMeta(mode: UInt32(archive_entry_perm(e)) & 0o7777, uid: UInt32(uid), gid: UInt32(gid), mtime: mtime, atime: atime, xattrs: xattrs)
+  }
+
+  /// The At.pathOnly descriptor of the directory at `path` (relative to the layer root),
+  /// creating missing directories (mode 0755, owner root) on the way.
+  private func directory(_ path: String, _ raw: String) throws(LayerError) -> Int32 {
+    if path.isEmpty { return root }
+    if let fd = dirs[path] { return fd }
+    let symlink = "\"\(path)\" is a symlink or not a directory: writing through it is refused"
+    var fd: Int32 = -1
+    do {
+      fd = try At.openBeneath(root, path, flags: At.pathOnly | O_DIRECTORY)
+    } catch where error.errno == ENOENT {
+    } catch where error.errno == ELOOP || error.errno == ENOTDIR {
+      throw fail(raw, symlink)
+    } catch where error.errno == EXDEV {
+      throw fail(raw, "path leaves the layer")
+    } catch {
+      throw fail(raw, error)
+    }
+    if fd < 0 {  // missing: made, as its parent is
+      let cut = path.lastIndex(of: "/")
+      let parent = try directory(cut.map { String(path[..<$0]) } ?? "", raw)
+      let name = cut.map { String(path[path.index(after: $0)...]) } ?? path
+      do {
+        do { try At.mkdir(parent, name, mode: 0o755) } catch where error.errno == EEXIST {}
+        fd = try At.open(parent, name, flags: At.pathOnly | O_DIRECTORY)
+        try At.chmod(parent, name, mode: 0o755)
+      } catch where error.errno == ELOOP || error.errno == ENOTDIR {
+        throw fail(raw, symlink)
+      } catch {
+        throw fail(raw, error)
+      }
+    }
+    if dirs.count >= 1024 {
+      for fd in dirs.values { At.close(fd) }
+      dirs.removeAll(keepingCapacity: true)
+    }
+    dirs[path] = fd
+    return fd
+  }
+
+  /// Runs `create`; if the name is taken by a non-directory (a tar may repeat a path: the
+  /// last entry wins), removes that and runs it again.
+  private func replacing(_ parent: Int32, _ name: String, _ raw: String, _ create: () throws(SystemError) -> Void) throws(LayerError) {
+    do {
+      try create()
+      return
+    } catch where error.errno == EEXIST {
+    } catch {
+      throw fail(raw, error)
+    }
+    let existing: stat?
+    do { existing = try At.lstat(parent, name) } catch { throw fail(raw, error) }
+    if let existing, existing.st_mode & S_IFMT == S_IFDIR { throw fail(raw, "replaces a directory") }
+    do {
+      try At.unlink(parent, name)
+      try create()
+    } catch {
+      throw fail(raw, error)
+    }
+  }
+
+  private func setOpaque(_ path: String, _ raw: String) throws(LayerError) {
+    do {
+      let fd = try At.openBeneath(root, path.isEmpty ? "." : path, flags: O_RDONLY | O_DIRECTORY)
+      defer { At.close(fd) }
+      try At.setXattr(fd, raw, name: "trusted.overlay.opaque", value: Array("y".utf8))
+    } catch {
+      throw fail(raw, error)
+    }
+  }
+
+  private func hardLink(_ target: String, _ parent: Int32, _ name: String, _ raw: String) throws(LayerError) {
+    let outside = fail(raw, "hard link to \"\(target)\", which is not in the layer")
+    guard let parts = try? components(target), let last = parts.last else { throw outside }
+    let path = parts.dropLast().joined(separator: "/")
+    let targetParent: Int32
+    var opened: Int32 = -1
+    if path.isEmpty {
+      targetParent = root
+    } else if let fd = dirs[path] {
+      targetParent = fd
+    } else {
+      do { opened = try At.openBeneath(root, path, flags: At.pathOnly | O_DIRECTORY) } catch { throw outside }
+      targetParent = opened
+    }
+    defer { if opened >= 0 { At.close(opened) } }
+    do {
+      try replacing(parent, name, raw) { () throws(SystemError) in try At.link(targetParent, String(last), parent, name) }
+    } catch {
+      throw error.message.contains("No such file") ? outside : error
+    }
+  }
+
+  /// Sets owner, mode, xattrs and times of a symlink or special file by name.
+  private func apply(_ meta: FileMeta, at parent: Int32, _ name: String, path: String, _ raw: String, isLink: Bool) throws(LayerError) {
+    do {
+      if meta.uid != euid || meta.gid != egid { try At.lchown(parent, name, uid: meta.uid, gid: meta.gid) }
+      if !isLink { try At.chmod(parent, name, mode: meta.mode) }
+      for x in meta.xattrs {
+        try At.setXattr(path: dir + "/" + path, name: x.name, value: x.value)
+      }
+      try At.setTimes(parent, name, atime: meta.atime, mtime: meta.mtime)
+    } catch {
+      throw fail(raw, error)
+    }
+  }
+
+  /// Sets owner, mode, xattrs and times of an open file or directory.
+  private func apply(_ meta: FileMeta, fd: Int32, _ raw: String) throws(SystemError) {
+    if meta.uid != euid || meta.gid != egid { try At.fchown(fd, raw, uid: meta.uid, gid: meta.gid) }
+    try At.fchmod(fd, raw, mode: meta.mode)  // after chown, which clears setuid bits
+    for x in meta.xattrs {
+      try At.setXattr(fd, raw, name: x.name, value: x.value)
+    }
+    try At.futimes(fd, raw, atime: meta.atime, mtime: meta.mtime)
+  }
+
+  private func regularFile(_ a: OpaquePointer, _ e: OpaquePointer, _ parent: Int32, _ name: String, _ raw: String, _ meta: inout FileMeta) throws(LayerError) {
+    let size = archive_entry_size(e)
+    guard size >= 0 else { throw fail(raw, "negative size") }
+    totals.fileBytes += size
+    var hash = Hasher()
+    if size <= Int64(Self.smallFile) {
+      // Read and hash first: a file whose object exists is one link(2).
+      var filled = 0
+      try readData(a, raw) { (offset, block) throws(LayerError) in
+        let end = Int(offset) + block.count
+        guard end <= scratch.count else { throw fail(raw, "data beyond the entry's size") }
+        if Int(offset) > filled { memset(scratch.baseAddress! + filled, 0, Int(offset) - filled) }
+        scratch.baseAddress!.advanced(by: Int(offset)).copyMemory(from: block.baseAddress!, byteCount: block.count)
+        filled = max(filled, end)
+      }
+      if Int(size) > filled { memset(scratch.baseAddress! + filled, 0, Int(size) - filled) }
+      let content = UnsafeRawBufferPointer(rebasing: scratch[0..<Int(size)])
+      hash.update(content)
+      let key = ObjectStore.key(content: hash.finalizeBytes(), meta: meta)
+      do {
+        if try linkObject(key, parent, name, raw) {
+          totals.objects[key] = size
+          return
+        }
+        let fd = try create(parent, name, raw)
+        defer { At.close(fd) }
+        try At.write(fd, raw, content, at: 0)
+        try apply(meta, fd: fd, raw)
+      } catch {
+        throw fail(raw, error)
+      }
+      try insert(key, size, parent, name, raw)
+      return
+    }
+    let fd: Int32
+    do { fd = try create(parent, name, raw) } catch { throw fail(raw, error) }
+    defer { At.close(fd) }
+    var hashed: Int64 = 0
+    try readData(a, raw) { (offset, block) throws(LayerError) in
+      guard offset >= hashed, offset + Int64(block.count) <= size else { throw fail(raw, "data out of order or beyond the entry's size") }
+      hash.updateZeros(offset - hashed)
+      hash.update(block)
+      do throws(SystemError) { try At.write(fd, raw, block, at: offset) } catch { throw fail(raw, error) }
+      hashed = offset + Int64(block.count)
+    }
+    do {
+      if hashed < size {  // a sparse file ending in a hole
+        hash.updateZeros(size - hashed)
+        try At.truncate(fd, raw, size: size)
+      }
+      try apply(meta, fd: fd, raw)
+    } catch {
+      throw fail(raw, error)
+    }
+    try insert(ObjectStore.key(content: hash.finalizeBytes(), meta: meta), size, parent, name, raw)
+  }
+
+  private func linkObject(_ key: String, _ parent: Int32, _ name: String, _ raw: String) throws(SystemError) -> Bool {
+    do {
+      return try objects.link(key, to: parent, name)
+    } catch where error.errno == EEXIST {
+      try At.unlink(parent, name)  // a repeated path: the last entry wins
+      return try objects.link(key, to: parent, name)
+    }
+  }
+
+  private func create(_ parent: Int32, _ name: String, _ raw: String) throws(SystemError) -> Int32 {
+    do {
+      return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+    } catch where error.errno == EEXIST {
+      if let st = try At.lstat(parent, name), st.st_mode & S_IFMT == S_IFDIR { throw SystemError("openat", name, errno: EISDIR) }
+      try At.unlink(parent, name)
+      return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+    }
+  }
+
+  private func insert(_ key: String, _ size: Int64, _ parent: Int32, _ name: String, _ raw: String) throws(LayerError) {
+    do {
+      _ = try objects.insert(key, from: parent, name)
+      totals.objects[key] = size
+    } catch where error.errno == EMLINK {
+      // The object has as many links as the file system allows: this copy stays unshared.
+    } catch {
+      throw fail(raw, error)
+    }
+  }
+
+  /// Calls `body` with each block of the entry's data and its offset (sparse files skip
+  /// holes).
+  private func readData(_ a: OpaquePointer, _ raw: String, _ body: (Int64, UnsafeRawBufferPointer) throws(LayerError) -> Void) throws(LayerError) {
+    var buffer: UnsafeRawPointer?
+    var size = 0
+    var offset: Int64 = 0
+    while true {
+      let rc = archive_read_data_block(a, &buffer, &size, &offset)
+      if rc == ARCHIVE_EOF { return }
+      guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN else { throw tarFailure(a, entry: raw) }
+      if size > 0 { try body(offset, UnsafeRawBufferPointer(start: buffer, count: size)) }
+    }
+  }
+
+  /// Directory metadata, now that nothing more is written into them, then one syncfs.
+  private func finish() throws(LayerError) {
+    for (path, meta) in dirMeta {
+      do {
+        let fd = path.isEmpty ? try At.openBeneath(root, ".", flags: O_RDONLY | O_DIRECTORY) : try At.openBeneath(root, path, flags: O_RDONLY | O_DIRECTORY)
+        defer { At.close(fd) }
+        try apply(meta, fd: fd, path)
+      } catch {
+        throw fail(path, error)
+      }
+    }
+    do {
+      try At.syncfs(root, dir)
+    } catch {
+      throw fail(".", error)
+    }
+  }
+}

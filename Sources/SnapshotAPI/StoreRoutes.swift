@@ -1,0 +1,177 @@
+import Dispatch
+import LayerStore
+import Logging
+import SnapshotCore
+import SnapshotSys
+import SwiftProtobuf
+import Synchronization
+
+/// snapshotd's `snapshotd.v1.Store` methods: layer and image import into the layer store,
+/// its usage and garbage collection. Imports run on their own thread while the call's
+/// thread feeds them the streamed blob or reports progress.
+public enum StoreRoutes {
+  static let service = "/snapshotd.v1.Store/"
+
+  public static func make(_ s: Snapshotter, logger: Logger) -> RPCRoutes {
+    [
+      service + "ImportLayer": .streaming { call in try importLayer(s, call, logger) },
+      service + "ImportImage": .streaming { call in try importImage(s, call, logger) },
+      service + "Usage": .unary { _ in
+        let u = try run("Usage", logger) { () throws(SnapshotError) in try s.storeUsage() }
+        return [try encode(Snapshotd_V1_StoreUsageResponse.with {
+          $0.layers = u.layers
+          $0.objects = u.objects
+          $0.storedBytes = u.storedBytes
+          $0.logicalBytes = u.logicalBytes
+        })]
+      },
+      service + "GC": .unary { _ in
+        let r = try run("GC", logger) { () throws(SnapshotError) in try s.collectGarbage() }
+        if r.objects > 0 { logger.info("gc removed objects", metadata: ["objects": "\(r.objects)", "bytes": "\(r.bytes)"]) }
+        return [try encode(Snapshotd_V1_GCResponse.with {
+          $0.objects = Int64(r.objects)
+          $0.bytes = r.bytes
+        })]
+      },
+    ]
+  }
+
+  private static func run<T>(_ method: String, _ logger: Logger, _ body: () throws(SnapshotError) -> T) throws(RPCStatus) -> T {
+    do {
+      return try body()
+    } catch {
+      let level: Logger.Level = error.kind == .internal ? .error : .info
+      logger.log(level: level, "\(method) failed", metadata: ["error": "\(error.message)"])
+      throw error.status
+    }
+  }
+
+  private static func encode(_ m: some Message) throws -> [UInt8] {
+    do { return try m.serializedBytes() } catch { throw RPCStatus(.internal, "encoding the response: \(error)") }
+  }
+
+  private static func decode<M: Message>(_ bytes: [UInt8]?, _ what: String) throws -> M {
+    guard let bytes else { throw RPCStatus(.invalidArgument, "\(what): no request message") }
+    do { return try M(serializedBytes: bytes) } catch { throw RPCStatus(.invalidArgument, "malformed \(what) request: \(error)") }
+  }
+
+  /// Runs `body` on a new thread; the result is waited for with `wait`.
+  private final class Job<T: Sendable>: Sendable {
+    private let result = Mutex<Result<T, SnapshotError>?>(nil)
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ body: @escaping @Sendable () throws -> T) throws {
+      do {
+        try Threads.spawn { [self] in
+          let r: Result<T, SnapshotError>
+          do {
+            r = .success(try body())
+          } catch let e as SnapshotError {
+            r = .failure(e)
+          } catch {
+            r = .failure(SnapshotError(.internal, "\(error)"))
+          }
+          result.withLock { $0 = r }
+          done.signal()
+        }
+      } catch {
+        throw RPCStatus(.unavailable, "cannot start an import thread: \(error)")
+      }
+    }
+
+    /// The result, or nil if it is not there within `seconds`.
+    func wait(seconds: Double? = nil) -> Result<T, SnapshotError>? {
+      if let seconds {
+        guard done.wait(timeout: .now() + seconds) == .success else { return nil }
+      } else {
+        done.wait()
+      }
+      done.signal()
+      return result.withLock { $0 }
+    }
+  }
+
+  private static func importLayer(_ s: Snapshotter, _ call: RPCStream, _ logger: Logger) throws {
+    let first: Snapshotd_V1_ImportLayerRequest = try decode(try call.receive(), "ImportLayer")
+    guard case .header(let h) = first.part else { throw RPCStatus(.invalidArgument, "ImportLayer: the first message must be the header") }
+    let name = !h.digest.isEmpty ? h.digest : (!h.path.isEmpty ? h.path : "from the client")
+    var digest: Digest?
+    var diffID: Digest?
+    if !h.digest.isEmpty {
+      guard let d = Digest(h.digest) else { throw RPCStatus(.invalidArgument, "layer \(name): malformed digest \(h.digest)") }
+      digest = d
+    }
+    if !h.diffID.isEmpty {
+      guard let d = Digest(h.diffID) else { throw RPCStatus(.invalidArgument, "layer \(name): malformed diffID \(h.diffID)") }
+      diffID = d
+    }
+    let request = LayerImport(mediaType: h.mediaType, digest: digest, diffID: diffID, parent: h.parent, name: name)
+    let pipe = h.path.isEmpty ? ChunkPipe(depth: 16) : nil
+    let job = try Job { () throws -> String in
+      let source: ByteSource
+      if let pipe {
+        source = PipeSource(pipe)
+      } else {
+        do { source = try FileSource(path: h.path) } catch let e as LayerError { throw SnapshotError(.invalidArgument, e.message) }
+      }
+      return try s.importLayer(source, request)
+    }
+    if let pipe {
+      // Feed the streamed blob until it ends or the import stops taking it.
+      do {
+        while let m = try call.receive() {
+          let part: Snapshotd_V1_ImportLayerRequest = try decode(m, "ImportLayer")
+          guard case .data(let bytes) = part.part else { throw RPCStatus(.invalidArgument, "layer \(name): a second header") }
+          let ok = bytes.withUnsafeBytes { pipe.put(Chunk(copying: $0)) }
+          if !ok { break }
+        }
+        pipe.close()
+      } catch {
+        pipe.close(error: LayerError(.invalid, "layer \(name): the client stopped sending: \(error)"))
+        _ = job.wait()
+        throw error
+      }
+    }
+    switch job.wait()! {
+    case .success(let chainID):
+      try call.send(try encode(Snapshotd_V1_ImportLayerResponse.with { $0.chainID = chainID }))
+    case .failure(let e):
+      logger.info("ImportLayer failed", metadata: ["layer": "\(name)", "error": "\(e.message)"])
+      throw e.status
+    }
+  }
+
+  private static func importImage(_ s: Snapshotter, _ call: RPCStream, _ logger: Logger) throws {
+    let r: Snapshotd_V1_ImportImageRequest = try decode(try call.receive(), "ImportImage")
+    guard !r.path.isEmpty else { throw RPCStatus(.invalidArgument, "ImportImage: no path") }
+    let progress = ImportProgress()
+    let job = try Job { () throws -> String in try s.importImage(r.path, progress: progress) }
+    func report(_ chainID: String = "") throws {
+      try call.send(try encode(Snapshotd_V1_ImportProgress.with {
+        $0.bytesDone = progress.bytesDone
+        $0.bytesTotal = progress.bytesTotal
+        $0.layersDone = Int32(progress.layersDone)
+        $0.layersTotal = Int32(progress.layersTotal)
+        $0.chainID = chainID
+      }))
+    }
+    while true {
+      guard let result = job.wait(seconds: 0.2) else {
+        do { try report() } catch {
+          _ = job.wait()  // the client left: the import still finishes or fails cleanly
+          throw error
+        }
+        continue
+      }
+      switch result {
+      case .success(let chainID):
+        logger.info("imported image", metadata: ["path": "\(r.path)", "chainID": "\(chainID)"])
+        try report(chainID)
+        return
+      case .failure(let e):
+        logger.info("ImportImage failed", metadata: ["path": "\(r.path)", "error": "\(e.message)"])
+        throw e.status
+      }
+    }
+  }
+}

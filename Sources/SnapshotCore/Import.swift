@@ -1,0 +1,356 @@
+import Dispatch
+import GRDB
+import LayerStore
+import Logging
+import SnapshotSys
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A layer blob to import.
+public struct LayerImport: Sendable {
+  public var mediaType: String
+  public var digest: Digest?
+  public var diffID: Digest?
+  /// The chainID of the layer below ("" for a base layer).
+  public var parent: String
+  /// How messages name the layer (its digest, or the blob's path).
+  public var name: String
+
+  public init(mediaType: String, digest: Digest?, diffID: Digest?, parent: String, name: String) {
+    self.mediaType = mediaType
+    self.digest = digest
+    self.diffID = diffID
+    self.parent = parent
+    self.name = name
+  }
+}
+
+/// Progress of an import, read from another thread.
+public final class ImportProgress: Sendable {
+  private let counters = Mutex<[ProgressCounter]>([])
+  private let done = Atomic<Int>(0)
+  private let total = Atomic<Int>(0)
+  private let totalBytes = Atomic<Int64>(0)
+
+  public init() {}
+
+  func start(layers: Int, bytes: Int64) {
+    total.store(layers, ordering: .relaxed)
+    totalBytes.store(bytes, ordering: .relaxed)
+  }
+
+  func counter() -> ProgressCounter {
+    let c = ProgressCounter()
+    counters.withLock { $0.append(c) }
+    return c
+  }
+
+  func layerDone() { done.add(1, ordering: .relaxed) }
+
+  public var bytesDone: Int64 { counters.withLock { $0.reduce(0) { $0 + $1.bytes } } }
+  public var bytesTotal: Int64 { totalBytes.load(ordering: .relaxed) }
+  public var layersDone: Int { done.load(ordering: .relaxed) }
+  public var layersTotal: Int { total.load(ordering: .relaxed) }
+}
+
+/// Imports of the same layer running at once: the second waits for the first.
+final class Inflight: Sendable {
+  private let running = Mutex<[String: DispatchGroup]>([:])
+
+  /// Runs `body` unless an import under `key` runs; then waits for that one and returns
+  /// false so the caller looks again.
+  func run(_ key: String?, _ body: () throws(SnapshotError) -> Void) throws(SnapshotError) -> Bool {
+    guard let key else {
+      try body()
+      return true
+    }
+    let (group, mine) = running.withLock { r -> (DispatchGroup, Bool) in
+      if let g = r[key] { return (g, false) }
+      let g = DispatchGroup()
+      g.enter()
+      r[key] = g
+      return (g, true)
+    }
+    guard mine else {
+      group.wait()
+      return false
+    }
+    defer {
+      running.withLock { _ = $0.removeValue(forKey: key) }
+      group.leave()
+    }
+    try body()
+    return true
+  }
+}
+
+/// A layer unpacked into its staging directory, not yet committed.
+struct StagedLayer {
+  var staging: String
+  var unpacked: UnpackedLayer
+}
+
+extension Snapshotter {
+  /// Imports one layer blob as the committed snapshot named by its chainID, on top of
+  /// `parent`, and returns the chainID. A layer whose chainID exists returns at once; a
+  /// layer whose diffID is already unpacked (in another chain) is not unpacked again; two
+  /// imports of the same layer at once unpack it once.
+  public func importLayer(_ source: ByteSource, _ request: LayerImport, progress: ImportProgress? = nil) throws(SnapshotError) -> String {
+    guard let compression = Compression(mediaType: request.mediaType) else {
+      throw .invalid("layer \(request.name): unsupported media type \(quoted(request.mediaType))")
+    }
+    let parent = try parentChainID(request.parent, layer: request.name)
+    progress?.start(layers: 1, bytes: 0)
+    while true {
+      if let chainID = try existing(parent: parent, request) { return chainID }
+      var result: String?
+      let ran = try inflight.run(request.diffID?.hex ?? request.digest?.hex) { () throws(SnapshotError) in
+        try objects.shared { () throws(SnapshotError) in
+          if let chainID = try existing(parent: parent, request) {
+            result = chainID
+            return
+          }
+          let layer = LayerDescription(name: request.name, compression: compression, digest: request.digest, diffID: request.diffID)
+          let staged = try stage(source, layer, progress: progress?.counter())
+          result = try commitChain(parent: parent, [staged])
+        }
+      }
+      progress?.layerDone()
+      if ran, let result { return result }
+    }
+  }
+
+  /// Imports an OCI image (layout directory or archive): every layer not yet present is
+  /// unpacked, all at once, each into its own directory; then the chain is committed in
+  /// order. Returns the top chainID.
+  public func importImage(_ path: String, progress: ImportProgress? = nil) throws(SnapshotError) -> String {
+    var layoutDir = path
+    var temporary: String?
+    defer { if let temporary { try? Tree.remove(temporary) } }
+    if !isDirectory(path) {
+      let dir = layout.temporary + "/image-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+      do { try Sys.mkdir(dir, mode: 0o700) } catch { throw Self.mapError(error) }
+      temporary = dir
+      do { try ImageArchive.extract(path, into: dir) } catch { throw Self.mapError(error) }
+      layoutDir = dir
+    }
+    let layers: [ImageLayer]
+    do { layers = try ImageLayout(dir: layoutDir).layers() } catch { throw Self.mapError(error) }
+    guard !layers.isEmpty else { throw .invalid("image \(path) has no layers") }
+    progress?.start(layers: layers.count, bytes: layers.reduce(0) { $0 + $1.descriptor.size })
+
+    var chain: [Digest] = []
+    for l in layers { chain.append(Digest.chainID(parent: chain.last, diffID: l.diffID)) }
+    return try objects.shared { () throws(SnapshotError) -> String in
+      // Layers still missing, unpacked concurrently.
+      let present = try read { db in try chain.map { try Metadata.find(db, key: $0.description) != nil } }
+      let known = try read { db in try layers.map { try Metadata.layer(db, diffID: $0.diffID.description) != nil } }
+      let results = Mutex<[Int: Result<StagedLayer, SnapshotError>]>([:])
+      let group = DispatchGroup()
+      for (i, l) in layers.enumerated() where !present[i] && !known[i] {
+        group.enter()
+        let counter = progress?.counter()
+        do {
+          try Threads.spawn { [self] in
+            let r: Result<StagedLayer, SnapshotError>
+            do {
+              let source = try FileSource(path: l.path)
+              let desc = LayerDescription(name: l.digest.description, compression: l.compression, digest: l.digest, diffID: l.diffID)
+              r = .success(try stage(source, desc, progress: counter))
+            } catch {
+              r = .failure(Self.mapError(error))
+            }
+            results.withLock { $0[i] = r }
+            progress?.layerDone()
+            group.leave()
+          }
+        } catch {
+          results.withLock { $0[i] = .failure(Self.mapError(error)) }
+          group.leave()
+        }
+      }
+      group.wait()
+      let staged = results.withLock { $0 }
+      let failures = staged.values.compactMap { if case .failure(let e) = $0 { e } else { nil } }
+      if let first = failures.first {
+        for case .success(let s) in staged.values { try? Tree.remove(s.staging) }
+        throw first
+      }
+      // Commit in order; each layer's chainID snapshot on top of the previous one.
+      var parent: String?
+      for (i, l) in layers.enumerated() {
+        if present[i] {
+          parent = chain[i].description
+          progress?.layerDone()
+          continue
+        }
+        if case .success(let s) = staged[i] {
+          parent = try commitChain(parent: parent, [s])
+        } else {
+          parent = try commitKnown(parent: parent, diffID: l.diffID)
+          progress?.layerDone()
+        }
+      }
+      return parent!
+    }
+  }
+
+  private func isDirectory(_ path: String) -> Bool {
+    guard let st = try? Sys.lstat(path) else { return false }
+    return st.st_mode & S_IFMT == S_IFDIR
+  }
+
+  /// The parent as given ("" for none), which must be a committed snapshot.
+  private func parentChainID(_ parent: String, layer: String) throws(SnapshotError) -> String? {
+    if parent.isEmpty { return nil }
+    try Validate.key(parent, what: "parent")
+    let row = try read { db in try Metadata.find(db, key: parent) }
+    guard let row else { throw .notFound("layer \(layer): parent \(quoted(parent)) does not exist") }
+    guard row.kind == .committed else { throw .invalid("layer \(layer): parent \(quoted(parent)) is not a committed snapshot") }
+    return parent
+  }
+
+  /// The chainID of the layer if it needs no unpacking: its snapshot exists, or its
+  /// layer does (then its snapshot is made now).
+  private func existing(parent: String?, _ request: LayerImport) throws(SnapshotError) -> String? {
+    var diffID = request.diffID
+    if diffID == nil, let digest = request.digest {
+      diffID = try read { db in try Metadata.layer(db, digest: digest.description).flatMap { Digest($0.diffID) } }
+    }
+    guard let diffID else { return nil }
+    let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
+    if try read({ db in try Metadata.find(db, key: chainID) }) != nil { return chainID }
+    guard try read({ db in try Metadata.layer(db, diffID: diffID.description) }) != nil else { return nil }
+    return try commitKnown(parent: parent, diffID: diffID)
+  }
+
+  /// Unpacks a layer into a new staging directory under `l/`.
+  private func stage(_ source: ByteSource, _ layer: LayerDescription, progress: ProgressCounter?) throws(SnapshotError) -> StagedLayer {
+    let staging = layout.layers + "/new-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+    do {
+      try Sys.mkdir(staging, mode: 0o755)
+      try Sys.chmod(staging, mode: 0o755)
+      let unpacked = try Unpacker.unpack(source, layer, into: staging, objects: objects, progress: progress)
+      return StagedLayer(staging: staging, unpacked: unpacked)
+    } catch {
+      try? Tree.remove(staging)
+      logger.warning("layer import failed", metadata: ["layer": "\(layer.name)", "error": "\(error)"])
+      throw Self.mapError(error)
+    }
+  }
+
+  /// Commits staged layers bottom first, each as the snapshot named by its chainID on top
+  /// of the previous one: the layer row, its directory renamed into place, its object
+  /// references and the snapshot, in one transaction. Returns the top chainID.
+  private func commitChain(parent: String?, _ staged: [StagedLayer]) throws(SnapshotError) -> String {
+    let layout = self.layout
+    var renamed: [(String, String)] = []
+    do {
+      let top = try write { db -> String in
+        var parent = parent
+        for s in staged {
+          let diffID = s.unpacked.diffID
+          let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
+          var layerID = try Metadata.layer(db, diffID: diffID.description)
+          if layerID == nil {
+            let id = try Metadata.insertLayer(db, diffID: diffID.description, digest: s.unpacked.digest.description,
+                                              size: s.unpacked.fileBytes, entries: s.unpacked.entries, now: Clock.nowNanos())
+            try Sys.rename(s.staging, layout.layer(id))
+            renamed.append((layout.layer(id), s.staging))
+            try Metadata.addRefs(db, tree: Layout.tree(layer: id), s.unpacked.objects)
+            layerID = id
+          }
+          if try Metadata.find(db, key: chainID) == nil {
+            try insertLayerSnapshot(db, chainID: chainID, parent: parent, layer: layerID!, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
+          }
+          parent = chainID
+        }
+        if !renamed.isEmpty { try Sys.fsyncDirectory(layout.layers) }
+        return parent!
+      }
+      // Staging dirs of layers another import committed first.
+      for s in staged where Sys.exists(s.staging) { reaper.remove(s.staging) }
+      return top
+    } catch {
+      for (final, staging) in renamed { try? Sys.rename(final, staging) }
+      for s in staged { try? Tree.remove(s.staging) }
+      throw error
+    }
+  }
+
+  /// The snapshot of an already unpacked layer on top of `parent`.
+  private func commitKnown(parent: String?, diffID: Digest) throws(SnapshotError) -> String {
+    let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
+    try write { db in
+      if try Metadata.find(db, key: chainID) != nil { return }
+      guard let layer = try Metadata.layer(db, diffID: diffID.description) else {
+        throw SnapshotError.notFound("layer \(diffID) is not unpacked")
+      }
+      let size = try Int64.fetchOne(db, sql: "SELECT size FROM layer WHERE id = ?", arguments: [layer]) ?? 0
+      let entries = try Int64.fetchOne(db, sql: "SELECT entries FROM layer WHERE id = ?", arguments: [layer]) ?? 0
+      try insertLayerSnapshot(db, chainID: chainID, parent: parent, layer: layer, size: size, inodes: entries)
+    }
+    return chainID
+  }
+
+  private func insertLayerSnapshot(_ db: Database, chainID: String, parent: String?, layer: Int64, size: Int64, inodes: Int64) throws {
+    var parentID: Int64?
+    if let parent {
+      guard let p = try Metadata.find(db, key: parent), p.kind == .committed else {
+        throw SnapshotError.notFound("parent \(quoted(parent)) of layer \(chainID) does not exist")
+      }
+      parentID = p.id
+    }
+    let id = pool.reserveID()
+    defer { pool.release(id) }
+    try Metadata.insertSnapshot(db, id: id, key: chainID, parent: parentID, layer: layer, size: size, inodes: inodes, now: Clock.nowNanos())
+    // containerd's unpacker finds layers a snapshotter already has by this label.
+    try Metadata.insertLabels(db, id: id, [Self.snapshotRef: chainID])
+  }
+
+  // MARK: - Objects
+
+  /// Deletes objects no layer or snapshot references, and objects a crash left without
+  /// any link. Returns how many and their bytes.
+  @discardableResult
+  public func collectGarbage() throws(SnapshotError) -> (objects: Int, bytes: Int64) {
+    try objects.exclusive { () throws(SnapshotError) -> (Int, Int64) in
+      let dead = try write { db in try Metadata.takeUnreferenced(db) }
+      var bytes: Int64 = 0
+      do {
+        for (key, size) in dead {
+          try objects.remove(key)
+          bytes += size
+        }
+        var count = dead.count
+        for key in try objects.unlinked() {
+          let known = try read { db in try Metadata.objectKnown(db, key) }
+          if !known {
+            try objects.remove(key)
+            count += 1
+          }
+        }
+        return (count, bytes)
+      } catch {
+        throw Self.mapError(error)
+      }
+    }
+  }
+
+  func collectQuietly() {
+    do { try collectGarbage() } catch {
+      logger.warning("garbage collection failed", metadata: ["error": "\(error)"])
+    }
+  }
+
+  /// Layers, objects, and bytes stored with and without sharing.
+  public func storeUsage() throws(SnapshotError) -> StoreUsage {
+    try read { db in try Metadata.storeUsage(db) }
+  }
+
+  /// Waits for background work (directory removals, collections).
+  public func drain() { reaper.drain() }
+}

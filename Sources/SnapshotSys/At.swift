@@ -1,0 +1,175 @@
+import CSysShims
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Descriptor-relative system calls (`*at(2)`, `f*(2)`), for building trees that untrusted
+/// input names: every call is relative to a directory descriptor, none follows a symlink
+/// in its last component, and `openBeneath` confines whole paths with `openat2(2)`.
+/// Errors name the call and the path relative to the descriptor.
+public enum At {
+  /// `O_PATH`: a descriptor that only names a file (for *at calls), opened without access.
+  public static let pathOnly: Int32 = SHIM_O_PATH
+
+  /// `openat2(2)` with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS: opens
+  /// `path` under `dirfd` only if no component is a symlink and none leaves `dirfd`
+  /// (ELOOP when a component is a symlink, EXDEV when `..` would escape).
+  public static func openBeneath(_ dirfd: Int32, _ path: String, flags: Int32, mode: mode_t = 0) throws(SystemError) -> Int32 {
+    let resolve = UInt64(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+    return try SystemError.check("openat2", path) {
+      shim_openat2(dirfd, path, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), UInt64(mode), resolve)
+    }
+  }
+
+  /// `openat(2)` with O_NOFOLLOW | O_CLOEXEC added.
+  public static func open(_ dirfd: Int32, _ name: String, flags: Int32, mode: mode_t = 0) throws(SystemError) -> Int32 {
+    try SystemError.check("openat", name) { shim_openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, mode) }
+  }
+
+  /// `open(2)` read-only of a file by path.
+  public static func openFile(_ path: String) throws(SystemError) -> Int32 {
+    try SystemError.check("open", path) { shim_open(path, O_RDONLY | O_CLOEXEC, 0) }
+  }
+
+  /// `open(2)` of a directory by absolute path (O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC).
+  public static func openDirectory(_ path: String) throws(SystemError) -> Int32 {
+    try SystemError.check("open", path) { shim_open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0) }
+  }
+
+  public static func mkdir(_ dirfd: Int32, _ name: String, mode: mode_t) throws(SystemError) {
+    _ = try SystemError.check("mkdirat", name) { mkdirat(dirfd, name, mode) }
+  }
+
+  public static func mknod(_ dirfd: Int32, _ name: String, mode: mode_t, major: UInt32 = 0, minor: UInt32 = 0) throws(SystemError) {
+    _ = try SystemError.check("mknodat", name) { mknodat(dirfd, name, mode, shim_makedev(major, minor)) }
+  }
+
+  public static func symlink(_ target: String, _ dirfd: Int32, _ name: String) throws(SystemError) {
+    _ = try SystemError.check("symlinkat", name) { symlinkat(target, dirfd, name) }
+  }
+
+  /// `linkat(2)` without following a symlink at `from`.
+  public static func link(_ fromDir: Int32, _ from: String, _ toDir: Int32, _ to: String) throws(SystemError) {
+    _ = try SystemError.check("linkat", "\(from) -> \(to)") { linkat(fromDir, from, toDir, to, 0) }
+  }
+
+  public static func unlink(_ dirfd: Int32, _ name: String, directory: Bool = false) throws(SystemError) {
+    _ = try SystemError.check("unlinkat", name) { unlinkat(dirfd, name, directory ? AT_REMOVEDIR : 0) }
+  }
+
+  public static func rename(_ fromDir: Int32, _ from: String, _ toDir: Int32, _ to: String) throws(SystemError) {
+    _ = try SystemError.check("renameat", "\(from) -> \(to)") { renameat(fromDir, from, toDir, to) }
+  }
+
+  /// `fstatat(2)` without following a symlink; nil when nothing is there.
+  public static func lstat(_ dirfd: Int32, _ name: String) throws(SystemError) -> stat? {
+    var st = stat()
+    if fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 { return st }
+    if errno == ENOENT { return nil }
+    throw SystemError("fstatat", name, errno: errno)
+  }
+
+  public static func fstat(_ fd: Int32, _ what: String) throws(SystemError) -> stat {
+    var st = stat()
+    _ = try SystemError.check("fstat", what) { Glibc.fstat(fd, &st) }
+    return st
+  }
+
+  /// `fchownat(2)` of the entry itself (AT_SYMLINK_NOFOLLOW).
+  public static func lchown(_ dirfd: Int32, _ name: String, uid: uid_t, gid: gid_t) throws(SystemError) {
+    _ = try SystemError.check("fchownat", name) { fchownat(dirfd, name, uid, gid, AT_SYMLINK_NOFOLLOW) }
+  }
+
+  public static func fchown(_ fd: Int32, _ what: String, uid: uid_t, gid: gid_t) throws(SystemError) {
+    _ = try SystemError.check("fchown", what) { Glibc.fchown(fd, uid, gid) }
+  }
+
+  /// `fchmodat(2)` (follows a symlink: call it on what is not one).
+  public static func chmod(_ dirfd: Int32, _ name: String, mode: mode_t) throws(SystemError) {
+    _ = try SystemError.check("fchmodat", name) { fchmodat(dirfd, name, mode, 0) }
+  }
+
+  public static func fchmod(_ fd: Int32, _ what: String, mode: mode_t) throws(SystemError) {
+    _ = try SystemError.check("fchmod", what) { Glibc.fchmod(fd, mode) }
+  }
+
+  /// `utimensat(2)` of the entry itself: access and modification times in nanoseconds.
+  public static func setTimes(_ dirfd: Int32, _ name: String, atime: timespec, mtime: timespec) throws(SystemError) {
+    var times = (atime, mtime)
+    _ = try SystemError.check("utimensat", name) {
+      withUnsafePointer(to: &times) { $0.withMemoryRebound(to: timespec.self, capacity: 2) { utimensat(dirfd, name, $0, AT_SYMLINK_NOFOLLOW) } }
+    }
+  }
+
+  public static func futimes(_ fd: Int32, _ what: String, atime: timespec, mtime: timespec) throws(SystemError) {
+    var times = (atime, mtime)
+    _ = try SystemError.check("futimens", what) {
+      withUnsafePointer(to: &times) { $0.withMemoryRebound(to: timespec.self, capacity: 2) { futimens(fd, $0) } }
+    }
+  }
+
+  /// `fsetxattr(2)`.
+  public static func setXattr(_ fd: Int32, _ what: String, name: String, value: [UInt8]) throws(SystemError) {
+    _ = try SystemError.check("fsetxattr", "\(what) \(name)") { fsetxattr(fd, name, value, value.count, 0) }
+  }
+
+  /// `lsetxattr(2)` by path (for symlinks and special files, which have no descriptor of
+  /// their own to set xattrs through).
+  public static func setXattr(path: String, name: String, value: [UInt8]) throws(SystemError) {
+    _ = try SystemError.check("lsetxattr", "\(path) \(name)") { lsetxattr(path, name, value, value.count, 0) }
+  }
+
+  /// `flistxattr(2)` + `fgetxattr(2)`: every extended attribute of the open file, sorted by
+  /// name.
+  public static func xattrs(_ fd: Int32, _ what: String) throws(SystemError) -> [(String, [UInt8])] {
+    var size = try SystemError.check("flistxattr", what) { Int32(flistxattr(fd, nil, 0)) }
+    if size == 0 { return [] }
+    var names = [CChar](repeating: 0, count: Int(size))
+    size = try SystemError.check("flistxattr", what) { Int32(flistxattr(fd, &names, names.count)) }
+    var out: [(String, [UInt8])] = []
+    var start = 0
+    for i in 0..<Int(size) where names[i] == 0 {
+      let name = names[start..<i].withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0), as: UTF8.self) }
+      start = i + 1
+      let n = try SystemError.check("fgetxattr", "\(what) \(name)") { Int32(fgetxattr(fd, name, nil, 0)) }
+      var value = [UInt8](repeating: 0, count: Int(n))
+      let m = try SystemError.check("fgetxattr", "\(what) \(name)") { Int32(fgetxattr(fd, name, &value, value.count)) }
+      out.append((name, Array(value.prefix(Int(m)))))
+    }
+    return out.sorted { $0.0 < $1.0 }
+  }
+
+  /// `pwrite(2)` of all of `buffer` at `offset`.
+  public static func write(_ fd: Int32, _ what: String, _ buffer: UnsafeRawBufferPointer, at offset: Int64) throws(SystemError) {
+    var done = 0
+    while done < buffer.count {
+      let n = try SystemError.check("pwrite", what) {
+        Int32(truncatingIfNeeded: pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)))
+      }
+      done += Int(n)
+    }
+  }
+
+  /// `read(2)`: up to `buffer.count` bytes; 0 at the end.
+  public static func read(_ fd: Int32, _ what: String, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
+    Int(try SystemError.check("read", what) { Int32(truncatingIfNeeded: Glibc.read(fd, buffer.baseAddress, buffer.count)) })
+  }
+
+  public static func truncate(_ fd: Int32, _ what: String, size: Int64) throws(SystemError) {
+    _ = try SystemError.check("ftruncate", what) { ftruncate(fd, off_t(size)) }
+  }
+
+  /// `syncfs(2)`: flushes the whole file system holding `fd`.
+  public static func syncfs(_ fd: Int32, _ what: String) throws(SystemError) {
+    _ = try SystemError.check("syncfs", what) { shim_syncfs(fd) }
+  }
+
+  public static func fsync(_ fd: Int32, _ what: String) throws(SystemError) {
+    _ = try SystemError.check("fsync", what) { Glibc.fsync(fd) }
+  }
+
+  public static func close(_ fd: Int32) {
+    _ = Glibc.close(fd)
+  }
+}

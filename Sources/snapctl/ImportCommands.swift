@@ -1,0 +1,123 @@
+import ArgumentParser
+import Foundation
+import GRPCCore
+import SnapshotAPI
+import SnapshotCore
+
+struct ImportLayer: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "import-layer",
+    abstract: "Import a layer blob into the layer store and print its chainID.",
+    discussion: """
+      BLOB is a path on the daemon's host, or - to stream the blob from standard input through \
+      the socket. The digests are checked when given; the layer is committed as the snapshot \
+      named by its chainID, on top of PARENT.
+      """)
+  @OptionGroup var client: ClientOptions
+  @Argument(help: "The layer blob, or - for standard input.") var blob: String
+  @Option(help: "The blob's media type (OCI or Docker layer types, tar, +gzip or +zstd).")
+  var mediaType: String = "application/vnd.oci.image.layer.v1.tar+gzip"
+  @Option(help: "Expected digest of the blob (sha256:...).") var digest: String = ""
+  @Option(help: "Expected diffID, the digest of the uncompressed tar (sha256:...).") var diffId: String = ""
+  @Option(help: "chainID of the layer below.") var parent: String = ""
+
+  func run() async throws {
+    try await reporting {
+      var header = Snapshotd_V1_LayerHeader()
+      header.mediaType = mediaType
+      header.digest = digest
+      header.diffID = diffId
+      header.parent = parent
+      let streamed = blob == "-"
+      if !streamed {
+        header.path = blob.hasPrefix("/") ? blob : FileManager.default.currentDirectoryPath + "/" + blob
+      }
+      let first = Snapshotd_V1_ImportLayerRequest.with { $0.header = header }
+      let request = StreamingClientRequest<Snapshotd_V1_ImportLayerRequest> { writer in
+        try await writer.write(first)
+        guard streamed else { return }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+          let n = buffer.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, $0.count) }
+          if n < 0 && errno == EINTR { continue }
+          if n < 0 { throw Failure("reading standard input: \(String(cString: strerror(errno)))") }
+          if n == 0 { return }
+          try await writer.write(.with { $0.data = Data(buffer[0..<n]) })
+        }
+      }
+      let response = try await client.store { try await $0.importLayer(request: request) }
+      print(response.chainID)
+    }
+  }
+}
+
+struct ImportImage: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "import-image",
+    abstract: "Import an OCI image (layout directory or archive) and print its top chainID.",
+    discussion: "Layers are unpacked concurrently. Progress goes to standard error: a bar on a terminal, plain lines otherwise.")
+  @OptionGroup var client: ClientOptions
+  @Argument(help: "An OCI image layout directory or OCI archive (what `ctr image export` writes), on the daemon's host.")
+  var path: String
+
+  func run() async throws {
+    try await reporting {
+      let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+      let terminal = isatty(2) != 0
+      let chainID: String = try await client.store { c in
+        try await c.importImage(request: .init(message: .with { $0.path = absolute })) { response in
+          var last = ""
+          var shownLayers = -1
+          for try await p in response.messages {
+            if !p.chainID.isEmpty {
+              if terminal { printError("\r" + Progress.bar(p) + "\u{1B}[K") }
+              return p.chainID
+            }
+            if terminal {
+              var err = StandardError()
+              print("\r" + Progress.bar(p) + "\u{1B}[K", terminator: "", to: &err)
+            } else if p.layersDone != shownLayers {
+              shownLayers = Int(p.layersDone)
+              printError(Progress.line(p))
+            }
+            last = p.chainID
+          }
+          _ = last
+          throw Failure("the import ended without a result")
+        }
+      }
+      print(chainID)
+    }
+  }
+}
+
+enum Progress {
+  static func bar(_ p: Snapshotd_V1_ImportProgress) -> String {
+    let fraction = p.bytesTotal > 0 ? min(1, Double(p.bytesDone) / Double(p.bytesTotal)) : 0
+    let width = 30
+    let filled = Int(fraction * Double(width))
+    return "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] "
+      + String(format: "%3.0f%% ", fraction * 100) + line(p)
+  }
+
+  static func line(_ p: Snapshotd_V1_ImportProgress) -> String {
+    "\(Output.bytes(p.bytesDone)) of \(Output.bytes(p.bytesTotal)), \(p.layersDone)/\(p.layersTotal) layers"
+  }
+}
+
+struct GC: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "gc", abstract: "Delete content objects no layer or snapshot uses any more.")
+  @OptionGroup var client: ClientOptions
+
+  func run() async throws {
+    try await reporting {
+      let r = try await client.store { try await $0.gc(request: .init(message: .init())) }
+      if client.json {
+        print("{\"objects\":\(r.objects),\"bytes\":\(r.bytes)}")
+      } else {
+        print("removed \(r.objects) objects, \(Output.bytes(r.bytes))")
+      }
+    }
+  }
+}
