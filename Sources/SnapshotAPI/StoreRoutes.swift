@@ -27,8 +27,9 @@ public enum StoreRoutes {
       },
       service + "GC": .unary { _ in
         let r = try run("GC", logger) { () throws(SnapshotError) in try s.collectGarbage() }
-        if r.objects > 0 { logger.info("gc removed objects", metadata: ["objects": "\(r.objects)", "bytes": "\(r.bytes)"]) }
+        logger.info("gc", metadata: ["layers": "\(r.layers)", "objects": "\(r.objects)", "bytes": "\(r.bytes)"])
         return [try encode(Snapshotd_V1_GCResponse.with {
+          $0.layers = Int64(r.layers)
           $0.objects = Int64(r.objects)
           $0.bytes = r.bytes
         })]

@@ -289,11 +289,23 @@ extension Snapshotter {
       guard let layer = try Metadata.layer(db, diffID: diffID.description) else {
         throw SnapshotError.notFound("layer \(diffID) is not unpacked")
       }
-      let size = try Int64.fetchOne(db, sql: "SELECT size FROM layer WHERE id = ?", arguments: [layer]) ?? 0
-      let entries = try Int64.fetchOne(db, sql: "SELECT entries FROM layer WHERE id = ?", arguments: [layer]) ?? 0
+      let (size, entries) = try Metadata.layerSize(db, layer)
       try insertLayerSnapshot(db, chainID: chainID, parent: parent, layer: layer, size: size, inodes: entries)
     }
     return chainID
+  }
+
+  /// Whether the committed snapshot `chainID` on top of `parent` exists, or can be made
+  /// (now) from a layer the store keeps: what containerd's unpacker asks with the
+  /// `containerd.io/snapshot.ref` label before it unpacks a layer itself.
+  func layerSnapshot(_ db: Database, _ chainID: String, parent: String) throws -> Bool {
+    if let t = try Metadata.find(db, key: chainID) {
+      return t.kind == .committed && (t.parentKey ?? "") == parent
+    }
+    guard let c = try Metadata.chain(db, chainID), (c.parent ?? "") == parent else { return false }
+    let (size, entries) = try Metadata.layerSize(db, c.layer)
+    try insertLayerSnapshot(db, chainID: chainID, parent: c.parent, layer: c.layer, size: size, inodes: entries)
+    return true
   }
 
   private func insertLayerSnapshot(_ db: Database, chainID: String, parent: String?, layer: Int64, size: Int64, inodes: Int64) throws {
@@ -307,20 +319,32 @@ extension Snapshotter {
     let id = pool.reserveID()
     defer { pool.release(id) }
     try Metadata.insertSnapshot(db, id: id, key: chainID, parent: parentID, layer: layer, size: size, inodes: inodes, now: Clock.nowNanos())
+    try Metadata.recordChain(db, chainID: chainID, parent: parent, layer: layer)
     // containerd's unpacker finds layers a snapshotter already has by this label.
     try Metadata.insertLabels(db, id: id, [Self.snapshotRef: chainID])
   }
 
   // MARK: - Objects
 
-  /// Deletes objects no layer or snapshot references, and objects a crash left without
-  /// any link. Returns how many and their bytes.
+  /// Deletes imported layers no snapshot uses (with `layers`), then content objects
+  /// nothing references any more, and objects a crash left without any link. Returns how
+  /// many layers and objects, and the objects' bytes.
   @discardableResult
-  public func collectGarbage() throws(SnapshotError) -> (objects: Int, bytes: Int64) {
-    try objects.exclusive { () throws(SnapshotError) -> (Int, Int64) in
+  public func collectGarbage(layers: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {
+    let layout = self.layout
+    return try objects.exclusive { () throws(SnapshotError) -> (Int, Int, Int64) in
+      let freed = !layers ? [] : try write { db -> [Int64] in
+        let unused = try Metadata.unusedLayers(db)
+        for layer in unused {
+          try Metadata.releaseRefs(db, tree: Layout.tree(layer: layer))
+          try Metadata.deleteLayer(db, layer)
+        }
+        return unused
+      }
       let dead = try write { db in try Metadata.takeUnreferenced(db) }
       var bytes: Int64 = 0
       do {
+        for layer in freed { try Tree.remove(layout.layer(layer)) }
         for (key, size) in dead {
           try objects.remove(key)
           bytes += size
@@ -333,15 +357,15 @@ extension Snapshotter {
             count += 1
           }
         }
-        return (count, bytes)
+        return (freed.count, count, bytes)
       } catch {
         throw Self.mapError(error)
       }
     }
   }
 
-  func collectQuietly() {
-    do { try collectGarbage() } catch {
+  func collectQuietly(layers: Bool) {
+    do { try collectGarbage(layers: layers) } catch {
       logger.warning("garbage collection failed", metadata: ["error": "\(error)"])
     }
   }

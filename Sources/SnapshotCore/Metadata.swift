@@ -77,6 +77,12 @@ enum Metadata {
           size INTEGER NOT NULL,
           refs INTEGER NOT NULL
         ) WITHOUT ROWID;
+        CREATE TABLE chain (
+          chain_id TEXT PRIMARY KEY,
+          parent TEXT,
+          layer INTEGER NOT NULL REFERENCES layer(id)
+        ) WITHOUT ROWID;
+        CREATE INDEX chain_layer ON chain(layer);
         CREATE TABLE object_ref (
           tree TEXT NOT NULL,
           key TEXT NOT NULL,
@@ -203,11 +209,32 @@ enum Metadata {
       .execute(arguments: [id, key, parent, SnapshotKind.committed.rawValue, now, now, size, inodes, layer])
   }
 
+  /// Remembers that `chainID` is `layer` on top of the chain `parent`, so the snapshot can
+  /// be made again after it is removed, as long as the layer is kept.
+  static func recordChain(_ db: Database, chainID: String, parent: String?, layer: Int64) throws {
+    try db.cachedStatement(sql: "INSERT OR IGNORE INTO chain (chain_id, parent, layer) VALUES (?, ?, ?)").execute(arguments: [chainID, parent, layer])
+  }
+
+  static func chain(_ db: Database, _ chainID: String) throws -> (parent: String?, layer: Int64)? {
+    try Row.fetchOne(db.cachedStatement(sql: "SELECT parent, layer FROM chain WHERE chain_id = ?"), arguments: [chainID]).map { ($0[0], $0[1]) }
+  }
+
+  static func layerSize(_ db: Database, _ layer: Int64) throws -> (size: Int64, entries: Int64) {
+    let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT size, entries FROM layer WHERE id = ?"), arguments: [layer])
+    return (row?[0] ?? 0, row?[1] ?? 0)
+  }
+
+  /// Layers no snapshot uses.
+  static func unusedLayers(_ db: Database) throws -> [Int64] {
+    try Int64.fetchAll(db, sql: "SELECT id FROM layer l WHERE NOT EXISTS (SELECT 1 FROM snapshot s WHERE s.layer = l.id)")
+  }
+
   static func layerInUse(_ db: Database, _ layer: Int64) throws -> Bool {
     try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM snapshot WHERE layer = ?)"), arguments: [layer]) ?? false
   }
 
   static func deleteLayer(_ db: Database, _ layer: Int64) throws {
+    try db.cachedStatement(sql: "DELETE FROM chain WHERE layer = ?").execute(arguments: [layer])
     try db.cachedStatement(sql: "DELETE FROM layer WHERE id = ?").execute(arguments: [layer])
   }
 

@@ -79,9 +79,7 @@ public final class Snapshotter: Sendable {
       }
       // containerd's unpacker names the committed snapshot it is about to make; when that
       // layer was imported already, "already exists" tells it to use ours.
-      if let target = labels[Self.snapshotRef], let t = try Metadata.find(db, key: target), t.kind == .committed,
-        (t.parentKey ?? "") == parent
-      {
+      if let target = labels[Self.snapshotRef], try self.layerSnapshot(db, target, parent: parent) {
         throw SnapshotError.exists("target snapshot \(quoted(target)) already exists")
       }
       var parentID: Int64?
@@ -227,29 +225,23 @@ public final class Snapshotter: Sendable {
   /// Remove: deletes the snapshot's row; its directory goes after the commit.
   public func remove(key: String) throws(SnapshotError) {
     try Validate.key(key, what: "key")
-    let (row, freedLayer, released) = try write { db in
+    let (row, released) = try write { db in
       let row = try Metadata.get(db, key: key)
       if try Metadata.hasChildren(db, id: row.id) {
         throw SnapshotError.precondition("cannot remove snapshot \(quoted(key)): it has children")
       }
       try Metadata.delete(db, id: row.id)
-      var freedLayer = false
-      if let layer = row.layer, try !Metadata.layerInUse(db, layer) {
-        try Metadata.releaseRefs(db, tree: Layout.tree(layer: layer))
-        try Metadata.deleteLayer(db, layer)
-        freedLayer = true
-      }
+      // An imported layer stays in the layer store, ready to be used again, until
+      // `collectGarbage` finds no snapshot using it.
       var released = false
       if row.kind == .committed, row.layer == nil, try Metadata.hasRefs(db, tree: Layout.tree(snapshot: row.id)) {
         try Metadata.releaseRefs(db, tree: Layout.tree(snapshot: row.id))
         released = true
       }
-      return (row, freedLayer, released)
+      return (row, released)
     }
-    if let layer = row.layer {
-      if freedLayer { reaper.remove(layout.layer(layer)) { [weak self] in self?.collectQuietly() } }
-    } else {
-      reaper.remove(layout.dir(row.id)) { [weak self] in if released { self?.collectQuietly() } }
+    if row.layer == nil {
+      reaper.remove(layout.dir(row.id)) { [weak self] in if released { self?.collectQuietly(layers: false) } }
     }
   }
 

@@ -107,16 +107,16 @@ enum Progress {
 
 struct GC: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "gc", abstract: "Delete content objects no layer or snapshot uses any more.")
+    commandName: "gc", abstract: "Delete imported layers no snapshot uses, and content objects nothing references.")
   @OptionGroup var client: ClientOptions
 
   func run() async throws {
     try await reporting {
       let r = try await client.store { try await $0.gc(request: .init(message: .init())) }
       if client.json {
-        print("{\"objects\":\(r.objects),\"bytes\":\(r.bytes)}")
+        print("{\"layers\":\(r.layers),\"objects\":\(r.objects),\"bytes\":\(r.bytes)}")
       } else {
-        print("removed \(r.objects) objects, \(Output.bytes(r.bytes))")
+        print("removed \(r.layers) layers, \(r.objects) objects, \(Output.bytes(r.bytes))")
       }
     }
   }

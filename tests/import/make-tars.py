@@ -222,7 +222,7 @@ for stem, entries in [
     layer(stem, ok + entries, kind="hostile", expect=entries[-1].name)
 
 # Broken streams: the blob's digest is right (so the stream itself must be refused); no diff_id.
-filler = [Entry(f"filler/{i}", content=(b"compressible %d\n" % i) * 20000) for i in range(8)]
+filler = [Entry("filler/", "dir")] + [Entry(f"filler/{i}", content=(b"compressible %d\n" % i) * 20000) for i in range(8)]
 gz = os.path.join(out, "truncated.tar.gz")
 layer("truncated", ok + filler, compress=(".gz",))
 with open(gz, "rb") as f:
@@ -247,9 +247,9 @@ def wrong(digest):
     return digest[:-8] + ("0" * 8 if not digest.endswith("0" * 8) else "1" * 8)
 
 
-layer("wrong-digest", ok + [Entry("wrong-digest/file", content=b"a\n")], compress=(".gz",))
+layer("wrong-digest", ok + [Entry("wrong-digest/", "dir"), Entry("wrong-digest/file", content=b"a\n")], compress=(".gz",))
 cases["wrong-digest.tar.gz"].update(kind="hostile", digest=wrong(cases["wrong-digest.tar.gz"]["digest"]))
-layer("wrong-diffid", ok + [Entry("wrong-diffid/file", content=b"b\n")], compress=(".gz",))
+layer("wrong-diffid", ok + [Entry("wrong-diffid/", "dir"), Entry("wrong-diffid/file", content=b"b\n")], compress=(".gz",))
 cases["wrong-diffid.tar.gz"].update(kind="hostile", diff_id=wrong(cases["wrong-diffid.tar.gz"]["diff_id"]))
 
 
@@ -264,10 +264,10 @@ class RandomStream:
         return self.rng.randbytes(n)
 
 
-big = Entry("big/file", content=b"")
-ti = big.tarinfo()
+ti = Entry("big/file").tarinfo()
 ti.size = 200 * MIB
 with tarfile.open(os.path.join(out, "big.tar"), "w", format=tarfile.PAX_FORMAT) as tar:
+    tar.addfile(Entry("big/", "dir").tarinfo())
     tar.addfile(ti, RandomStream(ti.size))
 d = sha256_file(os.path.join(out, "big.tar"))
 add("big.tar", "big", OCI, d, d)

@@ -170,6 +170,10 @@ extension Snapshotd_V1_Store {
 
         /// Call the "GC" method.
         ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Deletes imported layers no snapshot uses, then content objects nothing references.
+        ///
         /// - Parameters:
         ///   - request: A request containing a single `Snapshotd_V1_GCRequest` message.
         ///   - serializer: A serializer for `Snapshotd_V1_GCRequest` messages.
@@ -305,6 +309,10 @@ extension Snapshotd_V1_Store {
 
         /// Call the "GC" method.
         ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Deletes imported layers no snapshot uses, then content objects nothing references.
+        ///
         /// - Parameters:
         ///   - request: A request containing a single `Snapshotd_V1_GCRequest` message.
         ///   - serializer: A serializer for `Snapshotd_V1_GCRequest` messages.
@@ -423,6 +431,10 @@ extension Snapshotd_V1_Store.ClientProtocol {
     }
 
     /// Call the "GC" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Deletes imported layers no snapshot uses, then content objects nothing references.
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Snapshotd_V1_GCRequest` message.
@@ -549,6 +561,10 @@ extension Snapshotd_V1_Store.ClientProtocol {
     }
 
     /// Call the "GC" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Deletes imported layers no snapshot uses, then content objects nothing references.
     ///
     /// - Parameters:
     ///   - message: request message to send.

@@ -180,6 +180,8 @@ public nonisolated struct Snapshotd_V1_GCResponse: Sendable {
 
   public var bytes: Int64 = 0
 
+  public var layers: Int64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -496,7 +498,7 @@ nonisolated extension Snapshotd_V1_GCRequest: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Snapshotd_V1_GCResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GCResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}objects\0\u{1}bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}objects\0\u{1}bytes\0\u{1}layers\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -506,6 +508,7 @@ nonisolated extension Snapshotd_V1_GCResponse: SwiftProtobuf.Message, SwiftProto
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularInt64Field(value: &self.objects) }()
       case 2: try { try decoder.decodeSingularInt64Field(value: &self.bytes) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.layers) }()
       default: break
       }
     }
@@ -518,12 +521,16 @@ nonisolated extension Snapshotd_V1_GCResponse: SwiftProtobuf.Message, SwiftProto
     if self.bytes != 0 {
       try visitor.visitSingularInt64Field(value: self.bytes, fieldNumber: 2)
     }
+    if self.layers != 0 {
+      try visitor.visitSingularInt64Field(value: self.layers, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Snapshotd_V1_GCResponse, rhs: Snapshotd_V1_GCResponse) -> Bool {
     if lhs.objects != rhs.objects {return false}
     if lhs.bytes != rhs.bytes {return false}
+    if lhs.layers != rhs.layers {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
