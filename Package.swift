@@ -97,6 +97,10 @@ let package = Package(
       path: "Benchmarks/snapbench"
     ),
     .testTarget(
+      name: "LayerStoreTests",
+      dependencies: ["LayerStore", "SnapshotSys"]
+    ),
+    .testTarget(
       name: "SnapshotCoreTests",
       dependencies: ["SnapshotCore", "SnapshotSys"]
     ),

@@ -101,7 +101,7 @@ func upperDir(_ mounts: [Mount]) -> String {
     // a page for mount(2).
     let layout = Layout(root: "/var/lib/snapshotd")
     let parents = (0..<127).map { Int64(900_000 + $0) }
-    let m = Snapshotter.mounts(layout, id: 999_999, kind: .active, parents: parents)
+    let m = Snapshotter.mounts(layout, id: 999_999, kind: .active, lowers: parents.map { layout.fs($0) })
     #expect(m[0].options.joined(separator: ",").utf8.count < 4096)
   }
 

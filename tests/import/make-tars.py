@@ -215,6 +215,7 @@ for stem, entries in [
     ("symlink-inside-then-write", [Entry("sub/", "dir", 0o755), Entry("inner-link", "symlink", link="sub"),
                                    Entry("inner-link/file", content=b"through a link\n")]),
     ("hardlink-escape", [Entry("evil-hardlink", "hardlink", link="../../../snapshotd-import-victim")]),
+    # (mode and owner those of /etc/passwd, should a broken importer apply them to the target)
     ("hardlink-abs", [Entry("evil-abs-hardlink", "hardlink", link="/etc/passwd")]),
     ("overlay-xattr", [Entry("overlay-xattr-file", content=b"x\n",
                              xattrs={"trusted.overlay.opaque": b"y"})]),
@@ -222,7 +223,8 @@ for stem, entries in [
     layer(stem, ok + entries, kind="hostile", expect=entries[-1].name)
 
 # Broken streams: the blob's digest is right (so the stream itself must be refused); no diff_id.
-filler = [Entry("filler/", "dir")] + [Entry(f"filler/{i}", content=(b"compressible %d\n" % i) * 20000) for i in range(8)]
+filler = [Entry("filler/", "dir")] + [
+    Entry(f"filler/{i}", content=(b"compressible %d\n" % i) * 20000) for i in range(8)]
 gz = os.path.join(out, "truncated.tar.gz")
 layer("truncated", ok + filler, compress=(".gz",))
 with open(gz, "rb") as f:
@@ -242,15 +244,16 @@ if subprocess.run(["zstd", "-q", "-t", zst], stderr=subprocess.DEVNULL).returnco
     sys.exit("corrupt.tar.zst still decodes")
 add("corrupt.tar.zst", "hostile", OCI + "+zstd", sha256_file(zst), None)
 
-# Good content declared with a wrong blob digest, and with a wrong diff_id.
+
+# Good layers declared with a wrong blob digest, and with a wrong diff_id.
 def wrong(digest):
     return digest[:-8] + ("0" * 8 if not digest.endswith("0" * 8) else "1" * 8)
 
 
-layer("wrong-digest", ok + [Entry("wrong-digest/", "dir"), Entry("wrong-digest/file", content=b"a\n")], compress=(".gz",))
-cases["wrong-digest.tar.gz"].update(kind="hostile", digest=wrong(cases["wrong-digest.tar.gz"]["digest"]))
-layer("wrong-diffid", ok + [Entry("wrong-diffid/", "dir"), Entry("wrong-diffid/file", content=b"b\n")], compress=(".gz",))
-cases["wrong-diffid.tar.gz"].update(kind="hostile", diff_id=wrong(cases["wrong-diffid.tar.gz"]["diff_id"]))
+for stem, key in [("wrong-digest", "digest"), ("wrong-diffid", "diff_id")]:
+    layer(stem, ok + [Entry(stem + "/", "dir"), Entry(stem + "/file", content=stem.encode())], compress=(".gz",))
+    case = cases[stem + ".tar.gz"]
+    case.update(kind="hostile", **{key: wrong(case[key])})
 
 
 # big.tar: one 200 MiB file of incompressible bytes, streamed (never all in memory).
