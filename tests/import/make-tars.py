@@ -8,7 +8,8 @@ cases.json maps each blob's file name to
   media_type  the OCI (or Docker) media type to import it with
   digest      "sha256:<hex>" of the blob (deliberately wrong for wrong-digest.tar.gz)
   diff_id     "sha256:<hex>" of the uncompressed tar, or null when it must not be passed
-  expect      for hostile blobs: a substring stderr must contain (the offending entry), or null
+  expect      for hostile blobs: a substring stderr must contain (the offending entry, or for
+              broken streams and digests the reason, in snapshotd's words)
 good blobs also carry tar (the uncompressed tar), tree (a file of the expected `stat` line
 of each entry, see expect_line) and xattrs ({path: {name: hex}}, every xattr of the layer).
 
@@ -231,7 +232,7 @@ with open(gz, "rb") as f:
     blob = f.read()
 with open(gz, "wb") as f:
     f.write(blob[: len(blob) // 2])
-add("truncated.tar.gz", "hostile", OCI + "+gzip", sha256_file(gz), None)
+add("truncated.tar.gz", "hostile", OCI + "+gzip", sha256_file(gz), None, expect="truncated")
 
 zst = os.path.join(out, "corrupt.tar.zst")
 layer("corrupt", ok + filler, compress=(".zst",))
@@ -242,7 +243,7 @@ with open(zst, "r+b") as f:
     f.write(bytes(b ^ 0xFF for b in chunk))
 if subprocess.run(["zstd", "-q", "-t", zst], stderr=subprocess.DEVNULL).returncode == 0:
     sys.exit("corrupt.tar.zst still decodes")
-add("corrupt.tar.zst", "hostile", OCI + "+zstd", sha256_file(zst), None)
+add("corrupt.tar.zst", "hostile", OCI + "+zstd", sha256_file(zst), None, expect="corrupt")
 
 
 # Good layers declared with a wrong blob digest, and with a wrong diff_id.
@@ -250,10 +251,11 @@ def wrong(digest):
     return digest[:-8] + ("0" * 8 if not digest.endswith("0" * 8) else "1" * 8)
 
 
-for stem, key in [("wrong-digest", "digest"), ("wrong-diffid", "diff_id")]:
+for stem, key, why in [("wrong-digest", "digest", "digest mismatch"),
+                       ("wrong-diffid", "diff_id", "diffID mismatch")]:
     layer(stem, ok + [Entry(stem + "/", "dir"), Entry(stem + "/file", content=stem.encode())], compress=(".gz",))
     case = cases[stem + ".tar.gz"]
-    case.update(kind="hostile", **{key: wrong(case[key])})
+    case.update(kind="hostile", expect=why, **{key: wrong(case[key])})
 
 
 # big.tar: one 200 MiB file of incompressible bytes, streamed (never all in memory).
