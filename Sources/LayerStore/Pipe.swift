@@ -85,7 +85,6 @@ public final class ChunkPipe: Sendable {
       s.chunks.removeAll()
       s.head = 0
     }
-    for _ in 0..<64 { slots.signal() }
   }
 }
 

@@ -518,11 +518,8 @@ final class Extractor {
       targetParent = opened
     }
     defer { if opened >= 0 { At.close(opened) } }
-    do {
-      try replacing(parent, name, raw) { () throws(SystemError) in try At.link(targetParent, String(last), parent, name) }
-    } catch {
-      throw error.message.contains("No such file") ? outside : error
-    }
+    guard (try? At.lstat(targetParent, String(last))) != nil else { throw outside }
+    try replacing(parent, name, raw) { () throws(SystemError) in try At.link(targetParent, String(last), parent, name) }
   }
 
   /// Sets owner, mode, xattrs and times of a symlink or special file by name.

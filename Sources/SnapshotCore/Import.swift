@@ -364,12 +364,6 @@ extension Snapshotter {
     }
   }
 
-  func collectQuietly(layers: Bool) {
-    do { try collectGarbage(layers: layers) } catch {
-      logger.warning("garbage collection failed", metadata: ["error": "\(error)"])
-    }
-  }
-
   /// Layers, objects, and bytes stored with and without sharing.
   public func storeUsage() throws(SnapshotError) -> StoreUsage {
     try read { db in try Metadata.storeUsage(db) }

@@ -229,10 +229,6 @@ enum Metadata {
     try Int64.fetchAll(db, sql: "SELECT id FROM layer l WHERE NOT EXISTS (SELECT 1 FROM snapshot s WHERE s.layer = l.id)")
   }
 
-  static func layerInUse(_ db: Database, _ layer: Int64) throws -> Bool {
-    try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM snapshot WHERE layer = ?)"), arguments: [layer]) ?? false
-  }
-
   static func deleteLayer(_ db: Database, _ layer: Int64) throws {
     try db.cachedStatement(sql: "DELETE FROM chain WHERE layer = ?").execute(arguments: [layer])
     try db.cachedStatement(sql: "DELETE FROM layer WHERE id = ?").execute(arguments: [layer])
@@ -258,10 +254,6 @@ enum Metadata {
     try db.cachedStatement(sql: "DELETE FROM object_ref WHERE tree = ?").execute(arguments: [tree])
   }
 
-  static func hasRefs(_ db: Database, tree: String) throws -> Bool {
-    try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM object_ref WHERE tree = ?)"), arguments: [tree]) ?? false
-  }
-
   /// Removes the rows of objects nothing references and returns them.
   static func takeUnreferenced(_ db: Database) throws -> [(key: String, size: Int64)] {
     let rows = try Row.fetchAll(db, sql: "SELECT key, size FROM object WHERE refs <= 0").map { ($0[0] as String, $0[1] as Int64) }
@@ -278,8 +270,6 @@ enum Metadata {
       SELECT (SELECT COUNT(*) FROM layer), (SELECT COUNT(*) FROM object),
              (SELECT COALESCE(SUM(size), 0) FROM object),
              (SELECT COALESCE(SUM(size), 0) FROM layer)
-             + (SELECT COALESCE(SUM(s.size), 0) FROM snapshot s
-                WHERE s.layer IS NULL AND EXISTS (SELECT 1 FROM object_ref r WHERE r.tree = 's/' || s.id))
       """)!
     return StoreUsage(layers: row[0], objects: row[1], storedBytes: row[2], logicalBytes: row[3])
   }

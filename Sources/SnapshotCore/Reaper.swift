@@ -10,13 +10,11 @@ final class Reaper: Sendable {
 
   init(logger: Logger) { self.logger = logger }
 
-  /// Removes `path`, then runs `then` (on the reaper's queue).
-  func remove(_ path: String, then: (@Sendable () -> Void)? = nil) {
+  func remove(_ path: String) {
     queue.async { [logger] in
       do { try Tree.remove(path) } catch {
         logger.warning("failed to remove snapshot directory", metadata: ["path": "\(path)", "error": "\(error)"])
       }
-      then?()
     }
   }
 

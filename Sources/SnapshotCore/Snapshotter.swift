@@ -225,24 +225,17 @@ public final class Snapshotter: Sendable {
   /// Remove: deletes the snapshot's row; its directory goes after the commit.
   public func remove(key: String) throws(SnapshotError) {
     try Validate.key(key, what: "key")
-    let (row, released) = try write { db in
+    let row = try write { db in
       let row = try Metadata.get(db, key: key)
       if try Metadata.hasChildren(db, id: row.id) {
         throw SnapshotError.precondition("cannot remove snapshot \(quoted(key)): it has children")
       }
       try Metadata.delete(db, id: row.id)
-      // An imported layer stays in the layer store, ready to be used again, until
-      // `collectGarbage` finds no snapshot using it.
-      var released = false
-      if row.kind == .committed, row.layer == nil, try Metadata.hasRefs(db, tree: Layout.tree(snapshot: row.id)) {
-        try Metadata.releaseRefs(db, tree: Layout.tree(snapshot: row.id))
-        released = true
-      }
-      return (row, released)
+      return row
     }
-    if row.layer == nil {
-      reaper.remove(layout.dir(row.id)) { [weak self] in if released { self?.collectQuietly(layers: false) } }
-    }
+    // An imported layer stays in the layer store, ready to be used again, until
+    // `collectGarbage` finds no snapshot using it.
+    if row.layer == nil { reaper.remove(layout.dir(row.id)) }
   }
 
   // MARK: - Info

@@ -66,7 +66,6 @@ struct ImportImage: AsyncParsableCommand {
       let terminal = isatty(2) != 0
       let chainID: String = try await client.store { c in
         try await c.importImage(request: .init(message: .with { $0.path = absolute })) { response in
-          var last = ""
           var shownLayers = -1
           for try await p in response.messages {
             if !p.chainID.isEmpty {
@@ -80,9 +79,7 @@ struct ImportImage: AsyncParsableCommand {
               shownLayers = Int(p.layersDone)
               printError(Progress.line(p))
             }
-            last = p.chainID
           }
-          _ = last
           throw Failure("the import ended without a result")
         }
       }
