@@ -77,14 +77,19 @@ public final class ChunkPipe: Sendable {
     }
   }
 
-  /// Closes from the consumer's side and drops what is queued, so a blocked producer
-  /// returns.
+  /// Closes from the consumer's side and drops what is queued; a blocked producer wakes
+  /// (by `close`) and sees the pipe closed.
   public func abandon() {
     close()
-    state.withLock { s in
+    let dropped = state.withLock { s -> Int in
+      let n = s.chunks.count - s.head
       s.chunks.removeAll()
       s.head = 0
+      return n
     }
+    // Give back the dropped chunks' slots: libdispatch traps when a semaphore is freed
+    // below its initial value.
+    for _ in 0..<dropped { slots.signal() }
   }
 }
 
