@@ -5,6 +5,7 @@
 //   CSysShims, CArchive (C) → SnapshotSys (system calls) → LayerStore (layer unpacking,
 //   content objects, OCI formats) → SnapshotCore (metadata, layout, mounts, imports)
 //     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl)
+//   CSysShims, CFuse (libfuse3) → SnapFS (the FUSE overlay file system) → snapfs
 //   Benchmarks/snapbench times the core in-process.
 // The core never imports gRPC.
 import PackageDescription
@@ -16,6 +17,7 @@ let package = Package(
     .executable(name: "snapshotd", targets: ["snapshotd"]),
     .executable(name: "snapctl", targets: ["snapctl"]),
     .executable(name: "snapbench", targets: ["snapbench"]),
+    .executable(name: "snapfs", targets: ["snapfs"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -37,6 +39,20 @@ let package = Package(
       path: "Sources/CArchive",
       pkgConfig: "libarchive",
       providers: [.apt(["libarchive-dev"])]
+    ),
+    .systemLibrary(
+      name: "CFuse",
+      path: "Sources/CFuse",
+      pkgConfig: "fuse3",
+      providers: [.apt(["libfuse3-dev"])]
+    ),
+    .target(
+      name: "SnapFS",
+      dependencies: ["CSysShims", "CFuse"]
+    ),
+    .executableTarget(
+      name: "snapfs",
+      dependencies: ["SnapFS"]
     ),
     .target(
       name: "SnapshotSys",

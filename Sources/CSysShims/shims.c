@@ -1,5 +1,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
@@ -22,6 +24,19 @@ int shim_openat(int dirfd, const char *path, int flags, unsigned int mode) {
 const int SHIM_O_PATH = O_PATH;
 
 int shim_syncfs(int fd) { return (int)syscall(SYS_syncfs, fd); }
+
+const int SHIM_AT_EMPTY_PATH = AT_EMPTY_PATH;
+const long SHIM_UTIME_NOW = UTIME_NOW;
+const long SHIM_UTIME_OMIT = UTIME_OMIT;
+const unsigned int SHIM_RENAME_NOREPLACE = RENAME_NOREPLACE;
+
+int shim_fallocate(int fd, int mode, long long offset, long long length) {
+  return fallocate(fd, mode, offset, length);
+}
+
+long long shim_copy_file_range(int in, int out, unsigned long long length) {
+  return copy_file_range(in, NULL, out, NULL, length, 0);
+}
 
 unsigned long shim_makedev(unsigned int major, unsigned int minor) { return makedev(major, minor); }
 unsigned int shim_major(unsigned long dev) { return major(dev); }

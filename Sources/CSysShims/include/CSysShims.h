@@ -20,6 +20,14 @@ extern const int SHIM_O_PATH;
 
 int shim_syncfs(int fd);
 
+/// Names _GNU_SOURCE gives that Swift's Glibc module leaves out.
+extern const int SHIM_AT_EMPTY_PATH;
+extern const long SHIM_UTIME_NOW;
+extern const long SHIM_UTIME_OMIT;
+extern const unsigned int SHIM_RENAME_NOREPLACE;
+int shim_fallocate(int fd, int mode, long long offset, long long length);
+long long shim_copy_file_range(int in, int out, unsigned long long length);
+
 unsigned long shim_makedev(unsigned int major, unsigned int minor);
 unsigned int shim_major(unsigned long dev);
 unsigned int shim_minor(unsigned long dev);

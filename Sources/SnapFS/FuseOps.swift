@@ -1,0 +1,481 @@
+import CFuse
+import CSysShims
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The mounted overlay: libfuse calls back into C function pointers with no context of
+/// ours, so the one overlay of this process lives here, set once before the session starts.
+nonisolated(unsafe) var overlay: Overlay!
+nonisolated(unsafe) var writeback = false
+
+/// An open directory: its merged listing, taken at opendir as overlayfs does.
+final class DirHandle {
+  let node: Node
+  let entries: [Overlay.Entry]
+  init(node: Node, entries: [Overlay.Entry]) {
+    self.node = node
+    self.entries = entries
+  }
+}
+
+@inline(__always)
+private func node(_ ino: fuse_ino_t) -> Node {
+  if ino == FUSE_ROOT_ID { return overlay.root }
+  return Unmanaged<Node>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(ino))!).takeUnretainedValue()
+}
+
+@inline(__always)
+private func string(_ name: UnsafePointer<CChar>?) -> String { String(cString: name!) }
+
+/// Runs `body`, which replies on success; a thrown errno becomes the reply.
+@inline(__always)
+private func reply(_ req: fuse_req_t?, _ body: () throws(Errno) -> Void) {
+  do { try body() } catch { fuse_reply_err(req, error.code) }
+}
+
+/// How long the kernel may trust what it is told. Lower layers never change, and the upper
+/// one changes only through this mount, so names and attributes are cached long; except a
+/// file with several links in the upper dir, whose link count changes through other names.
+private func timeout(_ node: Node, _ st: stat) -> Double {
+  if !overlay.hasUpper || node.layer != 0 { return 86400 }
+  if st.type == S_IFREG && st.st_nlink > 1 { return 0 }
+  return 1
+}
+
+private var negativeTimeout: Double { overlay.hasUpper ? 1 : 86400 }
+
+/// Replies with `node`'s entry; the node was counted for the kernel by the caller, and is
+/// given back if the reply fails. Caller holds the tree lock.
+private func replyEntry(_ req: fuse_req_t?, _ node: Node) throws(Errno) {
+  var entry = fuse_entry_param()
+  do { entry.attr = try overlay.attributes(node) } catch {
+    overlay.nodes.forget(node, 1)
+    throw error
+  }
+  entry.ino = node.id
+  entry.attr_timeout = timeout(node, entry.attr)
+  entry.entry_timeout = entry.attr_timeout
+  fuse_reply_entry(req, &entry)
+}
+
+private func replyAttr(_ req: fuse_req_t?, _ node: Node) throws(Errno) {
+  var st = try overlay.attributes(node)
+  fuse_reply_attr(req, &st, timeout(node, st))
+}
+
+private func context(_ req: fuse_req_t?) -> (uid: uid_t, gid: gid_t) {
+  let ctx = fuse_req_ctx(req)!.pointee
+  return (ctx.uid, ctx.gid)
+}
+
+/// Makes `name` in `parent` with `make` (given the upper dir's descriptor), owned by the
+/// caller, and replies with its entry.
+private func create(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?,
+                    opaqueIfWhiteout: Bool = false, _ make: (Int32, String) throws(Errno) -> Void) {
+  let p = node(parent), n = string(name), caller = context(req)
+  reply(req) { () throws(Errno) in
+    try overlay.tree.write { () throws(Errno) in
+      let overWhiteout = try overlay.prepareCreate(p, n)
+      let upper = p.dirs[0].fd
+      try make(upper, n)
+      do throws(Errno) {
+        try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid)
+        let child = try overlay.lookup(p, n)
+        if opaqueIfWhiteout && overWhiteout { try overlay.markOpaque(child.fd) }
+        try replyEntry(req, child)
+      } catch {
+        _ = unlinkat(upper, n, opaqueIfWhiteout ? AT_REMOVEDIR : 0)
+        throw error
+      }
+    }
+  }
+}
+
+private func directoryHandle(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> DirHandle {
+  Unmanaged<DirHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).takeUnretainedValue()
+}
+
+private func readDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
+  let handle = directoryHandle(fi)
+  let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
+  defer { buffer.deallocate() }
+  var used = 0
+  // Offsets 1 and 2 are "." and ".."; entry i of the listing is offset i + 3.
+  var index = Int(offset)
+  overlay.tree.read {
+    while index < handle.entries.count + 2 {
+      let next = off_t(index + 1)
+      var added = 0
+      if index < 2 {
+        var st = stat()
+        st.st_mode = S_IFDIR
+        st.st_ino = ino_t(index == 0 ? handle.node.ino : (handle.node.parent ?? handle.node).ino)
+        let name = index == 0 ? "." : ".."
+        if plus {
+          var entry = fuse_entry_param()
+          entry.attr = st
+          added = fuse_add_direntry_plus(req, buffer + used, size - used, name, &entry, next)
+        } else {
+          added = fuse_add_direntry(req, buffer + used, size - used, name, &st, next)
+        }
+        if added > size - used { break }
+      } else {
+        let e = handle.entries[index - 2]
+        if plus {
+          guard let child = try? overlay.lookup(handle.node, e.name),
+                let attr = try? overlay.attributes(child) else {
+            index += 1  // gone meanwhile
+            continue
+          }
+          var entry = fuse_entry_param()
+          entry.attr = attr
+          entry.ino = child.id
+          entry.attr_timeout = timeout(child, attr)
+          entry.entry_timeout = entry.attr_timeout
+          added = fuse_add_direntry_plus(req, buffer + used, size - used, e.name, &entry, next)
+          if added > size - used {
+            overlay.nodes.forget(child, 1)
+            break
+          }
+        } else {
+          var st = stat()
+          st.st_ino = ino_t(e.ino)
+          st.st_mode = mode_t(e.type) << 12
+          added = fuse_add_direntry(req, buffer + used, size - used, e.name, &st, next)
+          if added > size - used { break }
+        }
+      }
+      used += added
+      index += 1
+    }
+  }
+  fuse_reply_buf(req, buffer, used)
+}
+
+/// The descriptor to change attributes through: the open file's, the directory's own, or
+/// a path to the file (O_PATH descriptors refuse fchmod and futimens).
+private enum Target {
+  case fd(Int32)
+  case at(Int32, String)
+}
+
+private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutablePointer<stat>?, _ toSet: Int32,
+                     _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+  let n = node(ino)
+  let a = attr!.pointee
+  reply(req) { () throws(Errno) in
+    try overlay.tree.write { () throws(Errno) in
+      // With the writeback cache the kernel also sends ctime-only updates (after an unlink,
+      // say): nothing here to change, and no reason to copy up.
+      let changes = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME
+      guard toSet & changes != 0 else { return try replyAttr(req, n) }
+      try overlay.copyUp(n)
+      let target: Target
+      if let fi { target = .fd(Int32(truncatingIfNeeded: fi.pointee.fh)) }
+      else if n.isDirectory { target = .fd(n.fd) }
+      else if let loc = overlay.upperLocation(n) { target = .at(loc.dirfd, loc.name) }
+      else { target = .at(AT_FDCWD, "/proc/self/fd/\(n.fd)") }
+      if toSet & FUSE_SET_ATTR_MODE != 0 {
+        switch target {
+        case .fd(let fd): _ = try sys(fchmod(fd, a.st_mode & 0o7777))
+        case .at(let dir, let name): _ = try sys(fchmodat(dir, name, a.st_mode & 0o7777, 0))
+        }
+      }
+      if toSet & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
+        let uid = toSet & FUSE_SET_ATTR_UID != 0 ? a.st_uid : uid_t.max
+        let gid = toSet & FUSE_SET_ATTR_GID != 0 ? a.st_gid : gid_t.max
+        switch target {
+        case .fd(let fd): _ = try sys(fchown(fd, uid, gid))
+        case .at(let dir, let name): _ = try sys(fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW))
+        }
+      }
+      if toSet & FUSE_SET_ATTR_SIZE != 0 {
+        switch target {
+        case .fd(let fd): _ = try sys(ftruncate(fd, a.st_size))
+        case .at(let dir, let name):
+          let fd = try sys(shim_openat(dir, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0))
+          defer { close(fd) }
+          _ = try sys(ftruncate(fd, a.st_size))
+        }
+      }
+      if toSet & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME) != 0 {
+        let omit = timespec(tv_sec: 0, tv_nsec: SHIM_UTIME_OMIT), now = timespec(tv_sec: 0, tv_nsec: SHIM_UTIME_NOW)
+        var times = [omit, omit]
+        if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { times[0] = now } else if toSet & FUSE_SET_ATTR_ATIME != 0 { times[0] = a.st_atim }
+        if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { times[1] = now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { times[1] = a.st_mtim }
+        switch target {
+        case .fd(let fd): _ = try sys(futimens(fd, &times))
+        case .at(let dir, let name): _ = try sys(utimensat(dir, name, &times, AT_SYMLINK_NOFOLLOW))
+        }
+      }
+      try replyAttr(req, n)
+    }
+  }
+}
+
+/// The FUSE low-level operations of snapfs.
+func operations() -> fuse_lowlevel_ops {
+  var ops = fuse_lowlevel_ops()
+
+  ops.`init` = { _, conn in
+    guard let conn else { return }
+    let capable = conn.pointee.capable
+    var want = conn.pointee.want
+    for cap in [FUSE_CAP_SPLICE_WRITE, FUSE_CAP_SPLICE_READ, FUSE_CAP_PARALLEL_DIROPS, FUSE_CAP_ASYNC_DIO] where capable & UInt32(cap) != 0 {
+      want |= UInt32(cap)
+    }
+    if overlay.hasUpper && capable & UInt32(FUSE_CAP_WRITEBACK_CACHE) != 0 {
+      want |= UInt32(FUSE_CAP_WRITEBACK_CACHE)
+      writeback = true
+    }
+    conn.pointee.want = want
+    conn.pointee.max_write = 1 << 20
+    conn.pointee.max_readahead = 1 << 20
+  }
+
+  ops.lookup = { req, parent, name in
+    let p = node(parent), n = string(name)
+    do throws(Errno) {
+      try overlay.tree.read { () throws(Errno) in try replyEntry(req, try overlay.lookup(p, n)) }
+    } catch where error.code == ENOENT {
+      var entry = fuse_entry_param()
+      entry.entry_timeout = negativeTimeout
+      fuse_reply_entry(req, &entry)
+    } catch {
+      fuse_reply_err(req, error.code)
+    }
+  }
+
+  ops.forget = { req, ino, count in
+    if ino != FUSE_ROOT_ID { overlay.nodes.forget(node(ino), count) }
+    fuse_reply_none(req)
+  }
+
+  ops.forget_multi = { req, count, forgets in
+    for i in 0..<count {
+      let f = forgets![i]
+      if f.ino != FUSE_ROOT_ID { overlay.nodes.forget(node(f.ino), f.nlookup) }
+    }
+    fuse_reply_none(req)
+  }
+
+  ops.getattr = { req, ino, _ in
+    let n = node(ino)
+    reply(req) { () throws(Errno) in try overlay.tree.read { () throws(Errno) in try replyAttr(req, n) } }
+  }
+
+  ops.setattr = { req, ino, attr, toSet, fi in setattr(req, ino, attr, toSet, fi) }
+
+  ops.readlink = { req, ino in
+    let n = node(ino)
+    reply(req) { () throws(Errno) in
+      var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+      let count = try overlay.tree.read { () throws(Errno) -> Int in try sys(readlinkat(n.fd, "", &buffer, buffer.count - 1)) }
+      buffer[count] = 0
+      fuse_reply_readlink(req, buffer)
+    }
+  }
+
+  ops.mknod = { req, parent, name, mode, rdev in
+    create(req, parent, name) { (dir, n) throws(Errno) in _ = try sys(mknodat(dir, n, mode, rdev)) }
+  }
+
+  ops.mkdir = { req, parent, name, mode in
+    create(req, parent, name, opaqueIfWhiteout: true) { (dir, n) throws(Errno) in _ = try sys(mkdirat(dir, n, mode)) }
+  }
+
+  ops.symlink = { req, link, parent, name in
+    let target = string(link)
+    create(req, parent, name) { (dir, n) throws(Errno) in _ = try sys(symlinkat(target, dir, n)) }
+  }
+
+  ops.link = { req, ino, newParent, newName in
+    let n = node(ino), p = node(newParent), name = string(newName)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in
+        try overlay.copyUp(n)
+        _ = try overlay.prepareCreate(p, name)
+        _ = try sys(linkat(n.fd, "", p.dirs[0].fd, name, SHIM_AT_EMPTY_PATH))
+        let child = overlay.nodes.intern(try overlay.probe(p, name, ino: n.ino))
+        try replyEntry(req, child)
+      }
+    }
+  }
+
+  ops.unlink = { req, parent, name in
+    let p = node(parent), n = string(name)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in try overlay.remove(p, n, directory: false) }
+      fuse_reply_err(req, 0)
+    }
+  }
+
+  ops.rmdir = { req, parent, name in
+    let p = node(parent), n = string(name)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in try overlay.remove(p, n, directory: true) }
+      fuse_reply_err(req, 0)
+    }
+  }
+
+  ops.rename = { req, parent, name, newParent, newName, flags in
+    let p = node(parent), n = string(name), np = node(newParent), nn = string(newName)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in try overlay.rename(p, n, np, nn, flags: flags) }
+      fuse_reply_err(req, 0)
+    }
+  }
+
+  ops.open = { req, ino, fi in
+    let n = node(ino)
+    reply(req) { () throws(Errno) in
+      var flags = fi!.pointee.flags
+      if writeback {
+        // The kernel reads pages it caches for writing, and handles O_APPEND itself.
+        if flags & O_ACCMODE == O_WRONLY { flags = (flags & ~O_ACCMODE) | O_RDWR }
+        flags &= ~O_APPEND
+      }
+      fi!.pointee.fh = UInt64(try overlay.open(n, flags: flags))
+      snapfs_fi_set(fi, 1, 0, 0)
+      fuse_reply_open(req, fi)
+    }
+  }
+
+  ops.create = { req, parent, name, mode, fi in
+    let p = node(parent), n = string(name), caller = context(req)
+    reply(req) { () throws(Errno) in
+      var flags = fi!.pointee.flags
+      if writeback {
+        if flags & O_ACCMODE == O_WRONLY { flags = (flags & ~O_ACCMODE) | O_RDWR }
+        flags &= ~O_APPEND
+      }
+      try overlay.tree.write { () throws(Errno) in
+        _ = try overlay.prepareCreate(p, n)
+        let upper = p.dirs[0].fd
+        let fd = try sys(shim_openat(upper, n, flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, UInt32(mode)))
+        do throws(Errno) {
+          try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid)
+          let child = try overlay.lookup(p, n)
+          var entry = fuse_entry_param()
+          entry.attr = try overlay.attributes(child)
+          entry.ino = child.id
+          entry.attr_timeout = timeout(child, entry.attr)
+          entry.entry_timeout = entry.attr_timeout
+          fi!.pointee.fh = UInt64(fd)
+          snapfs_fi_set(fi, 1, 0, 0)
+          if fuse_reply_create(req, &entry, fi) != 0 { overlay.nodes.forget(child, 1); close(fd) }
+        } catch {
+          close(fd)
+          unlinkat(upper, n, 0)
+          throw error
+        }
+      }
+    }
+  }
+
+  ops.read = { req, _, size, offset, fi in
+    snapfs_reply_fd(req, Int32(truncatingIfNeeded: fi!.pointee.fh), size, offset)
+  }
+
+  ops.write_buf = { req, _, buffers, offset, fi in
+    let n = snapfs_write_buf(Int32(truncatingIfNeeded: fi!.pointee.fh), buffers, offset)
+    if n < 0 { fuse_reply_err(req, Int32(-n)) } else { fuse_reply_write(req, n) }
+  }
+
+  ops.flush = { req, _, _ in fuse_reply_err(req, 0) }
+
+  ops.release = { req, _, fi in
+    close(Int32(truncatingIfNeeded: fi!.pointee.fh))
+    fuse_reply_err(req, 0)
+  }
+
+  ops.fsync = { req, _, datasync, fi in
+    let fd = Int32(truncatingIfNeeded: fi!.pointee.fh)
+    fuse_reply_err(req, (datasync != 0 ? fdatasync(fd) : fsync(fd)) == 0 ? 0 : errno)
+  }
+
+  ops.fallocate = { req, _, mode, offset, length, fi in
+    fuse_reply_err(req, shim_fallocate(Int32(truncatingIfNeeded: fi!.pointee.fh), mode, Int64(offset), Int64(length)) == 0 ? 0 : errno)
+  }
+
+  ops.lseek = { req, _, offset, whence, fi in
+    let r = lseek(Int32(truncatingIfNeeded: fi!.pointee.fh), offset, whence)
+    if r < 0 { fuse_reply_err(req, errno) } else { fuse_reply_lseek(req, r) }
+  }
+
+  ops.opendir = { req, ino, fi in
+    let n = node(ino)
+    reply(req) { () throws(Errno) in
+      let entries = try overlay.tree.read { () throws(Errno) -> [Overlay.Entry] in try overlay.entries(n) }
+      fi!.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(DirHandle(node: n, entries: entries)).toOpaque()))
+      // A read-only mount's directories never change: the kernel may keep their listings.
+      snapfs_fi_set(fi, overlay.hasUpper ? 0 : 1, 0, overlay.hasUpper ? 0 : 1)
+      fuse_reply_open(req, fi)
+    }
+  }
+
+  ops.readdir = { req, _, size, offset, fi in readDirectory(req, size, offset, fi, plus: false) }
+  ops.readdirplus = { req, _, size, offset, fi in readDirectory(req, size, offset, fi, plus: true) }
+
+  ops.releasedir = { req, _, fi in
+    Unmanaged<DirHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).release()
+    fuse_reply_err(req, 0)
+  }
+
+  ops.fsyncdir = { req, ino, _, _ in
+    let n = node(ino)
+    let rc = overlay.tree.read { n.dirs[0].layer == 0 ? fsync(n.dirs[0].fd) : 0 }
+    fuse_reply_err(req, rc == 0 ? 0 : errno)
+  }
+
+  ops.statfs = { req, _ in
+    var st = statvfs()
+    if fstatvfs(overlay.root.dirs[0].fd, &st) != 0 { fuse_reply_err(req, errno) } else { fuse_reply_statfs(req, &st) }
+  }
+
+  ops.getxattr = { req, ino, name, size in
+    let n = node(ino), key = string(name)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.read { () throws(Errno) in
+        if size == 0 {
+          fuse_reply_xattr(req, try overlay.getXattr(n, key, into: nil, size: 0))
+          return
+        }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
+        defer { buffer.deallocate() }
+        let count = try overlay.getXattr(n, key, into: buffer, size: size)
+        fuse_reply_buf(req, buffer, count)
+      }
+    }
+  }
+
+  ops.listxattr = { req, ino, size in
+    let n = node(ino)
+    reply(req) { () throws(Errno) in
+      let names = try overlay.tree.read { () throws(Errno) -> [UInt8] in try overlay.listXattrs(n) }
+      if size == 0 { fuse_reply_xattr(req, names.count); return }
+      guard names.count <= size else { throw Errno(ERANGE) }
+      names.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), names.count) }
+    }
+  }
+
+  ops.setxattr = { req, ino, name, value, size, flags in
+    let n = node(ino), key = string(name)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in try overlay.setXattr(n, key, value, size: size, flags: flags) }
+      fuse_reply_err(req, 0)
+    }
+  }
+
+  ops.removexattr = { req, ino, name in
+    let n = node(ino), key = string(name)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in try overlay.removeXattr(n, key) }
+      fuse_reply_err(req, 0)
+    }
+  }
+
+  return ops
+}

@@ -1,0 +1,575 @@
+import CSysShims
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The merged tree: overlayfs's semantics over directory descriptors, one per layer.
+///
+/// Layers are indexed top to bottom; with an upper dir it is layer 0 and the only one ever
+/// written. A name resolves to the topmost layer that has it, unless a layer above holds a
+/// whiteout (a character device 0/0) for it; directories merge down to the first opaque
+/// one (xattr `trusted.overlay.opaque` = "y", or `user.overlay.opaque`). Changing a lower
+/// file copies it up first: the file (or directory, or link) is built in the work dir with
+/// its data, owner, mode, xattrs and times, then renamed into the upper dir, whose parents
+/// are copied up the same way. Deleting a name a lower layer has leaves a whiteout.
+final class Overlay: @unchecked Sendable {
+  let hasUpper: Bool
+  let layerCount: Int
+  let root: Node
+  let nodes = NodeTable()
+  let tree = TreeLock()
+  /// xattr names overlayfs reserves for itself: hidden from listings, refused to users.
+  let privatePrefix: String
+  private let opaqueNames: [String]
+  private let work: Int32
+  private let sameDevice: Bool
+  private let tempCounter = Counter()
+
+  /// Opens the layers; throws a message naming the layer that cannot be used.
+  init(_ options: Options) throws(Options.Invalid) {
+    var paths: [String] = []
+    if let upper = options.upper { paths.append(upper) }
+    paths += options.lowers
+    var dirs: [LayerDir] = []
+    var devices = Set<UInt64>()
+    for (index, path) in paths.enumerated() {
+      let fd = shim_open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
+      guard fd >= 0 else {
+        let what = index == 0 && options.upper != nil ? "upperdir" : "lowerdir"
+        throw Options.Invalid(description: "\(what) \(path): \(String(cString: strerror(errno)))")
+      }
+      var st = stat()
+      fstat(fd, &st)
+      devices.insert(UInt64(st.st_dev))
+      dirs.append(LayerDir(layer: index, fd: fd))
+    }
+    if let work = options.work {
+      let fd = shim_open(work, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
+      guard fd >= 0 else { throw Options.Invalid(description: "workdir \(work): \(String(cString: strerror(errno)))") }
+      var upper = stat(), st = stat()
+      fstat(dirs[0].fd, &upper)
+      fstat(fd, &st)
+      guard upper.st_dev == st.st_dev else {
+        throw Options.Invalid(description: "workdir \(work) and upperdir \(options.upper!) must be on the same file system")
+      }
+      self.work = fd
+    } else {
+      work = -1
+    }
+    hasUpper = options.upper != nil
+    layerCount = dirs.count
+    sameDevice = devices.count == 1
+    privatePrefix = options.userXattr ? "user.overlay." : "trusted.overlay."
+    opaqueNames = options.userXattr ? ["user.overlay.opaque"] : ["trusted.overlay.opaque", "user.overlay.opaque"]
+    var st = stat()
+    fstat(dirs[0].fd, &st)
+    root = Node(ino: UInt64(st.st_ino), type: S_IFDIR, parent: nil, name: "", layer: 0, fd: dirs[0].fd, dirs: dirs)
+    if hasUpper { try? cleanWork() }
+  }
+
+  /// Leftovers of an interrupted copy-up or whiteout in the work dir.
+  private func cleanWork() throws(Errno) {
+    for entry in try list(work) where entry.name.hasPrefix("#snapfs") {
+      try removeTree(work, entry.name)
+    }
+  }
+
+  // MARK: - Resolution
+
+  private func inodeNumber(_ ino: UInt64, layer: Int) -> UInt64 {
+    sameDevice ? ino : ino ^ (UInt64(layer) << 56)
+  }
+
+  private func isOpaque(_ fd: Int32) -> Bool {
+    var value: UInt8 = 0
+    for name in opaqueNames where fgetxattr(fd, name, &value, 1) == 1 && value == UInt8(ascii: "y") {
+      return true
+    }
+    return false
+  }
+
+  /// Looks `name` up in `parent`'s layers and builds its node (not yet counted).
+  func probe(_ parent: Node, _ name: String, ino: UInt64? = nil) throws(Errno) -> Node {
+    var top: (layer: Int, st: stat)?
+    var dirs: [LayerDir] = []
+    var fd: Int32 = -1
+    for dir in parent.dirs {
+      guard let st = try statIfPresent(dir.fd, name) else { continue }
+      if st.isWhiteout { break }
+      if top == nil {
+        top = (dir.layer, st)
+        if !st.isDirectory {
+          fd = try sys(shim_openat(dir.fd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+          break
+        }
+      } else if !st.isDirectory {
+        break  // a file under a directory: hidden
+      }
+      let sub: Int32
+      do { sub = try sys(shim_openat(dir.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0)) } catch {
+        for d in dirs { close(d.fd) }
+        throw error
+      }
+      dirs.append(LayerDir(layer: dir.layer, fd: sub))
+      if isOpaque(sub) { break }
+    }
+    guard let top else { throw Errno(ENOENT) }
+    if top.st.isDirectory { fd = dirs[0].fd }
+    return Node(ino: ino ?? inodeNumber(UInt64(top.st.st_ino), layer: top.layer), type: top.st.type, parent: parent,
+                name: name, layer: top.layer, fd: fd, dirs: dirs)
+  }
+
+  /// The node for `name` in `parent`, counted once for the kernel. Caller holds the tree lock.
+  func lookup(_ parent: Node, _ name: String) throws(Errno) -> Node {
+    if let node = nodes.find(parent, name) { return node }
+    return nodes.intern(try probe(parent, name))
+  }
+
+  /// The node for `name` without counting it for the kernel: the table's if it has one.
+  private func resolve(_ parent: Node, _ name: String) throws(Errno) -> Node {
+    if let node = nodes.find(parent, name) {
+      nodes.forget(node, 1)
+      return node
+    }
+    return try probe(parent, name)
+  }
+
+  /// Attributes as the mount shows them.
+  func attributes(_ node: Node) throws(Errno) -> stat {
+    var st = stat()
+    _ = try sys(fstat(node.fd, &st))
+    st.st_ino = ino_t(node.ino)
+    if node.isMerged { st.st_nlink = 1 }
+    return st
+  }
+
+  // MARK: - Listing
+
+  struct Entry {
+    let name: String
+    let ino: UInt64
+    let type: UInt8
+  }
+
+  /// One directory's entries, without "." and "..".
+  private func list(_ dirfd: Int32) throws(Errno) -> [(name: String, ino: UInt64, type: UInt8)] {
+    let fd = try sys(shim_openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0))
+    guard let dir = fdopendir(fd) else {
+      close(fd)
+      throw Errno.current
+    }
+    defer { closedir(dir) }
+    var out: [(name: String, ino: UInt64, type: UInt8)] = []
+    while let entry = readdir(dir) {
+      let (name, isDot) = withUnsafeBytes(of: &entry.pointee.d_name) { raw -> (String, Bool) in
+        let p = raw.baseAddress!.assumingMemoryBound(to: CChar.self)
+        let dot = p[0] == 0x2E && (p[1] == 0 || (p[1] == 0x2E && p[2] == 0))
+        return (dot ? "" : String(cString: p), dot)
+      }
+      if isDot { continue }
+      out.append((name, UInt64(entry.pointee.d_ino), entry.pointee.d_type))
+    }
+    return out
+  }
+
+  /// The merged listing of a directory: each name from its topmost layer, whiteouts and
+  /// what they hide left out. Caller holds the tree lock.
+  func entries(_ node: Node) throws(Errno) -> [Entry] {
+    if node.dirs.count == 1 {
+      var out: [Entry] = []
+      let layer = node.dirs[0].layer
+      for e in try list(node.dirs[0].fd) {
+        if e.type == UInt8(DT_CHR), try isWhiteout(node.dirs[0].fd, e.name) { continue }
+        out.append(Entry(name: e.name, ino: inodeNumber(e.ino, layer: layer), type: e.type))
+      }
+      return out
+    }
+    var seen = Set<String>()
+    var out: [Entry] = []
+    for dir in node.dirs {
+      for e in try list(dir.fd) where seen.insert(e.name).inserted {
+        if e.type == UInt8(DT_CHR), try isWhiteout(dir.fd, e.name) { continue }
+        out.append(Entry(name: e.name, ino: inodeNumber(e.ino, layer: dir.layer), type: e.type))
+      }
+    }
+    return out
+  }
+
+  private func isWhiteout(_ dirfd: Int32, _ name: String) throws(Errno) -> Bool {
+    try statIfPresent(dirfd, name)?.isWhiteout ?? false
+  }
+
+  // MARK: - Copy-up
+
+  private func tempName() -> String { "#snapfs.\(tempCounter.next())" }
+
+  /// Makes `node` live in the upper dir, with its parents. `data: false` skips copying a
+  /// regular file's contents (an open with O_TRUNC). Caller holds the tree lock for writing.
+  func copyUp(_ node: Node, data: Bool = true) throws(Errno) {
+    guard hasUpper else { throw Errno(EROFS) }
+    if node.layer == 0 { return }
+    // A removed name is not brought back: its lower file stays as it was.
+    guard !node.detached, let parent = node.parent else { throw Errno(ENOENT) }
+    try copyUp(parent)
+    let upperParent = parent.dirs[0].fd
+    var parentTimes = stat()
+    _ = try sys(fstat(upperParent, &parentTimes))
+    var st = stat()
+    _ = try sys(fstat(node.fd, &st))
+    let temp = tempName()
+    switch st.type {
+    case S_IFDIR:
+      _ = try sys(mkdirat(work, temp, st.st_mode & 0o7777))
+      var fd: Int32 = -1
+      do {
+        fd = try sys(shim_openat(work, temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+        try copyMetadata(from: node.fd, to: fd, st)
+        _ = try sys(renameat(work, temp, upperParent, node.name))
+      } catch {
+        if fd >= 0 { close(fd) }
+        try? removeTree(work, temp)
+        throw error
+      }
+      node.dirs.insert(LayerDir(layer: 0, fd: fd), at: 0)
+      node.fd = fd
+    case S_IFREG:
+      guard let lowerParent = parent.dir(layer: node.layer) else { throw Errno(EIO) }
+      let src = try sys(shim_openat(lowerParent, node.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0))
+      defer { close(src) }
+      let dst = try sys(shim_openat(work, temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
+      do {
+        defer { close(dst) }
+        if data { try copyData(from: src, to: dst, size: Int(st.st_size)) }
+        try copyMetadata(from: src, to: dst, st)
+        _ = try sys(renameat(work, temp, upperParent, node.name))
+      } catch {
+        unlinkat(work, temp, 0)
+        throw error
+      }
+      try reopenPath(node, in: upperParent)
+    case S_IFLNK:
+      var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+      let n = try sys(readlinkat(node.fd, "", &buffer, buffer.count - 1))
+      buffer[n] = 0
+      _ = try sys(symlinkat(buffer, work, temp))
+      do { try finishSpecial(temp, st, into: upperParent, node.name) } catch {
+        unlinkat(work, temp, 0)
+        throw error
+      }
+      try reopenPath(node, in: upperParent)
+    default:
+      _ = try sys(mknodat(work, temp, st.st_mode, st.st_rdev))
+      do { try finishSpecial(temp, st, into: upperParent, node.name) } catch {
+        unlinkat(work, temp, 0)
+        throw error
+      }
+      try reopenPath(node, in: upperParent)
+    }
+    node.layer = 0
+    // Copy-up is not a change of the parent, as overlayfs has it.
+    restoreTimes(upperParent, parentTimes)
+  }
+
+  private func reopenPath(_ node: Node, in dirfd: Int32) throws(Errno) {
+    let fd = try sys(shim_openat(dirfd, node.name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+    close(node.fd)
+    node.fd = fd
+  }
+
+  private func restoreTimes(_ fd: Int32, _ st: stat) {
+    var times = [st.st_atim, st.st_mtim]
+    futimens(fd, &times)
+  }
+
+  /// Owner, times (and xattrs where the kernel has them) of a link or special file made in
+  /// the work dir, then into place.
+  private func finishSpecial(_ temp: String, _ st: stat, into dirfd: Int32, _ name: String) throws(Errno) {
+    _ = try sys(fchownat(work, temp, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW))
+    if st.type != S_IFLNK { _ = try sys(fchmodat(work, temp, st.st_mode & 0o7777, 0)) }
+    var times = [st.st_atim, st.st_mtim]
+    _ = try sys(utimensat(work, temp, &times, AT_SYMLINK_NOFOLLOW))
+    _ = try sys(renameat(work, temp, dirfd, name))
+  }
+
+  private func copyData(from src: Int32, to dst: Int32, size: Int) throws(Errno) {
+    var left = size
+    while left > 0 {
+      let n = Int(shim_copy_file_range(src, dst, UInt64(min(left, 1 << 30))))
+      if n < 0 {
+        let e = errno
+        if e == EXDEV || e == EINVAL || e == EOPNOTSUPP || e == ENOSYS { return try copyByReading(from: src, to: dst) }
+        throw Errno(e)
+      }
+      if n == 0 { break }
+      left -= n
+    }
+  }
+
+  private func copyByReading(from src: Int32, to dst: Int32) throws(Errno) {
+    let size = 1 << 20
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+    defer { buffer.deallocate() }
+    var offset: off_t = 0
+    while true {
+      let n = try sys(pread(src, buffer, size, offset))
+      if n == 0 { return }
+      var done = 0
+      while done < n { done += try sys(pwrite(dst, buffer + done, n - done, offset + off_t(done))) }
+      offset += off_t(n)
+    }
+  }
+
+  /// xattrs (but overlayfs's own), owner, mode, times: descriptor to descriptor.
+  private func copyMetadata(from src: Int32, to dst: Int32, _ st: stat) throws(Errno) {
+    for name in try xattrNames(fd: src) where !name.hasPrefix(privatePrefix) {
+      let value = try xattr(fd: src, name)
+      if fsetxattr(dst, name, value, value.count, 0) != 0 && errno != EOPNOTSUPP { throw Errno.current }
+    }
+    _ = try sys(fchown(dst, st.st_uid, st.st_gid))
+    _ = try sys(fchmod(dst, st.st_mode & 0o7777))
+    var times = [st.st_atim, st.st_mtim]
+    _ = try sys(futimens(dst, &times))
+  }
+
+  // MARK: - xattrs
+
+  private func xattrNames(fd: Int32) throws(Errno) -> [String] {
+    while true {
+      let size = try sys(flistxattr(fd, nil, 0))
+      if size == 0 { return [] }
+      var buffer = [CChar](repeating: 0, count: size)
+      let n = flistxattr(fd, &buffer, size)
+      if n < 0 && errno == ERANGE { continue }
+      _ = try sys(n)
+      return buffer[..<n].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+    }
+  }
+
+  private func xattr(fd: Int32, _ name: String) throws(Errno) -> [UInt8] {
+    while true {
+      let size = try sys(fgetxattr(fd, name, nil, 0))
+      var value = [UInt8](repeating: 0, count: size)
+      let n = fgetxattr(fd, name, &value, size)
+      if n < 0 && errno == ERANGE { continue }
+      _ = try sys(n)
+      return Array(value[..<n])
+    }
+  }
+
+  /// A path naming the node's topmost file for the path-only xattr calls: non-directories
+  /// are held by O_PATH descriptors, which the f*xattr calls refuse.
+  private func procPath(_ node: Node) -> String { "/proc/self/fd/\(node.fd)" }
+
+  func listXattrs(_ node: Node) throws(Errno) -> [UInt8] {
+    var raw: [CChar]
+    if node.isDirectory {
+      raw = try xattrNames(fd: node.fd).flatMap { Array($0.utf8CString) }
+    } else {
+      let path = procPath(node)
+      let size = try sys(listxattr(path, nil, 0))
+      raw = [CChar](repeating: 0, count: size)
+      let n = try sys(listxattr(path, &raw, size))
+      raw.removeSubrange(n...)
+    }
+    var out: [UInt8] = []
+    for name in raw.split(separator: 0) {
+      let bytes = name.map { UInt8(bitPattern: $0) }
+      if bytes.starts(with: privatePrefix.utf8) { continue }
+      out += bytes
+      out.append(0)
+    }
+    return out
+  }
+
+  /// The value of `name` into `buffer` (nil: only its size).
+  func getXattr(_ node: Node, _ name: String, into buffer: UnsafeMutableRawPointer?, size: Int) throws(Errno) -> Int {
+    if name.hasPrefix(privatePrefix) { throw Errno(EOPNOTSUPP) }
+    if node.isDirectory { return try sys(fgetxattr(node.fd, name, buffer, size)) }
+    return try sys(getxattr(procPath(node), name, buffer, size))
+  }
+
+  func setXattr(_ node: Node, _ name: String, _ value: UnsafeRawPointer?, size: Int, flags: Int32) throws(Errno) {
+    if name.hasPrefix(privatePrefix) { throw Errno(EOPNOTSUPP) }
+    try copyUp(node)
+    if node.isDirectory { _ = try sys(fsetxattr(node.fd, name, value, size, flags)) }
+    else { _ = try sys(setxattr(procPath(node), name, value, size, flags)) }
+  }
+
+  func removeXattr(_ node: Node, _ name: String) throws(Errno) {
+    if name.hasPrefix(privatePrefix) { throw Errno(EOPNOTSUPP) }
+    try copyUp(node)
+    if node.isDirectory { _ = try sys(fremovexattr(node.fd, name)) }
+    else { _ = try sys(removexattr(procPath(node), name)) }
+  }
+
+  // MARK: - Changing the tree (callers hold the tree lock for writing)
+
+  /// Makes `parent` writable and clears the way for a new `name`: EEXIST if the merged
+  /// tree has it, a whiteout for it removed. Answers whether there was one (a directory
+  /// made there must be opaque, or the lower one would show through).
+  func prepareCreate(_ parent: Node, _ name: String) throws(Errno) -> Bool {
+    try copyUp(parent)
+    let upper = parent.dirs[0].fd
+    guard let st = try statIfPresent(upper, name) else {
+      if parent.dirs.count > 1, (try? probe(parent, name)) != nil { throw Errno(EEXIST) }
+      return false
+    }
+    guard st.isWhiteout else { throw Errno(EEXIST) }
+    _ = try sys(unlinkat(upper, name, 0))
+    return true
+  }
+
+  /// Owner of a new entry: the caller's, the group from a set-group-ID parent.
+  func chownNew(_ parent: Node, _ name: String, uid: uid_t, gid: gid_t) throws(Errno) {
+    var pst = stat()
+    _ = try sys(fstat(parent.dirs[0].fd, &pst))
+    let group = pst.st_mode & S_ISGID != 0 ? pst.st_gid : gid
+    _ = try sys(fchownat(parent.dirs[0].fd, name, uid, group, AT_SYMLINK_NOFOLLOW))
+  }
+
+  func markOpaque(_ fd: Int32) throws(Errno) {
+    let y: [UInt8] = [UInt8(ascii: "y")]
+    _ = try sys(fsetxattr(fd, opaqueNames[0], y, 1, 0))
+  }
+
+  /// Whether a layer under the upper one shows `name` in `parent`.
+  private func lowerHas(_ parent: Node, _ name: String) throws(Errno) -> Bool {
+    for dir in parent.dirs where dir.layer != 0 {
+      if let st = try statIfPresent(dir.fd, name) { return !st.isWhiteout }
+    }
+    return false
+  }
+
+  /// Replaces (or makes) `name` in the upper `dirfd` with a whiteout, atomically for a
+  /// non-directory.
+  private func whiteout(_ dirfd: Int32, _ name: String) throws(Errno) {
+    let temp = tempName()
+    _ = try sys(mknodat(work, temp, S_IFCHR, 0))
+    do { _ = try sys(renameat(work, temp, dirfd, name)) } catch {
+      unlinkat(work, temp, 0)
+      throw error
+    }
+  }
+
+  /// Removes `name` and everything under it from `dirfd` (an upper or work directory).
+  private func removeTree(_ dirfd: Int32, _ name: String) throws(Errno) {
+    if unlinkat(dirfd, name, 0) == 0 { return }
+    guard errno == EISDIR else { throw Errno.current }
+    let fd = try sys(shim_openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+    defer { close(fd) }
+    for entry in try list(fd) { try removeTree(fd, entry.name) }
+    _ = try sys(unlinkat(dirfd, name, AT_REMOVEDIR))
+  }
+
+  /// unlink(2) and rmdir(2) of the merged tree.
+  func remove(_ parent: Node, _ name: String, directory: Bool) throws(Errno) {
+    guard hasUpper else { throw Errno(EROFS) }
+    let node = try resolve(parent, name)
+    if directory {
+      guard node.isDirectory else { throw Errno(ENOTDIR) }
+      guard try entries(node).isEmpty else { throw Errno(ENOTEMPTY) }
+    } else if node.isDirectory {
+      throw Errno(EISDIR)
+    }
+    try copyUp(parent)
+    let upper = parent.dirs[0].fd
+    let below = try node.layer != 0 ? true : lowerHas(parent, name)
+    if node.layer == 0 {
+      if directory {
+        try removeTree(upper, name)
+        if below { try whiteout(upper, name) }
+      } else if below {
+        try whiteout(upper, name)
+      } else {
+        _ = try sys(unlinkat(upper, name, 0))
+      }
+    } else {
+      try whiteout(upper, name)
+    }
+    nodes.detach(parent, name)
+  }
+
+  /// rename(2) of the merged tree. A directory that a lower layer has cannot move (EXDEV,
+  /// as overlayfs without redirect_dir): `mv` copies it instead.
+  func rename(_ parent: Node, _ name: String, _ newParent: Node, _ newName: String, flags: UInt32) throws(Errno) {
+    guard hasUpper else { throw Errno(EROFS) }
+    guard flags & ~SHIM_RENAME_NOREPLACE == 0 else { throw Errno(EINVAL) }
+    if parent === newParent && name == newName { return }
+    let node = try resolve(parent, name)
+    if node.isDirectory && (node.layer != 0 || node.isMerged) { throw Errno(EXDEV) }
+    let target = try? resolve(newParent, newName)
+    var opaque = false
+    if let target {
+      if target === node { return }
+      if flags & SHIM_RENAME_NOREPLACE != 0 { throw Errno(EEXIST) }
+      if node.isDirectory {
+        guard target.isDirectory else { throw Errno(ENOTDIR) }
+        guard try entries(target).isEmpty else { throw Errno(ENOTEMPTY) }
+        opaque = target.layer != 0 || target.isMerged
+      } else if target.isDirectory {
+        throw Errno(EISDIR)
+      }
+    }
+    let below = try node.layer != 0 ? true : lowerHas(parent, name)
+    try copyUp(parent)
+    try copyUp(newParent)
+    try copyUp(node)
+    let from = parent.dirs[0].fd, to = newParent.dirs[0].fd
+    if let st = try statIfPresent(to, newName) {
+      if st.isWhiteout {
+        if node.isDirectory {
+          _ = try sys(unlinkat(to, newName, 0))
+          opaque = true
+        }
+      } else if st.isDirectory {
+        // An empty directory in the merged tree holds at most whiteouts in the upper one.
+        let fd = try sys(shim_openat(to, newName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+        defer { close(fd) }
+        for entry in try list(fd) { try removeTree(fd, entry.name) }
+      }
+    }
+    if opaque { try markOpaque(node.fd) }
+    _ = try sys(renameat(from, name, to, newName))
+    if below { try whiteout(from, name) }
+    nodes.detach(newParent, newName)
+    nodes.move(node, to: newParent, newName)
+  }
+
+  // MARK: - Open files
+
+  /// Opens the node's topmost file with `flags`, copying it up first when the open may
+  /// write. Takes the tree lock itself.
+  func open(_ node: Node, flags: Int32) throws(Errno) -> Int32 {
+    let writes = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+    let clean = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_NOFOLLOW | O_CLOEXEC
+    if writes {
+      return try tree.write { () throws(Errno) -> Int32 in
+        try copyUp(node, data: flags & O_TRUNC == 0)
+        return try openTopmost(node, clean)
+      }
+    }
+    return try tree.read { () throws(Errno) -> Int32 in try openTopmost(node, clean) }
+  }
+
+  private func openTopmost(_ node: Node, _ flags: Int32) throws(Errno) -> Int32 {
+    guard let parent = node.parent, let dirfd = parent.dir(layer: node.layer) else {
+      // Detached (unlinked while open elsewhere): reopen through the descriptor we hold.
+      return try sys(shim_open(procPath(node), flags & ~O_NOFOLLOW, 0))
+    }
+    return try sys(shim_openat(dirfd, node.name, flags, 0))
+  }
+
+  /// The upper directory and name through which to change `node`'s attributes.
+  func upperLocation(_ node: Node) -> (dirfd: Int32, name: String)? {
+    guard let parent = node.parent, !node.detached else { return nil }
+    return (parent.dirs[0].fd, node.name)
+  }
+}
+
+/// A thread-safe counter for temporary names.
+final class Counter: @unchecked Sendable {
+  private let mutex = Mutex()
+  private var value: UInt64 = 0
+  func next() -> UInt64 { mutex.with { value += 1; return value } }
+}

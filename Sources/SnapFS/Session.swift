@@ -1,0 +1,70 @@
+import CFuse
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Mounts the overlay described by `options` and serves it until it is unmounted or the
+/// process gets SIGTERM, SIGINT or SIGHUP (then it unmounts). Unless `foreground`, the
+/// process detaches once the mount is in place, so `mount.fuse3` (and containerd through
+/// it) returns with the file system ready. The mount uses libfuse's auto_unmount: if the
+/// process dies without unmounting (SIGKILL), fusermount3 unmounts it.
+///
+/// Returns the process's exit status; errors are written to stderr.
+public func serve(_ options: Options) -> Int32 {
+  func fail(_ message: String) -> Int32 {
+    FileHandleStderr.write("snapfs: \(message)\n")
+    return 1
+  }
+  umask(0)  // modes come from the kernel with the caller's umask applied
+  raiseDescriptorLimit()
+  do {
+    overlay = try Overlay(options)
+  } catch {
+    return fail("\(error.description)")
+  }
+  var mountOptions = ["subtype=snapfs", "default_permissions", "allow_other", "auto_unmount"]
+  if !options.mountOptions.contains(where: { $0.hasPrefix("fsname=") }) { mountOptions.append("fsname=" + options.source) }
+  mountOptions += options.mountOptions
+  if !overlay.hasUpper && !mountOptions.contains("ro") { mountOptions.append("ro") }
+  var arguments = ["snapfs", "-o", mountOptions.joined(separator: ",")]
+  if options.debug { arguments.append("-d") }
+  var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }
+  defer { for p in argv { free(p) } }
+  var ops = operations()
+  return argv.withUnsafeMutableBufferPointer { argvBuffer -> Int32 in
+    var args = fuse_args(argc: Int32(arguments.count), argv: argvBuffer.baseAddress, allocated: 0)
+    guard let session = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, nil) else {
+      return fail("cannot start a FUSE session with options \(mountOptions.joined(separator: ","))")
+    }
+    defer { fuse_session_destroy(session) }
+    guard fuse_set_signal_handlers(session) == 0 else {
+      return fail("cannot install signal handlers")
+    }
+    defer { fuse_remove_signal_handlers(session) }
+    guard fuse_session_mount(session, options.target) == 0 else {
+      return fail("cannot mount on \(options.target)")
+    }
+    defer { fuse_session_unmount(session) }
+    if !options.foreground { fuse_daemonize(0) }
+    let rc = snapfs_loop_mt(session, UInt32(options.threads), UInt32(options.threads))
+    return rc == 0 ? 0 : 1
+  }
+}
+
+/// One descriptor per node the kernel holds, and per directory per layer: a walk of a big
+/// tree needs far more than the default soft limit of 1024.
+private func raiseDescriptorLimit() {
+  var limit = rlimit()
+  guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+  limit.rlim_cur = limit.rlim_max
+  setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+}
+
+/// Writes to standard error (Glibc's `stderr` is a mutable global Swift 6 will not touch).
+enum FileHandleStderr {
+  static func write(_ text: String) {
+    var text = text
+    text.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+  }
+}
