@@ -81,10 +81,13 @@ private func create(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePoin
       let upper = p.dirs[0].fd
       try make(upper, n)
       do throws(Errno) {
+        if opaqueIfWhiteout && overWhiteout {
+          let fd = try sys(shim_openat(upper, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+          defer { close(fd) }
+          try overlay.markOpaque(fd)
+        }
         try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid)
-        let child = try overlay.lookup(p, n)
-        if opaqueIfWhiteout && overWhiteout { try overlay.markOpaque(child.fd) }
-        try replyEntry(req, child)
+        try replyEntry(req, try overlay.lookup(p, n))
       } catch {
         _ = unlinkat(upper, n, opaqueIfWhiteout ? AT_REMOVEDIR : 0)
         throw error

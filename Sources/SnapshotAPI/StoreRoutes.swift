@@ -25,6 +25,13 @@ public enum StoreRoutes {
           $0.logicalBytes = u.logicalBytes
         })]
       },
+      service + "Info": .unary { _ in
+        [try encode(Snapshotd_V1_InfoResponse.with {
+          $0.driver = s.driver.rawValue
+          $0.driverReason = s.driverReason
+          $0.root = s.layout.root
+        })]
+      },
       service + "GC": .unary { _ in
         let r = try run("GC", logger) { () throws(SnapshotError) in try s.collectGarbage() }
         logger.info("gc", metadata: ["layers": "\(r.layers)", "objects": "\(r.objects)", "bytes": "\(r.bytes)"])

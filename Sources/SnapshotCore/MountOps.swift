@@ -6,9 +6,19 @@ import Glibc
 
 extension Mount {
   /// Performs this mount at `target` as containerd's `mount.All` would: `bind`/`rbind`
-  /// with `ro` as a bind mount remounted read-only, anything else (`overlay`) with its
-  /// options as the mount data.
+  /// with `ro` as a bind mount remounted read-only, `fuse3.PROGRAM` by running PROGRAM
+  /// (snapfs) as `mount.fuse3` would, anything else (`overlay`) with its options as the
+  /// mount data.
   public func perform(at target: String) throws(SystemError) {
+    if let dot = type.firstIndex(of: "."), ["fuse", "fuse3"].contains(type[..<dot]) {
+      let name = String(type[type.index(after: dot)...])
+      guard let program = Sys.findProgram(name) else {
+        throw SystemError("mount", "\(target): \(name) is not installed (beside this program or on PATH)", errno: ENOENT)
+      }
+      let status = try Sys.run(program, [source, target, "-o", options.joined(separator: ",")])
+      guard status == 0 else { throw SystemError("mount", "\(target): \(program) exited with status \(status)", errno: EIO) }
+      return
+    }
     var flags: UInt = 0
     var data: [String] = []
     for option in options {

@@ -23,11 +23,18 @@ public final class Snapshotter: Sendable {
   let pool: DirectoryPool
   let objects: ObjectStore
   let inflight = Inflight()
+  /// How snapshots with parents are mounted.
+  public let driver: MountDriver
+  /// Why: configured, or what probing found.
+  public let driverReason: String
 
   /// Opens (creating when needed) the snapshotter state under `root`, and sweeps directories
   /// a crash left behind.
-  public init(root: String, logger: Logger = Logger(label: "snapshotd.core")) throws(SnapshotError) {
+  public init(root: String, driver: MountDriver = .overlay, driverReason: String = "default",
+              logger: Logger = Logger(label: "snapshotd.core")) throws(SnapshotError) {
     layout = Layout(root: root)
+    self.driver = driver
+    self.driverReason = driverReason
     self.logger = logger
     do {
       try Sys.mkdirAll(layout.root, mode: 0o700)
@@ -72,7 +79,7 @@ public final class Snapshotter: Sendable {
   private func create(_ kind: SnapshotKind, key: String, parent: String, labels: [String: String]) throws(SnapshotError) -> [Mount] {
     try Validate.key(key, what: "key")
     try Validate.labels(labels, key: key)
-    let layout = self.layout
+    let layout = self.layout, driver = self.driver
     return try write { db in
       if try Metadata.find(db, key: key) != nil {
         throw SnapshotError.exists("snapshot \(quoted(key)) already exists")
@@ -105,7 +112,7 @@ public final class Snapshotter: Sendable {
       } else {
         try Self.adopt(layout, id: id, kind: kind, parent: lowers.first)
       }
-      return Self.mounts(layout, id: id, kind: kind, lowers: lowers)
+      return Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver)
     }
   }
 
@@ -158,21 +165,22 @@ public final class Snapshotter: Sendable {
 
   /// The mounts of an active snapshot or a view.
   public func mounts(key: String) throws(SnapshotError) -> [Mount] {
-    let layout = self.layout
+    let layout = self.layout, driver = self.driver
     return try read { db in
       let row = try Metadata.get(db, key: key)
       guard row.kind != .committed else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
       }
       let lowers = try row.parentID.map { try Metadata.parentChain(db, of: $0).map { layout.files(id: $0.id, layer: $0.layer) } } ?? []
-      return Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers)
+      return Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver)
     }
   }
 
   /// The mount shapes of containerd's overlay snapshotter: a bind mount of the snapshot's
   /// own dir when it has no parent (rw, or ro for a view), a ro bind of the parent for a
-  /// view of one layer, otherwise overlay with `index=off`, lower dirs nearest parent first.
-  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [String]) -> [Mount] {
+  /// view of one layer, otherwise overlay with `index=off`, lower dirs nearest parent first
+  /// (or the same options for snapfs, with the fuse driver).
+  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [String], driver: MountDriver = .overlay) -> [Mount] {
     if lowers.isEmpty {
       return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
     }
@@ -184,7 +192,7 @@ public final class Snapshotter: Sendable {
       return [Mount(type: "bind", source: lowers[0], options: ["ro", "rbind"])]
     }
     options.append("lowerdir=" + lowers.joined(separator: ":"))
-    return [Mount(type: "overlay", source: "overlay", options: options)]
+    return [Mount(type: driver.mountType, source: driver.mountSource, options: options)]
   }
 
   // MARK: - Commit, remove

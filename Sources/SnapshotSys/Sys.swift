@@ -131,3 +131,38 @@ extension Sys {
     return grp.gr_gid
   }
 }
+
+extension Sys {
+  /// Runs the program at `path` with `arguments`, standard streams inherited, and waits
+  /// for it: its exit status (128 + the signal if a signal ended it).
+  public static func run(_ path: String, _ arguments: [String]) throws(SystemError) -> Int32 {
+    var argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+    defer { for p in argv { free(p) } }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, path, nil, nil, &argv, environ)
+    guard rc == 0 else { throw SystemError("posix_spawn", path, errno: rc) }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 {
+      guard errno == EINTR else { throw SystemError("waitpid", path, errno: errno) }
+    }
+    // WIFEXITED / WEXITSTATUS / WTERMSIG are macros Swift does not import.
+    return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+  }
+
+  /// The program `name`: beside the running executable if it is there (snapctl finds the
+  /// snapfs it was built with), else the first on PATH.
+  public static func findProgram(_ name: String) -> String? {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    if n > 0 {
+      let exe = String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+      let candidate = String(exe[..<(exe.lastIndex(of: "/") ?? exe.startIndex)]) + "/" + name
+      if access(candidate, X_OK) == 0 { return candidate }
+    }
+    let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    for dir in path.split(separator: ":") where access("\(dir)/\(name)", X_OK) == 0 {
+      return "\(dir)/\(name)"
+    }
+    return nil
+  }
+}

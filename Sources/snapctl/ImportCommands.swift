@@ -118,3 +118,21 @@ struct GC: AsyncParsableCommand {
     }
   }
 }
+
+struct Info: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Show the daemon's configuration: the mount driver it uses (and why) and its root.")
+  @OptionGroup var client: ClientOptions
+
+  func run() async throws {
+    try await reporting {
+      let r = try await client.store { try await $0.info(request: .init(message: .init())) }
+      if client.json {
+        print(Output.json(["driver": r.driver, "driverReason": r.driverReason, "root": r.root]))
+      } else {
+        print("driver: \(r.driver) (\(r.driverReason))")
+        print("root:   \(r.root)")
+      }
+    }
+  }
+}

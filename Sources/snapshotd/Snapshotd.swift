@@ -28,6 +28,13 @@ struct Snapshotd: AsyncParsableCommand {
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   var logLevel: Logger.Level = .info
 
+  @Option(help: "How to compose layers: overlay (kernel overlayfs), fuse (snapfs, mount type fuse3.snapfs), or auto (overlay if it mounts on the root's file system, else fuse).")
+  var driver: DriverChoice = .auto
+
+  enum DriverChoice: String, ExpressibleByArgument, CaseIterable {
+    case overlay, fuse, auto
+  }
+
   func validate() throws {
     guard root.hasPrefix("/") else { throw ValidationError("--root must be an absolute path, got \(root)") }
     guard !address.isEmpty else { throw ValidationError("--address must not be empty") }
@@ -68,7 +75,17 @@ struct Snapshotd: AsyncParsableCommand {
     }
     defer { close(lock) }
 
-    let snapshotter = try Snapshotter(root: root, logger: logger)
+    let (chosen, reason): (MountDriver, String) =
+      switch driver {
+      case .overlay: (.overlay, "--driver overlay")
+      case .fuse: (.fuse, "--driver fuse")
+      case .auto: MountDriver.probe(root: root)
+      }
+    logger.info("mount driver", metadata: ["driver": "\(chosen.rawValue)", "reason": "\(reason)"])
+    if chosen == .fuse && Sys.findProgram("snapfs") == nil {
+      logger.warning("snapfs is not installed beside snapshotd or on PATH: fuse3.snapfs mounts will fail")
+    }
+    let snapshotter = try Snapshotter(root: root, driver: chosen, driverReason: reason, logger: logger)
     try prepareSocket()
 
     // The socket is created with mode 0600 (0660 with --group): no moment where others can connect.

@@ -75,12 +75,26 @@ public enum Snapshotd_V1_Store: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "Info" metadata.
+        public enum Info: Sendable {
+            /// Request type for "Info".
+            public typealias Input = Snapshotd_V1_InfoRequest
+            /// Response type for "Info".
+            public typealias Output = Snapshotd_V1_InfoResponse
+            /// Descriptor for "Info".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "snapshotd.v1.Store"),
+                method: "Info",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "snapshotd.v1.Store" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             ImportLayer.descriptor,
             ImportImage.descriptor,
             Usage.descriptor,
-            GC.descriptor
+            GC.descriptor,
+            Info.descriptor
         ]
     }
 }
@@ -189,6 +203,29 @@ extension Snapshotd_V1_Store {
             deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_GCResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_GCResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Info" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The daemon's configuration: how it mounts, where it keeps its state.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Snapshotd_V1_InfoRequest` message.
+        ///   - serializer: A serializer for `Snapshotd_V1_InfoRequest` messages.
+        ///   - deserializer: A deserializer for `Snapshotd_V1_InfoResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func info<Result>(
+            request: GRPCCore.ClientRequest<Snapshotd_V1_InfoRequest>,
+            serializer: some GRPCCore.MessageSerializer<Snapshotd_V1_InfoRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_InfoResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_InfoResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -340,6 +377,40 @@ extension Snapshotd_V1_Store {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "Info" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The daemon's configuration: how it mounts, where it keeps its state.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Snapshotd_V1_InfoRequest` message.
+        ///   - serializer: A serializer for `Snapshotd_V1_InfoRequest` messages.
+        ///   - deserializer: A deserializer for `Snapshotd_V1_InfoResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func info<Result>(
+            request: GRPCCore.ClientRequest<Snapshotd_V1_InfoRequest>,
+            serializer: some GRPCCore.MessageSerializer<Snapshotd_V1_InfoRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_InfoResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_InfoResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Snapshotd_V1_Store.Method.Info.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -454,6 +525,35 @@ extension Snapshotd_V1_Store.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Snapshotd_V1_GCRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Snapshotd_V1_GCResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Info" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The daemon's configuration: how it mounts, where it keeps its state.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Snapshotd_V1_InfoRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func info<Result>(
+        request: GRPCCore.ClientRequest<Snapshotd_V1_InfoRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_InfoResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.info(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Snapshotd_V1_InfoRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Snapshotd_V1_InfoResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -587,6 +687,39 @@ extension Snapshotd_V1_Store.ClientProtocol {
             metadata: metadata
         )
         return try await self.gc(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Info" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The daemon's configuration: how it mounts, where it keeps its state.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func info<Result>(
+        _ message: Snapshotd_V1_InfoRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_InfoResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Snapshotd_V1_InfoRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.info(
             request: request,
             options: options,
             onResponse: handleResponse

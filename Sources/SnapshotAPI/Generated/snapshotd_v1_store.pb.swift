@@ -187,6 +187,34 @@ public nonisolated struct Snapshotd_V1_GCResponse: Sendable {
   public init() {}
 }
 
+public nonisolated struct Snapshotd_V1_InfoRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Snapshotd_V1_InfoResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "overlay" (kernel overlayfs) or "fuse" (snapfs)
+  public var driver: String = String()
+
+  public var root: String = String()
+
+  /// why this driver: configured, or what --driver auto probed
+  public var driverReason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "snapshotd.v1"
@@ -531,6 +559,65 @@ nonisolated extension Snapshotd_V1_GCResponse: SwiftProtobuf.Message, SwiftProto
     if lhs.objects != rhs.objects {return false}
     if lhs.bytes != rhs.bytes {return false}
     if lhs.layers != rhs.layers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Snapshotd_V1_InfoRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".InfoRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Snapshotd_V1_InfoRequest, rhs: Snapshotd_V1_InfoRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Snapshotd_V1_InfoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".InfoResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}driver\0\u{1}root\0\u{3}driver_reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.driver) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.root) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.driverReason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.driver.isEmpty {
+      try visitor.visitSingularStringField(value: self.driver, fieldNumber: 1)
+    }
+    if !self.root.isEmpty {
+      try visitor.visitSingularStringField(value: self.root, fieldNumber: 2)
+    }
+    if !self.driverReason.isEmpty {
+      try visitor.visitSingularStringField(value: self.driverReason, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Snapshotd_V1_InfoResponse, rhs: Snapshotd_V1_InfoResponse) -> Bool {
+    if lhs.driver != rhs.driver {return false}
+    if lhs.root != rhs.root {return false}
+    if lhs.driverReason != rhs.driverReason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
