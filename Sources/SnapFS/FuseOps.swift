@@ -72,7 +72,7 @@ private func context(_ req: fuse_req_t?) -> (uid: uid_t, gid: gid_t) {
 
 /// Makes `name` in `parent` with `make` (given the upper dir's descriptor), owned by the
 /// caller, and replies with its entry.
-private func create(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?,
+private func create(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, mode: mode_t? = nil,
                     opaqueIfWhiteout: Bool = false, _ make: (Int32, String) throws(Errno) -> Void) {
   let p = node(parent), n = string(name), caller = context(req)
   reply(req) { () throws(Errno) in
@@ -86,7 +86,7 @@ private func create(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePoin
           defer { close(fd) }
           try overlay.markOpaque(fd)
         }
-        try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid)
+        try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
         try replyEntry(req, try overlay.lookup(p, n))
       } catch {
         _ = unlinkat(upper, n, opaqueIfWhiteout ? AT_REMOVEDIR : 0)
@@ -282,7 +282,7 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.mknod = { req, parent, name, mode, rdev in
-    create(req, parent, name) { (dir, n) throws(Errno) in _ = try sys(mknodat(dir, n, mode, rdev)) }
+    create(req, parent, name, mode: mode) { (dir, n) throws(Errno) in _ = try sys(mknodat(dir, n, mode, rdev)) }
   }
 
   ops.mkdir = { req, parent, name, mode in
@@ -301,8 +301,8 @@ func operations() -> fuse_lowlevel_ops {
         try overlay.copyUp(n)
         _ = try overlay.prepareCreate(p, name)
         _ = try sys(linkat(n.fd, "", p.dirs[0].fd, name, SHIM_AT_EMPTY_PATH))
-        let child = overlay.nodes.intern(try overlay.probe(p, name, ino: n.ino))
-        try replyEntry(req, child)
+        overlay.nodes.addName(n, p, name)
+        try replyEntry(req, n)
       }
     }
   }
@@ -359,7 +359,7 @@ func operations() -> fuse_lowlevel_ops {
         let upper = p.dirs[0].fd
         let fd = try sys(shim_openat(upper, n, flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, UInt32(mode)))
         do throws(Errno) {
-          try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid)
+          try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
           let child = try overlay.lookup(p, n)
           var entry = fuse_entry_param()
           entry.attr = try overlay.attributes(child)

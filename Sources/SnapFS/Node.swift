@@ -32,13 +32,19 @@ final class Node: @unchecked Sendable {
   /// Directories only: the directory in each layer that contributes to the merged
   /// listing, topmost first, ending at an opaque one.
   var dirs: [LayerDir]
+  /// The inode number of the topmost file itself.
+  var realIno: UInt64
+  /// An upper file with more than one name: one node for all of them, so that the kernel
+  /// has one inode (and one page cache, one size) for the file.
+  var linked = false
   /// Removed from the tree (unlinked, or renamed over) while the kernel still holds it.
   var detached = false
   /// How many times the kernel was told about this node and has not forgotten it.
   var lookups: UInt64 = 0
 
-  init(ino: UInt64, type: mode_t, parent: Node?, name: String, layer: Int, fd: Int32, dirs: [LayerDir]) {
+  init(ino: UInt64, realIno: UInt64, type: mode_t, parent: Node?, name: String, layer: Int, fd: Int32, dirs: [LayerDir]) {
     self.ino = ino
+    self.realIno = realIno
     self.type = type
     self.parent = parent
     self.name = name
@@ -71,47 +77,78 @@ final class Node: @unchecked Sendable {
 
 /// The nodes the kernel holds, by parent and name, so that a second lookup of a name
 /// answers with the same node (and the kernel keeps its caches), and so that a name the
-/// kernel still holds needs no probing of the layers.
+/// kernel still holds needs no probing of the layers. A hard-linked upper file has one
+/// node under each of its names.
 final class NodeTable: @unchecked Sendable {
   private struct Key: Hashable {
-    let parent: ObjectIdentifier
+    let parent: Node
     let name: String
+    static func == (a: Key, b: Key) -> Bool { a.parent === b.parent && a.name == b.name }
+    func hash(into hasher: inout Hasher) {
+      hasher.combine(ObjectIdentifier(parent))
+      hasher.combine(name)
+    }
   }
   private let mutex = Mutex()
   private var map: [Key: Node] = [:]
+  /// Linked nodes by their upper file's inode number.
+  private var linked: [UInt64: Node] = [:]
+
+  private func key(_ parent: Node, _ name: String) -> Key { Key(parent: parent, name: name) }
+
+  /// Counts `node` once more; the first count keeps it alive until the kernel forgets it.
+  private func countLocked(_ node: Node) {
+    if node.lookups == 0 { _ = Unmanaged.passRetained(node) }
+    node.lookups += 1
+  }
 
   /// The node of `name` in `parent` if the kernel holds it, counted once more.
   func find(_ parent: Node, _ name: String) -> Node? {
     mutex.with {
-      guard let node = map[Key(parent: ObjectIdentifier(parent), name: name)] else { return nil }
-      node.lookups += 1
+      guard let node = map[key(parent, name)] else { return nil }
+      countLocked(node)
       return node
     }
   }
 
   /// Records a fresh node for its parent and name and counts it once; answers the node
-  /// another thread recorded meanwhile instead, if any.
+  /// another thread recorded meanwhile instead, or the node of the same hard-linked file.
   func intern(_ node: Node) -> Node {
     mutex.with {
-      let key = Key(parent: ObjectIdentifier(node.parent!), name: node.name)
-      if let existing = map[key] {
-        existing.lookups += 1
+      let k = key(node.parent!, node.name)
+      if let existing = map[k] {
+        countLocked(existing)
         return existing
       }
-      map[key] = node
-      node.lookups = 1
-      _ = Unmanaged.passRetained(node)
+      if node.linked {
+        if let existing = linked[node.realIno] {
+          map[k] = existing
+          countLocked(existing)
+          return existing
+        }
+        linked[node.realIno] = node
+      }
+      map[k] = node
+      countLocked(node)
       return node
     }
   }
 
-  /// Counts a node the kernel already holds once more (a hard link's reply, the root).
-  func count(_ node: Node) {
+  /// A new hard link: `node` (an upper file) is also `name` in `parent`; counted once more.
+  func addName(_ node: Node, _ parent: Node, _ name: String) {
     mutex.with {
-      if node.lookups == 0 { _ = Unmanaged.passRetained(node) }
-      node.lookups += 1
+      if !node.linked {
+        node.linked = true
+        linked[node.realIno] = node
+      }
+      map[key(parent, name)] = node
+      node.detached = false
+      countLocked(node)
     }
   }
+
+  /// Counts a node the kernel already holds once more.
+  func count(_ node: Node) { mutex.with { countLocked(node) } }
 
   /// The kernel forgot `n` references: at zero the node leaves the table and is freed once
   /// nothing else (open directories, children) holds it.
@@ -119,9 +156,12 @@ final class NodeTable: @unchecked Sendable {
     let release: Bool = mutex.with {
       node.lookups -= min(n, node.lookups)
       guard node.lookups == 0 else { return false }
-      if !node.detached, let parent = node.parent {
-        let key = Key(parent: ObjectIdentifier(parent), name: node.name)
-        if map[key] === node { map[key] = nil }
+      if node.linked {
+        if linked[node.realIno] === node { linked[node.realIno] = nil }
+        for (k, v) in map where v === node { map[k] = nil }
+      } else if !node.detached, let parent = node.parent {
+        let k = key(parent, node.name)
+        if map[k] === node { map[k] = nil }
       }
       return true
     }
@@ -129,26 +169,32 @@ final class NodeTable: @unchecked Sendable {
   }
 
   /// `name` in `parent` is gone: its node, if the kernel holds it, stays valid for the
-  /// kernel's open files but no longer answers lookups.
+  /// kernel's open files but no longer answers lookups under that name. A linked node
+  /// keeps its other names.
   func detach(_ parent: Node, _ name: String) {
     mutex.with {
-      let key = Key(parent: ObjectIdentifier(parent), name: name)
-      if let node = map.removeValue(forKey: key) { node.detached = true }
+      guard let node = map.removeValue(forKey: key(parent, name)) else { return }
+      guard node.linked, let other = map.first(where: { $0.value === node }) else {
+        node.detached = true
+        return
+      }
+      if node.parent === parent && node.name == name {
+        node.parent = other.key.parent
+        node.name = other.key.name
+      }
     }
   }
 
-  /// A rename: `node` is now `name` in `parent`.
-  func move(_ node: Node, to parent: Node, _ name: String) {
+  /// A rename: `name` in `parent` is now `newName` in `newParent`.
+  func move(_ node: Node, from parent: Node, _ name: String, to newParent: Node, _ newName: String) {
     mutex.with {
-      if let old = node.parent {
-        let key = Key(parent: ObjectIdentifier(old), name: node.name)
-        if map[key] === node { map[key] = nil }
+      let old = key(parent, name)
+      if map[old] === node { map[old] = nil }
+      if node.parent === parent && node.name == name {
+        node.parent = newParent
+        node.name = newName
       }
-      node.parent = parent
-      node.name = name
-      if node.lookups > 0 && !node.detached {
-        map[Key(parent: ObjectIdentifier(parent), name: name)] = node
-      }
+      if node.lookups > 0 { map[key(newParent, newName)] = node }
     }
   }
 }

@@ -19,7 +19,7 @@ final class Overlay: @unchecked Sendable {
   let root: Node
   let nodes = NodeTable()
   let tree = TreeLock()
-  /// xattr names overlayfs reserves for itself: hidden from listings, refused to users.
+  /// The xattr namespace overlayfs keeps for itself (see `stored(_:)`).
   let privatePrefix: String
   private let opaqueNames: [String]
   private let work: Int32
@@ -64,7 +64,7 @@ final class Overlay: @unchecked Sendable {
     opaqueNames = options.userXattr ? ["user.overlay.opaque"] : ["trusted.overlay.opaque", "user.overlay.opaque"]
     var st = stat()
     fstat(dirs[0].fd, &st)
-    root = Node(ino: UInt64(st.st_ino), type: S_IFDIR, parent: nil, name: "", layer: 0, fd: dirs[0].fd, dirs: dirs)
+    root = Node(ino: UInt64(st.st_ino), realIno: UInt64(st.st_ino), type: S_IFDIR, parent: nil, name: "", layer: 0, fd: dirs[0].fd, dirs: dirs)
     if hasUpper { try? cleanWork() }
   }
 
@@ -90,7 +90,7 @@ final class Overlay: @unchecked Sendable {
   }
 
   /// Looks `name` up in `parent`'s layers and builds its node (not yet counted).
-  func probe(_ parent: Node, _ name: String, ino: UInt64? = nil) throws(Errno) -> Node {
+  func probe(_ parent: Node, _ name: String) throws(Errno) -> Node {
     var top: (layer: Int, st: stat)?
     var dirs: [LayerDir] = []
     var fd: Int32 = -1
@@ -116,8 +116,10 @@ final class Overlay: @unchecked Sendable {
     }
     guard let top else { throw Errno(ENOENT) }
     if top.st.isDirectory { fd = dirs[0].fd }
-    return Node(ino: ino ?? inodeNumber(UInt64(top.st.st_ino), layer: top.layer), type: top.st.type, parent: parent,
-                name: name, layer: top.layer, fd: fd, dirs: dirs)
+    let node = Node(ino: inodeNumber(UInt64(top.st.st_ino), layer: top.layer), realIno: UInt64(top.st.st_ino),
+                    type: top.st.type, parent: parent, name: name, layer: top.layer, fd: fd, dirs: dirs)
+    node.linked = hasUpper && top.layer == 0 && !top.st.isDirectory && top.st.st_nlink > 1
+    return node
   }
 
   /// The node for `name` in `parent`, counted once for the kernel. Caller holds the tree lock.
@@ -267,6 +269,8 @@ final class Overlay: @unchecked Sendable {
       try reopenPath(node, in: upperParent)
     }
     node.layer = 0
+    var upper = stat()
+    if fstat(node.fd, &upper) == 0 { node.realIno = UInt64(upper.st_ino) }
     // Copy-up is not a change of the parent, as overlayfs has it.
     restoreTimes(upperParent, parentTimes)
   }
@@ -322,7 +326,7 @@ final class Overlay: @unchecked Sendable {
 
   /// xattrs (but overlayfs's own), owner, mode, times: descriptor to descriptor.
   private func copyMetadata(from src: Int32, to dst: Int32, _ st: stat) throws(Errno) {
-    for name in try xattrNames(fd: src) where !name.hasPrefix(privatePrefix) {
+    for name in try xattrNames(fd: src) where visible(name) != nil {
       let value = try xattr(fd: src, name)
       if fsetxattr(dst, name, value, value.count, 0) != 0 && errno != EOPNOTSUPP { throw Errno.current }
     }
@@ -357,6 +361,20 @@ final class Overlay: @unchecked Sendable {
     }
   }
 
+  /// overlayfs (since Linux 6.7) escapes its own namespace: what users see as
+  /// `trusted.overlay.X` is stored as `trusted.overlay.overlay.X`, and the real
+  /// `trusted.overlay.*` (opaque, origin, ...) is hidden. The stored name of a user's.
+  private func stored(_ name: String) -> String {
+    name.hasPrefix(privatePrefix) ? privatePrefix + "overlay." + name.dropFirst(privatePrefix.count) : name
+  }
+
+  /// The name users see for a stored one; nil for overlayfs's own.
+  private func visible(_ name: String) -> String? {
+    guard name.hasPrefix(privatePrefix) else { return name }
+    let rest = name.dropFirst(privatePrefix.count)
+    return rest.hasPrefix("overlay.") ? privatePrefix + rest.dropFirst("overlay.".count) : nil
+  }
+
   /// A path naming the node's topmost file for the path-only xattr calls: non-directories
   /// are held by O_PATH descriptors, which the f*xattr calls refuse.
   private func procPath(_ node: Node) -> String { "/proc/self/fd/\(node.fd)" }
@@ -375,8 +393,13 @@ final class Overlay: @unchecked Sendable {
     var out: [UInt8] = []
     for name in raw.split(separator: 0) {
       let bytes = name.map { UInt8(bitPattern: $0) }
-      if bytes.starts(with: privatePrefix.utf8) { continue }
-      out += bytes
+      if !bytes.starts(with: privatePrefix.utf8) {
+        out += bytes
+      } else if let shown = visible(String(decoding: bytes, as: UTF8.self)) {
+        out += Array(shown.utf8)
+      } else {
+        continue
+      }
       out.append(0)
     }
     return out
@@ -384,20 +407,20 @@ final class Overlay: @unchecked Sendable {
 
   /// The value of `name` into `buffer` (nil: only its size).
   func getXattr(_ node: Node, _ name: String, into buffer: UnsafeMutableRawPointer?, size: Int) throws(Errno) -> Int {
-    if name.hasPrefix(privatePrefix) { throw Errno(EOPNOTSUPP) }
+    let name = stored(name)
     if node.isDirectory { return try sys(fgetxattr(node.fd, name, buffer, size)) }
     return try sys(getxattr(procPath(node), name, buffer, size))
   }
 
   func setXattr(_ node: Node, _ name: String, _ value: UnsafeRawPointer?, size: Int, flags: Int32) throws(Errno) {
-    if name.hasPrefix(privatePrefix) { throw Errno(EOPNOTSUPP) }
+    let name = stored(name)
     try copyUp(node)
     if node.isDirectory { _ = try sys(fsetxattr(node.fd, name, value, size, flags)) }
     else { _ = try sys(setxattr(procPath(node), name, value, size, flags)) }
   }
 
   func removeXattr(_ node: Node, _ name: String) throws(Errno) {
-    if name.hasPrefix(privatePrefix) { throw Errno(EOPNOTSUPP) }
+    let name = stored(name)
     try copyUp(node)
     if node.isDirectory { _ = try sys(fremovexattr(node.fd, name)) }
     else { _ = try sys(removexattr(procPath(node), name)) }
@@ -420,12 +443,16 @@ final class Overlay: @unchecked Sendable {
     return true
   }
 
-  /// Owner of a new entry: the caller's, the group from a set-group-ID parent.
-  func chownNew(_ parent: Node, _ name: String, uid: uid_t, gid: gid_t) throws(Errno) {
+  /// Owner of a new entry: the caller's, the group from a set-group-ID parent. A file's
+  /// set-ID bits, which chown clears, are given back (`mode`: as created).
+  func chownNew(_ parent: Node, _ name: String, uid: uid_t, gid: gid_t, mode: mode_t? = nil) throws(Errno) {
     var pst = stat()
     _ = try sys(fstat(parent.dirs[0].fd, &pst))
     let group = pst.st_mode & S_ISGID != 0 ? pst.st_gid : gid
     _ = try sys(fchownat(parent.dirs[0].fd, name, uid, group, AT_SYMLINK_NOFOLLOW))
+    if let mode, mode & (S_ISUID | S_ISGID) != 0 {
+      _ = try sys(fchmodat(parent.dirs[0].fd, name, mode & 0o7777, 0))
+    }
   }
 
   func markOpaque(_ fd: Int32) throws(Errno) {
@@ -533,7 +560,7 @@ final class Overlay: @unchecked Sendable {
     _ = try sys(renameat(from, name, to, newName))
     if below { try whiteout(from, name) }
     nodes.detach(newParent, newName)
-    nodes.move(node, to: newParent, newName)
+    nodes.move(node, from: parent, name, to: newParent, newName)
   }
 
   // MARK: - Open files
