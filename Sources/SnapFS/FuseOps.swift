@@ -10,14 +10,13 @@ import Glibc
 nonisolated(unsafe) var overlay: Overlay!
 nonisolated(unsafe) var writeback = false
 
-/// An open directory: its merged listing, taken at opendir as overlayfs does.
+/// An open directory: its merged listing, taken at the first read (the kernel may answer
+/// from its cached listing and never read) and kept until it is closed, as overlayfs does.
+/// The kernel serializes reads of one open directory.
 final class DirHandle {
   let node: Node
-  let entries: [Overlay.Entry]
-  init(node: Node, entries: [Overlay.Entry]) {
-    self.node = node
-    self.entries = entries
-  }
+  var entries: [Overlay.Entry]?
+  init(node: Node) { self.node = node }
 }
 
 @inline(__always)
@@ -102,13 +101,22 @@ private func directoryHandle(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Dir
 
 private func readDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
   let handle = directoryHandle(fi)
+  if handle.entries == nil || offset == 0 {
+    do {
+      handle.entries = try overlay.tree.read { () throws(Errno) -> [Overlay.Entry] in try overlay.entries(handle.node) }
+    } catch {
+      fuse_reply_err(req, error.code)
+      return
+    }
+  }
+  let entries = handle.entries!
   let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
   defer { buffer.deallocate() }
   var used = 0
   // Offsets 1 and 2 are "." and ".."; entry i of the listing is offset i + 3.
   var index = Int(offset)
   overlay.tree.read {
-    while index < handle.entries.count + 2 {
+    while index < entries.count + 2 {
       let next = off_t(index + 1)
       var added = 0
       if index < 2 {
@@ -125,7 +133,7 @@ private func readDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t, _ f
         }
         if added > size - used { break }
       } else {
-        let e = handle.entries[index - 2]
+        let e = entries[index - 2]
         if plus {
           guard let child = try? overlay.lookup(handle.node, e.name),
                 let attr = try? overlay.attributes(child) else {
@@ -233,6 +241,9 @@ func operations() -> fuse_lowlevel_ops {
       want |= UInt32(FUSE_CAP_WRITEBACK_CACHE)
       writeback = true
     }
+    // readdirplus for every listing, not only the first call of each: otherwise the kernel
+    // looks up the rest of a big directory one LOOKUP request per name.
+    want &= ~UInt32(FUSE_CAP_READDIRPLUS_AUTO)
     conn.pointee.want = want
     conn.pointee.max_write = 1 << 20
     conn.pointee.max_readahead = 1 << 20
@@ -274,10 +285,7 @@ func operations() -> fuse_lowlevel_ops {
   ops.readlink = { req, ino in
     let n = node(ino)
     reply(req) { () throws(Errno) in
-      var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-      let count = try overlay.tree.read { () throws(Errno) -> Int in try sys(readlinkat(n.fd, "", &buffer, buffer.count - 1)) }
-      buffer[count] = 0
-      fuse_reply_readlink(req, buffer)
+      fuse_reply_readlink(req, try overlay.tree.read { () throws(Errno) -> [CChar] in try overlay.readlink(n) })
     }
   }
 
@@ -300,7 +308,13 @@ func operations() -> fuse_lowlevel_ops {
       try overlay.tree.write { () throws(Errno) in
         try overlay.copyUp(n)
         _ = try overlay.prepareCreate(p, name)
-        _ = try sys(linkat(n.fd, "", p.dirs[0].fd, name, SHIM_AT_EMPTY_PATH))
+        if n.fd >= 0 {
+          _ = try sys(linkat(n.fd, "", p.dirs[0].fd, name, SHIM_AT_EMPTY_PATH))
+        } else if let loc = overlay.upperLocation(n) {
+          _ = try sys(linkat(loc.dirfd, loc.name, p.dirs[0].fd, name, 0))
+        } else {
+          throw Errno(ENOENT)
+        }
         overlay.nodes.addName(n, p, name)
         try replyEntry(req, n)
       }
@@ -411,10 +425,10 @@ func operations() -> fuse_lowlevel_ops {
   ops.opendir = { req, ino, fi in
     let n = node(ino)
     reply(req) { () throws(Errno) in
-      let entries = try overlay.tree.read { () throws(Errno) -> [Overlay.Entry] in try overlay.entries(n) }
-      fi!.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(DirHandle(node: n, entries: entries)).toOpaque()))
-      // A read-only mount's directories never change: the kernel may keep their listings.
-      snapfs_fi_set(fi, overlay.hasUpper ? 0 : 1, 0, overlay.hasUpper ? 0 : 1)
+      fi!.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(DirHandle(node: n)).toOpaque()))
+      // The kernel may keep listings: a directory changes only through this mount, and the
+      // kernel drops its cached listing when it changes one.
+      snapfs_fi_set(fi, 1, 0, 1)
       fuse_reply_open(req, fi)
     }
   }

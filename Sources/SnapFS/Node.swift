@@ -26,8 +26,8 @@ final class Node: @unchecked Sendable {
   var name: String
   /// The layer of the topmost file.
   var layer: Int
-  /// The topmost file: O_PATH for non-directories, O_RDONLY|O_DIRECTORY for directories
-  /// (then the same descriptor as `dirs[0].fd`).
+  /// Directories: the topmost directory, O_RDONLY|O_DIRECTORY (the same descriptor as
+  /// `dirs[0].fd`). Other files: -1, or an O_PATH descriptor once their name is gone.
   var fd: Int32
   /// Directories only: the directory in each layer that contributes to the merged
   /// listing, topmost first, ending at an opaque one.
@@ -56,7 +56,7 @@ final class Node: @unchecked Sendable {
   deinit {
     if type == S_IFDIR {
       for dir in dirs { close(dir.fd) }
-    } else {
+    } else if fd >= 0 {
       close(fd)
     }
   }

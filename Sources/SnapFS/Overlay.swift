@@ -99,10 +99,7 @@ final class Overlay: @unchecked Sendable {
       if st.isWhiteout { break }
       if top == nil {
         top = (dir.layer, st)
-        if !st.isDirectory {
-          fd = try sys(shim_openat(dir.fd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
-          break
-        }
+        if !st.isDirectory { break }
       } else if !st.isDirectory {
         break  // a file under a directory: hidden
       }
@@ -137,10 +134,47 @@ final class Overlay: @unchecked Sendable {
     return try probe(parent, name)
   }
 
+  /// Where a non-directory is: its layer's directory in its parent, and its name. Files
+  /// hold no descriptor of their own (a walk of a big tree would run out), except one
+  /// removed while the kernel holds it, which is pinned by an O_PATH descriptor.
+  private func location(_ node: Node) throws(Errno) -> (dirfd: Int32, name: String) {
+    if node.fd >= 0 { return (node.fd, "") }
+    guard let parent = node.parent, let dirfd = parent.dir(layer: node.layer) else { throw Errno(ESTALE) }
+    return (dirfd, node.name)
+  }
+
+  /// The topmost file's own stat.
+  func realStat(_ node: Node) throws(Errno) -> stat {
+    var st = stat()
+    if node.fd >= 0 {
+      _ = try sys(fstat(node.fd, &st))
+    } else {
+      let (dirfd, name) = try location(node)
+      _ = try sys(fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW))
+    }
+    return st
+  }
+
+  /// Keeps a non-directory reachable by descriptor before its name goes away, for the
+  /// kernel's open files and attribute calls.
+  private func pin(_ node: Node) throws(Errno) {
+    guard !node.isDirectory, node.fd < 0 else { return }
+    let (dirfd, name) = try location(node)
+    node.fd = try sys(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+  }
+
+  /// A link's target.
+  func readlink(_ node: Node) throws(Errno) -> [CChar] {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let (dirfd, name) = try location(node)
+    let n = try sys(readlinkat(dirfd, name, &buffer, buffer.count - 1))
+    buffer[n] = 0
+    return buffer
+  }
+
   /// Attributes as the mount shows them.
   func attributes(_ node: Node) throws(Errno) -> stat {
-    var st = stat()
-    _ = try sys(fstat(node.fd, &st))
+    var st = try realStat(node)
     st.st_ino = ino_t(node.ino)
     if node.isMerged { st.st_nlink = 1 }
     return st
@@ -217,8 +251,7 @@ final class Overlay: @unchecked Sendable {
     let upperParent = parent.dirs[0].fd
     var parentTimes = stat()
     _ = try sys(fstat(upperParent, &parentTimes))
-    var st = stat()
-    _ = try sys(fstat(node.fd, &st))
+    let st = try realStat(node)
     let temp = tempName()
     switch st.type {
     case S_IFDIR:
@@ -249,36 +282,24 @@ final class Overlay: @unchecked Sendable {
         unlinkat(work, temp, 0)
         throw error
       }
-      try reopenPath(node, in: upperParent)
     case S_IFLNK:
-      var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-      let n = try sys(readlinkat(node.fd, "", &buffer, buffer.count - 1))
-      buffer[n] = 0
-      _ = try sys(symlinkat(buffer, work, temp))
+      _ = try sys(symlinkat(try readlink(node), work, temp))
       do { try finishSpecial(temp, st, into: upperParent, node.name) } catch {
         unlinkat(work, temp, 0)
         throw error
       }
-      try reopenPath(node, in: upperParent)
     default:
       _ = try sys(mknodat(work, temp, st.st_mode, st.st_rdev))
       do { try finishSpecial(temp, st, into: upperParent, node.name) } catch {
         unlinkat(work, temp, 0)
         throw error
       }
-      try reopenPath(node, in: upperParent)
     }
     node.layer = 0
     var upper = stat()
-    if fstat(node.fd, &upper) == 0 { node.realIno = UInt64(upper.st_ino) }
+    if fstatat(upperParent, node.name, &upper, AT_SYMLINK_NOFOLLOW) == 0 { node.realIno = UInt64(upper.st_ino) }
     // Copy-up is not a change of the parent, as overlayfs has it.
     restoreTimes(upperParent, parentTimes)
-  }
-
-  private func reopenPath(_ node: Node, in dirfd: Int32) throws(Errno) {
-    let fd = try sys(shim_openat(dirfd, node.name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
-    close(node.fd)
-    node.fd = fd
   }
 
   private func restoreTimes(_ fd: Int32, _ st: stat) {
@@ -375,20 +396,28 @@ final class Overlay: @unchecked Sendable {
     return rest.hasPrefix("overlay.") ? privatePrefix + rest.dropFirst("overlay.".count) : nil
   }
 
-  /// A path naming the node's topmost file for the path-only xattr calls: non-directories
-  /// are held by O_PATH descriptors, which the f*xattr calls refuse.
-  private func procPath(_ node: Node) -> String { "/proc/self/fd/\(node.fd)" }
+  /// Runs `body` with a path naming the node's topmost non-directory for the path-only
+  /// xattr calls (O_PATH descriptors refuse the f*xattr ones, and *at() forms do not exist).
+  private func withPath<T>(_ node: Node, _ body: (String) throws(Errno) -> T) throws(Errno) -> T {
+    if node.fd >= 0 { return try body("/proc/self/fd/\(node.fd)") }
+    let (dirfd, name) = try location(node)
+    let fd = try sys(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+    defer { close(fd) }
+    return try body("/proc/self/fd/\(fd)")
+  }
 
   func listXattrs(_ node: Node) throws(Errno) -> [UInt8] {
     var raw: [CChar]
     if node.isDirectory {
       raw = try xattrNames(fd: node.fd).flatMap { Array($0.utf8CString) }
     } else {
-      let path = procPath(node)
-      let size = try sys(listxattr(path, nil, 0))
-      raw = [CChar](repeating: 0, count: size)
-      let n = try sys(listxattr(path, &raw, size))
-      raw.removeSubrange(n...)
+      raw = try withPath(node) { (path) throws(Errno) -> [CChar] in
+        let size = try sys(listxattr(path, nil, 0))
+        var raw = [CChar](repeating: 0, count: size)
+        let n = try sys(listxattr(path, &raw, size))
+        raw.removeSubrange(n...)
+        return raw
+      }
     }
     var out: [UInt8] = []
     for name in raw.split(separator: 0) {
@@ -409,21 +438,21 @@ final class Overlay: @unchecked Sendable {
   func getXattr(_ node: Node, _ name: String, into buffer: UnsafeMutableRawPointer?, size: Int) throws(Errno) -> Int {
     let name = stored(name)
     if node.isDirectory { return try sys(fgetxattr(node.fd, name, buffer, size)) }
-    return try sys(getxattr(procPath(node), name, buffer, size))
+    return try withPath(node) { (path) throws(Errno) -> Int in try sys(getxattr(path, name, buffer, size)) }
   }
 
   func setXattr(_ node: Node, _ name: String, _ value: UnsafeRawPointer?, size: Int, flags: Int32) throws(Errno) {
     let name = stored(name)
     try copyUp(node)
     if node.isDirectory { _ = try sys(fsetxattr(node.fd, name, value, size, flags)) }
-    else { _ = try sys(setxattr(procPath(node), name, value, size, flags)) }
+    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try sys(setxattr(path, name, value, size, flags)) } }
   }
 
   func removeXattr(_ node: Node, _ name: String) throws(Errno) {
     let name = stored(name)
     try copyUp(node)
     if node.isDirectory { _ = try sys(fremovexattr(node.fd, name)) }
-    else { _ = try sys(removexattr(procPath(node), name)) }
+    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try sys(removexattr(path, name)) } }
   }
 
   // MARK: - Changing the tree (callers hold the tree lock for writing)
@@ -500,6 +529,7 @@ final class Overlay: @unchecked Sendable {
       throw Errno(EISDIR)
     }
     try copyUp(parent)
+    try pin(node)
     let upper = parent.dirs[0].fd
     let below = try node.layer != 0 ? true : lowerHas(parent, name)
     if node.layer == 0 {
@@ -542,6 +572,7 @@ final class Overlay: @unchecked Sendable {
     try copyUp(parent)
     try copyUp(newParent)
     try copyUp(node)
+    if let target { try pin(target) }
     let from = parent.dirs[0].fd, to = newParent.dirs[0].fd
     if let st = try statIfPresent(to, newName) {
       if st.isWhiteout {
@@ -582,7 +613,7 @@ final class Overlay: @unchecked Sendable {
   private func openTopmost(_ node: Node, _ flags: Int32) throws(Errno) -> Int32 {
     guard let parent = node.parent, let dirfd = parent.dir(layer: node.layer) else {
       // Detached (unlinked while open elsewhere): reopen through the descriptor we hold.
-      return try sys(shim_open(procPath(node), flags & ~O_NOFOLLOW, 0))
+      return try sys(shim_open("/proc/self/fd/\(node.fd)", flags & ~O_NOFOLLOW, 0))
     }
     return try sys(shim_openat(dirfd, node.name, flags, 0))
   }

@@ -52,13 +52,29 @@ public func serve(_ options: Options) -> Int32 {
   }
 }
 
-/// One descriptor per node the kernel holds, and per directory per layer: a walk of a big
-/// tree needs far more than the default soft limit of 1024.
+/// A descriptor per directory per layer the kernel holds: a walk of a tree with many
+/// directories needs more than the default soft limit of 1024. Root may raise the hard
+/// limit too, up to the kernel's nr_open.
 private func raiseDescriptorLimit() {
   var limit = rlimit()
   guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+  if let text = try? String(contentsOfProcFile: "/proc/sys/fs/nr_open"), let max = rlim_t(text) {
+    var wanted = rlimit(rlim_cur: max, rlim_max: max)
+    if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &wanted) == 0 { return }
+  }
   limit.rlim_cur = limit.rlim_max
   setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+}
+
+extension String {
+  /// A small /proc file's first line.
+  init(contentsOfProcFile path: String) throws(Errno) {
+    let fd = try sys(open(path, O_RDONLY | O_CLOEXEC))
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: 64)
+    let n = try sys(read(fd, &buffer, buffer.count))
+    self = String(decoding: buffer[..<n], as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
+  }
 }
 
 /// Writes to standard error (Glibc's `stderr` is a mutable global Swift 6 will not touch).
