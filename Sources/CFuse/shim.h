@@ -39,9 +39,9 @@ static inline ssize_t snapfs_write_buf(int fd, struct fuse_bufvec *in, off_t off
 }
 
 /// fuse_file_info's bit fields.
-static inline void snapfs_fi_set(struct fuse_file_info *fi, int keep_cache, int direct_io, int cache_readdir) {
+static inline void snapfs_fi_set(struct fuse_file_info *fi, int keep_cache, int cache_readdir, int noflush) {
   fi->keep_cache = keep_cache;
-  fi->direct_io = direct_io;
   fi->cache_readdir = cache_readdir;
+  fi->noflush = noflush;
 }
 #endif

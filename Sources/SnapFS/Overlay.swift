@@ -25,6 +25,7 @@ final class Overlay: @unchecked Sendable {
   private let work: Int32
   private let sameDevice: Bool
   private let tempCounter = Counter()
+  private let euid = geteuid(), egid = getegid()
 
   /// Opens the layers; throws a message naming the layer that cannot be used.
   init(_ options: Options) throws(Options.Invalid) {
@@ -460,13 +461,13 @@ final class Overlay: @unchecked Sendable {
   /// Makes `parent` writable and clears the way for a new `name`: EEXIST if the merged
   /// tree has it, a whiteout for it removed. Answers whether there was one (a directory
   /// made there must be opaque, or the lower one would show through).
+  ///
+  /// The kernel looked the name up (and holds the directory locked) before it asks to create
+  /// it, and every change goes through this mount: lower layers need no second look.
   func prepareCreate(_ parent: Node, _ name: String) throws(Errno) -> Bool {
     try copyUp(parent)
     let upper = parent.dirs[0].fd
-    guard let st = try statIfPresent(upper, name) else {
-      if parent.dirs.count > 1, (try? probe(parent, name)) != nil { throw Errno(EEXIST) }
-      return false
-    }
+    guard let st = try statIfPresent(upper, name) else { return false }
     guard st.isWhiteout else { throw Errno(EEXIST) }
     _ = try sys(unlinkat(upper, name, 0))
     return true
@@ -478,6 +479,8 @@ final class Overlay: @unchecked Sendable {
     var pst = stat()
     _ = try sys(fstat(parent.dirs[0].fd, &pst))
     let group = pst.st_mode & S_ISGID != 0 ? pst.st_gid : gid
+    // Made by us as root: only another owner needs a chown.
+    if uid == euid && group == (pst.st_mode & S_ISGID != 0 ? pst.st_gid : egid) { return }
     _ = try sys(fchownat(parent.dirs[0].fd, name, uid, group, AT_SYMLINK_NOFOLLOW))
     if let mode, mode & (S_ISUID | S_ISGID) != 0 {
       _ = try sys(fchmodat(parent.dirs[0].fd, name, mode & 0o7777, 0))

@@ -48,7 +48,8 @@ public func serve(_ options: Options) -> Int32 {
     defer { fuse_session_unmount(session) }
     if !options.foreground { fuse_daemonize(0) }
     let rc = snapfs_loop_mt(session, UInt32(options.threads), UInt32(options.threads))
-    return rc == 0 ? 0 : 1
+    // libfuse's signal handlers end the loop with the signal's number: a clean stop.
+    return rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? 0 : 1
   }
 }
 
