@@ -45,18 +45,33 @@ private func timeout(_ node: Node, _ st: stat) -> Double {
 
 private var negativeTimeout: Double { overlay.hasUpper ? 1 : 86400 }
 
-/// Replies with `node`'s entry; the node was counted for the kernel by the caller, and is
-/// given back if the reply fails. Caller holds the tree lock.
-private func replyEntry(_ req: fuse_req_t?, _ node: Node) throws(Errno) {
+/// The entry the kernel is told for `node` with attributes `st`.
+private func entry(_ node: Node, _ st: stat) -> fuse_entry_param {
   var entry = fuse_entry_param()
-  do { entry.attr = try overlay.attributes(node) } catch {
-    overlay.nodes.forget(node, 1)
-    throw error
-  }
+  entry.attr = st
   entry.ino = node.id
-  entry.attr_timeout = timeout(node, entry.attr)
+  entry.attr_timeout = timeout(node, st)
   entry.entry_timeout = entry.attr_timeout
-  fuse_reply_entry(req, &entry)
+  return entry
+}
+
+/// Looks `name` up in `parent` (counted for the kernel) and replies with its entry. Caller
+/// holds the tree lock.
+private func replyLookup(_ req: fuse_req_t?, _ parent: Node, _ name: String) throws(Errno) {
+  let (node, st) = try overlay.lookup(parent, name)
+  var e = entry(node, st)
+  fuse_reply_entry(req, &e)
+}
+
+/// Open flags as passed to the layer: with the writeback cache the kernel reads pages it
+/// caches for writing, and handles O_APPEND itself.
+private func layerFlags(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Int32 {
+  var flags = fi!.pointee.flags
+  if writeback {
+    if flags & O_ACCMODE == O_WRONLY { flags = (flags & ~O_ACCMODE) | O_RDWR }
+    flags &= ~O_APPEND
+  }
+  return flags
 }
 
 private func replyAttr(_ req: fuse_req_t?, _ node: Node) throws(Errno) {
@@ -70,9 +85,9 @@ private func context(_ req: fuse_req_t?) -> (uid: uid_t, gid: gid_t) {
 }
 
 /// Makes `name` in `parent` with `make` (given the upper dir's descriptor), owned by the
-/// caller, and replies with its entry.
+/// caller, and replies with its entry. A directory made over a whiteout is opaque.
 private func create(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, mode: mode_t? = nil,
-                    opaqueIfWhiteout: Bool = false, _ make: (Int32, String) throws(Errno) -> Void) {
+                    directory: Bool = false, _ make: (Int32, String) throws(Errno) -> Void) {
   let p = node(parent), n = string(name), caller = context(req)
   reply(req) { () throws(Errno) in
     try overlay.tree.write { () throws(Errno) in
@@ -80,15 +95,15 @@ private func create(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePoin
       let upper = p.dirs[0].fd
       try make(upper, n)
       do throws(Errno) {
-        if opaqueIfWhiteout && overWhiteout {
+        if directory && overWhiteout {
           let fd = try sys(shim_openat(upper, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
           defer { close(fd) }
           try overlay.markOpaque(fd)
         }
         try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
-        try replyEntry(req, try overlay.lookup(p, n))
+        try replyLookup(req, p, n)
       } catch {
-        _ = unlinkat(upper, n, opaqueIfWhiteout ? AT_REMOVEDIR : 0)
+        _ = unlinkat(upper, n, directory ? AT_REMOVEDIR : 0)
         throw error
       }
     }
@@ -135,17 +150,12 @@ private func readDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t, _ f
       } else {
         let e = entries[index - 2]
         if plus {
-          guard let child = try? overlay.lookup(handle.node, e.name),
-                let attr = try? overlay.attributes(child) else {
+          guard let (child, attr) = try? overlay.lookup(handle.node, e.name) else {
             index += 1  // gone meanwhile
             continue
           }
-          var entry = fuse_entry_param()
-          entry.attr = attr
-          entry.ino = child.id
-          entry.attr_timeout = timeout(child, attr)
-          entry.entry_timeout = entry.attr_timeout
-          added = fuse_add_direntry_plus(req, buffer + used, size - used, e.name, &entry, next)
+          var plusEntry = entry(child, attr)
+          added = fuse_add_direntry_plus(req, buffer + used, size - used, e.name, &plusEntry, next)
           if added > size - used {
             overlay.nodes.forget(child, 1)
             break
@@ -187,7 +197,7 @@ private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutabl
       if let fi { target = .fd(Int32(truncatingIfNeeded: fi.pointee.fh)) }
       else if n.isDirectory { target = .fd(n.fd) }
       else if let loc = overlay.upperLocation(n) { target = .at(loc.dirfd, loc.name) }
-      else { target = .at(AT_FDCWD, "/proc/self/fd/\(n.fd)") }
+      else { target = .at(AT_FDCWD, "/proc/self/fd/\(n.pinned)") }
       if toSet & FUSE_SET_ATTR_MODE != 0 {
         switch target {
         case .fd(let fd): _ = try sys(fchmod(fd, a.st_mode & 0o7777))
@@ -252,7 +262,7 @@ func operations() -> fuse_lowlevel_ops {
   ops.lookup = { req, parent, name in
     let p = node(parent), n = string(name)
     do throws(Errno) {
-      try overlay.tree.read { () throws(Errno) in try replyEntry(req, try overlay.lookup(p, n)) }
+      try overlay.tree.read { () throws(Errno) in try replyLookup(req, p, n) }
     } catch where error.code == ENOENT {
       var entry = fuse_entry_param()
       entry.entry_timeout = negativeTimeout
@@ -294,7 +304,7 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.mkdir = { req, parent, name, mode in
-    create(req, parent, name, opaqueIfWhiteout: true) { (dir, n) throws(Errno) in _ = try sys(mkdirat(dir, n, mode)) }
+    create(req, parent, name, directory: true) { (dir, n) throws(Errno) in _ = try sys(mkdirat(dir, n, mode)) }
   }
 
   ops.symlink = { req, link, parent, name in
@@ -306,17 +316,13 @@ func operations() -> fuse_lowlevel_ops {
     let n = node(ino), p = node(newParent), name = string(newName)
     reply(req) { () throws(Errno) in
       try overlay.tree.write { () throws(Errno) in
-        try overlay.copyUp(n)
-        _ = try overlay.prepareCreate(p, name)
-        if n.fd >= 0 {
-          _ = try sys(linkat(n.fd, "", p.dirs[0].fd, name, SHIM_AT_EMPTY_PATH))
-        } else if let loc = overlay.upperLocation(n) {
-          _ = try sys(linkat(loc.dirfd, loc.name, p.dirs[0].fd, name, 0))
-        } else {
-          throw Errno(ENOENT)
+        try overlay.link(n, p, name)
+        var e: fuse_entry_param
+        do throws(Errno) { e = entry(n, try overlay.attributes(n)) } catch {
+          overlay.nodes.forget(n, 1)
+          throw error
         }
-        overlay.nodes.addName(n, p, name)
-        try replyEntry(req, n)
+        fuse_reply_entry(req, &e)
       }
     }
   }
@@ -348,13 +354,7 @@ func operations() -> fuse_lowlevel_ops {
   ops.open = { req, ino, fi in
     let n = node(ino)
     reply(req) { () throws(Errno) in
-      var flags = fi!.pointee.flags
-      if writeback {
-        // The kernel reads pages it caches for writing, and handles O_APPEND itself.
-        if flags & O_ACCMODE == O_WRONLY { flags = (flags & ~O_ACCMODE) | O_RDWR }
-        flags &= ~O_APPEND
-      }
-      fi!.pointee.fh = UInt64(try overlay.open(n, flags: flags))
+      fi!.pointee.fh = UInt64(try overlay.open(n, flags: layerFlags(fi)))
       // Page caches stay across opens (the files change only through this mount), and
       // close(2) does not wait for a FLUSH round trip: dirty pages are written back as on
       // a disk file system, and fsync(2) still syncs.
@@ -366,26 +366,18 @@ func operations() -> fuse_lowlevel_ops {
   ops.create = { req, parent, name, mode, fi in
     let p = node(parent), n = string(name), caller = context(req)
     reply(req) { () throws(Errno) in
-      var flags = fi!.pointee.flags
-      if writeback {
-        if flags & O_ACCMODE == O_WRONLY { flags = (flags & ~O_ACCMODE) | O_RDWR }
-        flags &= ~O_APPEND
-      }
+      let flags = layerFlags(fi)
       try overlay.tree.write { () throws(Errno) in
         _ = try overlay.prepareCreate(p, n)
         let upper = p.dirs[0].fd
         let fd = try sys(shim_openat(upper, n, flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, UInt32(mode)))
         do throws(Errno) {
           try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
-          let child = try overlay.lookup(p, n)
-          var entry = fuse_entry_param()
-          entry.attr = try overlay.attributes(child)
-          entry.ino = child.id
-          entry.attr_timeout = timeout(child, entry.attr)
-          entry.entry_timeout = entry.attr_timeout
+          let (child, st) = try overlay.lookup(p, n)
+          var e = entry(child, st)
           fi!.pointee.fh = UInt64(fd)
           snapfs_fi_set(fi, 1, 0, 1)
-          if fuse_reply_create(req, &entry, fi) != 0 { overlay.nodes.forget(child, 1); close(fd) }
+          if fuse_reply_create(req, &e, fi) != 0 { overlay.nodes.forget(child, 1); close(fd) }
         } catch {
           close(fd)
           unlinkat(upper, n, 0)

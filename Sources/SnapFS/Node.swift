@@ -26,9 +26,9 @@ final class Node: @unchecked Sendable {
   var name: String
   /// The layer of the topmost file.
   var layer: Int
-  /// Directories: the topmost directory, O_RDONLY|O_DIRECTORY (the same descriptor as
-  /// `dirs[0].fd`). Other files: -1, or an O_PATH descriptor once their name is gone.
-  var fd: Int32
+  /// Non-directories: -1, or an O_PATH descriptor that keeps the file reachable once its
+  /// name is gone. Files otherwise hold no descriptor (a walk of a big tree would run out).
+  var pinned: Int32 = -1
   /// Directories only: the directory in each layer that contributes to the merged
   /// listing, topmost first, ending at an opaque one.
   var dirs: [LayerDir]
@@ -42,26 +42,27 @@ final class Node: @unchecked Sendable {
   /// How many times the kernel was told about this node and has not forgotten it.
   var lookups: UInt64 = 0
 
-  init(ino: UInt64, realIno: UInt64, type: mode_t, parent: Node?, name: String, layer: Int, fd: Int32, dirs: [LayerDir]) {
+  init(ino: UInt64, realIno: UInt64, type: mode_t, parent: Node?, name: String, layer: Int, dirs: [LayerDir]) {
     self.ino = ino
     self.realIno = realIno
     self.type = type
     self.parent = parent
     self.name = name
     self.layer = layer
-    self.fd = fd
     self.dirs = dirs
   }
 
   deinit {
     if type == S_IFDIR {
       for dir in dirs { close(dir.fd) }
-    } else if fd >= 0 {
-      close(fd)
+    } else if pinned >= 0 {
+      close(pinned)
     }
   }
 
   var isDirectory: Bool { type == S_IFDIR }
+  /// A directory's topmost layer, opened O_RDONLY|O_DIRECTORY.
+  var fd: Int32 { dirs[0].fd }
   /// A directory with more than one layer in it: overlayfs reports st_nlink 1 for those.
   var isMerged: Bool { dirs.count > 1 }
 
@@ -111,6 +112,11 @@ final class NodeTable: @unchecked Sendable {
     }
   }
 
+  /// The node of `name` in `parent` if the kernel holds it, not counted.
+  func peek(_ parent: Node, _ name: String) -> Node? {
+    mutex.with { map[key(parent, name)] }
+  }
+
   /// Records a fresh node for its parent and name and counts it once; answers the node
   /// another thread recorded meanwhile instead, or the node of the same hard-linked file.
   func intern(_ node: Node) -> Node {
@@ -146,9 +152,6 @@ final class NodeTable: @unchecked Sendable {
       countLocked(node)
     }
   }
-
-  /// Counts a node the kernel already holds once more.
-  func count(_ node: Node) { mutex.with { countLocked(node) } }
 
   /// The kernel forgot `n` references: at zero the node leaves the table and is freed once
   /// nothing else (open directories, children) holds it.

@@ -15,7 +15,6 @@ import Glibc
 /// are copied up the same way. Deleting a name a lower layer has leaves a whiteout.
 final class Overlay: @unchecked Sendable {
   let hasUpper: Bool
-  let layerCount: Int
   let root: Node
   let nodes = NodeTable()
   let tree = TreeLock()
@@ -59,13 +58,12 @@ final class Overlay: @unchecked Sendable {
       work = -1
     }
     hasUpper = options.upper != nil
-    layerCount = dirs.count
     sameDevice = devices.count == 1
     privatePrefix = options.userXattr ? "user.overlay." : "trusted.overlay."
     opaqueNames = options.userXattr ? ["user.overlay.opaque"] : ["trusted.overlay.opaque", "user.overlay.opaque"]
     var st = stat()
     fstat(dirs[0].fd, &st)
-    root = Node(ino: UInt64(st.st_ino), realIno: UInt64(st.st_ino), type: S_IFDIR, parent: nil, name: "", layer: 0, fd: dirs[0].fd, dirs: dirs)
+    root = Node(ino: UInt64(st.st_ino), realIno: UInt64(st.st_ino), type: S_IFDIR, parent: nil, name: "", layer: 0, dirs: dirs)
     if hasUpper { try? cleanWork() }
   }
 
@@ -90,11 +88,11 @@ final class Overlay: @unchecked Sendable {
     return false
   }
 
-  /// Looks `name` up in `parent`'s layers and builds its node (not yet counted).
-  func probe(_ parent: Node, _ name: String) throws(Errno) -> Node {
+  /// Looks `name` up in `parent`'s layers and builds its node (not yet counted), with the
+  /// topmost file's stat.
+  func probe(_ parent: Node, _ name: String) throws(Errno) -> (Node, stat) {
     var top: (layer: Int, st: stat)?
     var dirs: [LayerDir] = []
-    var fd: Int32 = -1
     for dir in parent.dirs {
       guard let st = try statIfPresent(dir.fd, name) else { continue }
       if st.isWhiteout { break }
@@ -113,33 +111,40 @@ final class Overlay: @unchecked Sendable {
       if isOpaque(sub) { break }
     }
     guard let top else { throw Errno(ENOENT) }
-    if top.st.isDirectory { fd = dirs[0].fd }
     let node = Node(ino: inodeNumber(UInt64(top.st.st_ino), layer: top.layer), realIno: UInt64(top.st.st_ino),
-                    type: top.st.type, parent: parent, name: name, layer: top.layer, fd: fd, dirs: dirs)
+                    type: top.st.type, parent: parent, name: name, layer: top.layer, dirs: dirs)
     node.linked = hasUpper && top.layer == 0 && !top.st.isDirectory && top.st.st_nlink > 1
-    return node
+    return (node, top.st)
   }
 
-  /// The node for `name` in `parent`, counted once for the kernel. Caller holds the tree lock.
-  func lookup(_ parent: Node, _ name: String) throws(Errno) -> Node {
-    if let node = nodes.find(parent, name) { return node }
-    return nodes.intern(try probe(parent, name))
+  /// The node for `name` in `parent` and its attributes, counted once for the kernel (and
+  /// not, if this throws). A fresh node's attributes are the stat its probe took. Caller
+  /// holds the tree lock.
+  func lookup(_ parent: Node, _ name: String) throws(Errno) -> (Node, stat) {
+    var node = nodes.find(parent, name)
+    if node == nil {
+      let (fresh, st) = try probe(parent, name)
+      node = nodes.intern(fresh)
+      if node === fresh { return (fresh, shown(fresh, st)) }
+    }
+    do { return (node!, try attributes(node!)) } catch {
+      nodes.forget(node!, 1)
+      throw error
+    }
   }
 
   /// The node for `name` without counting it for the kernel: the table's if it has one.
   private func resolve(_ parent: Node, _ name: String) throws(Errno) -> Node {
-    if let node = nodes.find(parent, name) {
-      nodes.forget(node, 1)
-      return node
-    }
-    return try probe(parent, name)
+    if let node = nodes.peek(parent, name) { return node }
+    return try probe(parent, name).0
   }
 
   /// Where a non-directory is: its layer's directory in its parent, and its name. Files
   /// hold no descriptor of their own (a walk of a big tree would run out), except one
   /// removed while the kernel holds it, which is pinned by an O_PATH descriptor.
   private func location(_ node: Node) throws(Errno) -> (dirfd: Int32, name: String) {
-    if node.fd >= 0 { return (node.fd, "") }
+    if node.isDirectory { return (node.fd, "") }
+    if node.pinned >= 0 { return (node.pinned, "") }
     guard let parent = node.parent, let dirfd = parent.dir(layer: node.layer) else { throw Errno(ESTALE) }
     return (dirfd, node.name)
   }
@@ -147,21 +152,17 @@ final class Overlay: @unchecked Sendable {
   /// The topmost file's own stat.
   func realStat(_ node: Node) throws(Errno) -> stat {
     var st = stat()
-    if node.fd >= 0 {
-      _ = try sys(fstat(node.fd, &st))
-    } else {
-      let (dirfd, name) = try location(node)
-      _ = try sys(fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW))
-    }
+    let (dirfd, name) = try location(node)
+    _ = try sys(fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name.isEmpty ? SHIM_AT_EMPTY_PATH : 0)))
     return st
   }
 
   /// Keeps a non-directory reachable by descriptor before its name goes away, for the
   /// kernel's open files and attribute calls.
   private func pin(_ node: Node) throws(Errno) {
-    guard !node.isDirectory, node.fd < 0 else { return }
+    guard !node.isDirectory, node.pinned < 0 else { return }
     let (dirfd, name) = try location(node)
-    node.fd = try sys(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+    node.pinned = try sys(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
   }
 
   /// A link's target.
@@ -174,8 +175,12 @@ final class Overlay: @unchecked Sendable {
   }
 
   /// Attributes as the mount shows them.
-  func attributes(_ node: Node) throws(Errno) -> stat {
-    var st = try realStat(node)
+  func attributes(_ node: Node) throws(Errno) -> stat { shown(node, try realStat(node)) }
+
+  /// The topmost file's stat as the mount shows it: the node's inode number, and link
+  /// count 1 for a merged directory, as overlayfs.
+  private func shown(_ node: Node, _ real: stat) -> stat {
+    var st = real
     st.st_ino = ino_t(node.ino)
     if node.isMerged { st.st_nlink = 1 }
     return st
@@ -213,19 +218,11 @@ final class Overlay: @unchecked Sendable {
   /// The merged listing of a directory: each name from its topmost layer, whiteouts and
   /// what they hide left out. Caller holds the tree lock.
   func entries(_ node: Node) throws(Errno) -> [Entry] {
-    if node.dirs.count == 1 {
-      var out: [Entry] = []
-      let layer = node.dirs[0].layer
-      for e in try list(node.dirs[0].fd) {
-        if e.type == UInt8(DT_CHR), try isWhiteout(node.dirs[0].fd, e.name) { continue }
-        out.append(Entry(name: e.name, ino: inodeNumber(e.ino, layer: layer), type: e.type))
-      }
-      return out
-    }
+    let merged = node.isMerged  // one layer: its names are unique, no set needed
     var seen = Set<String>()
     var out: [Entry] = []
     for dir in node.dirs {
-      for e in try list(dir.fd) where seen.insert(e.name).inserted {
+      for e in try list(dir.fd) where !merged || seen.insert(e.name).inserted {
         if e.type == UInt8(DT_CHR), try isWhiteout(dir.fd, e.name) { continue }
         out.append(Entry(name: e.name, ino: inodeNumber(e.ino, layer: dir.layer), type: e.type))
       }
@@ -268,7 +265,6 @@ final class Overlay: @unchecked Sendable {
         throw error
       }
       node.dirs.insert(LayerDir(layer: 0, fd: fd), at: 0)
-      node.fd = fd
     case S_IFREG:
       guard let lowerParent = parent.dir(layer: node.layer) else { throw Errno(EIO) }
       let src = try sys(shim_openat(lowerParent, node.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0))
@@ -400,7 +396,7 @@ final class Overlay: @unchecked Sendable {
   /// Runs `body` with a path naming the node's topmost non-directory for the path-only
   /// xattr calls (O_PATH descriptors refuse the f*xattr ones, and *at() forms do not exist).
   private func withPath<T>(_ node: Node, _ body: (String) throws(Errno) -> T) throws(Errno) -> T {
-    if node.fd >= 0 { return try body("/proc/self/fd/\(node.fd)") }
+    if node.pinned >= 0 { return try body("/proc/self/fd/\(node.pinned)") }
     let (dirfd, name) = try location(node)
     let fd = try sys(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
     defer { close(fd) }
@@ -478,9 +474,10 @@ final class Overlay: @unchecked Sendable {
   func chownNew(_ parent: Node, _ name: String, uid: uid_t, gid: gid_t, mode: mode_t? = nil) throws(Errno) {
     var pst = stat()
     _ = try sys(fstat(parent.dirs[0].fd, &pst))
-    let group = pst.st_mode & S_ISGID != 0 ? pst.st_gid : gid
-    // Made by us as root: only another owner needs a chown.
-    if uid == euid && group == (pst.st_mode & S_ISGID != 0 ? pst.st_gid : egid) { return }
+    let inherits = pst.st_mode & S_ISGID != 0
+    let group = inherits ? pst.st_gid : gid
+    // Made by this process: the owner it got may already be the right one.
+    if uid == euid && group == (inherits ? pst.st_gid : egid) { return }
     _ = try sys(fchownat(parent.dirs[0].fd, name, uid, group, AT_SYMLINK_NOFOLLOW))
     if let mode, mode & (S_ISUID | S_ISGID) != 0 {
       _ = try sys(fchmodat(parent.dirs[0].fd, name, mode & 0o7777, 0))
@@ -515,10 +512,16 @@ final class Overlay: @unchecked Sendable {
   private func removeTree(_ dirfd: Int32, _ name: String) throws(Errno) {
     if unlinkat(dirfd, name, 0) == 0 { return }
     guard errno == EISDIR else { throw Errno.current }
+    try emptyDirectory(dirfd, name)
+    _ = try sys(unlinkat(dirfd, name, AT_REMOVEDIR))
+  }
+
+  /// Removes everything under the directory `name` of `dirfd`. An upper directory that is
+  /// empty in the merged tree holds at most whiteouts.
+  private func emptyDirectory(_ dirfd: Int32, _ name: String) throws(Errno) {
     let fd = try sys(shim_openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
     defer { close(fd) }
     for entry in try list(fd) { try removeTree(fd, entry.name) }
-    _ = try sys(unlinkat(dirfd, name, AT_REMOVEDIR))
   }
 
   /// unlink(2) and rmdir(2) of the merged tree.
@@ -558,7 +561,8 @@ final class Overlay: @unchecked Sendable {
     if parent === newParent && name == newName { return }
     let node = try resolve(parent, name)
     if node.isDirectory && (node.layer != 0 || node.isMerged) { throw Errno(EXDEV) }
-    let target = try? resolve(newParent, newName)
+    var target: Node?
+    do { target = try resolve(newParent, newName) } catch where error.code == ENOENT {}
     var opaque = false
     if let target {
       if target === node { return }
@@ -584,10 +588,7 @@ final class Overlay: @unchecked Sendable {
           opaque = true
         }
       } else if st.isDirectory {
-        // An empty directory in the merged tree holds at most whiteouts in the upper one.
-        let fd = try sys(shim_openat(to, newName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
-        defer { close(fd) }
-        for entry in try list(fd) { try removeTree(fd, entry.name) }
+        try emptyDirectory(to, newName)
       }
     }
     if opaque { try markOpaque(node.fd) }
@@ -614,11 +615,19 @@ final class Overlay: @unchecked Sendable {
   }
 
   private func openTopmost(_ node: Node, _ flags: Int32) throws(Errno) -> Int32 {
-    guard let parent = node.parent, let dirfd = parent.dir(layer: node.layer) else {
-      // Detached (unlinked while open elsewhere): reopen through the descriptor we hold.
-      return try sys(shim_open("/proc/self/fd/\(node.fd)", flags & ~O_NOFOLLOW, 0))
-    }
-    return try sys(shim_openat(dirfd, node.name, flags, 0))
+    // A removed name: reopen the file through the descriptor that pins it.
+    if node.pinned >= 0 { return try sys(shim_open("/proc/self/fd/\(node.pinned)", flags & ~O_NOFOLLOW, 0)) }
+    let (dirfd, name) = try location(node)
+    return try sys(shim_openat(dirfd, name, flags, 0))
+  }
+
+  /// link(2): `node` (copied up first, as overlayfs does) is also `name` in `parent`.
+  func link(_ node: Node, _ parent: Node, _ name: String) throws(Errno) {
+    try copyUp(node)
+    _ = try prepareCreate(parent, name)
+    let (dirfd, from) = try location(node)
+    _ = try sys(linkat(dirfd, from, parent.dirs[0].fd, name, from.isEmpty ? SHIM_AT_EMPTY_PATH : 0))
+    nodes.addName(node, parent, name)
   }
 
   /// The upper directory and name through which to change `node`'s attributes.
