@@ -389,8 +389,8 @@ def cmd_report(a):
     md = ["# snapfs against kernel overlayfs and fuse-overlayfs", "",
           f"`{meta.get('command', 'scripts/bench-fuse')}` on {meta.get('cores', '?')} cores, kernel "
           f"{meta.get('kernel', '?')}, {meta.get('fs', '?')}, {meta.get('date', '?')}. "
-          f"Median of {meta.get('rounds', '?')} rounds; drivers interleaved in every round (kernel, snapfs, "
-          f"fuse-overlayfs for each case); every case on a fresh mount of the same container snapshot "
+          f"Median of {meta.get('rounds', '?')} rounds; the three drivers one after the other for each case, "
+          f"their order turning each round; every case on a fresh mount of the same container snapshot "
           f"(two committed layers made through snapshotd) with its own empty upper and work dirs.", ""]
     if standin:
         md += [f"**snapfs is a stand-in here: `{meta.get('snapfs')}`.** Its snapfs/fuse-overlayfs column "
