@@ -22,6 +22,7 @@ int shim_openat(int dirfd, const char *path, int flags, unsigned int mode) {
 }
 
 const int SHIM_O_PATH = O_PATH;
+const int SHIM_O_NOATIME = O_NOATIME;
 
 int shim_syncfs(int fd) { return (int)syscall(SYS_syncfs, fd); }
 

@@ -105,6 +105,104 @@ public final class ObjectStore: @unchecked Sendable {
     throw SystemError("linkat", "object \(key) -> \(name)", errno: ENOENT)
   }
 
+  /// What `absorb` did to a tree.
+  public struct Absorbed: Sendable {
+    /// The objects the tree links now, with their sizes.
+    public var objects: [String: Int64] = [:]
+    /// Bytes of the tree's regular files, each name counted (as a layer's `fileBytes`).
+    public var fileBytes: Int64 = 0
+    /// Bytes of objects this call made (the rest were shared with what the store held).
+    public var newBytes: Int64 = 0
+    /// Files left as they are: they carry overlayfs xattrs, or their object has as many
+    /// links as the file system allows.
+    public var skipped = 0
+  }
+
+  /// Makes every regular file under `path` a link to its object, as an import would have
+  /// made it: files whose object exists are replaced by a link to it (through a link made
+  /// in `scratch`, a directory on the same file system, renamed over the file), others
+  /// become the object themselves. What `stat` shows of each file stays the same except
+  /// link count, inode and ctime; directories keep their times. Files with `trusted.overlay.*`
+  /// xattrs (copy-up or metacopy state of an old upper dir) are left alone.
+  ///
+  /// The tree must not change meanwhile (a committed snapshot). Run inside `shared`.
+  public func absorb(tree path: String, scratch: String) throws(SystemError) -> Absorbed {
+    var out = Absorbed()
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+    defer { buffer.deallocate() }
+    let scratchFD = try At.openDirectory(scratch)
+    defer { At.close(scratchFD) }
+    var done: [UInt64: String] = [:]  // inode → key, for names of a file already handled
+    try Tree.walk(path, visit: { (dir, cName, st) throws(SystemError) in
+      guard st.st_mode & S_IFMT == S_IFREG else { return }
+      let name = String(cString: cName)
+      out.fileBytes += Int64(st.st_size)
+      let key: String
+      if let k = done[UInt64(st.st_ino)] {
+        key = k
+      } else {
+        guard let k = try Self.identify(dir, name, st, buffer) else {
+          out.skipped += 1
+          return
+        }
+        key = k
+      }
+      let (d, n) = place(key)
+      if let object = try At.lstat(d, n) {
+        if object.st_ino != st.st_ino || object.st_dev != st.st_dev {
+          let temp = "absorb-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+          do throws(SystemError) {
+            try At.link(d, n, scratchFD, temp)
+          } catch where error.errno == EMLINK {
+            out.skipped += 1
+            return
+          }
+          do throws(SystemError) {
+            try At.rename(scratchFD, temp, dir, name)
+          } catch {
+            try? At.unlink(scratchFD, temp)
+            throw error
+          }
+        }
+      } else {
+        do throws(SystemError) {
+          try At.link(dir, name, d, n)
+          out.newBytes += Int64(st.st_size)
+        } catch where error.errno == EEXIST {
+          throw SystemError("linkat", "object \(key) appeared while \(path) was absorbed", errno: EAGAIN)
+        }
+      }
+      done[UInt64(st.st_ino)] = key
+      out.objects[key] = Int64(st.st_size)
+    }, leave: { (dir, before) throws(SystemError) in
+      // Replacing names (and reading) changed the directory's times; they are part of the layer.
+      let now = try At.fstat(dir, path)
+      if now.st_mtim.tv_sec != before.st_mtim.tv_sec || now.st_mtim.tv_nsec != before.st_mtim.tv_nsec
+        || now.st_atim.tv_sec != before.st_atim.tv_sec || now.st_atim.tv_nsec != before.st_atim.tv_nsec {
+        try At.futimes(dir, path, atime: before.st_atim, mtime: before.st_mtim)
+      }
+    })
+    return out
+  }
+
+  /// The object key of the regular file `name` in `dir` (with `st` from the walk), or nil
+  /// when it carries overlayfs xattrs.
+  private static func identify(_ dir: Int32, _ name: String, _ st: stat, _ buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> String? {
+    let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
+    defer { At.close(fd) }
+    let xattrs = try At.xattrs(fd, name)
+    if xattrs.contains(where: { $0.0.hasPrefix("trusted.overlay.") }) { return nil }
+    var hash = Hasher()
+    while true {
+      let n = try At.read(fd, name, into: buffer)
+      if n == 0 { break }
+      hash.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+    }
+    let meta = FileMeta(mode: UInt32(st.st_mode) & 0o7777, uid: st.st_uid, gid: st.st_gid, mtime: st.st_mtim, atime: st.st_atim,
+                        xattrs: xattrs.map { (name: $0.0, value: $0.1) })
+    return key(content: hash.finalizeBytes(), meta: meta)
+  }
+
   /// Unlinks the object `key` from the store (links in layers stay valid).
   public func remove(_ key: String) throws(SystemError) {
     let (d, n) = place(key)

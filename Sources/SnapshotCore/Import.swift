@@ -369,6 +369,10 @@ extension Snapshotter {
     try read { db in try Metadata.storeUsage(db) }
   }
 
-  /// Waits for background work (directory removals, collections).
-  public func drain() { reaper.drain() }
+  /// Runs the deduplication waiting for its delay now, and waits for every background task
+  /// (directory removals, deduplication, collections).
+  public func drain() {
+    reaper.sync { runDedup() }
+    reaper.drain()
+  }
 }

@@ -39,6 +39,7 @@ public struct Layout: Sendable {
 
   /// Names of trees in the object reference table.
   static func tree(layer: Int64) -> String { "l/" + String(layer) }
+  static func tree(snapshot: Int64) -> String { "s/" + String(snapshot) }
 
   /// The id of a staging directory name (`new-<id>`), if it is one.
   public static func id(ofStaging name: String) -> Int64? {

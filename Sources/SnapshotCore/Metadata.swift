@@ -13,6 +13,9 @@ struct SnapshotRow: Sendable {
   var inodes: Int64
   /// The shared layer directory (`l/<layer>`) an imported snapshot uses instead of `s/<id>/fs`.
   var layer: Int64?
+  /// Bytes of a committed snapshot's regular files once its files are content objects
+  /// (background dedup of snapshots committed through Prepare/Commit); nil before.
+  var fileBytes: Int64?
 
   init(row: Row) throws(SnapshotError) {
     id = row["id"]
@@ -27,6 +30,7 @@ struct SnapshotRow: Sendable {
     size = row["size"]
     inodes = row["inodes"]
     layer = row["layer"]
+    fileBytes = row["file_bytes"]
   }
 }
 
@@ -90,16 +94,26 @@ enum Metadata {
         ) WITHOUT ROWID;
         """)
     }
+    // Snapshots committed through Prepare/Commit, deduplicated in the background: their
+    // trees (`s/<id>`) reference objects too.
+    m.registerMigration("v3") { db in
+      try db.execute(sql: "ALTER TABLE snapshot ADD COLUMN file_bytes INTEGER")
+    }
     return m
   }
 
   private static let selectColumns = """
-    SELECT s.id, s.key, s.parent, p.key AS parent_key, s.kind, s.created, s.updated, s.size, s.inodes, s.layer
+    SELECT s.id, s.key, s.parent, p.key AS parent_key, s.kind, s.created, s.updated, s.size, s.inodes, s.layer, s.file_bytes
     FROM snapshot s LEFT JOIN snapshot p ON p.id = s.parent
     """
 
   static func find(_ db: Database, key: String) throws -> SnapshotRow? {
     guard let row = try Row.fetchOne(db.cachedStatement(sql: selectColumns + " WHERE s.key = ?"), arguments: [key]) else { return nil }
+    return try SnapshotRow(row: row)
+  }
+
+  static func find(_ db: Database, id: Int64) throws -> SnapshotRow? {
+    guard let row = try Row.fetchOne(db.cachedStatement(sql: selectColumns + " WHERE s.id = ?"), arguments: [id]) else { return nil }
     return try SnapshotRow(row: row)
   }
 
@@ -261,6 +275,16 @@ enum Metadata {
     return rows
   }
 
+  /// Committed snapshots of their own (not imported layers) whose files are not objects yet.
+  static func pendingDedup(_ db: Database) throws -> [Int64] {
+    try Int64.fetchAll(db, sql: "SELECT id FROM snapshot WHERE kind = ? AND layer IS NULL AND file_bytes IS NULL ORDER BY id",
+                       arguments: [SnapshotKind.committed.rawValue])
+  }
+
+  static func setFileBytes(_ db: Database, id: Int64, _ bytes: Int64) throws {
+    try db.cachedStatement(sql: "UPDATE snapshot SET file_bytes = ? WHERE id = ?").execute(arguments: [bytes, id])
+  }
+
   static func objectKnown(_ db: Database, _ key: String) throws -> Bool {
     try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM object WHERE key = ?)"), arguments: [key]) ?? false
   }
@@ -269,7 +293,7 @@ enum Metadata {
     let row = try Row.fetchOne(db, sql: """
       SELECT (SELECT COUNT(*) FROM layer), (SELECT COUNT(*) FROM object),
              (SELECT COALESCE(SUM(size), 0) FROM object),
-             (SELECT COALESCE(SUM(size), 0) FROM layer)
+             (SELECT COALESCE(SUM(size), 0) FROM layer) + (SELECT COALESCE(SUM(file_bytes), 0) FROM snapshot)
       """)!
     return StoreUsage(layers: row[0], objects: row[1], storedBytes: row[2], logicalBytes: row[3])
   }

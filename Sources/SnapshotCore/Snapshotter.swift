@@ -23,6 +23,7 @@ public final class Snapshotter: Sendable {
   let pool: DirectoryPool
   let objects: ObjectStore
   let inflight = Inflight()
+  let background = BackgroundWork()
   /// How snapshots with parents are mounted.
   public let driver: MountDriver
   /// Why: configured, or what probing found.
@@ -60,6 +61,8 @@ public final class Snapshotter: Sendable {
     reaper = Reaper(logger: logger)
     let lastID = try Self.sweep(layout, db: db, logger: logger)
     pool = DirectoryPool(layout: layout, firstID: lastID + 1, logger: logger)
+    // Snapshots committed before a restart whose files are not objects yet.
+    scheduleDedup(try read { db in try Metadata.pendingDedup(db) })
   }
 
   // MARK: - Create
@@ -228,6 +231,8 @@ public final class Snapshotter: Sendable {
       try Metadata.commit(db, id: row.id, name: name, usage: usage, now: Clock.nowNanos())
       try Metadata.setLabels(db, id: row.id, labels)
     }
+    // Its files become shared content objects later, off this call's path.
+    scheduleDedup([found.id])
   }
 
   /// Remove: deletes the snapshot's row; its directory goes after the commit.
@@ -239,11 +244,14 @@ public final class Snapshotter: Sendable {
         throw SnapshotError.precondition("cannot remove snapshot \(quoted(key)): it has children")
       }
       try Metadata.delete(db, id: row.id)
+      if row.fileBytes != nil { try Metadata.releaseRefs(db, tree: Layout.tree(snapshot: row.id)) }
       return row
     }
     // An imported layer stays in the layer store, ready to be used again, until
     // `collectGarbage` finds no snapshot using it.
     if row.layer == nil { reaper.remove(layout.dir(row.id)) }
+    // Objects only this snapshot held are freed in the background.
+    if row.fileBytes != nil { scheduleCollect() }
   }
 
   // MARK: - Info

@@ -11,6 +11,8 @@ import Glibc
 public enum At {
   /// `O_PATH`: a descriptor that only names a file (for *at calls), opened without access.
   public static let pathOnly: Int32 = SHIM_O_PATH
+  /// `O_NOATIME`: reading does not change the file's access time (owner or root only).
+  public static let noAtime: Int32 = SHIM_O_NOATIME
 
   /// `openat2(2)` with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS: opens
   /// `path` under `dirfd` only if no component is a symlink and none leaves `dirfd`

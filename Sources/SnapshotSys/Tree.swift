@@ -8,16 +8,34 @@ public enum Tree {
   /// Disk usage of a tree as containerd computes it (continuity `fs.DiskUsage`): the sum
   /// of `st_blocks * 512` and the number of inodes, each hard-linked inode counted once.
   public static func diskUsage(_ path: String) throws(SystemError) -> (size: Int64, inodes: Int64) {
-    let fd = try SystemError.check("open", path) { open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
     var seen = Set<InodeKey>()
-    var st = stat()
-    _ = try SystemError.check("fstat", path) { fstat(fd, &st) }
-    seen.insert(InodeKey(st))
-    var size = Int64(st.st_blocks) * 512
-    try walk(fd, path) { st in
+    var size: Int64 = 0
+    try walk(path, enter: { (_, st) in
       if seen.insert(InodeKey(st)).inserted { size += Int64(st.st_blocks) * 512 }
-    }
+    }, visit: { (_, _, st) in
+      if seen.insert(InodeKey(st)).inserted { size += Int64(st.st_blocks) * 512 }
+    })
     return (size, Int64(seen.count))
+  }
+
+  /// Walks the tree at `path` depth first without following symlinks: `enter` gets each
+  /// directory (the root first) open, with its `stat` as it was before its entries were
+  /// visited; `visit` gets every non-directory entry with its directory's descriptor, its
+  /// name and `fstatat`; `leave` gets each directory again once its entries are done.
+  public static func walk(
+    _ path: String,
+    enter: (_ dir: Int32, _ st: stat) throws(SystemError) -> Void = { _, _ in },
+    visit: (_ dir: Int32, _ name: UnsafePointer<CChar>, _ st: stat) throws(SystemError) -> Void,
+    leave: (_ dir: Int32, _ st: stat) throws(SystemError) -> Void = { _, _ in }
+  ) throws(SystemError) {
+    let fd = try SystemError.check("open", path) { open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+    var st = stat()
+    if fstat(fd, &st) != 0 {
+      let e = errno
+      close(fd)
+      throw SystemError("fstat", path, errno: e)
+    }
+    try walk(fd, st, path, enter, visit, leave)
   }
 
   /// Removes `path` and everything under it (`rm -rf`). A missing path is not an error.
@@ -40,6 +58,7 @@ public enum Tree {
 
   /// Empties the directory open at `fd` (which this call closes).
   private static func removeContents(_ fd: Int32, _ path: String) throws(SystemError) {
+    defer { close(fd) }
     try forEachEntry(fd, path) { (name, type) throws(SystemError) in
       if type != UInt8(DT_DIR) {
         if unlinkat(fd, name, 0) == 0 { return }
@@ -58,33 +77,42 @@ public enum Tree {
     }
   }
 
-  /// Calls `visit` with `fstatat` of every entry below the directory open at `fd`
-  /// (which this call closes), depth first, without following symlinks.
+  /// The walk below the directory open at `fd` (which this call closes).
   private static func walk(
-    _ fd: Int32, _ path: String, _ visit: (stat) throws(SystemError) -> Void
+    _ fd: Int32, _ st: stat, _ path: String,
+    _ enter: (Int32, stat) throws(SystemError) -> Void,
+    _ visit: (Int32, UnsafePointer<CChar>, stat) throws(SystemError) -> Void,
+    _ leave: (Int32, stat) throws(SystemError) -> Void
   ) throws(SystemError) {
+    defer { close(fd) }
+    try enter(fd, st)
     try forEachEntry(fd, path) { (name, _) throws(SystemError) in
-      var st = stat()
-      if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
+      var child = stat()
+      if fstatat(fd, name, &child, AT_SYMLINK_NOFOLLOW) != 0 {
         throw SystemError("fstatat", path + "/" + String(cString: name), errno: errno)
       }
-      try visit(st)
-      if (st.st_mode & S_IFMT) == S_IFDIR {
-        let child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        if child < 0 { throw SystemError("openat", path + "/" + String(cString: name), errno: errno) }
-        try walk(child, path, visit)
+      if (child.st_mode & S_IFMT) == S_IFDIR {
+        let cfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        if cfd < 0 { throw SystemError("openat", path + "/" + String(cString: name), errno: errno) }
+        try walk(cfd, child, path, enter, visit, leave)
+      } else {
+        try visit(fd, name, child)
       }
     }
+    try leave(fd, st)
   }
 
-  /// `fdopendir(3)`/`readdir(3)` over the directory open at `fd` (closed on return): calls
-  /// `body` with each entry's name and `d_type`, skipping "." and "..".
+  /// `fdopendir(3)`/`readdir(3)` over the directory open at `fd` (through a duplicate: `fd`
+  /// stays open, the caller closes it): calls `body` with each entry's name and `d_type`,
+  /// skipping "." and "..".
   private static func forEachEntry(
     _ fd: Int32, _ path: String, _ body: (UnsafePointer<CChar>, UInt8) throws(SystemError) -> Void
   ) throws(SystemError) {
-    guard let dir = fdopendir(fd) else {
-      close(fd)
-      throw SystemError("fdopendir", path, errno: errno)
+    let own = try SystemError.check("dup", path) { dup(fd) }
+    guard let dir = fdopendir(own) else {
+      let e = errno
+      close(own)
+      throw SystemError("fdopendir", path, errno: e)
     }
     defer { closedir(dir) }
     while true {

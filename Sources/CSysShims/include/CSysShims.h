@@ -15,8 +15,9 @@ int shim_openat2(int dirfd, const char *path, unsigned long long flags, unsigned
 int shim_open(const char *path, int flags, unsigned int mode);
 int shim_openat(int dirfd, const char *path, int flags, unsigned int mode);
 
-/// O_PATH, which Swift's Glibc module leaves out.
+/// O_PATH and O_NOATIME, which Swift's Glibc module leaves out.
 extern const int SHIM_O_PATH;
+extern const int SHIM_O_NOATIME;
 
 int shim_syncfs(int fd);
 

@@ -1,0 +1,108 @@
+import LayerStore
+import Logging
+import SnapshotSys
+import Synchronization
+
+/// Committed snapshots waiting for their files to become content objects, and whether a
+/// collection of unreferenced objects is due. Commits add to it; the background queue takes
+/// them in batches a moment after the last commit, so a burst of commits costs the callers
+/// nothing and the background one pass.
+final class BackgroundWork: Sendable {
+  private struct State {
+    var pending: Set<Int64> = []
+    var dedupScheduled = false
+    var collectScheduled = false
+  }
+  private let state = Mutex(State())
+
+  /// Adds snapshots; true when the caller must schedule a run.
+  func add(_ ids: [Int64]) -> Bool {
+    state.withLock { s in
+      s.pending.formUnion(ids)
+      if s.dedupScheduled || s.pending.isEmpty { return false }
+      s.dedupScheduled = true
+      return true
+    }
+  }
+
+  /// The snapshots waiting, oldest first; the next `add` schedules a new run.
+  func take() -> [Int64] {
+    state.withLock { s in
+      s.dedupScheduled = false
+      defer { s.pending.removeAll() }
+      return s.pending.sorted()
+    }
+  }
+
+  /// True when the caller must schedule a collection.
+  func needCollect() -> Bool {
+    state.withLock { s in
+      if s.collectScheduled { return false }
+      s.collectScheduled = true
+      return true
+    }
+  }
+
+  func collecting() { state.withLock { $0.collectScheduled = false } }
+}
+
+extension Snapshotter {
+  /// How long after a commit its snapshot is deduplicated (commits arriving meanwhile join).
+  static let dedupDelay = 0.5
+
+  /// Queues committed snapshots for deduplication in the background.
+  func scheduleDedup(_ ids: [Int64]) {
+    if background.add(ids) { reaper.run(after: Self.dedupDelay) { [self] in runDedup() } }
+  }
+
+  /// Queues a collection of objects no tree references any more (after removes).
+  func scheduleCollect() {
+    if background.needCollect() {
+      reaper.run { [self] in
+        background.collecting()
+        do { try collectGarbage(layers: false) } catch {
+          logger.warning("collecting unreferenced objects failed", metadata: ["error": "\(error)"])
+        }
+      }
+    }
+  }
+
+  func runDedup() {
+    for id in background.take() { dedup(id) }
+  }
+
+  /// Makes the files of snapshot `id`, committed through Prepare/Commit, links to content
+  /// objects, as an imported layer's are, and records its references: the same file in
+  /// another layer or image is then stored once. Runs on the background queue only.
+  func dedup(_ id: Int64) {
+    let layout = self.layout
+    do {
+      try objects.shared { () throws(SnapshotError) in
+        guard let row = try read({ db in try Metadata.find(db, id: id) }), row.kind == .committed, row.layer == nil,
+              row.fileBytes == nil else { return }
+        let absorbed: ObjectStore.Absorbed
+        do {
+          absorbed = try objects.absorb(tree: layout.fs(id), scratch: layout.temporary)
+        } catch {
+          // Removed meanwhile: its directory went with it.
+          if try read({ db in try Metadata.find(db, id: id) }) == nil { return }
+          throw Self.mapError(error)
+        }
+        // A tree without files needs no row change (a restart looks at it again, cheaply).
+        if absorbed.fileBytes == 0 { return }
+        try write { db in
+          guard let now = try Metadata.find(db, id: id), now.kind == .committed, now.fileBytes == nil else { return }
+          try Metadata.addRefs(db, tree: Layout.tree(snapshot: id), absorbed.objects)
+          try Metadata.setFileBytes(db, id: id, absorbed.fileBytes)
+        }
+        logger.debug("deduplicated snapshot", metadata: [
+          "key": "\(row.key)", "objects": "\(absorbed.objects.count)", "bytes": "\(absorbed.fileBytes)",
+          "new": "\(absorbed.newBytes)", "skipped": "\(absorbed.skipped)",
+        ])
+      }
+    } catch {
+      logger.warning("deduplication of a committed snapshot failed; retried at the next start",
+                     metadata: ["id": "\(id)", "error": "\(error)"])
+    }
+  }
+}
