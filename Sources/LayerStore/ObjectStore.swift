@@ -109,7 +109,7 @@ public final class ObjectStore: @unchecked Sendable {
   public struct Absorbed: Sendable {
     /// The objects the tree links now, with their sizes.
     public var objects: [String: Int64] = [:]
-    /// Bytes of the tree's regular files, each name counted (as a layer's `fileBytes`).
+    /// Bytes of the tree's regular files, hard links counted once (as a layer's `fileBytes`).
     public var fileBytes: Int64 = 0
     /// Bytes of objects this call made (the rest were shared with what the store held).
     public var newBytes: Int64 = 0
@@ -133,10 +133,12 @@ public final class ObjectStore: @unchecked Sendable {
     let scratchFD = try At.openDirectory(scratch)
     defer { At.close(scratchFD) }
     var done: [UInt64: String] = [:]  // inode → key, for names of a file already handled
+    var counted = Set<UInt64>()
     try Tree.walk(path, visit: { (dir, cName, st) throws(SystemError) in
       guard st.st_mode & S_IFMT == S_IFREG else { return }
       let name = String(cString: cName)
-      out.fileBytes += Int64(st.st_size)
+      // Each inode once, as a tar counts a hard link's data once.
+      if counted.insert(UInt64(st.st_ino)).inserted { out.fileBytes += Int64(st.st_size) }
       let key: String
       if let k = done[UInt64(st.st_ino)] {
         key = k
@@ -148,28 +150,31 @@ public final class ObjectStore: @unchecked Sendable {
         key = k
       }
       let (d, n) = place(key)
-      if let object = try At.lstat(d, n) {
-        if object.st_ino != st.st_ino || object.st_dev != st.st_dev {
-          let temp = "absorb-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
-          do throws(SystemError) {
-            try At.link(d, n, scratchFD, temp)
-          } catch where error.errno == EMLINK {
-            out.skipped += 1
-            return
-          }
-          do throws(SystemError) {
-            try At.rename(scratchFD, temp, dir, name)
-          } catch {
-            try? At.unlink(scratchFD, temp)
-            throw error
-          }
-        }
-      } else {
+      var object = try At.lstat(d, n)
+      if object == nil {
         do throws(SystemError) {
           try At.link(dir, name, d, n)
           out.newBytes += Int64(st.st_size)
         } catch where error.errno == EEXIST {
-          throw SystemError("linkat", "object \(key) appeared while \(path) was absorbed", errno: EAGAIN)
+          object = try At.lstat(d, n)  // an import made it meanwhile: link to that one
+        } catch where error.errno == EMLINK {
+          out.skipped += 1
+          return
+        }
+      }
+      if let object, object.st_ino != st.st_ino || object.st_dev != st.st_dev {
+        let temp = "absorb-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+        do throws(SystemError) {
+          try At.link(d, n, scratchFD, temp)
+        } catch where error.errno == EMLINK {
+          out.skipped += 1
+          return
+        }
+        do throws(SystemError) {
+          try At.rename(scratchFD, temp, dir, name)
+        } catch {
+          try? At.unlink(scratchFD, temp)
+          throw error
         }
       }
       done[UInt64(st.st_ino)] = key

@@ -90,11 +90,14 @@ extension Snapshotter {
         }
         // A tree without files needs no row change (a restart looks at it again, cheaply).
         if absorbed.fileBytes == 0 { return }
-        try write { db in
-          guard let now = try Metadata.find(db, id: id), now.kind == .committed, now.fileBytes == nil else { return }
+        let recorded = try write { db -> Bool in
+          guard let now = try Metadata.find(db, id: id), now.kind == .committed, now.fileBytes == nil else { return false }
           try Metadata.addRefs(db, tree: Layout.tree(snapshot: id), absorbed.objects)
           try Metadata.setFileBytes(db, id: id, absorbed.fileBytes)
+          return true
         }
+        // Removed meanwhile: objects made from its files go once its directory has.
+        if !recorded && absorbed.newBytes > 0 { scheduleCollect() }
         logger.debug("deduplicated snapshot", metadata: [
           "key": "\(row.key)", "objects": "\(absorbed.objects.count)", "bytes": "\(absorbed.fileBytes)",
           "new": "\(absorbed.newBytes)", "skipped": "\(absorbed.skipped)",
