@@ -132,17 +132,20 @@ public final class ObjectStore: @unchecked Sendable {
     defer { buffer.deallocate() }
     let scratchFD = try At.openDirectory(scratch)
     defer { At.close(scratchFD) }
-    var done: [UInt64: String] = [:]  // inode → key, for names of a file already handled
-    var counted = Set<UInt64>()
+    // Inode (as the walk found it) → its object, or nil when the file is left alone. Other
+    // names of a file need no second hash, and its bytes count once, as in a tar.
+    var done: [UInt64: String?] = [:]
     try Tree.walk(path, visit: { (dir, cName, st) throws(SystemError) in
       guard st.st_mode & S_IFMT == S_IFREG else { return }
+      let ino = UInt64(st.st_ino)
       let name = String(cString: cName)
-      // Each inode once, as a tar counts a hard link's data once.
-      if counted.insert(UInt64(st.st_ino)).inserted { out.fileBytes += Int64(st.st_size) }
       let key: String
-      if let k = done[UInt64(st.st_ino)] {
-        key = k
+      if let seen = done[ino] {
+        guard let k = seen else { return }
+        key = k  // still linked to the old inode when that was replaced by an existing object
       } else {
+        done[ino] = .some(nil)
+        out.fileBytes += Int64(st.st_size)
         guard let k = try Self.identify(dir, name, st, buffer) else {
           out.skipped += 1
           return
@@ -177,7 +180,7 @@ public final class ObjectStore: @unchecked Sendable {
           throw error
         }
       }
-      done[UInt64(st.st_ino)] = key
+      done[ino] = key
       out.objects[key] = Int64(st.st_size)
     }, leave: { (dir, before) throws(SystemError) in
       // Replacing names (and reading) changed the directory's times; they are part of the layer.

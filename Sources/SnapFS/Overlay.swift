@@ -20,7 +20,9 @@ final class Overlay: @unchecked Sendable {
   let tree = TreeLock()
   /// The xattr namespace overlayfs keeps for itself (see `stored(_:)`).
   let privatePrefix: String
-  private let opaqueNames: [String]
+  /// `trusted.overlay.opaque`, or `user.overlay.opaque` with `userxattr`: as the kernel,
+  /// only the mount's own namespace marks a directory opaque.
+  private let opaqueName: String
   private let work: Int32
   private let sameDevice: Bool
   private let tempCounter = Counter()
@@ -60,7 +62,7 @@ final class Overlay: @unchecked Sendable {
     hasUpper = options.upper != nil
     sameDevice = devices.count == 1
     privatePrefix = options.userXattr ? "user.overlay." : "trusted.overlay."
-    opaqueNames = options.userXattr ? ["user.overlay.opaque"] : ["trusted.overlay.opaque", "user.overlay.opaque"]
+    opaqueName = privatePrefix + "opaque"
     var st = stat()
     fstat(dirs[0].fd, &st)
     root = Node(ino: UInt64(st.st_ino), realIno: UInt64(st.st_ino), type: S_IFDIR, parent: nil, name: "", layer: 0, dirs: dirs)
@@ -82,10 +84,7 @@ final class Overlay: @unchecked Sendable {
 
   private func isOpaque(_ fd: Int32) -> Bool {
     var value: UInt8 = 0
-    for name in opaqueNames where fgetxattr(fd, name, &value, 1) == 1 && value == UInt8(ascii: "y") {
-      return true
-    }
-    return false
+    return fgetxattr(fd, opaqueName, &value, 1) == 1 && value == UInt8(ascii: "y")
   }
 
   /// Looks `name` up in `parent`'s layers and builds its node (not yet counted), with the
@@ -108,7 +107,8 @@ final class Overlay: @unchecked Sendable {
         throw error
       }
       dirs.append(LayerDir(layer: dir.layer, fd: sub))
-      if isOpaque(sub) { break }
+      // Opaque hides what is below; the parent's last layer has nothing below.
+      if dir.layer != parent.dirs.last!.layer && isOpaque(sub) { break }
     }
     guard let top else { throw Errno(ENOENT) }
     let node = Node(ino: inodeNumber(UInt64(top.st.st_ino), layer: top.layer), realIno: UInt64(top.st.st_ino),
@@ -486,7 +486,7 @@ final class Overlay: @unchecked Sendable {
 
   func markOpaque(_ fd: Int32) throws(Errno) {
     let y: [UInt8] = [UInt8(ascii: "y")]
-    _ = try sys(fsetxattr(fd, opaqueNames[0], y, 1, 0))
+    _ = try sys(fsetxattr(fd, opaqueName, y, 1, 0))
   }
 
   /// Whether a layer under the upper one shows `name` in `parent`.

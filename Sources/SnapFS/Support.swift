@@ -61,15 +61,6 @@ extension stat {
   var isWhiteout: Bool { type == S_IFCHR && st_rdev == 0 }
 }
 
-/// `name` as a C string, for the *at() calls: Swift Strings bridge without copying when
-/// they are native UTF-8.
-@inline(__always)
-func fstatat(_ dirfd: Int32, _ name: String) throws(Errno) -> stat {
-  var st = stat()
-  _ = try sys(fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW))
-  return st
-}
-
 /// fstatat that answers nil for a name that is not there.
 @inline(__always)
 func statIfPresent(_ dirfd: Int32, _ name: String) throws(Errno) -> stat? {

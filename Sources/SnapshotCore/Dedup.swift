@@ -12,6 +12,7 @@ final class BackgroundWork: Sendable {
     var pending: Set<Int64> = []
     var dedupScheduled = false
     var collectScheduled = false
+    var collectSweep = false
   }
   private let state = Mutex(State())
 
@@ -34,16 +35,24 @@ final class BackgroundWork: Sendable {
     }
   }
 
-  /// True when the caller must schedule a collection.
-  func needCollect() -> Bool {
+  /// True when the caller must schedule a collection (`sweep`: one that also looks for
+  /// objects the database does not know).
+  func needCollect(sweep: Bool) -> Bool {
     state.withLock { s in
+      s.collectSweep = s.collectSweep || sweep
       if s.collectScheduled { return false }
       s.collectScheduled = true
       return true
     }
   }
 
-  func collecting() { state.withLock { $0.collectScheduled = false } }
+  /// Starts the scheduled collection: whether it sweeps.
+  func collecting() -> Bool {
+    state.withLock { s in
+      defer { s.collectScheduled = false; s.collectSweep = false }
+      return s.collectSweep
+    }
+  }
 }
 
 extension Snapshotter {
@@ -55,12 +64,13 @@ extension Snapshotter {
     if background.add(ids) { reaper.run(after: Self.dedupDelay) { [self] in runDedup() } }
   }
 
-  /// Queues a collection of objects no tree references any more (after removes).
-  func scheduleCollect() {
-    if background.needCollect() {
+  /// Queues a collection of objects no tree references any more (after removes); with
+  /// `sweep`, also of objects no row knows and no layer links.
+  func scheduleCollect(sweep: Bool = false) {
+    if background.needCollect(sweep: sweep) {
       reaper.run { [self] in
-        background.collecting()
-        do { try collectGarbage(layers: false) } catch {
+        let sweep = background.collecting()
+        do { try collectGarbage(layers: false, sweep: sweep) } catch {
           logger.warning("collecting unreferenced objects failed", metadata: ["error": "\(error)"])
         }
       }
@@ -88,8 +98,8 @@ extension Snapshotter {
           if try read({ db in try Metadata.find(db, id: id) }) == nil { return }
           throw Self.mapError(error)
         }
-        // A tree without files needs no row change (a restart looks at it again, cheaply).
-        if absorbed.fileBytes == 0 { return }
+        // A tree without objects needs no row change (a restart looks at it again, cheaply).
+        if absorbed.objects.isEmpty { return }
         let recorded = try write { db -> Bool in
           guard let now = try Metadata.find(db, id: id), now.kind == .committed, now.fileBytes == nil else { return false }
           try Metadata.addRefs(db, tree: Layout.tree(snapshot: id), absorbed.objects)
@@ -97,7 +107,7 @@ extension Snapshotter {
           return true
         }
         // Removed meanwhile: objects made from its files go once its directory has.
-        if !recorded && absorbed.newBytes > 0 { scheduleCollect() }
+        if !recorded && absorbed.newBytes > 0 { scheduleCollect(sweep: true) }
         logger.debug("deduplicated snapshot", metadata: [
           "key": "\(row.key)", "objects": "\(absorbed.objects.count)", "bytes": "\(absorbed.fileBytes)",
           "new": "\(absorbed.newBytes)", "skipped": "\(absorbed.skipped)",

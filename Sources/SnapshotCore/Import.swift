@@ -327,10 +327,10 @@ extension Snapshotter {
   // MARK: - Objects
 
   /// Deletes imported layers no snapshot uses (with `layers`), then content objects
-  /// nothing references any more, and objects a crash left without any link. Returns how
-  /// many layers and objects, and the objects' bytes.
+  /// nothing references any more, and (with `sweep`, which lists the whole store) objects a
+  /// crash left without any link. Returns how many layers and objects, and the objects' bytes.
   @discardableResult
-  public func collectGarbage(layers: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {
+  public func collectGarbage(layers: Bool = true, sweep: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {
     let layout = self.layout
     return try objects.exclusive { () throws(SnapshotError) -> (Int, Int, Int64) in
       let freed = !layers ? [] : try write { db -> [Int64] in
@@ -350,7 +350,7 @@ extension Snapshotter {
           bytes += size
         }
         var count = dead.count
-        for key in try objects.unlinked() {
+        for key in sweep ? try objects.unlinked() : [] {
           let known = try read { db in try Metadata.objectKnown(db, key) }
           if !known {
             try objects.remove(key)

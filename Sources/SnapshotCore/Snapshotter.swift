@@ -83,14 +83,16 @@ public final class Snapshotter: Sendable {
     try Validate.key(key, what: "key")
     try Validate.labels(labels, key: key)
     let layout = self.layout, driver = self.driver
+    // containerd's unpacker names the committed snapshot it is about to make; when that
+    // layer was imported already, "already exists" tells it to use ours. Its snapshot, if
+    // remade from the stored layer, commits in a transaction of its own (the error below
+    // would roll it back).
+    if let target = labels[Self.snapshotRef], try write({ db in try self.layerSnapshot(db, target, parent: parent) }) {
+      throw .exists("target snapshot \(quoted(target)) already exists")
+    }
     return try write { db in
       if try Metadata.find(db, key: key) != nil {
         throw SnapshotError.exists("snapshot \(quoted(key)) already exists")
-      }
-      // containerd's unpacker names the committed snapshot it is about to make; when that
-      // layer was imported already, "already exists" tells it to use ours.
-      if let target = labels[Self.snapshotRef], try self.layerSnapshot(db, target, parent: parent) {
-        throw SnapshotError.exists("target snapshot \(quoted(target)) already exists")
       }
       var parentID: Int64?
       if !parent.isEmpty {

@@ -88,10 +88,13 @@ import Glibc
     // A second snapshot (on top of the first) with a file already stored: linked, not stored again.
     let b = try layer(s, "b", parent: "a") { fs in
       try write(fs + "/copy", "shared content", mtime: 1_000_000)
+      #expect(link(fs + "/copy", fs + "/copyhard") == 0)
       try write(fs + "/new", "new content", mtime: 1_000_000)
     }
     s.drain()
+    // Both names of the hard-linked copy now link the object the first snapshot made.
     #expect(try st(b + "/copy").st_ino == same1.st_ino)
+    #expect(try st(b + "/copyhard").st_ino == same1.st_ino)
     u = try s.storeUsage()
     #expect(u.objects == 6 && u.storedBytes == 14 * 4 + 11)
 
