@@ -5,7 +5,7 @@
 //   CSysShims, CArchive (C) → SnapshotSys (system calls) → LayerStore (layer unpacking,
 //   content objects, OCI formats) → SnapshotCore (metadata, layout, mounts, imports)
 //     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl)
-//   CSysShims, CFuse (libfuse3) → SnapFS (the FUSE overlay file system) → snapfs
+//   CSysShims, CFuse (libfuse3), CFuseIO (passthrough hooks) → SnapFS (the FUSE overlay file system) → snapfs
 //   Benchmarks/snapbench times the core in-process.
 // The core never imports gRPC.
 import PackageDescription
@@ -34,6 +34,7 @@ let package = Package(
   ],
   targets: [
     .target(name: "CSysShims", path: "Sources/CSysShims"),
+    .target(name: "CFuseIO"),
     .systemLibrary(
       name: "CArchive",
       path: "Sources/CArchive",
@@ -48,7 +49,7 @@ let package = Package(
     ),
     .target(
       name: "SnapFS",
-      dependencies: ["CSysShims", "CFuse"]
+      dependencies: ["CSysShims", "CFuse", "CFuseIO"]
     ),
     .executableTarget(
       name: "snapfs",

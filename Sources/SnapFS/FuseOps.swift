@@ -1,4 +1,5 @@
 import CFuse
+import CFuseIO
 import CSysShims
 
 #if canImport(Glibc)
@@ -9,6 +10,9 @@ import Glibc
 /// ours, so the one overlay of this process lives here, set once before the session starts.
 nonisolated(unsafe) var overlay: Overlay!
 nonisolated(unsafe) var writeback = false
+nonisolated(unsafe) var passthrough: Passthrough!
+/// Whether to ask the kernel for passthrough (the `passthrough` option).
+nonisolated(unsafe) var wantPassthrough = true
 
 /// An open directory: its merged listing, taken at the first read (the kernel may answer
 /// from its cached listing and never read) and kept until it is closed, as overlayfs does.
@@ -72,6 +76,28 @@ private func layerFlags(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Int32 {
     flags &= ~O_APPEND
   }
   return flags
+}
+
+/// Replies to OPEN or CREATE (`reply` sends it) for the open file `fd` of `node`: handed to
+/// the kernel as a backing file where passthrough applies (`upper`: the node's file is its
+/// upper file, read under the lock that opened it). If the reply does not reach the kernel
+/// (the caller was interrupted), no RELEASE will come: the open is undone here.
+private func replyOpen(_ node: Node, _ fd: Int32, upper: Bool, _ fi: UnsafeMutablePointer<fuse_file_info>?,
+                       _ reply: () -> Int32) -> Bool {
+  let backing = passthrough.open(node, fd, upper: upper)
+  fi!.pointee.fh = FileHandle(fd: fd, passthrough: backing != nil).raw
+  // Page caches stay across opens (the files change only through this mount), and close(2)
+  // does not wait for a FLUSH round trip. A passthrough file's page cache is its backing
+  // file's: the kernel refuses keep_cache with it.
+  snapfs_fi_set(fi, backing == nil ? 1 : 0, 0, 1)
+  if let backing { fuseio_arm_open(backing) }
+  let rc = reply()
+  fuseio_disarm()
+  if rc != 0 {
+    passthrough.close(node, passthrough: backing != nil)
+    close(fd)
+  }
+  return rc == 0
 }
 
 private func replyAttr(_ req: fuse_req_t?, _ node: Node) throws(Errno) {
@@ -247,7 +273,11 @@ func operations() -> fuse_lowlevel_ops {
     for cap in [FUSE_CAP_SPLICE_WRITE, FUSE_CAP_SPLICE_READ, FUSE_CAP_PARALLEL_DIROPS, FUSE_CAP_ASYNC_DIO] where capable & UInt32(cap) != 0 {
       want |= UInt32(cap)
     }
-    if overlay.hasUpper && capable & UInt32(FUSE_CAP_WRITEBACK_CACHE) != 0 {
+    // Passthrough makes the upper files' reads and writes the kernel's own; without it, the
+    // writeback cache batches writes into big requests. The kernel refuses the two together.
+    if passthrough.negotiate(wanted: overlay.hasUpper && wantPassthrough) {
+      want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
+    } else if overlay.hasUpper && capable & UInt32(FUSE_CAP_WRITEBACK_CACHE) != 0 {
       want |= UInt32(FUSE_CAP_WRITEBACK_CACHE)
       writeback = true
     }
@@ -354,12 +384,9 @@ func operations() -> fuse_lowlevel_ops {
   ops.open = { req, ino, fi in
     let n = node(ino)
     reply(req) { () throws(Errno) in
-      fi!.pointee.fh = UInt64(try overlay.open(n, flags: layerFlags(fi)))
-      // Page caches stay across opens (the files change only through this mount), and
-      // close(2) does not wait for a FLUSH round trip: dirty pages are written back as on
-      // a disk file system, and fsync(2) still syncs.
-      snapfs_fi_set(fi, 1, 0, 1)
-      fuse_reply_open(req, fi)
+      let (fd, upper) = try overlay.open(n, flags: layerFlags(fi))
+      if !upper { _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL) }
+      _ = replyOpen(n, fd, upper: upper, fi) { fuse_reply_open(req, fi) }
     }
   }
 
@@ -375,9 +402,7 @@ func operations() -> fuse_lowlevel_ops {
           try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
           let (child, st) = try overlay.lookup(p, n)
           var e = entry(child, st)
-          fi!.pointee.fh = UInt64(fd)
-          snapfs_fi_set(fi, 1, 0, 1)
-          if fuse_reply_create(req, &e, fi) != 0 { overlay.nodes.forget(child, 1); close(fd) }
+          if !replyOpen(child, fd, upper: true, fi, { fuse_reply_create(req, &e, fi) }) { overlay.nodes.forget(child, 1) }
         } catch {
           close(fd)
           unlinkat(upper, n, 0)
@@ -398,8 +423,10 @@ func operations() -> fuse_lowlevel_ops {
 
   ops.flush = { req, _, _ in fuse_reply_err(req, 0) }
 
-  ops.release = { req, _, fi in
-    close(Int32(truncatingIfNeeded: fi!.pointee.fh))
+  ops.release = { req, ino, fi in
+    let handle = FileHandle(fi!.pointee.fh)
+    passthrough.close(node(ino), passthrough: handle.passthrough)
+    close(handle.fd)
     fuse_reply_err(req, 0)
   }
 

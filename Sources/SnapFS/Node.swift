@@ -41,6 +41,11 @@ final class Node: @unchecked Sendable {
   var detached = false
   /// How many times the kernel was told about this node and has not forgotten it.
   var lookups: UInt64 = 0
+  /// Open files of this node, by I/O mode (see Passthrough); under Passthrough's mutex.
+  var passthroughOpens = 0
+  var cachedOpens = 0
+  /// The registered backing file while `passthroughOpens > 0`.
+  var backingID: Int32 = 0
 
   init(ino: UInt64, realIno: UInt64, type: mode_t, parent: Node?, name: String, layer: Int, dirs: [LayerDir]) {
     self.ino = ino

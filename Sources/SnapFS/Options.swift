@@ -19,6 +19,9 @@ public struct Options: Equatable, Sendable {
   /// Options passed on to libfuse's mount (ro, nosuid, fsname=, ...).
   public var mountOptions: [String] = []
   public var threads = 8
+  /// FUSE passthrough for upper files where the kernel offers it (`passthrough=off` turns
+  /// it off: every read and write of an open file is then a request, with the writeback cache).
+  public var passthrough = true
 
   public static let usage = "usage: snapfs [SOURCE] TARGET -o lowerdir=A:B[,upperdir=U,workdir=W] [-f] [-d]"
 
@@ -74,6 +77,12 @@ public struct Options: Equatable, Sendable {
       case "upperdir": upper = value
       case "workdir": work = value
       case "userxattr": userXattr = true
+      case "passthrough":
+        switch value {
+        case "", "on": passthrough = true
+        case "off": passthrough = false
+        default: throw Invalid(description: "passthrough=\(value): expected on or off")
+        }
       case "threads":
         guard let n = Int(value), n > 0, n <= 256 else { throw Invalid(description: "threads=\(value): expected 1...256") }
         threads = n

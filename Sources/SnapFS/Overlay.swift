@@ -602,16 +602,19 @@ final class Overlay: @unchecked Sendable {
 
   /// Opens the node's topmost file with `flags`, copying it up first when the open may
   /// write. Takes the tree lock itself.
-  func open(_ node: Node, flags: Int32) throws(Errno) -> Int32 {
+  func open(_ node: Node, flags: Int32) throws(Errno) -> (fd: Int32, upper: Bool) {
     let writes = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
     let clean = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_NOFOLLOW | O_CLOEXEC
     if writes {
-      return try tree.write { () throws(Errno) -> Int32 in
+      return try tree.write { () throws(Errno) -> (fd: Int32, upper: Bool) in
         try copyUp(node, data: flags & O_TRUNC == 0)
-        return try openTopmost(node, clean)
+        return (try openTopmost(node, clean), true)
       }
     }
-    return try tree.read { () throws(Errno) -> Int32 in try openTopmost(node, clean) }
+    // The layer read under the same lock as the open: a copy-up cannot come between.
+    return try tree.read { () throws(Errno) -> (fd: Int32, upper: Bool) in
+      (try openTopmost(node, clean), hasUpper && node.layer == 0)
+    }
   }
 
   private func openTopmost(_ node: Node, _ flags: Int32) throws(Errno) -> Int32 {

@@ -1,4 +1,5 @@
 import CFuse
+import CFuseIO
 
 #if canImport(Glibc)
 import Glibc
@@ -46,6 +47,14 @@ public func serve(_ options: Options) -> Int32 {
       return fail("cannot mount on \(options.target)")
     }
     defer { fuse_session_unmount(session) }
+    // Requests and replies through CFuseIO's hooks, which negotiate passthrough.
+    let devfd = fuse_session_fd(session)
+    passthrough = Passthrough(devfd: devfd)
+    wantPassthrough = options.passthrough
+    var io = fuse_custom_io(writev: fuseio_writev, read: fuseio_read, splice_receive: fuseio_splice, splice_send: fuseio_splice)
+    guard fuse_session_custom_io(session, &io, devfd) == 0 else {
+      return fail("cannot install the session's I/O hooks")
+    }
     if !options.foreground { fuse_daemonize(0) }
     let rc = snapfs_loop_mt(session, UInt32(options.threads), UInt32(options.threads))
     // libfuse's signal handlers end the loop with the signal's number: a clean stop.

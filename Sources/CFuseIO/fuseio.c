@@ -1,0 +1,106 @@
+#define _GNU_SOURCE
+#include "CFuseIO.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+// Protocol 7.40 names that Debian 12's <linux/fuse.h> (7.38) lacks.
+#define SNAPFS_FUSE_PASSTHROUGH_FLAGS2 (1u << (37 - 32))
+#define SNAPFS_FOPEN_PASSTHROUGH (1u << 7)
+struct snapfs_backing_map {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+};
+#define SNAPFS_IOC_BACKING_OPEN _IOW(229, 1, struct snapfs_backing_map)
+#define SNAPFS_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
+
+// fuse_init_out as of 7.40: max_stack_depth took the first unused word after flags2.
+#define INIT_OUT_FLAGS 12
+#define INIT_OUT_FLAGS2 32
+#define INIT_OUT_MAX_STACK_DEPTH 36
+
+static int offered = 0;      // written once while reading INIT, before any other request
+static int init_seen = 0;
+static int want = 0;         // set by the init callback, read by the INIT reply
+static uint32_t stack_depth = 0;
+static __thread int32_t armed = 0;
+
+ssize_t fuseio_read(int fd, void *buf, size_t len, void *userdata) {
+  (void)userdata;
+  ssize_t n = read(fd, buf, len);
+  if (!__atomic_load_n(&init_seen, __ATOMIC_ACQUIRE) && n >= (ssize_t)(sizeof(struct fuse_in_header) + 24)) {
+    struct fuse_in_header h;
+    memcpy(&h, buf, sizeof h);
+    if (h.opcode == FUSE_INIT) {
+      uint32_t flags, flags2;
+      memcpy(&flags, (char *)buf + sizeof h + 12, 4);
+      memcpy(&flags2, (char *)buf + sizeof h + 16, 4);
+      offered = (flags & FUSE_INIT_EXT) && (flags2 & SNAPFS_FUSE_PASSTHROUGH_FLAGS2);
+      __atomic_store_n(&init_seen, 1, __ATOMIC_RELEASE);
+    }
+  }
+  return n;
+}
+
+static void patch_u32(void *base, size_t offset, uint32_t set) {
+  uint32_t v;
+  memcpy(&v, (char *)base + offset, 4);
+  v |= set;
+  memcpy((char *)base + offset, &v, 4);
+}
+
+ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata) {
+  (void)userdata;
+  if (count >= 2) {
+    struct fuse_out_header h;
+    memcpy(&h, iov[0].iov_base, sizeof h);
+    struct iovec *last = &iov[count - 1];
+    if (armed != 0) {
+      // fuse_open_out ends the reply (CREATE: after fuse_entry_out): fh, open_flags, backing_id.
+      if (h.error == 0 && last->iov_len >= 16) {
+        char *open_out = (char *)last->iov_base + last->iov_len - 16;
+        patch_u32(open_out, 8, SNAPFS_FOPEN_PASSTHROUGH);
+        memcpy(open_out + 12, &armed, 4);
+      }
+      armed = 0;
+    } else if (want == 1 && iov[1].iov_len >= INIT_OUT_MAX_STACK_DEPTH + 4) {
+      want = 2;  // the INIT reply: the first reply after the init callback
+      patch_u32(iov[1].iov_base, INIT_OUT_FLAGS, FUSE_INIT_EXT);
+      patch_u32(iov[1].iov_base, INIT_OUT_FLAGS2, SNAPFS_FUSE_PASSTHROUGH_FLAGS2);
+      memcpy((char *)iov[1].iov_base + INIT_OUT_MAX_STACK_DEPTH, &stack_depth, 4);
+    }
+  }
+  return writev(fd, iov, count);
+}
+
+ssize_t fuseio_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags, void *userdata) {
+  (void)userdata;
+  return splice(fdin, offin, fdout, offout, len, flags);
+}
+
+int fuseio_kernel_offers_passthrough(void) { return offered; }
+
+void fuseio_want_passthrough(uint32_t max_stack_depth) {
+  stack_depth = max_stack_depth;
+  want = 1;
+}
+
+int fuseio_passthrough_wanted(void) { return want != 0; }
+
+void fuseio_arm_open(int32_t backing_id) { armed = backing_id; }
+void fuseio_disarm(void) { armed = 0; }
+
+int32_t fuseio_backing_open(int devfd, int fd) {
+  struct snapfs_backing_map map = {.fd = fd, .flags = 0, .padding = 0};
+  int id = ioctl(devfd, SNAPFS_IOC_BACKING_OPEN, &map);
+  return id < 0 ? -errno : id;
+}
+
+int fuseio_backing_close(int devfd, int32_t backing_id) {
+  uint32_t id = (uint32_t)backing_id;
+  return ioctl(devfd, SNAPFS_IOC_BACKING_CLOSE, &id) < 0 ? -errno : 0;
+}

@@ -1,0 +1,38 @@
+// libfuse's custom I/O hooks for snapfs: FUSE passthrough, which libfuse 3.14 does not know.
+//
+// The kernel (6.9 and later, CONFIG_FUSE_PASSTHROUGH) can do the reads and writes of an open
+// FUSE file on a "backing" file itself, with no request to the daemon. libfuse 3.14 neither
+// asks for it at INIT nor says so in its OPEN and CREATE replies, so snapfs gives the
+// session these hooks for reading requests and writing replies: they see the kernel's INIT
+// (does it offer passthrough?), add the passthrough flag and stack depth to the INIT reply
+// when snapfs wants it, and add FOPEN_PASSTHROUGH and the backing id to an open reply that
+// the calling thread armed. Nothing else is changed on the way.
+#ifndef SNAPFS_CFUSEIO_H
+#define SNAPFS_CFUSEIO_H
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+ssize_t fuseio_read(int fd, void *buf, size_t len, void *userdata);
+ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata);
+ssize_t fuseio_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags, void *userdata);
+
+/// Whether the kernel's INIT request offered FUSE_PASSTHROUGH (valid once INIT was read).
+int fuseio_kernel_offers_passthrough(void);
+/// Asks for passthrough in the INIT reply, with backing files at most `max_stack_depth - 1`
+/// file systems deep. Call from the init callback; the kernel refuses it with the writeback
+/// cache.
+void fuseio_want_passthrough(uint32_t max_stack_depth);
+/// Whether the INIT reply asked for passthrough.
+int fuseio_passthrough_wanted(void);
+
+/// The next reply this thread sends (an OPEN or CREATE reply) hands the kernel the backing
+/// file `backing_id`. Disarm after the reply call in every case.
+void fuseio_arm_open(int32_t backing_id);
+void fuseio_disarm(void);
+
+/// Registers `fd` as a backing file on the FUSE device `devfd`: its id (> 0), or -errno.
+int32_t fuseio_backing_open(int devfd, int fd);
+/// Drops the registration; files already open on it keep it.
+int fuseio_backing_close(int devfd, int32_t backing_id);
+#endif
