@@ -69,6 +69,8 @@ extension Snapshotter {
   func scheduleCollect(sweep: Bool = false) {
     if background.needCollect(sweep: sweep) {
       reaper.run { [self] in
+        // Directories of removed snapshots go first: their links to objects count.
+        pool.waitIdle()
         let sweep = background.collecting()
         do { try collectGarbage(layers: false, sweep: sweep) } catch {
           logger.warning("collecting unreferenced objects failed", metadata: ["error": "\(error)"])

@@ -3,6 +3,10 @@ import Logging
 import SnapshotSys
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Snapshot directories made ahead of time, so that Prepare and View only write a row.
 ///
 /// Each directory `s/<id>` (with `fs` and `work`) is made under a temporary name, renamed
@@ -10,6 +14,11 @@ import Synchronization
 /// that commits always names a directory already on disk for good, and the call's only
 /// flush is SQLite's. Ids are handed out once; a directory whose id never reaches a
 /// committed row is an orphan that `Snapshotter.cleanup()` (and every start) removes.
+///
+/// A removed snapshot's directory that is still as the pool makes it (nothing written into
+/// it) is renamed to a fresh id and joins the pool instead of being deleted: no inode is
+/// freed and none allocated, which on ext4 is most of what making a directory costs after
+/// many deletions.
 final class DirectoryPool: Sendable {
   private let layout: Layout
   private let logger: Logger
@@ -25,6 +34,8 @@ final class DirectoryPool: Sendable {
     /// transaction that uses them is over.
     var reserved: Set<Int64> = []
     var filling = false
+    /// Removed snapshots whose directories wait for ``recycle(_:)``.
+    var recycling: [Int64] = []
   }
 
   init(layout: Layout, firstID: Int64, logger: Logger) {
@@ -59,8 +70,125 @@ final class DirectoryPool: Sendable {
   /// Ids whose directories belong to the pool or to a transaction in progress.
   var inUse: Set<Int64> { state.withLock { $0.reserved } }
 
-  /// Waits for a fill in progress (tests open a second snapshotter on the same root).
-  func waitIdle() { queue.sync {} }
+  /// Waits for a fill or a batch of recycling in progress or due.
+  func waitIdle() {
+    while state.withLock({ !$0.recycling.isEmpty }) { usleep(10_000) }
+    queue.sync {}
+  }
+
+  /// Takes back the directory of the removed snapshot `old`: reused under a fresh id when it
+  /// is as the pool makes it (``isPristine(_:)``), else deleted. In the background.
+  /// Directories are taken back in batches, one flush of `s/` for all of them: the batch
+  /// waits this long for more removals.
+  static let recycleDelay = 0.05
+
+  func recycle(_ old: Int64) {
+    let first = state.withLock { s -> Bool in
+      s.recycling.append(old)
+      return s.recycling.count == 1
+    }
+    guard first else { return }
+    queue.asyncAfter(deadline: .now() + Self.recycleDelay) { [self] in
+      let batch = state.withLock { s -> [Int64] in
+        defer { s.recycling = [] }
+        return s.recycling
+      }
+      var reused: [Int64] = []
+      let mounted = mountedIDs()
+      for old in batch {
+        let dir = layout.dir(old)
+        if let mounted, !mounted.contains(old),
+           state.withLock({ $0.ready.count + reused.count < 2 * Self.depth }) && isPristine(old) {
+          let id = reserveID()
+          do {
+            try Sys.rename(dir, layout.dir(id))
+            reused.append(id)
+            continue
+          } catch {
+            logger.warning("cannot reuse a snapshot directory", metadata: ["path": "\(dir)", "error": "\(error)"])
+            release(id)
+          }
+        }
+        guard Sys.exists(dir) else { continue }
+        do { try Tree.remove(dir) } catch {
+          logger.warning("failed to remove snapshot directory", metadata: ["path": "\(dir)", "error": "\(error)"])
+        }
+      }
+      guard !reused.isEmpty else { return }
+      do {
+        // The renames are durable before the ids are handed out, as made directories are.
+        try Sys.fsyncDirectory(layout.snapshots)
+        state.withLock { $0.ready += reused }
+      } catch {
+        logger.warning("cannot reuse snapshot directories", metadata: ["error": "\(error)"])
+        for id in reused {
+          try? Tree.remove(layout.dir(id))
+          release(id)
+        }
+      }
+    }
+  }
+
+  /// Ids of snapshots whose directories a mount of this mount namespace uses (nil when that
+  /// cannot be read): named in a mount's options (an overlay's `upperdir=.../s/<id>/fs`), or
+  /// under the root of a bind mount from the snapshots' device. A removed snapshot that is
+  /// still mounted is deleted, as before, never handed to another snapshot. (A snapfs mount
+  /// does not show its directories: the FUSE driver relies on containerd unmounting first.)
+  func mountedIDs() -> Set<Int64>? {
+    guard let bytes = try? Sys.readAll("/proc/self/mountinfo"), let st = try? Sys.lstat(layout.snapshots) else { return nil }
+    let dev = UInt64(st.st_dev)
+    let device = "\((dev >> 8) & 0xfff | (dev >> 32) & ~0xfff):\(dev & 0xff | (dev >> 12) & ~0xff)"
+    let prefix = layout.snapshots + "/"
+    var ids = Set<Int64>()
+    func collect(_ text: Substring, after marker: String) {
+      var rest = text
+      while let r = rest.firstRange(of: marker) {
+        rest = rest[r.upperBound...]
+        let digits = rest.prefix { $0.isASCII && $0.isNumber }
+        if let id = Int64(digits) { ids.insert(id) }
+      }
+    }
+    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+      let fields = line.split(separator: " ")
+      guard fields.count >= 5 else { continue }
+      if fields[2] == device { collect(fields[3], after: "/s/") }
+      collect(line, after: prefix)
+    }
+    return ids
+  }
+
+  /// Whether `s/<id>` is exactly what ``Snapshotter/makeDirectory`` makes for an active
+  /// snapshot without parent: mode 0700 holding only `fs` (0755, ours, empty, no xattrs) and
+  /// `work` (0711, ours, empty but for the empty `work` overlayfs leaves, which goes).
+  func isPristine(_ id: Int64) -> Bool {
+    let uid = geteuid(), gid = getegid()
+    func ours(_ path: String, mode: mode_t) throws(SystemError) -> Bool {
+      let st = try Sys.lstat(path)
+      return st.st_mode & S_IFMT == S_IFDIR && st.st_mode & 0o7777 == mode && st.st_uid == uid && st.st_gid == gid
+    }
+    do {
+      guard try ours(layout.dir(id), mode: 0o700), try Sys.listDirectory(layout.dir(id)).sorted() == ["fs", "work"],
+            try ours(layout.fs(id), mode: 0o755), try Sys.listDirectory(layout.fs(id)).isEmpty,
+            try ours(layout.work(id), mode: 0o711)
+      else { return false }
+      let fd = try At.openDirectory(layout.fs(id))
+      defer { At.close(fd) }
+      guard try At.xattrs(fd, layout.fs(id)).isEmpty else { return false }
+      switch try Sys.listDirectory(layout.work(id)) {
+      case []:
+        return true
+      case ["work"]:
+        let work = try At.openDirectory(layout.work(id))
+        defer { At.close(work) }
+        try At.unlink(work, "work", directory: true)  // fails unless empty
+        return true
+      default:
+        return false
+      }
+    } catch {
+      return false
+    }
+  }
 
   private func refill() {
     let start = state.withLock { s -> Bool in
@@ -71,7 +199,7 @@ final class DirectoryPool: Sendable {
     guard start else { return }
     queue.async { [self] in
       var made: [Int64] = []
-      let want = Self.depth - state.withLock { $0.ready.count }
+      let want = max(0, Self.depth - state.withLock { $0.ready.count })
       do {
         for _ in 0..<want {
           let id = reserveID()

@@ -372,6 +372,7 @@ extension Snapshotter {
   /// Runs the deduplication waiting for its delay now, and waits for every background task
   /// (directory removals, deduplication, collections).
   public func drain() {
+    pool.waitIdle()
     reaper.sync { runDedup() }
     reaper.drain()
   }

@@ -17,20 +17,22 @@ struct SnapshotRow: Sendable {
   /// (background dedup of snapshots committed through Prepare/Commit); nil before.
   var fileBytes: Int64?
 
+  /// From a row of `Metadata.selectColumns`, by position (names are matched without case
+  /// on every access, which shows on the hot path).
   init(row: Row) throws(SnapshotError) {
-    id = row["id"]
-    key = row["key"]
-    parentID = row["parent"]
-    parentKey = row["parent_key"]
-    let k: Int = row["kind"]
+    id = row[0]
+    key = row[1]
+    parentID = row[2]
+    parentKey = row[3]
+    let k: Int = row[4]
     guard let kind = SnapshotKind(rawValue: k) else { throw .internal("snapshot \(key): unknown kind \(k) in database") }
     self.kind = kind
-    created = row["created"]
-    updated = row["updated"]
-    size = row["size"]
-    inodes = row["inodes"]
-    layer = row["layer"]
-    fileBytes = row["file_bytes"]
+    created = row[5]
+    updated = row[6]
+    size = row[7]
+    inodes = row[8]
+    layer = row[9]
+    fileBytes = row[10]
   }
 }
 
@@ -102,6 +104,7 @@ enum Metadata {
     return m
   }
 
+  /// The columns `SnapshotRow` reads, in its order.
   private static let selectColumns = """
     SELECT s.id, s.key, s.parent, p.key AS parent_key, s.kind, s.created, s.updated, s.size, s.inodes, s.layer, s.file_bytes
     FROM snapshot s LEFT JOIN snapshot p ON p.id = s.parent

@@ -91,9 +91,6 @@ public final class Snapshotter: Sendable {
       throw .exists("target snapshot \(quoted(target)) already exists")
     }
     return try write { db in
-      if try Metadata.find(db, key: key) != nil {
-        throw SnapshotError.exists("snapshot \(quoted(key)) already exists")
-      }
       var parentID: Int64?
       if !parent.isEmpty {
         guard let p = try Metadata.find(db, key: parent) else {
@@ -107,7 +104,8 @@ public final class Snapshotter: Sendable {
       let pooled = pool.take()
       let id = pooled ?? pool.reserveID()
       defer { pool.release(id) }
-      try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos())
+      // A key taken already fails the insert (UNIQUE), which is the existence check.
+      try Self.unique(key) { try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos()) }
       try Metadata.insertLabels(db, id: id, labels)
       let lowers = try parentID.map { try Metadata.parentChain(db, of: $0).map { layout.files(id: $0.id, layer: $0.layer) } } ?? []
       if pooled == nil {
@@ -211,7 +209,8 @@ public final class Snapshotter: Sendable {
     let layout = self.layout
     // Usage is computed outside the write transaction: the upper dir is the caller's and
     // does not change during the commit, and other calls keep going meanwhile.
-    let found = try read { db in try Metadata.get(db, key: key) }
+    // One statement: no transaction needed for a consistent answer.
+    let found = try read(isolated: false) { db in try Metadata.get(db, key: key) }
     guard found.kind == .active else {
       throw .precondition("snapshot \(quoted(key)) is not active: only an active snapshot can be committed")
     }
@@ -227,17 +226,15 @@ public final class Snapshotter: Sendable {
       guard row.kind == .active, row.id == found.id else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is not active: only an active snapshot can be committed")
       }
-      if try Metadata.find(db, key: name) != nil {
-        throw SnapshotError.exists("snapshot \(quoted(name)) already exists")
-      }
-      try Metadata.commit(db, id: row.id, name: name, usage: usage, now: Clock.nowNanos())
+      try Self.unique(name) { try Metadata.commit(db, id: row.id, name: name, usage: usage, now: Clock.nowNanos()) }
       try Metadata.setLabels(db, id: row.id, labels)
     }
     // Its files become shared content objects later, off this call's path.
     scheduleDedup([found.id])
   }
 
-  /// Remove: deletes the snapshot's row; its directory goes after the commit.
+  /// Remove: deletes the snapshot's row; its directory goes after the commit (back to the
+  /// directory pool if nothing was written into it).
   public func remove(key: String) throws(SnapshotError) {
     try Validate.key(key, what: "key")
     let row = try write { db in
@@ -251,7 +248,7 @@ public final class Snapshotter: Sendable {
     }
     // An imported layer stays in the layer store, ready to be used again, until
     // `collectGarbage` finds no snapshot using it.
-    if row.layer == nil { reaper.remove(layout.dir(row.id)) }
+    if row.layer == nil { pool.recycle(row.id) }
     // Objects only this snapshot held are freed in the background.
     if row.fileBytes != nil { scheduleCollect() }
   }
@@ -332,6 +329,7 @@ public final class Snapshotter: Sendable {
   @discardableResult
   public func cleanup() throws(SnapshotError) -> [String] {
     reaper.drain()
+    pool.waitIdle()
     // Listing and removal run inside a write transaction so no snapshot is being made
     // while we decide what is an orphan.
     let layout = self.layout
@@ -411,11 +409,23 @@ public final class Snapshotter: Sendable {
     }
   }
 
-  func read<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
+  /// A read in a transaction of its own; `isolated: false` spares the transaction for a
+  /// body of one statement, which SQLite answers from one snapshot anyway.
+  func read<T>(isolated: Bool = true, _ body: (Database) throws -> T) throws(SnapshotError) -> T {
     do {
-      return try db.read(body)
+      return isolated ? try db.read(body) : try db.unsafeRead(body)
     } catch {
       throw Self.mapError(error)
+    }
+  }
+
+  /// Runs `body`, which writes `key` into the snapshot table's unique key column: a key
+  /// another snapshot has is AlreadyExists.
+  static func unique(_ key: String, _ body: () throws -> Void) throws {
+    do {
+      try body()
+    } catch let e as DatabaseError where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
+      throw SnapshotError.exists("snapshot \(quoted(key)) already exists")
     }
   }
 

@@ -79,6 +79,21 @@ public enum Sys {
     return fd
   }
 
+  /// A whole file (a /proc file, whose size stat does not tell).
+  public static func readAll(_ path: String) throws(SystemError) -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw SystemError("open", path, errno: errno) }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+      let n = read(fd, &buffer, buffer.count)
+      if n == 0 { return out }
+      if n > 0 { out += buffer[..<n]; continue }
+      if errno != EINTR { throw SystemError("read", path, errno: errno) }
+    }
+  }
+
   /// Names in a directory (`opendir(3)`/`readdir(3)`), without "." and "..".
   public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
     guard let dir = opendir(path) else { throw SystemError("opendir", path, errno: errno) }

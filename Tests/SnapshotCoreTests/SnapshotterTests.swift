@@ -196,6 +196,48 @@ func upperDir(_ mounts: [Mount]) -> String {
     #expect(Sys.exists(d) && Sys.exists(bUpper))
   }
 
+  /// The directory of a removed snapshot nothing was written into comes back from the pool
+  /// under a fresh id; one with files, another mode, or an xattr is deleted.
+  @Test func untouchedDirectoriesOfRemovedSnapshotsAreReused() async throws {
+    let tmp = TempRoot()
+    let s = try tmp.open()
+    let mark = timespec(tv_sec: 1_000_000_000, tv_nsec: 0)  // an fs dir's mtime, kept by a rename
+    func prepareMarked(_ key: String) throws -> String {
+      let fs = try s.prepare(key: key, parent: "")[0].source
+      let dir = try At.openDirectory(String(fs.dropLast(3)))
+      defer { At.close(dir) }
+      try At.setTimes(dir, "fs", atime: mark, mtime: mark)
+      return fs
+    }
+    /// The fs dirs of 40 new snapshots that carry the mark.
+    func marked(_ round: String) throws -> [String] {
+      try (0..<40).map { try s.prepare(key: "\(round)-\($0)", parent: "")[0].source }
+        .filter { try Sys.lstat($0).st_mtim.tv_sec == mark.tv_sec }
+    }
+    let a = try prepareMarked("a")
+    try Sys.mkdir(String(a.dropLast(3)) + "/work/work", mode: 0)  // what overlayfs leaves
+    try s.remove(key: "a")
+    s.pool.waitIdle()
+    #expect(!Sys.exists(a))
+    let reused = try marked("r1")
+    #expect(reused.count == 1 && reused.first != a)
+    if let r = reused.first {
+      #expect(try Sys.listDirectory(r).isEmpty)
+      #expect(try Sys.listDirectory(String(r.dropLast(3)) + "/work").isEmpty)
+      #expect(try Sys.lstat(r).st_mode & 0o7777 == 0o755)
+    }
+    // Written into: deleted, never handed out again.
+    let b = try prepareMarked("b"), c = try prepareMarked("c"), d = try prepareMarked("d")
+    try Sys.mkdir(b + "/file", mode: 0o755)
+    try Sys.chmod(c, mode: 0o700)
+    try At.setXattr(path: d, name: "user.x", value: [1])
+    for key in ["b", "c", "d"] { try s.remove(key: key) }
+    s.pool.waitIdle()
+    #expect(!Sys.exists(b) && !Sys.exists(c) && !Sys.exists(d))
+    #expect(try marked("r2").isEmpty)
+    #expect(try s.cleanup().isEmpty)
+  }
+
   @Test func concurrentDuplicatePrepareHasOneWinner() async throws {
     let tmp = TempRoot()
     let s = try tmp.open()
