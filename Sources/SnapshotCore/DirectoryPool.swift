@@ -148,11 +148,19 @@ final class DirectoryPool: Sendable {
         if let id = Int64(digits) { ids.insert(id) }
       }
     }
-    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-      let fields = line.split(separator: " ")
-      guard fields.count >= 5 else { continue }
-      if fields[2] == device { collect(fields[3], after: "/s/") }
-      collect(line, after: prefix)
+    let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").map { $0.split(separator: " ") }.filter { $0.count >= 5 }
+    // `s/` as a path within its file system (a bind mount's root is one): under the mount
+    // point of that device holding it, nearest first.
+    var within: String?, nearest = -1
+    for f in lines where f[2] == device {
+      let point = f[4] == "/" ? "" : String(f[4])
+      guard point.count > nearest, layout.snapshots.hasPrefix(point + "/") else { continue }
+      nearest = point.count
+      within = (f[3] == "/" ? "" : String(f[3])) + String(layout.snapshots.dropFirst(point.count)) + "/"
+    }
+    for f in lines {
+      if let within, f[2] == device { collect(f[3], after: within) }
+      for option in f.dropFirst(5) { collect(option, after: prefix) }
     }
     return ids
   }

@@ -238,6 +238,29 @@ func upperDir(_ mounts: [Mount]) -> String {
     #expect(try s.cleanup().isEmpty)
   }
 
+  /// A removed snapshot whose directory is still mounted (a bind of its fs here) is deleted,
+  /// never handed to another snapshot. Mounting needs root.
+  @Test(.enabled(if: geteuid() == 0, "mounting needs root")) func mountedDirectoriesAreNotReused() async throws {
+    let tmp = TempRoot()
+    let s = try tmp.open()
+    let fs = try s.prepare(key: "a", parent: "")[0].source
+    let target = tmp.path + "/mnt"
+    try Sys.mkdir(target, mode: 0o755)
+    try Sys.mount(source: fs, target: target, type: "none", flags: UInt(MS_BIND), data: nil)
+    defer { try? Sys.unmount(target, flags: Int32(MNT_DETACH)) }
+    let id = Int64(fs.split(separator: "/").dropLast().last!)!
+    #expect(s.pool.mountedIDs()?.contains(id) == true)
+    let mark = timespec(tv_sec: 1_000_000_000, tv_nsec: 0)  // kept by a rename, not by a new directory
+    let dir = try At.openDirectory(String(fs.dropLast(3)))
+    try At.setTimes(dir, "fs", atime: mark, mtime: mark)
+    At.close(dir)
+    try s.remove(key: "a")
+    s.pool.waitIdle()
+    #expect(!Sys.exists(fs))
+    let handedOut = try (0..<40).map { try Sys.lstat(try s.prepare(key: "n\($0)", parent: "")[0].source).st_mtim.tv_sec }
+    #expect(!handedOut.contains(mark.tv_sec))
+  }
+
   @Test func concurrentDuplicatePrepareHasOneWinner() async throws {
     let tmp = TempRoot()
     let s = try tmp.open()
