@@ -262,6 +262,9 @@ private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutabl
   }
 }
 
+/// Serializes reads per open file (by descriptor, striped).
+private let readLocks = (0..<64).map { _ in Mutex() }
+
 /// The FUSE low-level operations of snapfs.
 func operations() -> fuse_lowlevel_ops {
   var ops = fuse_lowlevel_ops()
@@ -385,7 +388,6 @@ func operations() -> fuse_lowlevel_ops {
     let n = node(ino)
     reply(req) { () throws(Errno) in
       let (fd, upper) = try overlay.open(n, flags: layerFlags(fi))
-      if !upper { _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL) }
       _ = replyOpen(n, fd, upper: upper, fi) { fuse_reply_open(req, fi) }
     }
   }
@@ -413,7 +415,10 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.read = { req, _, size, offset, fi in
-    snapfs_reply_fd(req, Int32(truncatingIfNeeded: fi!.pointee.fh), size, offset)
+    let fd = Int32(truncatingIfNeeded: fi!.pointee.fh)
+    // One read of a file at a time: the kernel's readahead sends a file's reads in order, and
+    // served in parallel they reach the layer's file out of order, which defeats its readahead.
+    readLocks[Int(fd) & (readLocks.count - 1)].with { _ = snapfs_reply_fd(req, fd, size, offset) }
   }
 
   ops.write_buf = { req, _, buffers, offset, fi in
