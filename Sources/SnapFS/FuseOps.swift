@@ -202,10 +202,12 @@ private func readDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t, _ f
 }
 
 /// The descriptor to change attributes through: the open file's, the directory's own, or
-/// a path to the file (O_PATH descriptors refuse fchmod and futimens).
+/// a path to the file (O_PATH descriptors refuse fchmod and futimens): a name in its
+/// directory, not followed, or for a removed file the /proc path of the descriptor that pins
+/// it, a link that must be followed to reach the file.
 private enum Target {
   case fd(Int32)
-  case at(Int32, String)
+  case at(Int32, String, follow: Bool)
 }
 
 private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutablePointer<stat>?, _ toSet: Int32,
@@ -222,12 +224,12 @@ private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutabl
       let target: Target
       if let fi { target = .fd(Int32(truncatingIfNeeded: fi.pointee.fh)) }
       else if n.isDirectory { target = .fd(n.fd) }
-      else if let loc = overlay.upperLocation(n) { target = .at(loc.dirfd, loc.name) }
-      else { target = .at(AT_FDCWD, "/proc/self/fd/\(n.pinned)") }
+      else if let loc = overlay.upperLocation(n) { target = .at(loc.dirfd, loc.name, follow: false) }
+      else { target = .at(AT_FDCWD, "/proc/self/fd/\(n.pinned)", follow: true) }
       if toSet & FUSE_SET_ATTR_MODE != 0 {
         switch target {
         case .fd(let fd): _ = try sys(fchmod(fd, a.st_mode & 0o7777))
-        case .at(let dir, let name): _ = try sys(fchmodat(dir, name, a.st_mode & 0o7777, 0))
+        case .at(let dir, let name, _): _ = try sys(fchmodat(dir, name, a.st_mode & 0o7777, 0))
         }
       }
       if toSet & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
@@ -235,14 +237,14 @@ private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutabl
         let gid = toSet & FUSE_SET_ATTR_GID != 0 ? a.st_gid : gid_t.max
         switch target {
         case .fd(let fd): _ = try sys(fchown(fd, uid, gid))
-        case .at(let dir, let name): _ = try sys(fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW))
+        case .at(let dir, let name, let follow): _ = try sys(fchownat(dir, name, uid, gid, follow ? 0 : AT_SYMLINK_NOFOLLOW))
         }
       }
       if toSet & FUSE_SET_ATTR_SIZE != 0 {
         switch target {
         case .fd(let fd): _ = try sys(ftruncate(fd, a.st_size))
-        case .at(let dir, let name):
-          let fd = try sys(shim_openat(dir, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0))
+        case .at(let dir, let name, let follow):
+          let fd = try sys(shim_openat(dir, name, O_WRONLY | (follow ? 0 : O_NOFOLLOW) | O_CLOEXEC, 0))
           defer { close(fd) }
           _ = try sys(ftruncate(fd, a.st_size))
         }
@@ -254,7 +256,7 @@ private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutabl
         if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { times[1] = now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { times[1] = a.st_mtim }
         switch target {
         case .fd(let fd): _ = try sys(futimens(fd, &times))
-        case .at(let dir, let name): _ = try sys(utimensat(dir, name, &times, AT_SYMLINK_NOFOLLOW))
+        case .at(let dir, let name, let follow): _ = try sys(utimensat(dir, name, &times, follow ? 0 : AT_SYMLINK_NOFOLLOW))
         }
       }
       try replyAttr(req, n)
