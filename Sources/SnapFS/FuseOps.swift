@@ -176,14 +176,24 @@ private func readDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t, _ f
       } else {
         let e = entries[index - 2]
         if plus {
-          guard let (child, attr) = try? overlay.lookup(handle.node, e.name) else {
+          var child: Node?
+          var plusEntry = fuse_entry_param()
+          do throws(Errno) {
+            let (node, attr) = try overlay.lookup(handle.node, e.name)
+            child = node
+            plusEntry = entry(node, attr)
+          } catch where error.code == ENOENT {
             index += 1  // gone meanwhile
             continue
+          } catch {
+            // Listed, but its attributes cannot be had now: a plain entry (node id 0), which
+            // the kernel looks up itself when it is used, and gets the error then.
+            plusEntry.attr.st_ino = ino_t(e.ino)
+            plusEntry.attr.st_mode = mode_t(e.type) << 12
           }
-          var plusEntry = entry(child, attr)
           added = fuse_add_direntry_plus(req, buffer + used, size - used, e.name, &plusEntry, next)
           if added > size - used {
-            overlay.nodes.forget(child, 1)
+            if let child { overlay.nodes.forget(child, 1) }
             break
           }
         } else {
