@@ -78,13 +78,12 @@ private func layerFlags(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Int32 {
   return flags
 }
 
-/// Replies to OPEN or CREATE (`reply` sends it) for the open file `fd` of `node`: handed to
-/// the kernel as a backing file where passthrough applies (`upper`: the node's file is its
-/// upper file, read under the lock that opened it). If the reply does not reach the kernel
+/// Replies to OPEN or CREATE (`reply` sends it) for the open file `fd` of `node`, counted
+/// by `passthrough.open` (under the tree lock that opened it) as `backing`: the kernel's
+/// backing file id, or nil for a request-served open. If the reply does not reach the kernel
 /// (the caller was interrupted), no RELEASE will come: the open is undone here.
-private func replyOpen(_ node: Node, _ fd: Int32, upper: Bool, _ fi: UnsafeMutablePointer<fuse_file_info>?,
+private func replyOpen(_ node: Node, _ fd: Int32, backing: Int32?, _ fi: UnsafeMutablePointer<fuse_file_info>?,
                        _ reply: () -> Int32) -> Bool {
-  let backing = passthrough.open(node, fd, upper: upper)
   fi!.pointee.fh = FileHandle(fd: fd, passthrough: backing != nil).raw
   // Page caches stay across opens (the files change only through this mount), and close(2)
   // does not wait for a FLUSH round trip. A passthrough file's page cache is its backing
@@ -274,8 +273,9 @@ private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutabl
   }
 }
 
-/// Serializes reads per open file (by descriptor, striped).
-private let readLocks = (0..<64).map { _ in Mutex() }
+/// Serializes reads per open file (by descriptor, striped wide enough that unrelated files
+/// rarely share a lock).
+private let readLocks = (0..<1024).map { _ in Mutex() }
 
 /// The FUSE low-level operations of snapfs.
 func operations() -> fuse_lowlevel_ops {
@@ -399,8 +399,8 @@ func operations() -> fuse_lowlevel_ops {
   ops.open = { req, ino, fi in
     let n = node(ino)
     reply(req) { () throws(Errno) in
-      let (fd, upper) = try overlay.open(n, flags: layerFlags(fi))
-      _ = replyOpen(n, fd, upper: upper, fi) { fuse_reply_open(req, fi) }
+      let (fd, backing) = try overlay.open(n, flags: layerFlags(fi)) { fd, upper in passthrough.open(n, fd, upper: upper) }
+      _ = replyOpen(n, fd, backing: backing, fi) { fuse_reply_open(req, fi) }
     }
   }
 
@@ -416,7 +416,8 @@ func operations() -> fuse_lowlevel_ops {
           try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
           let (child, st) = try overlay.lookup(p, n)
           var e = entry(child, st)
-          if !replyOpen(child, fd, upper: true, fi, { fuse_reply_create(req, &e, fi) }) { overlay.nodes.forget(child, 1) }
+          let backing = passthrough.open(child, fd, upper: true)
+          if !replyOpen(child, fd, backing: backing, fi, { fuse_reply_create(req, &e, fi) }) { overlay.nodes.forget(child, 1) }
         } catch {
           close(fd)
           unlinkat(upper, n, 0)

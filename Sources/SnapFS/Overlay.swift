@@ -601,19 +601,22 @@ final class Overlay: @unchecked Sendable {
   // MARK: - Open files
 
   /// Opens the node's topmost file with `flags`, copying it up first when the open may
-  /// write. Takes the tree lock itself.
-  func open(_ node: Node, flags: Int32) throws(Errno) -> (fd: Int32, upper: Bool) {
+  /// write, and hands the descriptor and whether it is the upper file to `attach`, which runs
+  /// under the same tree lock (so no copy-up comes between the open and what `attach`
+  /// decides from it). Takes the tree lock itself.
+  func open<T>(_ node: Node, flags: Int32, _ attach: (_ fd: Int32, _ upper: Bool) -> T) throws(Errno) -> (fd: Int32, T) {
     let writes = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
     let clean = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_NOFOLLOW | O_CLOEXEC
     if writes {
-      return try tree.write { () throws(Errno) -> (fd: Int32, upper: Bool) in
+      return try tree.write { () throws(Errno) -> (fd: Int32, T) in
         try copyUp(node, data: flags & O_TRUNC == 0)
-        return (try openTopmost(node, clean), true)
+        let fd = try openTopmost(node, clean)
+        return (fd, attach(fd, true))
       }
     }
-    // The layer read under the same lock as the open: a copy-up cannot come between.
-    return try tree.read { () throws(Errno) -> (fd: Int32, upper: Bool) in
-      (try openTopmost(node, clean), hasUpper && node.layer == 0)
+    return try tree.read { () throws(Errno) -> (fd: Int32, T) in
+      let fd = try openTopmost(node, clean)
+      return (fd, attach(fd, hasUpper && node.layer == 0))
     }
   }
 

@@ -96,8 +96,12 @@ extension Snapshotter {
         do {
           absorbed = try objects.absorb(tree: layout.fs(id), scratch: layout.temporary)
         } catch {
-          // Removed meanwhile: its directory went with it.
-          if try read({ db in try Metadata.find(db, id: id) }) == nil { return }
+          // Removed meanwhile: its directory went (or is going) with it; objects made from
+          // its files before that need a sweep.
+          if try read({ db in try Metadata.find(db, id: id) }) == nil {
+            scheduleCollect(sweep: true)
+            return
+          }
           throw Self.mapError(error)
         }
         // A tree without objects needs no row change (a restart looks at it again, cheaply).

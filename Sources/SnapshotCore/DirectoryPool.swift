@@ -24,6 +24,10 @@ final class DirectoryPool: Sendable {
   private let logger: Logger
   private let queue = DispatchQueue(label: "snapshotd.directory-pool", qos: .userInitiated)
   private let state: Mutex<State>
+  /// Held while directories are renamed back into the pool, and by `Snapshotter.cleanup()`
+  /// while it lists and removes orphans: a directory is either renamed (and then reserved)
+  /// or removed, never emptied by one while the other renames it.
+  private let sweeping = Mutex(())
   /// How many ready directories the pool keeps.
   static let depth = 16
 
@@ -34,8 +38,10 @@ final class DirectoryPool: Sendable {
     /// transaction that uses them is over.
     var reserved: Set<Int64> = []
     var filling = false
-    /// Removed snapshots whose directories wait for ``recycle(_:)``.
+    /// Removed snapshots whose directories wait for ``recycle(_:)``, and the batch being
+    /// taken back; both count as in use for cleanup.
     var recycling: [Int64] = []
+    var batch: [Int64] = []
   }
 
   init(layout: Layout, firstID: Int64, logger: Logger) {
@@ -67,8 +73,14 @@ final class DirectoryPool: Sendable {
   /// The transaction using `id` is over (committed or rolled back).
   func release(_ id: Int64) { _ = state.withLock { $0.reserved.remove(id) } }
 
-  /// Ids whose directories belong to the pool or to a transaction in progress.
-  var inUse: Set<Int64> { state.withLock { $0.reserved } }
+  /// Ids whose directories belong to the pool, to a transaction in progress, or to a
+  /// removed snapshot the pool is about to take back.
+  var inUse: Set<Int64> { state.withLock { $0.reserved.union($0.recycling).union($0.batch) } }
+
+  /// Runs `body` while no directory is being renamed back into the pool.
+  func excludingRecycling<T>(_ body: () throws -> T) rethrows -> T {
+    try sweeping.withLock { _ in try body() }
+  }
 
   /// Waits for a fill or a batch of recycling in progress or due.
   func waitIdle() {
@@ -90,25 +102,33 @@ final class DirectoryPool: Sendable {
     guard first else { return }
     queue.asyncAfter(deadline: .now() + Self.recycleDelay) { [self] in
       let batch = state.withLock { s -> [Int64] in
-        defer { s.recycling = [] }
-        return s.recycling
+        s.batch = s.recycling
+        s.recycling = []
+        return s.batch
       }
+      defer { state.withLock { $0.batch = [] } }
       var reused: [Int64] = []
       let mounted = mountedIDs()
       for old in batch {
         let dir = layout.dir(old)
-        if let mounted, !mounted.contains(old),
-           state.withLock({ $0.ready.count + reused.count < 2 * Self.depth }) && isPristine(old) {
+        let renamed = sweeping.withLock { _ -> Bool in
+          guard let mounted, !mounted.contains(old),
+                state.withLock({ $0.ready.count + reused.count < 2 * Self.depth }), isPristine(old) else { return false }
           let id = reserveID()
           do {
+            // What the removed snapshot wrote and deleted in fs is gone for good before
+            // another snapshot gets the directory (file systems need not order metadata).
+            try Sys.fsyncDirectory(layout.fs(old))
             try Sys.rename(dir, layout.dir(id))
             reused.append(id)
-            continue
+            return true
           } catch {
             logger.warning("cannot reuse a snapshot directory", metadata: ["path": "\(dir)", "error": "\(error)"])
             release(id)
+            return false
           }
         }
+        if renamed { continue }
         guard Sys.exists(dir) else { continue }
         do { try Tree.remove(dir) } catch {
           logger.warning("failed to remove snapshot directory", metadata: ["path": "\(dir)", "error": "\(error)"])

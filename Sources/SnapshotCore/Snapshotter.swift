@@ -94,6 +94,8 @@ public final class Snapshotter: Sendable {
       var parentID: Int64?
       if !parent.isEmpty {
         guard let p = try Metadata.find(db, key: parent) else {
+          // containerd checks the key first (only on this error path here).
+          if try Metadata.find(db, key: key) != nil { throw SnapshotError.exists("snapshot \(quoted(key)) already exists") }
           throw SnapshotError.notFound("parent \(quoted(parent)) of snapshot \(quoted(key)) does not exist")
         }
         guard p.kind == .committed else {
@@ -104,8 +106,14 @@ public final class Snapshotter: Sendable {
       let pooled = pool.take()
       let id = pooled ?? pool.reserveID()
       defer { pool.release(id) }
-      // A key taken already fails the insert (UNIQUE), which is the existence check.
-      try Self.unique(key) { try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos()) }
+      // A key taken already fails the insert (UNIQUE), which is the existence check; the
+      // untouched pooled directory goes back to the pool.
+      do {
+        try Self.unique(key) { try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos()) }
+      } catch {
+        if pooled != nil { pool.recycle(id) }
+        throw error
+      }
       try Metadata.insertLabels(db, id: id, labels)
       let lowers = try parentID.map { try Metadata.parentChain(db, of: $0).map { layout.files(id: $0.id, layer: $0.layer) } } ?? []
       if pooled == nil {
@@ -206,6 +214,8 @@ public final class Snapshotter: Sendable {
     try Validate.key(name, what: "name")
     try Validate.key(key, what: "key")
     try Validate.labels(labels, key: name)
+    // The active snapshot itself has the name (the UNIQUE check below would let it through).
+    if name == key { throw .exists("snapshot \(quoted(name)) already exists") }
     let layout = self.layout
     // Usage is computed outside the write transaction: the upper dir is the caller's and
     // does not change during the commit, and other calls keep going meanwhile.
@@ -333,7 +343,9 @@ public final class Snapshotter: Sendable {
     // Listing and removal run inside a write transaction so no snapshot is being made
     // while we decide what is an orphan.
     let layout = self.layout
-    return try write { db in try Self.removeOrphans(layout) { try Metadata.allIDs(db).union(pool.inUse) } }
+    return try write { db in
+      try pool.excludingRecycling { try Self.removeOrphans(layout) { try Metadata.allIDs(db).union(pool.inUse) } }
+    }
   }
 
   /// Removes what `s/` holds for ids outside `keep()`. `keep` is asked after the listing:

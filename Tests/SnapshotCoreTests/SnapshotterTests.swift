@@ -201,18 +201,20 @@ func upperDir(_ mounts: [Mount]) -> String {
   @Test func untouchedDirectoriesOfRemovedSnapshotsAreReused() async throws {
     let tmp = TempRoot()
     let s = try tmp.open()
-    let mark = timespec(tv_sec: 1_000_000_000, tv_nsec: 0)  // an fs dir's mtime, kept by a rename
+    // The mtime of a snapshot's own directory (s/<id>), which a rename keeps and nothing
+    // written into fs or work changes.
+    let mark = timespec(tv_sec: 1_000_000_000, tv_nsec: 0)
     func prepareMarked(_ key: String) throws -> String {
       let fs = try s.prepare(key: key, parent: "")[0].source
-      let dir = try At.openDirectory(String(fs.dropLast(3)))
-      defer { At.close(dir) }
-      try At.setTimes(dir, "fs", atime: mark, mtime: mark)
+      let snapshots = try At.openDirectory(s.layout.snapshots)
+      defer { At.close(snapshots) }
+      try At.setTimes(snapshots, String(fs.split(separator: "/").dropLast().last!), atime: mark, mtime: mark)
       return fs
     }
-    /// The fs dirs of 40 new snapshots that carry the mark.
+    /// The fs dirs of 40 new snapshots whose directory carries the mark.
     func marked(_ round: String) throws -> [String] {
       try (0..<40).map { try s.prepare(key: "\(round)-\($0)", parent: "")[0].source }
-        .filter { try Sys.lstat($0).st_mtim.tv_sec == mark.tv_sec }
+        .filter { try Sys.lstat(String($0.dropLast(3))).st_mtim.tv_sec == mark.tv_sec }
     }
     let a = try prepareMarked("a")
     try Sys.mkdir(String(a.dropLast(3)) + "/work/work", mode: 0)  // what overlayfs leaves
@@ -236,6 +238,12 @@ func upperDir(_ mounts: [Mount]) -> String {
     #expect(!Sys.exists(b) && !Sys.exists(c) && !Sys.exists(d))
     #expect(try marked("r2").isEmpty)
     #expect(try s.cleanup().isEmpty)
+    // A Prepare of a key that exists leaves no orphan directory behind: the pool takes back
+    // the one it had handed out.
+    expectError(.alreadyExists, containing: "r2-0") { _ = try s.prepare(key: "r2-0", parent: "") }
+    expectError(.alreadyExists, containing: "r2-1") { _ = try s.prepare(key: "r2-1", parent: "missing") }
+    #expect(try s.cleanup().isEmpty)
+    expectError(.alreadyExists, containing: "r2-2") { try s.commit(name: "r2-2", key: "r2-2") }
   }
 
   /// A removed snapshot whose directory is still mounted (a bind of its fs here) is deleted,
@@ -251,13 +259,13 @@ func upperDir(_ mounts: [Mount]) -> String {
     let id = Int64(fs.split(separator: "/").dropLast().last!)!
     #expect(s.pool.mountedIDs()?.contains(id) == true)
     let mark = timespec(tv_sec: 1_000_000_000, tv_nsec: 0)  // kept by a rename, not by a new directory
-    let dir = try At.openDirectory(String(fs.dropLast(3)))
-    try At.setTimes(dir, "fs", atime: mark, mtime: mark)
-    At.close(dir)
+    let snapshots = try At.openDirectory(s.layout.snapshots)
+    try At.setTimes(snapshots, String(id), atime: mark, mtime: mark)
+    At.close(snapshots)
     try s.remove(key: "a")
     s.pool.waitIdle()
     #expect(!Sys.exists(fs))
-    let handedOut = try (0..<40).map { try Sys.lstat(try s.prepare(key: "n\($0)", parent: "")[0].source).st_mtim.tv_sec }
+    let handedOut = try (0..<40).map { try Sys.lstat(String(try s.prepare(key: "n\($0)", parent: "")[0].source.dropLast(3))).st_mtim.tv_sec }
     #expect(!handedOut.contains(mark.tv_sec))
   }
 
