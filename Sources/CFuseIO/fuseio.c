@@ -25,7 +25,7 @@ struct snapfs_backing_map {
 
 static int offered = 0;      // written once while reading INIT, before any other request
 static int init_seen = 0;
-static int want = 0;         // set by the init callback, read by the INIT reply
+static int want = 0;         // 1: set by the init callback; 2: the INIT reply carries it
 static uint32_t stack_depth = 0;
 static __thread int32_t armed = 0;
 
@@ -56,19 +56,20 @@ static void patch_u32(void *base, size_t offset, uint32_t set) {
 ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata) {
   (void)userdata;
   if (count >= 2) {
-    struct fuse_out_header h;
-    memcpy(&h, iov[0].iov_base, sizeof h);
-    struct iovec *last = &iov[count - 1];
     if (armed != 0) {
       // fuse_open_out ends the reply (CREATE: after fuse_entry_out): fh, open_flags, backing_id.
+      struct fuse_out_header h;
+      memcpy(&h, iov[0].iov_base, sizeof h);
+      struct iovec *last = &iov[count - 1];
       if (h.error == 0 && last->iov_len >= 16) {
         char *open_out = (char *)last->iov_base + last->iov_len - 16;
         patch_u32(open_out, 8, SNAPFS_FOPEN_PASSTHROUGH);
         memcpy(open_out + 12, &armed, 4);
       }
       armed = 0;
-    } else if (want == 1 && iov[1].iov_len >= INIT_OUT_MAX_STACK_DEPTH + 4) {
-      want = 2;  // the INIT reply: the first reply after the init callback
+    } else if (__atomic_load_n(&want, __ATOMIC_RELAXED) == 1 && iov[1].iov_len >= INIT_OUT_MAX_STACK_DEPTH + 4) {
+      // The INIT reply: the first reply after the init callback, on the same thread.
+      __atomic_store_n(&want, 2, __ATOMIC_RELAXED);
       patch_u32(iov[1].iov_base, INIT_OUT_FLAGS, FUSE_INIT_EXT);
       patch_u32(iov[1].iov_base, INIT_OUT_FLAGS2, SNAPFS_FUSE_PASSTHROUGH_FLAGS2);
       memcpy((char *)iov[1].iov_base + INIT_OUT_MAX_STACK_DEPTH, &stack_depth, 4);
@@ -88,8 +89,6 @@ void fuseio_want_passthrough(uint32_t max_stack_depth) {
   stack_depth = max_stack_depth;
   want = 1;
 }
-
-int fuseio_passthrough_wanted(void) { return want != 0; }
 
 void fuseio_arm_open(int32_t backing_id) { armed = backing_id; }
 void fuseio_disarm(void) { armed = 0; }

@@ -11,8 +11,6 @@ import Glibc
 nonisolated(unsafe) var overlay: Overlay!
 nonisolated(unsafe) var writeback = false
 nonisolated(unsafe) var passthrough: Passthrough!
-/// Whether to ask the kernel for passthrough (the `passthrough` option).
-nonisolated(unsafe) var wantPassthrough = true
 
 /// An open directory: its merged listing, taken at the first read (the kernel may answer
 /// from its cached listing and never read) and kept until it is closed, as overlayfs does.
@@ -231,7 +229,7 @@ private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutabl
       guard toSet & changes != 0 else { return try replyAttr(req, n) }
       try overlay.copyUp(n)
       let target: Target
-      if let fi { target = .fd(Int32(truncatingIfNeeded: fi.pointee.fh)) }
+      if let fi { target = .fd(FileHandle(fi.pointee.fh).fd) }
       else if n.isDirectory { target = .fd(n.fd) }
       else if let loc = overlay.upperLocation(n) { target = .at(loc.dirfd, loc.name, follow: false) }
       else { target = .at(AT_FDCWD, "/proc/self/fd/\(n.pinned)", follow: true) }
@@ -290,7 +288,7 @@ func operations() -> fuse_lowlevel_ops {
     }
     // Passthrough makes the upper files' reads and writes the kernel's own; without it, the
     // writeback cache batches writes into big requests. The kernel refuses the two together.
-    if passthrough.negotiate(wanted: overlay.hasUpper && wantPassthrough) {
+    if passthrough.negotiate(hasUpper: overlay.hasUpper) {
       want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
     } else if overlay.hasUpper && capable & UInt32(FUSE_CAP_WRITEBACK_CACHE) != 0 {
       want |= UInt32(FUSE_CAP_WRITEBACK_CACHE)
@@ -428,14 +426,14 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.read = { req, _, size, offset, fi in
-    let fd = Int32(truncatingIfNeeded: fi!.pointee.fh)
+    let fd = FileHandle(fi!.pointee.fh).fd
     // One read of a file at a time: the kernel's readahead sends a file's reads in order, and
     // served in parallel they reach the layer's file out of order, which defeats its readahead.
     readLocks[Int(fd) & (readLocks.count - 1)].with { _ = snapfs_reply_fd(req, fd, size, offset) }
   }
 
   ops.write_buf = { req, _, buffers, offset, fi in
-    let n = snapfs_write_buf(Int32(truncatingIfNeeded: fi!.pointee.fh), buffers, offset)
+    let n = snapfs_write_buf(FileHandle(fi!.pointee.fh).fd, buffers, offset)
     if n < 0 { fuse_reply_err(req, Int32(-n)) } else { fuse_reply_write(req, n) }
   }
 
@@ -449,16 +447,16 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.fsync = { req, _, datasync, fi in
-    let fd = Int32(truncatingIfNeeded: fi!.pointee.fh)
+    let fd = FileHandle(fi!.pointee.fh).fd
     fuse_reply_err(req, (datasync != 0 ? fdatasync(fd) : fsync(fd)) == 0 ? 0 : errno)
   }
 
   ops.fallocate = { req, _, mode, offset, length, fi in
-    fuse_reply_err(req, shim_fallocate(Int32(truncatingIfNeeded: fi!.pointee.fh), mode, Int64(offset), Int64(length)) == 0 ? 0 : errno)
+    fuse_reply_err(req, shim_fallocate(FileHandle(fi!.pointee.fh).fd, mode, Int64(offset), Int64(length)) == 0 ? 0 : errno)
   }
 
   ops.lseek = { req, _, offset, whence, fi in
-    let r = lseek(Int32(truncatingIfNeeded: fi!.pointee.fh), offset, whence)
+    let r = lseek(FileHandle(fi!.pointee.fh).fd, offset, whence)
     if r < 0 { fuse_reply_err(req, errno) } else { fuse_reply_lseek(req, r) }
   }
 

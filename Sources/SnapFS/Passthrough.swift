@@ -20,16 +20,22 @@ import Glibc
 final class Passthrough: @unchecked Sendable {
   /// The FUSE device (the session's descriptor): backing files are registered on it.
   private let devfd: Int32
+  /// The `passthrough` option.
+  private let wanted: Bool
   private let mutex = Mutex()
-  /// Whether INIT negotiated it; set once by the init callback.
+  /// Whether INIT negotiated it; set once by the init callback, before any open.
   private(set) var enabled = false
 
-  init(devfd: Int32) { self.devfd = devfd }
+  init(devfd: Int32, wanted: Bool) {
+    self.devfd = devfd
+    self.wanted = wanted
+  }
 
-  /// From the init callback: passthrough if the kernel offers it and `wanted`. Returns
-  /// whether it is on (the writeback cache must then be off: the kernel refuses both).
-  func negotiate(wanted: Bool) -> Bool {
-    enabled = wanted && fuseio_kernel_offers_passthrough() != 0
+  /// From the init callback: passthrough if wanted, the mount has an upper dir and the kernel
+  /// offers it. Returns whether it is on (the writeback cache must then be off: the kernel
+  /// refuses both).
+  func negotiate(hasUpper: Bool) -> Bool {
+    enabled = wanted && hasUpper && fuseio_kernel_offers_passthrough() != 0
     // Backing files on ordinary file systems (stack depth 0); an upper dir on another
     // stacked file system gets request-served files instead (registration fails).
     if enabled { fuseio_want_passthrough(1) }
@@ -37,9 +43,10 @@ final class Passthrough: @unchecked Sendable {
   }
 
   /// How the open file `fd` of `node` is served: a backing id to hand the kernel, or nil for
-  /// requests. Counts the open either way; `close` uncounts it.
+  /// requests. With passthrough on, counts the open either way; `close` uncounts it.
   func open(_ node: Node, _ fd: Int32, upper: Bool) -> Int32? {
-    mutex.with {
+    guard enabled else { return nil }
+    return mutex.with {
       if enabled && upper && node.cachedOpens == 0 {
         if node.passthroughOpens > 0 {
           node.passthroughOpens += 1
@@ -59,6 +66,7 @@ final class Passthrough: @unchecked Sendable {
 
   /// An open of `node` was released.
   func close(_ node: Node, passthrough: Bool) {
+    guard enabled else { return }
     mutex.with {
       if passthrough {
         node.passthroughOpens -= 1

@@ -49,8 +49,7 @@ public func serve(_ options: Options) -> Int32 {
     defer { fuse_session_unmount(session) }
     // Requests and replies through CFuseIO's hooks, which negotiate passthrough.
     let devfd = fuse_session_fd(session)
-    passthrough = Passthrough(devfd: devfd)
-    wantPassthrough = options.passthrough
+    passthrough = Passthrough(devfd: devfd, wanted: options.passthrough)
     var io = fuse_custom_io(writev: fuseio_writev, read: fuseio_read, splice_receive: fuseio_splice, splice_send: fuseio_splice)
     guard fuse_session_custom_io(session, &io, devfd) == 0 else {
       return fail("cannot install the session's I/O hooks")

@@ -23,6 +23,8 @@ final class DirectoryPool: Sendable {
   private let layout: Layout
   private let logger: Logger
   private let queue = DispatchQueue(label: "snapshotd.directory-pool", qos: .userInitiated)
+  /// Deletes the directories not reused, off the pool's queue (a big tree takes a while).
+  private let removals = DispatchQueue(label: "snapshotd.directory-removal", qos: .utility)
   private let state: Mutex<State>
   /// Held while directories are renamed back into the pool, and by `Snapshotter.cleanup()`
   /// while it lists and removes orphans: a directory is either renamed (and then reserved)
@@ -82,69 +84,75 @@ final class DirectoryPool: Sendable {
     try sweeping.withLock { _ in try body() }
   }
 
-  /// Waits for a fill or a batch of recycling in progress or due.
+  /// Waits for a fill in progress, takes back the removed snapshots' directories that wait
+  /// for their batch now, and waits for the deletion of those not reused.
   func waitIdle() {
-    while state.withLock({ !$0.recycling.isEmpty }) { usleep(10_000) }
-    queue.sync {}
+    queue.sync { takeBack() }
+    removals.sync {}
   }
 
-  /// Takes back the directory of the removed snapshot `old`: reused under a fresh id when it
-  /// is as the pool makes it (``isPristine(_:)``), else deleted. In the background.
-  /// Directories are taken back in batches, one flush of `s/` for all of them: the batch
-  /// waits this long for more removals.
+  /// Directories are taken back in batches, one flush of `s/` for all of them: a batch waits
+  /// this long for more removals.
   static let recycleDelay = 0.05
 
+  /// Takes back the directory of the removed snapshot `old`, in the background: reused under
+  /// a fresh id when it is as the pool makes it (``readyForReuse(_:)``), else deleted.
   func recycle(_ old: Int64) {
     let first = state.withLock { s -> Bool in
       s.recycling.append(old)
       return s.recycling.count == 1
     }
-    guard first else { return }
-    queue.asyncAfter(deadline: .now() + Self.recycleDelay) { [self] in
-      let batch = state.withLock { s -> [Int64] in
-        s.batch = s.recycling
-        s.recycling = []
-        return s.batch
-      }
-      defer { state.withLock { $0.batch = [] } }
-      var reused: [Int64] = []
-      let mounted = mountedIDs()
-      for old in batch {
-        let dir = layout.dir(old)
-        let renamed = sweeping.withLock { _ -> Bool in
-          guard let mounted, !mounted.contains(old),
-                state.withLock({ $0.ready.count + reused.count < 2 * Self.depth }), isPristine(old) else { return false }
-          let id = reserveID()
-          do {
-            // What the removed snapshot wrote and deleted in fs is gone for good before
-            // another snapshot gets the directory (file systems need not order metadata).
-            try Sys.fsyncDirectory(layout.fs(old))
-            try Sys.rename(dir, layout.dir(id))
-            reused.append(id)
-            return true
-          } catch {
-            logger.warning("cannot reuse a snapshot directory", metadata: ["path": "\(dir)", "error": "\(error)"])
-            release(id)
-            return false
-          }
+    if first { queue.asyncAfter(deadline: .now() + Self.recycleDelay) { [self] in takeBack() } }
+  }
+
+  /// The batch of ``recycle(_:)``; on the pool's queue.
+  private func takeBack() {
+    let batch = state.withLock { s -> [Int64] in
+      s.batch = s.recycling
+      s.recycling = []
+      return s.batch
+    }
+    defer { state.withLock { $0.batch = [] } }
+    guard !batch.isEmpty else { return }
+    var reused: [Int64] = []
+    let mounted = mountedIDs()
+    for old in batch {
+      let dir = layout.dir(old)
+      let renamed = sweeping.withLock { _ -> Bool in
+        guard let mounted, !mounted.contains(old),
+              state.withLock({ $0.ready.count + reused.count < 2 * Self.depth }), readyForReuse(old) else { return false }
+        let id = reserveID()
+        do {
+          // What the removed snapshot wrote and deleted in fs is gone for good before
+          // another snapshot gets the directory (file systems need not order metadata).
+          try Sys.fsyncDirectory(layout.fs(old))
+          try Sys.rename(dir, layout.dir(id))
+          reused.append(id)
+          return true
+        } catch {
+          logger.warning("cannot reuse a snapshot directory", metadata: ["path": "\(dir)", "error": "\(error)"])
+          release(id)
+          return false
         }
-        if renamed { continue }
-        guard Sys.exists(dir) else { continue }
+      }
+      if renamed { continue }
+      removals.async { [logger] in
+        guard Sys.exists(dir) else { return }
         do { try Tree.remove(dir) } catch {
           logger.warning("failed to remove snapshot directory", metadata: ["path": "\(dir)", "error": "\(error)"])
         }
       }
-      guard !reused.isEmpty else { return }
-      do {
-        // The renames are durable before the ids are handed out, as made directories are.
-        try Sys.fsyncDirectory(layout.snapshots)
-        state.withLock { $0.ready += reused }
-      } catch {
-        logger.warning("cannot reuse snapshot directories", metadata: ["error": "\(error)"])
-        for id in reused {
-          try? Tree.remove(layout.dir(id))
-          release(id)
-        }
+    }
+    guard !reused.isEmpty else { return }
+    do {
+      // The renames are durable before the ids are handed out, as made directories are.
+      try Sys.fsyncDirectory(layout.snapshots)
+      state.withLock { $0.ready += reused }
+    } catch {
+      logger.warning("cannot reuse snapshot directories", metadata: ["error": "\(error)"])
+      for id in reused {
+        try? Tree.remove(layout.dir(id))
+        release(id)
       }
     }
   }
@@ -185,19 +193,19 @@ final class DirectoryPool: Sendable {
     return ids
   }
 
-  /// Whether `s/<id>` is exactly what ``Snapshotter/makeDirectory`` makes for an active
-  /// snapshot without parent: mode 0700 holding only `fs` (0755, ours, empty, no xattrs) and
-  /// `work` (0711, ours, empty but for the empty `work` overlayfs leaves, which goes).
-  func isPristine(_ id: Int64) -> Bool {
+  /// Whether `s/<id>` is what ``Snapshotter/makeDirectory`` makes for an active snapshot
+  /// without parent (the `Layout` modes, ours, holding only `fs` (empty, no xattrs) and
+  /// `work` (empty but for the empty `work` overlayfs leaves)); that `work/work` is removed.
+  func readyForReuse(_ id: Int64) -> Bool {
     let uid = geteuid(), gid = getegid()
     func ours(_ path: String, mode: mode_t) throws(SystemError) -> Bool {
       let st = try Sys.lstat(path)
       return st.st_mode & S_IFMT == S_IFDIR && st.st_mode & 0o7777 == mode && st.st_uid == uid && st.st_gid == gid
     }
     do {
-      guard try ours(layout.dir(id), mode: 0o700), try Sys.listDirectory(layout.dir(id)).sorted() == ["fs", "work"],
-            try ours(layout.fs(id), mode: 0o755), try Sys.listDirectory(layout.fs(id)).isEmpty,
-            try ours(layout.work(id), mode: 0o711)
+      guard try ours(layout.dir(id), mode: Layout.dirMode), try Sys.listDirectory(layout.dir(id)).sorted() == ["fs", "work"],
+            try ours(layout.fs(id), mode: Layout.fsMode), try Sys.listDirectory(layout.fs(id)).isEmpty,
+            try ours(layout.work(id), mode: Layout.workMode)
       else { return false }
       let fd = try At.openDirectory(layout.fs(id))
       defer { At.close(fd) }

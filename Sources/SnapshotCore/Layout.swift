@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Where things live under the root directory. Directory names are short on purpose:
 /// an overlay `lowerdir=` option for a 128-layer chain must fit in one page.
 ///
@@ -21,6 +25,9 @@ public struct Layout: Sendable {
     while r.count > 1 && r.hasSuffix("/") { r.removeLast() }
     self.root = r
   }
+
+  /// Modes of a snapshot's directory, its `fs` and its `work` as they are made.
+  static let dirMode: mode_t = 0o700, fsMode: mode_t = 0o755, workMode: mode_t = 0o711
 
   public var database: String { root + "/metadata.db" }
   public var lockFile: String { root + "/lock" }

@@ -152,13 +152,13 @@ public final class Snapshotter: Sendable {
       if Sys.exists(final) { try Tree.remove(final) }  // an orphan of a rolled back id
       if Sys.exists(staging) { try Tree.remove(staging) }
       // Modes are set explicitly: the process umask is not ours to rely on.
-      try Sys.mkdir(staging, mode: 0o700)
-      try Sys.chmod(staging, mode: 0o700)
-      try Sys.mkdir(staging + "/fs", mode: 0o755)
-      try Sys.chmod(staging + "/fs", mode: 0o755)
+      try Sys.mkdir(staging, mode: Layout.dirMode)
+      try Sys.chmod(staging, mode: Layout.dirMode)
+      try Sys.mkdir(staging + "/fs", mode: Layout.fsMode)
+      try Sys.chmod(staging + "/fs", mode: Layout.fsMode)
       if kind == .active {
-        try Sys.mkdir(staging + "/work", mode: 0o711)
-        try Sys.chmod(staging + "/work", mode: 0o711)
+        try Sys.mkdir(staging + "/work", mode: Layout.workMode)
+        try Sys.chmod(staging + "/work", mode: Layout.workMode)
       }
       if let parent {
         let st = try Sys.lstat(parent)

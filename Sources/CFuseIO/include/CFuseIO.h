@@ -23,8 +23,6 @@ int fuseio_kernel_offers_passthrough(void);
 /// file systems deep. Call from the init callback; the kernel refuses it with the writeback
 /// cache.
 void fuseio_want_passthrough(uint32_t max_stack_depth);
-/// Whether the INIT reply asked for passthrough.
-int fuseio_passthrough_wanted(void);
 
 /// The next reply this thread sends (an OPEN or CREATE reply) hands the kernel the backing
 /// file `backing_id`. Disarm after the reply call in every case.
