@@ -11,6 +11,7 @@ import Glibc
 nonisolated(unsafe) var overlay: Overlay!
 nonisolated(unsafe) var writeback = false
 nonisolated(unsafe) var passthrough: Passthrough!
+nonisolated(unsafe) var notifier: Notifier!
 
 /// An open directory: its merged listing, taken at the first read (the kernel may answer
 /// from its cached listing and never read) and kept until it is closed, as overlayfs does.
@@ -26,6 +27,9 @@ private func node(_ ino: fuse_ino_t) -> Node {
   if ino == FUSE_ROOT_ID { return overlay.root }
   return Unmanaged<Node>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(ino))!).takeUnretainedValue()
 }
+
+/// The id the kernel knows `node` by.
+private func kernelID(_ node: Node) -> fuse_ino_t { node === overlay.root ? fuse_ino_t(FUSE_ROOT_ID) : node.id }
 
 @inline(__always)
 private func string(_ name: UnsafePointer<CChar>?) -> String { String(cString: name!) }
@@ -288,7 +292,7 @@ func operations() -> fuse_lowlevel_ops {
     }
     // Passthrough makes the upper files' reads and writes the kernel's own; without it, the
     // writeback cache batches writes into big requests. The kernel refuses the two together.
-    if passthrough.negotiate(hasUpper: overlay.hasUpper) {
+    if passthrough.negotiate() {
       want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
     } else if overlay.hasUpper && capable & UInt32(FUSE_CAP_WRITEBACK_CACHE) != 0 {
       want |= UInt32(FUSE_CAP_WRITEBACK_CACHE)
@@ -397,8 +401,15 @@ func operations() -> fuse_lowlevel_ops {
   ops.open = { req, ino, fi in
     let n = node(ino)
     reply(req) { () throws(Errno) in
-      let (fd, backing) = try overlay.open(n, flags: layerFlags(fi)) { fd, upper in passthrough.open(n, fd, upper: upper) }
-      _ = replyOpen(n, fd, backing: backing, fi) { fuse_reply_open(req, fi) }
+      let (fd, io) = try overlay.open(n, flags: layerFlags(fi)) { fd, upper in passthrough.open(n, fd, upper: upper) }
+      if io == .stale {
+        // The kernel retries the open once with a fresh lookup, which finds the split's new
+        // node; other processes' cached entries for the name are dropped too.
+        close(fd)
+        if let gone = try overlay.split(n) { notifier.forget(parent: kernelID(gone.parent), name: gone.name) }
+        throw Errno(ESTALE)
+      }
+      _ = replyOpen(n, fd, backing: io.backingID, fi) { fuse_reply_open(req, fi) }
     }
   }
 
@@ -414,8 +425,12 @@ func operations() -> fuse_lowlevel_ops {
           try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
           let (child, st) = try overlay.lookup(p, n)
           var e = entry(child, st)
-          let backing = passthrough.open(child, fd, upper: true)
-          if !replyOpen(child, fd, backing: backing, fi, { fuse_reply_create(req, &e, fi) }) { overlay.nodes.forget(child, 1) }
+          let io = passthrough.open(child, fd, upper: true)
+          if io == .stale {  // a node of a name that was not there: cannot be, but undo and retry
+            overlay.nodes.forget(child, 1)
+            throw Errno(ESTALE)
+          }
+          if !replyOpen(child, fd, backing: io.backingID, fi, { fuse_reply_create(req, &e, fi) }) { overlay.nodes.forget(child, 1) }
         } catch {
           close(fd)
           unlinkat(upper, n, 0)

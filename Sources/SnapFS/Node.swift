@@ -18,8 +18,9 @@ struct LayerDir {
 /// mutex.
 final class Node: @unchecked Sendable {
   /// The inode number the mount reports: the topmost file's when the node was made, kept
-  /// through copy-up so it is stable while the kernel holds the node.
-  let ino: UInt64
+  /// through copy-up so it is stable while the kernel holds the node (and through a split,
+  /// see `NodeTable.split`). Set before the node is interned, never after.
+  var ino: UInt64
   /// S_IFMT bits. A name's type never changes: replacing it makes a new node.
   let type: mode_t
   var parent: Node?
@@ -44,8 +45,10 @@ final class Node: @unchecked Sendable {
   /// Open files of this node, by I/O mode (see Passthrough); under Passthrough's mutex.
   var passthroughOpens = 0
   var cachedOpens = 0
-  /// The registered backing file while `passthroughOpens > 0`.
+  /// The registered backing file while `passthroughOpens > 0`, and whether it is the upper
+  /// file (else a lower one, which a copy-up leaves behind).
   var backingID: Int32 = 0
+  var backingUpper = false
 
   init(ino: UInt64, realIno: UInt64, type: mode_t, parent: Node?, name: String, layer: Int, dirs: [LayerDir]) {
     self.ino = ino
@@ -99,6 +102,10 @@ final class NodeTable: @unchecked Sendable {
   private var map: [Key: Node] = [:]
   /// Linked nodes by their upper file's inode number.
   private var linked: [UInt64: Node] = [:]
+  /// Inode numbers of split nodes (see `split`) for the node that next answers the name, as
+  /// long as the name stays the same upper file: by name, the inode number shown and the
+  /// upper file's own.
+  private var carried: [Key: (ino: UInt64, realIno: UInt64)] = [:]
 
   private func key(_ parent: Node, _ name: String) -> Key { Key(parent: parent, name: name) }
 
@@ -131,6 +138,7 @@ final class NodeTable: @unchecked Sendable {
         countLocked(existing)
         return existing
       }
+      if let c = carried[k], c.realIno == node.realIno { node.ino = c.ino }
       if node.linked {
         if let existing = linked[node.realIno] {
           map[k] = existing
@@ -181,6 +189,7 @@ final class NodeTable: @unchecked Sendable {
   /// keeps its other names.
   func detach(_ parent: Node, _ name: String) {
     mutex.with {
+      carried[key(parent, name)] = nil
       guard let node = map.removeValue(forKey: key(parent, name)) else { return }
       guard node.linked, let other = map.first(where: { $0.value === node }) else {
         node.detached = true
@@ -197,12 +206,32 @@ final class NodeTable: @unchecked Sendable {
   func move(_ node: Node, from parent: Node, _ name: String, to newParent: Node, _ newName: String) {
     mutex.with {
       let old = key(parent, name)
+      carried[old] = nil
       if map[old] === node { map[old] = nil }
       if node.parent === parent && node.name == name {
         node.parent = newParent
         node.name = newName
       }
       if node.lookups > 0 { map[key(newParent, newName)] = node }
+    }
+  }
+
+  /// A split: the kernel's inode of `node` (a file copied up while open through its lower
+  /// backing file) can no longer be opened, so its name is answered by a fresh node from the
+  /// next lookup on, with the same inode number. `node` stays for what the kernel holds,
+  /// detached from the name like a removed file (the caller pins it first).
+  func split(_ node: Node) {
+    mutex.with {
+      guard let parent = node.parent, !node.detached else { return }
+      let k = key(parent, node.name)
+      if node.linked {
+        if linked[node.realIno] === node { linked[node.realIno] = nil }
+        for (k, v) in map where v === node { map[k] = nil }
+      } else if map[k] === node {
+        map[k] = nil
+      }
+      node.detached = true
+      carried[k] = (node.ino, node.realIno)
     }
   }
 }

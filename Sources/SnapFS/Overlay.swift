@@ -620,6 +620,19 @@ final class Overlay: @unchecked Sendable {
     }
   }
 
+  /// Splits `node`, whose kernel inode can no longer be opened (see `Passthrough`): pinned to
+  /// its file and off its name, which a fresh node answers from the next lookup on. Returns
+  /// the parent and name for the kernel to forget, or nil if it was off its name already.
+  /// Takes the tree lock.
+  func split(_ node: Node) throws(Errno) -> (parent: Node, name: String)? {
+    try tree.write { () throws(Errno) -> (parent: Node, name: String)? in
+      guard !node.detached, let parent = node.parent else { return nil }
+      try pin(node)
+      nodes.split(node)
+      return (parent, node.name)
+    }
+  }
+
   private func openTopmost(_ node: Node, _ flags: Int32) throws(Errno) -> Int32 {
     // A removed name: reopen the file through the descriptor that pins it.
     if node.pinned >= 0 { return try sys(shim_open("/proc/self/fd/\(node.pinned)", flags & ~O_NOFOLLOW, 0)) }

@@ -5,19 +5,39 @@ import Glibc
 #endif
 
 /// FUSE passthrough: the kernel reads and writes an open file's backing file itself, with no
-/// request to snapfs and one page cache (the backing file's), as kernel overlayfs does. Used
-/// for upper files, whose backing file is the node's file for the node's whole life.
+/// request to snapfs and one page cache (the backing file's, so a lower file read through
+/// many mounts is cached once), as kernel overlayfs does. Used for every regular file.
 ///
 /// The kernel holds one backing file per inode while passthrough opens exist, and refuses to
 /// mix passthrough and cached (request-served) opens of one inode. So a node's opens all use
-/// the same backing id until the last closes, and a node with cached opens (a lower file
-/// opened for reading, then copied up while still open) stays cached until they close. Lower
-/// files are served by requests: their node's file changes at copy-up, which the kernel's
-/// backing file could not follow while they are open.
+/// the same backing id until the last closes, and a node with cached opens (one whose
+/// backing file could not be registered) stays cached until they close.
+///
+/// A lower file copied up while it is open through its lower backing file cannot be opened
+/// again on that inode: the kernel would not take the upper file as a second backing file.
+/// Such an open is `stale`: the node is split (`Overlay.split`) and the open answered ESTALE,
+/// which makes the kernel look the name up again (LOOKUP_REVAL) and open the fresh node.
+/// The readers that held the lower file keep reading it, as with fuse-overlayfs; on kernel
+/// overlayfs they would see the upper file.
 ///
 /// libfuse 3.14 does not know passthrough; CFuseIO's session hooks negotiate it and mark the
 /// open replies.
 final class Passthrough: @unchecked Sendable {
+  /// How an open file is served.
+  enum IO: Equatable {
+    /// By the kernel, through this registered backing file.
+    case backing(Int32)
+    /// By requests to snapfs.
+    case requests
+    /// Not at all on this inode: split the node and answer ESTALE.
+    case stale
+
+    var backingID: Int32? {
+      if case .backing(let id) = self { return id }
+      return nil
+    }
+  }
+
   /// The FUSE device (the session's descriptor): backing files are registered on it.
   private let devfd: Int32
   /// The `passthrough` option.
@@ -31,36 +51,37 @@ final class Passthrough: @unchecked Sendable {
     self.wanted = wanted
   }
 
-  /// From the init callback: passthrough if wanted, the mount has an upper dir and the kernel
-  /// offers it. Returns whether it is on (the writeback cache must then be off: the kernel
-  /// refuses both).
-  func negotiate(hasUpper: Bool) -> Bool {
-    enabled = wanted && hasUpper && fuseio_kernel_offers_passthrough() != 0
-    // Backing files on ordinary file systems (stack depth 0); an upper dir on another
-    // stacked file system gets request-served files instead (registration fails).
+  /// From the init callback: passthrough if wanted and the kernel offers it. Returns whether
+  /// it is on (the writeback cache must then be off: the kernel refuses both).
+  func negotiate() -> Bool {
+    enabled = wanted && fuseio_kernel_offers_passthrough() != 0
+    // Backing files on ordinary file systems (stack depth 0); layers on another stacked
+    // file system get request-served files instead (registration fails).
     if enabled { fuseio_want_passthrough(1) }
     return enabled
   }
 
-  /// How the open file `fd` of `node` is served: a backing id to hand the kernel, or nil for
-  /// requests. With passthrough on, counts the open either way; `close` uncounts it.
-  func open(_ node: Node, _ fd: Int32, upper: Bool) -> Int32? {
-    guard enabled else { return nil }
+  /// How the open file `fd` of `node` (its upper file if `upper`) is served. With
+  /// passthrough on, counts the open unless it is stale; `close` uncounts it.
+  func open(_ node: Node, _ fd: Int32, upper: Bool) -> IO {
+    guard enabled else { return .requests }
     return mutex.with {
-      if enabled && upper && node.cachedOpens == 0 {
+      if node.cachedOpens == 0 {
         if node.passthroughOpens > 0 {
+          guard node.backingUpper == upper else { return .stale }
           node.passthroughOpens += 1
-          return node.backingID
+          return .backing(node.backingID)
         }
         let id = fuseio_backing_open(devfd, fd)
         if id > 0 {
           node.backingID = id
+          node.backingUpper = upper
           node.passthroughOpens = 1
-          return id
+          return .backing(id)
         }
       }
       node.cachedOpens += 1
-      return nil
+      return .requests
     }
   }
 

@@ -55,7 +55,9 @@ public func serve(_ options: Options) -> Int32 {
       return fail("cannot install the session's I/O hooks")
     }
     if !options.foreground { fuse_daemonize(0) }
+    notifier = Notifier(session: session)
     let rc = snapfs_loop_mt(session, UInt32(options.threads), UInt32(options.threads))
+    notifier.stop()
     // libfuse's signal handlers end the loop with the signal's number: a clean stop.
     return rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? 0 : 1
   }
