@@ -80,23 +80,23 @@ private func layerFlags(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Int32 {
   return flags
 }
 
-/// Replies to OPEN or CREATE (`reply` sends it) for the open file `fd` of `node`, counted
-/// by `passthrough.open` (under the tree lock that opened it) as `backing`: the kernel's
-/// backing file id, or nil for a request-served open. If the reply does not reach the kernel
-/// (the caller was interrupted), no RELEASE will come: the open is undone here.
-private func replyOpen(_ node: Node, _ fd: Int32, backing: Int32?, _ fi: UnsafeMutablePointer<fuse_file_info>?,
+/// Replies to OPEN or CREATE (`reply` sends it) for the open file `opened` of `node`,
+/// counted by `passthrough.open` (under the tree lock that opened it). If the reply does not
+/// reach the kernel (the caller was interrupted), no RELEASE will come: the open is undone here.
+private func replyOpen(_ node: Node, _ opened: Passthrough.Opened, _ fi: UnsafeMutablePointer<fuse_file_info>?,
                        _ reply: () -> Int32) -> Bool {
-  fi!.pointee.fh = FileHandle(fd: fd, passthrough: backing != nil).raw
+  let handle = FileHandle(opened)
+  fi!.pointee.fh = handle.raw
   // Page caches stay across opens (the files change only through this mount), and close(2)
   // does not wait for a FLUSH round trip. A passthrough file's page cache is its backing
   // file's: the kernel refuses keep_cache with it.
-  snapfs_fi_set(fi, backing == nil ? 1 : 0, 0, 1)
-  if let backing { fuseio_arm_open(backing) }
+  snapfs_fi_set(fi, handle.passthrough ? 0 : 1, 0, 1)
+  if let backing = opened.io.backingID { fuseio_arm_open(backing) }
   let rc = reply()
   fuseio_disarm()
   if rc != 0 {
-    passthrough.close(node, passthrough: backing != nil)
-    close(fd)
+    passthrough.close(node, passthrough: handle.passthrough)
+    handle.close()
   }
   return rc == 0
 }
@@ -401,15 +401,17 @@ func operations() -> fuse_lowlevel_ops {
   ops.open = { req, ino, fi in
     let n = node(ino)
     reply(req) { () throws(Errno) in
-      let (fd, io) = try overlay.open(n, flags: layerFlags(fi)) { fd, upper in passthrough.open(n, fd, upper: upper) }
-      if io == .stale {
+      let opened = try overlay.open(n, flags: layerFlags(fi)) { (upper, openFile) throws(Errno) in
+        try passthrough.open(n, upper: upper, openFile)
+      }
+      if opened.io == .stale {
         // The kernel retries the open once with a fresh lookup, which finds the split's new
         // node; other processes' cached entries for the name are dropped too.
-        close(fd)
+        FileHandle(opened).close()
         if let gone = try overlay.split(n) { notifier.forget(parent: kernelID(gone.parent), name: gone.name) }
         throw Errno(ESTALE)
       }
-      _ = replyOpen(n, fd, backing: io.backingID, fi) { fuse_reply_open(req, fi) }
+      _ = replyOpen(n, opened, fi) { fuse_reply_open(req, fi) }
     }
   }
 
@@ -425,12 +427,12 @@ func operations() -> fuse_lowlevel_ops {
           try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
           let (child, st) = try overlay.lookup(p, n)
           var e = entry(child, st)
-          let io = passthrough.open(child, fd, upper: true)
-          if io == .stale {  // a node of a name that was not there: cannot be, but undo and retry
+          let opened = try passthrough.open(child, upper: true) { fd }
+          if opened.io == .stale {  // a node of a name that was not there: cannot be, but undo and retry
             overlay.nodes.forget(child, 1)
             throw Errno(ESTALE)
           }
-          if !replyOpen(child, fd, backing: io.backingID, fi, { fuse_reply_create(req, &e, fi) }) { overlay.nodes.forget(child, 1) }
+          if !replyOpen(child, opened, fi, { fuse_reply_create(req, &e, fi) }) { overlay.nodes.forget(child, 1) }
         } catch {
           close(fd)
           unlinkat(upper, n, 0)
@@ -457,7 +459,7 @@ func operations() -> fuse_lowlevel_ops {
   ops.release = { req, ino, fi in
     let handle = FileHandle(fi!.pointee.fh)
     passthrough.close(node(ino), passthrough: handle.passthrough)
-    close(handle.fd)
+    handle.close()
     fuse_reply_err(req, 0)
   }
 

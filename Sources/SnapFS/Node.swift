@@ -45,10 +45,12 @@ final class Node: @unchecked Sendable {
   /// Open files of this node, by I/O mode (see Passthrough); under Passthrough's mutex.
   var passthroughOpens = 0
   var cachedOpens = 0
-  /// The registered backing file while `passthroughOpens > 0`, and whether it is the upper
-  /// file (else a lower one, which a copy-up leaves behind).
+  /// The registered backing file while `passthroughOpens > 0` (a lower file's for the node's
+  /// life), and whether it is the upper file (else a lower one, which a copy-up leaves behind).
   var backingID: Int32 = 0
   var backingUpper = false
+  /// A lower file's registered descriptor, which serves all its opens; else -1.
+  var backingFD: Int32 = -1
 
   init(ino: UInt64, realIno: UInt64, type: mode_t, parent: Node?, name: String, layer: Int, dirs: [LayerDir]) {
     self.ino = ino
@@ -61,6 +63,7 @@ final class Node: @unchecked Sendable {
   }
 
   deinit {
+    if backingID > 0 || backingFD >= 0 { passthrough?.unregister(self) }
     if type == S_IFDIR {
       for dir in dirs { close(dir.fd) }
     } else if pinned >= 0 {

@@ -601,22 +601,20 @@ final class Overlay: @unchecked Sendable {
   // MARK: - Open files
 
   /// Opens the node's topmost file with `flags`, copying it up first when the open may
-  /// write, and hands the descriptor and whether it is the upper file to `attach`, which runs
-  /// under the same tree lock (so no copy-up comes between the open and what `attach`
-  /// decides from it). Takes the tree lock itself.
-  func open<T>(_ node: Node, flags: Int32, _ attach: (_ fd: Int32, _ upper: Bool) -> T) throws(Errno) -> (fd: Int32, T) {
+  /// write: `attach` gets whether the open is of the upper file and a function that opens it,
+  /// and runs under the tree lock (so no copy-up comes between the open and what `attach`
+  /// decides). Takes the tree lock itself.
+  func open<T>(_ node: Node, flags: Int32, _ attach: (_ upper: Bool, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> T) throws(Errno) -> T {
     let writes = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
     let clean = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_NOFOLLOW | O_CLOEXEC
     if writes {
-      return try tree.write { () throws(Errno) -> (fd: Int32, T) in
+      return try tree.write { () throws(Errno) -> T in
         try copyUp(node, data: flags & O_TRUNC == 0)
-        let fd = try openTopmost(node, clean)
-        return (fd, attach(fd, true))
+        return try attach(true) { () throws(Errno) -> Int32 in try openTopmost(node, clean) }
       }
     }
-    return try tree.read { () throws(Errno) -> (fd: Int32, T) in
-      let fd = try openTopmost(node, clean)
-      return (fd, attach(fd, hasUpper && node.layer == 0))
+    return try tree.read { () throws(Errno) -> T in
+      try attach(hasUpper && node.layer == 0) { () throws(Errno) -> Int32 in try openTopmost(node, clean) }
     }
   }
 

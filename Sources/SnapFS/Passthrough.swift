@@ -11,7 +11,9 @@ import Glibc
 /// The kernel holds one backing file per inode while passthrough opens exist, and refuses to
 /// mix passthrough and cached (request-served) opens of one inode. So a node's opens all use
 /// the same backing id until the last closes, and a node with cached opens (one whose
-/// backing file could not be registered) stays cached until they close.
+/// backing file could not be registered) stays cached until they close. A lower file never
+/// changes: its backing file and descriptor stay registered while the node lives and serve
+/// every open of it, with no system call of ours.
 ///
 /// A lower file copied up while it is open through its lower backing file cannot be opened
 /// again on that inode: the kernel would not take the upper file as a second backing file.
@@ -38,6 +40,14 @@ final class Passthrough: @unchecked Sendable {
     }
   }
 
+  /// An open file: its descriptor, how it is served, and whether the descriptor is the
+  /// node's own (a lower file's backing descriptor), which its release must not close.
+  struct Opened {
+    let fd: Int32
+    let io: IO
+    let shared: Bool
+  }
+
   /// The FUSE device (the session's descriptor): backing files are registered on it.
   private let devfd: Int32
   /// The `passthrough` option.
@@ -61,53 +71,81 @@ final class Passthrough: @unchecked Sendable {
     return enabled
   }
 
-  /// How the open file `fd` of `node` (its upper file if `upper`) is served. With
-  /// passthrough on, counts the open unless it is stale; `close` uncounts it.
-  func open(_ node: Node, _ fd: Int32, upper: Bool) -> IO {
-    guard enabled else { return .requests }
+  /// Opens `node` (its upper file if `upper`) with `openFile`, or answers its lower file's
+  /// registered backing descriptor. With passthrough on, counts the open unless it is stale;
+  /// `close` uncounts it. Caller holds the tree lock, so no copy-up comes in between.
+  func open(_ node: Node, upper: Bool, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> Opened {
+    guard enabled else { return Opened(fd: try openFile(), io: .requests, shared: false) }
+    if !upper, let reused = mutex.with({ () -> Opened? in
+      guard node.backingFD >= 0, node.cachedOpens == 0 else { return nil }
+      node.passthroughOpens += 1
+      return Opened(fd: node.backingFD, io: .backing(node.backingID), shared: true)
+    }) {
+      return reused
+    }
+    let fd = try openFile()
     return mutex.with {
       if node.cachedOpens == 0 {
         if node.passthroughOpens > 0 {
-          guard node.backingUpper == upper else { return .stale }
+          guard node.backingUpper == upper else { return Opened(fd: fd, io: .stale, shared: false) }
           node.passthroughOpens += 1
-          return .backing(node.backingID)
+          return Opened(fd: fd, io: .backing(node.backingID), shared: false)
         }
+        unregister(node)  // a lower file's, from before a copy-up
         let id = fuseio_backing_open(devfd, fd)
         if id > 0 {
           node.backingID = id
           node.backingUpper = upper
           node.passthroughOpens = 1
-          return .backing(id)
+          if !upper { node.backingFD = fd }
+          return Opened(fd: fd, io: .backing(id), shared: !upper)
         }
       }
       node.cachedOpens += 1
-      return .requests
+      return Opened(fd: fd, io: .requests, shared: false)
     }
   }
 
-  /// An open of `node` was released.
+  /// An open of `node` was released. An upper file's backing file is unregistered with its
+  /// last open (the next may be for writing, through another descriptor); a lower file's stays.
   func close(_ node: Node, passthrough: Bool) {
     guard enabled else { return }
     mutex.with {
       if passthrough {
         node.passthroughOpens -= 1
-        if node.passthroughOpens == 0 {
-          _ = fuseio_backing_close(devfd, node.backingID)
-          node.backingID = 0
-        }
+        if node.passthroughOpens == 0 && node.backingUpper { unregister(node) }
       } else {
         node.cachedOpens -= 1
       }
     }
   }
+
+  /// Drops `node`'s registered backing file and descriptor, if any: when it has no opens.
+  func unregister(_ node: Node) {
+    if node.backingID > 0 { _ = fuseio_backing_close(devfd, node.backingID) }
+    if node.backingFD >= 0 { Glibc.close(node.backingFD) }
+    node.backingID = 0
+    node.backingFD = -1
+  }
 }
 
-/// An open file's handle for the kernel: the descriptor, and whether the kernel does the
-/// file's I/O itself (bit 32).
+/// An open file's handle for the kernel: the descriptor, whether the kernel does the file's
+/// I/O itself (bit 32), and whether the descriptor is the node's own (bit 33).
 struct FileHandle {
   let fd: Int32
   let passthrough: Bool
-  init(fd: Int32, passthrough: Bool) { self.fd = fd; self.passthrough = passthrough }
-  init(_ fh: UInt64) { fd = Int32(truncatingIfNeeded: fh); passthrough = fh & (1 << 32) != 0 }
-  var raw: UInt64 { UInt64(UInt32(bitPattern: fd)) | (passthrough ? 1 << 32 : 0) }
+  let shared: Bool
+  init(_ opened: Passthrough.Opened) {
+    fd = opened.fd
+    passthrough = opened.io.backingID != nil
+    shared = opened.shared
+  }
+  init(_ fh: UInt64) {
+    fd = Int32(truncatingIfNeeded: fh)
+    passthrough = fh & (1 << 32) != 0
+    shared = fh & (1 << 33) != 0
+  }
+  var raw: UInt64 { UInt64(UInt32(bitPattern: fd)) | (passthrough ? 1 << 32 : 0) | (shared ? 1 << 33 : 0) }
+  /// Closes the descriptor unless it is the node's.
+  func close() { if !shared { Glibc.close(fd) } }
 }
