@@ -63,7 +63,7 @@ final class Node: @unchecked Sendable {
   }
 
   deinit {
-    if backingID > 0 || backingFD >= 0 { passthrough?.unregister(self) }
+    if backingID > 0 || backingFD >= 0 { passthrough?.release(self) }
     if type == S_IFDIR {
       for dir in dirs { close(dir.fd) }
     } else if pinned >= 0 {

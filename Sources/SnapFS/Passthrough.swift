@@ -13,7 +13,8 @@ import Glibc
 /// the same backing id until the last closes, and a node with cached opens (one whose
 /// backing file could not be registered) stays cached until they close. A lower file never
 /// changes: its backing file and descriptor stay registered while the node lives and serve
-/// every open of it, with no system call of ours.
+/// every open of it, with no system call of ours (up to `retainedLimit` nodes at once; past
+/// that, a lower file's are dropped with its last open, as an upper file's).
 ///
 /// A lower file copied up while it is open through its lower backing file cannot be opened
 /// again on that inode: the kernel would not take the upper file as a second backing file.
@@ -53,6 +54,9 @@ final class Passthrough: @unchecked Sendable {
   /// The `passthrough` option.
   private let wanted: Bool
   private let mutex = Mutex()
+  /// Lower files' descriptors kept registered, at most `retainedLimit` (a descriptor each).
+  private var retained = 0
+  static let retainedLimit = 65536
   /// Whether INIT negotiated it; set once by the init callback, before any open.
   private(set) var enabled = false
 
@@ -97,8 +101,12 @@ final class Passthrough: @unchecked Sendable {
           node.backingID = id
           node.backingUpper = upper
           node.passthroughOpens = 1
-          if !upper { node.backingFD = fd }
-          return Opened(fd: fd, io: .backing(id), shared: !upper)
+          let keep = !upper && retained < Self.retainedLimit
+          if keep {
+            node.backingFD = fd
+            retained += 1
+          }
+          return Opened(fd: fd, io: .backing(id), shared: keep)
         }
       }
       node.cachedOpens += 1
@@ -107,23 +115,31 @@ final class Passthrough: @unchecked Sendable {
   }
 
   /// An open of `node` was released. An upper file's backing file is unregistered with its
-  /// last open (the next may be for writing, through another descriptor); a lower file's stays.
+  /// last open (the next may be for writing, through another descriptor); a retained lower
+  /// file's stays.
   func close(_ node: Node, passthrough: Bool) {
     guard enabled else { return }
     mutex.with {
       if passthrough {
         node.passthroughOpens -= 1
-        if node.passthroughOpens == 0 && node.backingUpper { unregister(node) }
+        if node.passthroughOpens == 0 && node.backingFD < 0 { unregister(node) }
       } else {
         node.cachedOpens -= 1
       }
     }
   }
 
+  /// A node goes away: its registration and descriptor with it.
+  func release(_ node: Node) { mutex.with { unregister(node) } }
+
   /// Drops `node`'s registered backing file and descriptor, if any: when it has no opens.
-  func unregister(_ node: Node) {
+  /// Under the mutex.
+  private func unregister(_ node: Node) {
     if node.backingID > 0 { _ = fuseio_backing_close(devfd, node.backingID) }
-    if node.backingFD >= 0 { Glibc.close(node.backingFD) }
+    if node.backingFD >= 0 {
+      Glibc.close(node.backingFD)
+      retained -= 1
+    }
     node.backingID = 0
     node.backingFD = -1
   }
