@@ -102,21 +102,18 @@ final class DirectoryPool: Sendable {
   }
 
   /// Directories are taken back in batches, one flush of `s/` for all of them: a batch waits
-  /// this long for more removals, or until it has `batchSize` (a steady run of removes and
-  /// prepares must not empty the pool while a big batch is on its way back).
+  /// this long for more removals.
   static let recycleDelay = 0.05
-  static let batchSize = depth / 4
 
   /// Takes back the directory of the removed snapshot `old`, handed out at `since` (ns since
   /// the epoch; nil: it never was), in the background: reused under a fresh id when it is
   /// as the pool makes it (``readyForReuse(_:)``), else deleted.
   func recycle(_ old: Int64, since: Int64?) {
-    let count = state.withLock { s -> Int in
+    let first = state.withLock { s -> Bool in
       s.recycling.append(Recycled(id: old, since: since))
-      return s.recycling.count
+      return s.recycling.count == 1
     }
-    if count == 1 { queue.asyncAfter(deadline: .now() + Self.recycleDelay) { [self] in takeBack() } }
-    if count == Self.batchSize { queue.async { [self] in takeBack() } }
+    if first { queue.asyncAfter(deadline: .now() + Self.recycleDelay) { [self] in takeBack() } }
   }
 
   /// The batch of ``recycle(_:)``; on the pool's queue.
