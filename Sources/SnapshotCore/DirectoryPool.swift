@@ -31,7 +31,7 @@ final class DirectoryPool: Sendable {
   /// or removed, never emptied by one while the other renames it.
   private let sweeping = Mutex(())
   /// How many ready directories the pool keeps.
-  static let depth = 48
+  static let depth = 16
 
   private struct State {
     var nextID: Int64
@@ -42,25 +42,15 @@ final class DirectoryPool: Sendable {
     var filling = false
     /// Removed snapshots whose directories wait for ``recycle(_:)``, and the batch being
     /// taken back; both count as in use for cleanup.
-    var recycling: [Recycled] = []
-    var batch: [Recycled] = []
-  }
-
-  /// A removed snapshot's directory on its way back: its id, and when it was handed out
-  /// (the snapshot's creation, in ns since the epoch; nil if it never was).
-  private struct Recycled {
-    let id: Int64
-    let since: Int64?
+    var recycling: [Int64] = []
+    var batch: [Int64] = []
   }
 
   init(layout: Layout, firstID: Int64, logger: Logger) {
     self.layout = layout
     self.logger = logger
     state = Mutex(State(nextID: firstID))
-    // The first fill is made before the snapshotter serves: made in the background while
-    // calls come, it would leave them to make their own directories, slowly.
     refill()
-    queue.sync {}
   }
 
   /// The id of a ready, durable directory, or nil when none is ready (the caller then makes
@@ -87,7 +77,7 @@ final class DirectoryPool: Sendable {
 
   /// Ids whose directories belong to the pool, to a transaction in progress, or to a
   /// removed snapshot the pool is about to take back.
-  var inUse: Set<Int64> { state.withLock { $0.reserved.union($0.recycling.map(\.id)).union($0.batch.map(\.id)) } }
+  var inUse: Set<Int64> { state.withLock { $0.reserved.union($0.recycling).union($0.batch) } }
 
   /// Runs `body` while no directory is being renamed back into the pool.
   func excludingRecycling<T>(_ body: () throws -> T) rethrows -> T {
@@ -105,12 +95,11 @@ final class DirectoryPool: Sendable {
   /// this long for more removals.
   static let recycleDelay = 0.05
 
-  /// Takes back the directory of the removed snapshot `old`, handed out at `since` (ns since
-  /// the epoch; nil: it never was), in the background: reused under a fresh id when it is
-  /// as the pool makes it (``readyForReuse(_:)``), else deleted.
-  func recycle(_ old: Int64, since: Int64?) {
+  /// Takes back the directory of the removed snapshot `old`, in the background: reused under
+  /// a fresh id when it is as the pool makes it (``readyForReuse(_:)``), else deleted.
+  func recycle(_ old: Int64) {
     let first = state.withLock { s -> Bool in
-      s.recycling.append(Recycled(id: old, since: since))
+      s.recycling.append(old)
       return s.recycling.count == 1
     }
     if first { queue.asyncAfter(deadline: .now() + Self.recycleDelay) { [self] in takeBack() } }
@@ -118,7 +107,7 @@ final class DirectoryPool: Sendable {
 
   /// The batch of ``recycle(_:)``; on the pool's queue.
   private func takeBack() {
-    let batch = state.withLock { s -> [Recycled] in
+    let batch = state.withLock { s -> [Int64] in
       s.batch = s.recycling
       s.recycling = []
       return s.batch
@@ -127,17 +116,16 @@ final class DirectoryPool: Sendable {
     guard !batch.isEmpty else { return }
     var reused: [Int64] = []
     let mounted = mountedIDs()
-    for item in batch {
-      let old = item.id
+    for old in batch {
       let dir = layout.dir(old)
       let renamed = sweeping.withLock { _ -> Bool in
         guard let mounted, !mounted.contains(old),
-              state.withLock({ $0.ready.count + reused.count < Self.depth }), readyForReuse(old) else { return false }
+              state.withLock({ $0.ready.count + reused.count < 2 * Self.depth }), readyForReuse(old) else { return false }
         let id = reserveID()
         do {
           // What the removed snapshot wrote and deleted in fs is gone for good before
           // another snapshot gets the directory (file systems need not order metadata).
-          if changed(layout.fs(old), since: item.since) { try Sys.fsyncDirectory(layout.fs(old)) }
+          try Sys.fsyncDirectory(layout.fs(old))
           try Sys.rename(dir, layout.dir(id))
           reused.append(id)
           return true
@@ -238,21 +226,9 @@ final class DirectoryPool: Sendable {
     }
   }
 
-  /// Whether the directory at `path` may have changed (entries, owner, mode, xattrs) since
-  /// `since`: its ctime is not a second older than that. A second covers the coarse clock of
-  /// file times; a directory left untouched needs no flush before it is reused.
-  private func changed(_ path: String, since: Int64?) -> Bool {
-    guard let since else { return false }
-    guard let st = try? Sys.lstat(path) else { return true }
-    let ctime = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
-    return ctime >= since - 1_000_000_000
-  }
-
   private func refill() {
     let start = state.withLock { s -> Bool in
-      // Directories of removed snapshots on their way back count: a steady run of prepares
-      // and removes then makes none (mkdir, and fsyncs that delay the calls' own).
-      if s.filling || s.ready.count + s.recycling.count + s.batch.count >= Self.depth / 2 { return false }
+      if s.filling || s.ready.count >= Self.depth / 2 { return false }
       s.filling = true
       return true
     }

@@ -117,7 +117,7 @@ public final class Snapshotter: Sendable {
       do {
         try Self.unique(key) { try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos()) }
       } catch {
-        if pooled != nil { pool.recycle(id, since: nil) }
+        if pooled != nil { pool.recycle(id) }
         throw error
       }
       try Metadata.insertLabels(db, id: id, labels)
@@ -264,7 +264,7 @@ public final class Snapshotter: Sendable {
     }
     // An imported layer stays in the layer store, ready to be used again, until
     // `collectGarbage` finds no snapshot using it.
-    if row.layer == nil { pool.recycle(row.id, since: row.created) }
+    if row.layer == nil { pool.recycle(row.id) }
     // Objects only this snapshot held are freed in the background.
     if row.fileBytes != nil { scheduleCollect() }
   }

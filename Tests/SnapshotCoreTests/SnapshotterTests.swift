@@ -211,10 +211,9 @@ func upperDir(_ mounts: [Mount]) -> String {
       try At.setTimes(snapshots, String(fs.split(separator: "/").dropLast().last!), atime: mark, mtime: mark)
       return fs
     }
-    /// The fs dirs of new snapshots whose directory carries the mark: enough of them to
-    /// take every directory the pool holds, the ones taken back last included.
+    /// The fs dirs of 40 new snapshots whose directory carries the mark.
     func marked(_ round: String) throws -> [String] {
-      try (0..<2 * DirectoryPool.depth).map { try s.prepare(key: "\(round)-\($0)", parent: "")[0].source }
+      try (0..<40).map { try s.prepare(key: "\(round)-\($0)", parent: "")[0].source }
         .filter { try Sys.lstat(String($0.dropLast(3))).st_mtim.tv_sec == mark.tv_sec }
     }
     let a = try prepareMarked("a")
