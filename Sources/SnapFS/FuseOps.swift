@@ -408,7 +408,9 @@ func operations() -> fuse_lowlevel_ops {
         // The kernel retries the open once with a fresh lookup, which finds the split's new
         // node; other processes' cached entries for the name are dropped too.
         FileHandle(opened).close()
-        if let gone = try overlay.split(n) { notifier.forget(parent: kernelID(gone.parent), name: gone.name) }
+        if let gone = try overlay.split(n, lower: passthrough.lowerFile(n)) {
+          notifier.forget(parent: kernelID(gone.parent), name: gone.name)
+        }
         throw Errno(ESTALE)
       }
       _ = replyOpen(n, opened, fi) { fuse_reply_open(req, fi) }

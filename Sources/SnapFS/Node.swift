@@ -40,6 +40,12 @@ final class Node: @unchecked Sendable {
   var linked = false
   /// Removed from the tree (unlinked, or renamed over) while the kernel still holds it.
   var detached = false
+  /// The layer a copied-up file came from (for a split, see `Overlay.split`).
+  var copiedFrom = 0
+  /// Directories: inode numbers of split children (see `NodeTable.split`) for the node that
+  /// next answers the name, as long as the name stays the same upper file: by name, the
+  /// inode number shown and the upper file's own. Under the table's mutex.
+  var carried: [String: (ino: UInt64, realIno: UInt64)] = [:]
   /// How many times the kernel was told about this node and has not forgotten it.
   var lookups: UInt64 = 0
   /// Open files of this node, by I/O mode (see Passthrough); under Passthrough's mutex.
@@ -105,10 +111,6 @@ final class NodeTable: @unchecked Sendable {
   private var map: [Key: Node] = [:]
   /// Linked nodes by their upper file's inode number.
   private var linked: [UInt64: Node] = [:]
-  /// Inode numbers of split nodes (see `split`) for the node that next answers the name, as
-  /// long as the name stays the same upper file: by name, the inode number shown and the
-  /// upper file's own.
-  private var carried: [Key: (ino: UInt64, realIno: UInt64)] = [:]
 
   private func key(_ parent: Node, _ name: String) -> Key { Key(parent: parent, name: name) }
 
@@ -141,7 +143,7 @@ final class NodeTable: @unchecked Sendable {
         countLocked(existing)
         return existing
       }
-      if let c = carried[k], c.realIno == node.realIno { node.ino = c.ino }
+      if let c = node.parent!.carried[node.name], c.realIno == node.realIno { node.ino = c.ino }
       if node.linked {
         if let existing = linked[node.realIno] {
           map[k] = existing
@@ -192,7 +194,7 @@ final class NodeTable: @unchecked Sendable {
   /// keeps its other names.
   func detach(_ parent: Node, _ name: String) {
     mutex.with {
-      carried[key(parent, name)] = nil
+      parent.carried[name] = nil
       guard let node = map.removeValue(forKey: key(parent, name)) else { return }
       guard node.linked, let other = map.first(where: { $0.value === node }) else {
         node.detached = true
@@ -209,7 +211,7 @@ final class NodeTable: @unchecked Sendable {
   func move(_ node: Node, from parent: Node, _ name: String, to newParent: Node, _ newName: String) {
     mutex.with {
       let old = key(parent, name)
-      carried[old] = nil
+      parent.carried[name] = nil
       if map[old] === node { map[old] = nil }
       if node.parent === parent && node.name == name {
         node.parent = newParent
@@ -220,21 +222,18 @@ final class NodeTable: @unchecked Sendable {
   }
 
   /// A split: the kernel's inode of `node` (a file copied up while open through its lower
-  /// backing file) can no longer be opened, so its name is answered by a fresh node from the
-  /// next lookup on, with the same inode number. `node` stays for what the kernel holds,
-  /// detached from the name like a removed file (the caller pins it first).
+  /// backing file) can no longer be opened, so its names are answered by a fresh node from
+  /// the next lookup on, with the same inode number. `node` stays for what the kernel holds,
+  /// detached from its names like a removed file (the caller pins it first).
   func split(_ node: Node) {
     mutex.with {
-      guard let parent = node.parent, !node.detached else { return }
-      let k = key(parent, node.name)
-      if node.linked {
-        if linked[node.realIno] === node { linked[node.realIno] = nil }
-        for (k, v) in map where v === node { map[k] = nil }
-      } else if map[k] === node {
+      guard node.parent != nil, !node.detached else { return }
+      if node.linked, linked[node.realIno] === node { linked[node.realIno] = nil }
+      for (k, v) in map where v === node {
         map[k] = nil
+        k.parent.carried[k.name] = (node.ino, node.realIno)
       }
       node.detached = true
-      carried[k] = (node.ino, node.realIno)
     }
   }
 }

@@ -13,6 +13,7 @@ final class Notifier: @unchecked Sendable {
   private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
   private var queue: [(parent: fuse_ino_t, name: String)] = []
   private var stopping = false
+  private var finished = false
   private var thread = pthread_t()
 
   init(session: OpaquePointer) {
@@ -42,20 +43,30 @@ final class Notifier: @unchecked Sendable {
     pthread_mutex_unlock(mutex)
   }
 
-  /// Sends what is queued and ends the thread; before the session goes away.
-  func stop() {
+  /// Ends the thread, dropping what is queued; after the unmount, before the session goes
+  /// away. Answers false if the thread is still inside a notification after two seconds (the
+  /// kernel waits for a directory lock that a process waiting for a reply holds): then the
+  /// session must not be destroyed, and the process's exit ends the connection.
+  func stop() -> Bool {
     pthread_mutex_lock(mutex)
     stopping = true
-    pthread_cond_signal(wake)
+    queue.removeAll()
+    pthread_cond_broadcast(wake)
+    var deadline = timespec()
+    clock_gettime(CLOCK_REALTIME, &deadline)
+    deadline.tv_sec += 2
+    while !finished && pthread_cond_timedwait(wake, mutex, &deadline) == 0 {}
+    let done = finished
     pthread_mutex_unlock(mutex)
-    pthread_join(thread, nil)
+    if done { pthread_join(thread, nil) } else { pthread_detach(thread) }
+    return done
   }
 
   private func run() {
     pthread_mutex_lock(mutex)
     while true {
       while queue.isEmpty && !stopping { pthread_cond_wait(wake, mutex) }
-      if queue.isEmpty { break }
+      if stopping { break }
       let batch = queue
       queue.removeAll()
       pthread_mutex_unlock(mutex)
@@ -65,6 +76,8 @@ final class Notifier: @unchecked Sendable {
       }
       pthread_mutex_lock(mutex)
     }
+    finished = true
+    pthread_cond_broadcast(wake)
     pthread_mutex_unlock(mutex)
   }
 }

@@ -292,6 +292,7 @@ final class Overlay: @unchecked Sendable {
         throw error
       }
     }
+    node.copiedFrom = node.layer
     node.layer = 0
     var upper = stat()
     if fstatat(upperParent, node.name, &upper, AT_SYMLINK_NOFOLLOW) == 0 { node.realIno = UInt64(upper.st_ino) }
@@ -618,15 +619,27 @@ final class Overlay: @unchecked Sendable {
     }
   }
 
-  /// Splits `node`, whose kernel inode can no longer be opened (see `Passthrough`): pinned to
-  /// its file and off its name, which a fresh node answers from the next lookup on. Returns
-  /// the parent and name for the kernel to forget, or nil if it was off its name already.
-  /// Takes the tree lock.
-  func split(_ node: Node) throws(Errno) -> (parent: Node, name: String)? {
+  /// Splits `node`, whose kernel inode can no longer be opened (see `Passthrough`): off its
+  /// names, which a fresh node answers from the next lookup on, and pinned to the file its
+  /// open files read: `lower`, a descriptor of the lower file it was copied up from (the node
+  /// takes it), else the upper file. Returns the parent and name for the kernel to forget, or
+  /// nil if it was off its name already. Takes the tree lock.
+  func split(_ node: Node, lower: Int32?) throws(Errno) -> (parent: Node, name: String)? {
     try tree.write { () throws(Errno) -> (parent: Node, name: String)? in
-      guard !node.detached, let parent = node.parent else { return nil }
-      try pin(node)
+      guard !node.detached, let parent = node.parent, node.pinned < 0 else {
+        if let lower { close(lower) }
+        return nil
+      }
       nodes.split(node)
+      if let lower {
+        // As a removed lower file: its readers' attributes, no copy-up, no opens for writing.
+        var st = stat()
+        if fstat(lower, &st) == 0 { node.realIno = UInt64(st.st_ino) }
+        node.pinned = lower
+        node.layer = node.copiedFrom
+      } else {
+        try pin(node)
+      }
       return (parent, node.name)
     }
   }

@@ -129,6 +129,15 @@ final class Passthrough: @unchecked Sendable {
     }
   }
 
+  /// A new descriptor of `node`'s lower file if it is registered (see `Overlay.split`).
+  func lowerFile(_ node: Node) -> Int32? {
+    mutex.with {
+      guard node.backingFD >= 0 else { return nil }
+      let fd = fcntl(node.backingFD, F_DUPFD_CLOEXEC, 0)
+      return fd >= 0 ? fd : nil
+    }
+  }
+
   /// A node goes away: its registration and descriptor with it.
   func release(_ node: Node) { mutex.with { unregister(node) } }
 

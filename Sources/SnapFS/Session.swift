@@ -38,11 +38,16 @@ public func serve(_ options: Options) -> Int32 {
     guard let session = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, nil) else {
       return fail("cannot start a FUSE session with options \(mountOptions.joined(separator: ","))")
     }
-    defer { fuse_session_destroy(session) }
+    var notifierStopped = true
+    defer { if notifierStopped { fuse_session_destroy(session) } }
     guard fuse_set_signal_handlers(session) == 0 else {
       return fail("cannot install signal handlers")
     }
     defer { fuse_remove_signal_handlers(session) }
+    // The notifier (started below, after the fork into the background) is stopped after the
+    // unmount (deferred below, so run first), which ends the requests a notification could be
+    // waiting behind.
+    defer { if let notifier { notifierStopped = notifier.stop() } }
     guard fuse_session_mount(session, options.target) == 0 else {
       return fail("cannot mount on \(options.target)")
     }
@@ -57,7 +62,6 @@ public func serve(_ options: Options) -> Int32 {
     if !options.foreground { fuse_daemonize(0) }
     notifier = Notifier(session: session)
     let rc = snapfs_loop_mt(session, UInt32(options.threads), UInt32(options.threads))
-    notifier.stop()
     // libfuse's signal handlers end the loop with the signal's number: a clean stop.
     return rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? 0 : 1
   }

@@ -60,6 +60,7 @@ public final class Snapshotter: Sendable {
       var readOnly = Configuration()
       readOnly.readonly = true
       readOnly.label = "snapshotd-lookups"
+      readOnly.busyMode = .timeout(5)  // as GRDB gives its pool's readers (WAL recovery)
       lookups = try DatabaseQueue(path: layout.database, configuration: readOnly)
     } catch {
       throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
@@ -435,6 +436,9 @@ public final class Snapshotter: Sendable {
     try db.cachedStatement(sql: begin).execute()
     do {
       let value = try body(db)
+      // SQLite may have rolled back on its own (SQLITE_FULL, an I/O error) under a body that
+      // went on: the statements after it then ran outside the transaction. Never COMMIT those.
+      guard db.isInsideTransaction else { throw SnapshotError.internal("the transaction was rolled back by SQLite") }
       try db.cachedStatement(sql: "COMMIT").execute()
       return value
     } catch {
