@@ -15,6 +15,8 @@ struct SnapBench: ParsableCommand {
 
   @Option(help: "Root directory to create the snapshotter in (must not exist).") var root: String
   @Option(help: "Cycles of prepare/mounts/commit/stat/remove.") var iterations = 1000
+  @Option(help: "Then this many stat and mounts calls of one snapshot with nothing else running (0: none).")
+  var lookups = 0
 
   func run() throws {
     let s = try Snapshotter(root: root)
@@ -33,8 +35,17 @@ struct SnapBench: ParsableCommand {
       try timed("stat") { try s.stat(key: "c\(i)") }
       try timed("remove") { try s.remove(key: "c\(i)") }
     }
+    if lookups > 0 {
+      // The lookups alone: the cycles' background work (pool refills, recycling) is over.
+      _ = try s.prepare(key: "lookups", parent: "base")
+      s.drain()
+      for _ in 0..<lookups {
+        try timed("stat, repeated") { try s.stat(key: "lookups") }
+        try timed("mounts, repeated") { try s.mounts(key: "lookups") }
+      }
+    }
     print("| call | p50 ms | p99 ms |\n|---|---:|---:|")
-    for op in ["prepare", "mounts", "commit", "stat", "remove"] {
+    for op in ["prepare", "mounts", "commit", "stat", "remove", "stat, repeated", "mounts, repeated"] where times[op] != nil {
       print("| \(op) | \(fmt(percentile(times[op]!, 0.5))) | \(fmt(percentile(times[op]!, 0.99))) |")
     }
   }

@@ -290,7 +290,7 @@ func operations() -> fuse_lowlevel_ops {
     for cap in [FUSE_CAP_SPLICE_WRITE, FUSE_CAP_SPLICE_READ, FUSE_CAP_PARALLEL_DIROPS, FUSE_CAP_ASYNC_DIO] where capable & UInt32(cap) != 0 {
       want |= UInt32(cap)
     }
-    // Passthrough makes the upper files' reads and writes the kernel's own; without it, the
+    // Passthrough makes the files' reads and writes the kernel's own; without it, the
     // writeback cache batches writes into big requests. The kernel refuses the two together.
     if passthrough.negotiate() {
       want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)

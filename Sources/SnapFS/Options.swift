@@ -19,7 +19,7 @@ public struct Options: Equatable, Sendable {
   /// Options passed on to libfuse's mount (ro, nosuid, fsname=, ...).
   public var mountOptions: [String] = []
   public var threads = 8
-  /// FUSE passthrough for upper files where the kernel offers it (`passthrough=off` turns
+  /// FUSE passthrough of regular files where the kernel offers it (`passthrough=off` turns
   /// it off: every read and write of an open file is then a request, with the writeback cache).
   public var passthrough = true
 
