@@ -119,7 +119,7 @@ let package = Package(
     ),
     .testTarget(
       name: "SnapshotCoreTests",
-      dependencies: ["SnapshotCore", "SnapshotSys"]
+      dependencies: ["SnapshotCore", "SnapshotSys", "LayerStore"]
     ),
     .testTarget(
       name: "SnapshotAPITests",

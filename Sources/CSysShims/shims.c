@@ -23,6 +23,7 @@ int shim_openat(int dirfd, const char *path, int flags, unsigned int mode) {
 
 const int SHIM_O_PATH = O_PATH;
 const int SHIM_O_NOATIME = O_NOATIME;
+const int SHIM_O_TMPFILE = O_TMPFILE;
 
 int shim_syncfs(int fd) { return (int)syscall(SYS_syncfs, fd); }
 

@@ -4,35 +4,61 @@ import SnapshotSys
 import Glibc
 #endif
 
-/// What makes two regular files the same object besides their bytes: everything `stat`
-/// and `getfattr` show inside a container except link count, inode and ctime.
-public struct FileMeta: Sendable, Equatable {
+/// The metadata a tar entry gives a file: what `stat` and `getfattr` show inside a
+/// container except link count, inode and ctime. It lives on the file's stub in its layer,
+/// never on the object holding the file's data.
+public struct FileMeta: Sendable {
   public var mode: UInt32  // permission bits with setuid/setgid/sticky
   public var uid: UInt32
   public var gid: UInt32
   public var mtime: timespec
   public var atime: timespec
   public var xattrs: [(name: String, value: [UInt8])]  // sorted by name
+}
 
-  public static func == (a: FileMeta, b: FileMeta) -> Bool {
-    a.mode == b.mode && a.uid == b.uid && a.gid == b.gid && a.mtime.tv_sec == b.mtime.tv_sec
-      && a.mtime.tv_nsec == b.mtime.tv_nsec && a.xattrs.elementsEqual(b.xattrs, by: { $0.name == $1.name && $0.value == $1.value })
+/// What the store knows of one object: its size and the SHA-256 of its content (hex).
+public struct ObjectInfo: Sendable, Equatable {
+  public var size: Int64
+  public var sha256: String
+
+  public init(size: Int64, sha256: String) {
+    self.size = size
+    self.sha256 = sha256
   }
 }
 
-/// Content-addressed regular files, hard-linked into layer directories:
-/// `o/<2 hex>/<62 hex>`, the name being SHA-256 over the file's content digest and its
-/// `FileMeta`. An object's inode carries that metadata, so every link to it shows exactly
-/// what its tar entry said. Objects are never written after they are made.
+/// File data, each distinct content once: `o/<2 hex>/<14 hex>`, the name being the first
+/// 8 bytes of the content's SHA-256 (`.N` added in the unlikely case that another content
+/// has the same first 8 bytes). The whole digest is the object's `trusted.snapshotd.sha256`
+/// xattr and is checked before an object is reused, so a short name never mixes contents.
 ///
-/// Reference counts live in the metadata database (SnapshotCore); this type only puts
-/// files in and takes them out. Imports hold the gate shared while they link objects;
-/// garbage collection holds it exclusive, so it never removes an object an import is
-/// about to count.
+/// Layers do not link objects. Each regular file of a layer is a *stub*: its own inode with
+/// the file's metadata and size but no data blocks, and the xattrs
+/// `trusted.overlay.metacopy` (empty) and `trusted.overlay.redirect` = `/<2 hex>/<rest>`.
+/// Mounted with the object directory as a data-only lower layer (`lowerdir=L2:L1::o`),
+/// overlayfs shows the stub's metadata with the object's bytes. Names are short on purpose:
+/// both xattrs then fit inside a 256-byte ext4 inode, and a cold open reads no extra block.
+/// Empty files need no object: they stay plain files.
+///
+/// Objects are never written after they are made. They appear whole: written into an
+/// unnamed O_TMPFILE, then linked under their name. Reference counts live in the metadata
+/// database (SnapshotCore); an object it does not know is a leftover of an import that did
+/// not commit. Imports hold the gate shared while they make stubs; garbage collection holds
+/// it exclusive, so it never removes an object an import is about to count.
 public final class ObjectStore: @unchecked Sendable {
   public let path: String
+  private let root: Int32
   private let dirs: [Int32]
   private let gate = ReadWriteLock()
+
+  /// overlayfs's xattrs that make a stub (the only `trusted.overlay.*` names the store writes).
+  public static let metacopyXattr = "trusted.overlay.metacopy"
+  public static let redirectXattr = "trusted.overlay.redirect"
+  /// The object's whole content digest (32 bytes).
+  static let digestXattr = "trusted.snapshotd.sha256"
+  /// Different contents tried under one short name before giving up (8-byte prefixes
+  /// shared by two contents are already rare beyond practical stores).
+  static let maxAttempts = 16
 
   /// Opens (creating) the store at `path` with its 256 fan-out directories.
   public init(path: String) throws(SystemError) {
@@ -45,30 +71,36 @@ public final class ObjectStore: @unchecked Sendable {
       fds.append(try At.openDirectory(sub))
     }
     dirs = fds
+    root = try At.openDirectory(path)
   }
 
-  deinit { for fd in dirs { At.close(fd) } }
-
-  /// The key of a file with content digest `content` (32 bytes) and metadata `meta`.
-  public static func key(content: [UInt8], meta: FileMeta) -> String {
-    var h = Hasher()
-    var bytes: [UInt8] = Array("snapshotd object v1\0".utf8) + content
-    func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
-    put(meta.mode)
-    put(meta.uid)
-    put(meta.gid)
-    put(Int64(meta.mtime.tv_sec))
-    put(Int64(meta.mtime.tv_nsec))
-    put(UInt32(meta.xattrs.count))
-    for x in meta.xattrs {
-      bytes += Array(x.name.utf8)
-      bytes.append(0)
-      put(UInt32(x.value.count))
-      bytes += x.value
-    }
-    bytes.withUnsafeBytes { h.update($0) }
-    return h.finalize().hex
+  deinit {
+    for fd in dirs { At.close(fd) }
+    At.close(root)
   }
+
+  // MARK: - Names
+
+  /// The name tried for content with digest `sha` on attempt `attempt`.
+  static func candidate(_ sha: [UInt8], attempt: Int) -> String {
+    let short = Digest.hexString(sha.prefix(8))
+    return attempt == 0 ? short : short + "." + String(attempt)
+  }
+
+  /// Whether `key` has the form of an object name (16 hex digits, maybe `.N`).
+  public static func isKey(_ key: Substring) -> Bool {
+    let parts = key.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+    guard parts[0].utf8.count == 16, parts[0].utf8.allSatisfy(Self.isHex) else { return false }
+    return parts.count == 1 || (!parts[1].isEmpty && parts[1].utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 })
+  }
+
+  /// Whether `key` names an object of a store made before stubs (64 hex digits, hard-linked
+  /// into layers).
+  public static func isLegacyKey(_ key: String) -> Bool {
+    key.utf8.count == 64 && key.utf8.allSatisfy(Self.isHex)
+  }
+
+  private static func isHex(_ c: UInt8) -> Bool { (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) }
 
   private func place(_ key: String) -> (Int32, String) {
     let u = Array(key.utf8)
@@ -76,159 +108,122 @@ public final class ObjectStore: @unchecked Sendable {
     return (dirs[nibble(u[0]) << 4 | nibble(u[1])], String(key.dropFirst(2)))
   }
 
-  /// The object's path (for messages and tests).
+  /// The object's path (for messages, checks and tests).
   public func path(of key: String) -> String { path + "/" + key.prefix(2) + "/" + key.dropFirst(2) }
 
-  /// Links the object `key` as `name` in the directory `dir`. False when there is no such
-  /// object (or it has as many links as the file system allows).
-  public func link(_ key: String, to dir: Int32, _ name: String) throws(SystemError) -> Bool {
-    let (d, n) = place(key)
-    do {
-      try At.link(d, n, dir, name)
-      return true
-    } catch where error.errno == ENOENT || error.errno == EMLINK {
-      return false
+  /// The redirect a stub of `key` carries: the object's path inside the object directory.
+  public static func redirect(of key: String) -> String { "/" + key.prefix(2) + "/" + key.dropFirst(2) }
+
+  /// The key a stub's redirect names, if it names an object.
+  public static func key(redirect: String) -> String? {
+    let parts = redirect.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+    guard parts.count == 3, parts[0].isEmpty, parts[1].count == 2 else { return nil }
+    let key = Substring(parts[1]) + Substring(parts[2])
+    return isKey(key) ? String(key) : nil
+  }
+
+  // MARK: - Objects
+
+  /// The object holding content with digest `sha`, if the store has it.
+  public func find(_ sha: [UInt8]) throws(SystemError) -> String? {
+    for attempt in 0..<Self.maxAttempts {
+      let key = Self.candidate(sha, attempt: attempt)
+      guard let value = try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) else { return nil }
+      if value == sha { return key }
     }
+    return nil
   }
 
-  /// Makes the finished file `name` in `dir` the object `key`. If another import made the
-  /// same object meanwhile, `name` is replaced by a link to that one. Returns true when
-  /// the object is new.
-  public func insert(_ key: String, from dir: Int32, _ name: String) throws(SystemError) -> Bool {
+  /// An unnamed file to write an object's content into (then `adopt(temporary:sha:)`).
+  public func makeTemporary() throws(SystemError) -> Int32 {
+    try At.openTemporary(root, path, mode: 0o444)
+  }
+
+  /// Makes the content written to `fd` (from `makeTemporary`), whose SHA-256 is `sha`, an
+  /// object, unless another import made it meanwhile. Returns its key and whether it is new.
+  public func adopt(temporary fd: Int32, sha: [UInt8]) throws(SystemError) -> (key: String, new: Bool) {
+    try At.setXattr(fd, "object", name: Self.digestXattr, value: sha)
+    return try name(sha) { (dir, name) throws(SystemError) in try At.linkTemporary(fd, dir, name) }
+  }
+
+  /// Makes the finished file `name` in `dir` (open as `fd`, with content digest `sha`) an
+  /// object by linking it into the store, unless the store has that content. The file keeps
+  /// its name; the caller replaces that with a stub.
+  public func adopt(file fd: Int32, _ dir: Int32, _ name: String, sha: [UInt8]) throws(SystemError) -> (key: String, new: Bool) {
+    try At.setXattr(fd, name, name: Self.digestXattr, value: sha)
+    return try self.name(sha) { (d, n) throws(SystemError) in try At.link(dir, name, d, n) }
+  }
+
+  /// Runs `link` under the first free name for `sha` that is not another content's; stops
+  /// at a name holding the same content.
+  private func name(_ sha: [UInt8], _ link: (Int32, String) throws(SystemError) -> Void) throws(SystemError) -> (key: String, new: Bool) {
+    for attempt in 0..<Self.maxAttempts {
+      let key = Self.candidate(sha, attempt: attempt)
+      let (d, n) = place(key)
+      do throws(SystemError) {
+        try link(d, n)
+        return (key, true)
+      } catch where error.errno == EEXIST {}
+      if try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) == sha { return (key, false) }
+    }
+    throw SystemError("linkat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
+  }
+
+  /// Makes the empty regular file `fd` a stub of `key` with `size` bytes (the caller sets
+  /// owner, mode, times and the file's own xattrs).
+  public func makeStub(_ fd: Int32, _ what: String, key: String, size: Int64) throws(SystemError) {
+    try At.truncate(fd, what, size: size)
+    try At.setXattr(fd, what, name: Self.metacopyXattr, value: [])
+    try At.setXattr(fd, what, name: Self.redirectXattr, value: Array(Self.redirect(of: key).utf8))
+  }
+
+  /// The object a file open at `fd` is a stub of; nil when it is not a stub.
+  public static func stubKey(_ fd: Int32, _ what: String) throws(SystemError) -> String? {
+    guard try At.getXattr(fd, what, name: metacopyXattr) != nil, let value = try At.getXattr(fd, what, name: redirectXattr) else { return nil }
+    return key(redirect: String(decoding: value, as: UTF8.self))
+  }
+
+  /// The object's size, or nil when it is missing.
+  public func size(of key: String) throws(SystemError) -> Int64? {
     let (d, n) = place(key)
-    do {
-      try At.link(dir, name, d, n)
-      return true
-    } catch where error.errno == EEXIST {}
-    try At.unlink(dir, name)
-    if try link(key, to: dir, name) { return false }
-    throw SystemError("linkat", "object \(key) -> \(name)", errno: ENOENT)
+    return try At.lstat(d, n).map { Int64($0.st_size) }
   }
 
-  /// What `absorb` did to a tree.
-  public struct Absorbed: Sendable {
-    /// The objects the tree links now, with their sizes.
-    public var objects: [String: Int64] = [:]
-    /// Bytes of the tree's regular files, hard links counted once (as a layer's `fileBytes`).
-    public var fileBytes: Int64 = 0
-    /// Bytes of objects this call made (the rest were shared with what the store held).
-    public var newBytes: Int64 = 0
-    /// Files left as they are: they carry overlayfs xattrs, or their object has as many
-    /// links as the file system allows.
-    public var skipped = 0
-  }
-
-  /// Makes every regular file under `path` a link to its object, as an import would have
-  /// made it: files whose object exists are replaced by a link to it (through a link made
-  /// in `scratch`, a directory on the same file system, renamed over the file), others
-  /// become the object themselves. What `stat` shows of each file stays the same except
-  /// link count, inode and ctime; directories keep their times. Files with `trusted.overlay.*`
-  /// xattrs (copy-up or metacopy state of an old upper dir) are left alone.
-  ///
-  /// The tree must not change meanwhile (a committed snapshot). Run inside `shared`.
-  public func absorb(tree path: String, scratch: String) throws(SystemError) -> Absorbed {
-    var out = Absorbed()
+  /// SHA-256 (hex) of the object's content as read now (nil when it is missing): what
+  /// `check` compares with the digest recorded for it.
+  public func hashContent(_ key: String) throws(SystemError) -> String? {
+    let (d, n) = place(key)
+    let fd: Int32
+    do { fd = try At.open(d, n, flags: O_RDONLY | At.noAtime) } catch where error.errno == ENOENT { return nil }
+    defer { At.close(fd) }
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
     defer { buffer.deallocate() }
-    let scratchFD = try At.openDirectory(scratch)
-    defer { At.close(scratchFD) }
-    // Inode (as the walk found it) → its object, or nil when the file is left alone. Other
-    // names of a file need no second hash, and its bytes count once, as in a tar.
-    var done: [UInt64: String?] = [:]
-    try Tree.walk(path, visit: { (dir, cName, st) throws(SystemError) in
-      guard st.st_mode & S_IFMT == S_IFREG else { return }
-      let ino = UInt64(st.st_ino)
-      let name = String(cString: cName)
-      let key: String
-      if let seen = done[ino] {
-        guard let k = seen else { return }
-        key = k  // still linked to the old inode when that was replaced by an existing object
-      } else {
-        done[ino] = .some(nil)
-        out.fileBytes += Int64(st.st_size)
-        guard let k = try Self.identify(dir, name, st, buffer) else {
-          out.skipped += 1
-          return
-        }
-        key = k
-      }
-      let (d, n) = place(key)
-      var object = try At.lstat(d, n)
-      if object == nil {
-        do throws(SystemError) {
-          try At.link(dir, name, d, n)
-          out.newBytes += Int64(st.st_size)
-        } catch where error.errno == EEXIST {
-          object = try At.lstat(d, n)  // an import made it meanwhile: link to that one
-        } catch where error.errno == EMLINK {
-          out.skipped += 1
-          return
-        }
-      }
-      if let object, object.st_ino != st.st_ino || object.st_dev != st.st_dev {
-        let temp = "absorb-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
-        do throws(SystemError) {
-          try At.link(d, n, scratchFD, temp)
-        } catch where error.errno == EMLINK {
-          out.skipped += 1
-          return
-        }
-        do throws(SystemError) {
-          try At.rename(scratchFD, temp, dir, name)
-        } catch {
-          try? At.unlink(scratchFD, temp)
-          throw error
-        }
-      }
-      done[ino] = key
-      out.objects[key] = Int64(st.st_size)
-    }, leave: { (dir, before) throws(SystemError) in
-      // Replacing names (and reading) changed the directory's times; they are part of the layer.
-      let now = try At.fstat(dir, path)
-      if now.st_mtim.tv_sec != before.st_mtim.tv_sec || now.st_mtim.tv_nsec != before.st_mtim.tv_nsec
-        || now.st_atim.tv_sec != before.st_atim.tv_sec || now.st_atim.tv_nsec != before.st_atim.tv_nsec {
-        try At.futimes(dir, path, atime: before.st_atim, mtime: before.st_mtim)
-      }
-    })
-    return out
-  }
-
-  /// The object key of the regular file `name` in `dir` (with `st` from the walk), or nil
-  /// when it carries overlayfs xattrs.
-  private static func identify(_ dir: Int32, _ name: String, _ st: stat, _ buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> String? {
-    let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
-    defer { At.close(fd) }
-    let xattrs = try At.xattrs(fd, name)
-    if xattrs.contains(where: { $0.0.hasPrefix("trusted.overlay.") }) { return nil }
     var hash = Hasher()
     while true {
-      let n = try At.read(fd, name, into: buffer)
-      if n == 0 { break }
-      hash.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+      let got = try At.read(fd, n, into: buffer)
+      if got == 0 { return Digest.hexString(hash.finalizeBytes()) }
+      hash.update(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
     }
-    let meta = FileMeta(mode: UInt32(st.st_mode) & 0o7777, uid: st.st_uid, gid: st.st_gid, mtime: st.st_mtim, atime: st.st_atim,
-                        xattrs: xattrs.map { (name: $0.0, value: $0.1) })
-    return key(content: hash.finalizeBytes(), meta: meta)
   }
 
-  /// Unlinks the object `key` from the store (links in layers stay valid).
+  /// Unlinks the object `key` from the store.
   public func remove(_ key: String) throws(SystemError) {
     let (d, n) = place(key)
     do { try At.unlink(d, n) } catch where error.errno == ENOENT {}
   }
 
-  /// Keys of objects no layer links to (link count 1), whatever the database says: what
-  /// a crash between linking and committing left behind.
-  public func unlinked() throws(SystemError) -> [String] {
+  /// Every name in the store (objects, and objects of a store made before stubs).
+  public func list() throws(SystemError) -> [String] {
     var out: [String] = []
-    for (i, fd) in dirs.enumerated() {
+    for i in 0..<256 {
       let prefix = Digest.hexString([UInt8(i)])
-      for name in try Sys.listDirectory(path + "/" + prefix) {
-        if let st = try At.lstat(fd, name), st.st_nlink == 1 { out.append(prefix + name) }
-      }
+      for name in try Sys.listDirectory(path + "/" + prefix) { out.append(prefix + name) }
     }
     return out
   }
+
+  /// Makes what was written into the store durable.
+  public func sync() throws(SystemError) { try At.syncfs(root, path) }
 
   /// Runs `body` while no garbage collection runs.
   public func shared<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
@@ -237,7 +232,7 @@ public final class ObjectStore: @unchecked Sendable {
     return try body()
   }
 
-  /// Runs `body` while no import links objects.
+  /// Runs `body` while no import makes stubs.
   public func exclusive<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
     gate.lockExclusive()
     defer { gate.unlock() }

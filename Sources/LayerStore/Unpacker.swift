@@ -31,8 +31,8 @@ public struct UnpackedLayer: Sendable {
   public var entries: Int
   /// Bytes of regular files as the tar has them (each entry counted).
   public var fileBytes: Int64
-  /// The objects the layer links to, with their sizes, each once.
-  public var objects: [String: Int64]
+  /// The objects the layer's stubs name, each once.
+  public var objects: [String: ObjectInfo]
 }
 
 /// Bytes of the blob read so far, for progress reports from another thread.
@@ -47,8 +47,8 @@ public final class ProgressCounter: Sendable {
 ///
 /// Two threads per layer: one reads the blob, hashes it (the digest), decompresses it
 /// with libarchive and hashes the tar stream (the diffID); the caller's thread parses the
-/// tar with libarchive and writes the entries. Regular files become content objects
-/// (`ObjectStore`); OCI whiteouts become overlayfs whiteouts and opaque directories.
+/// tar with libarchive and writes the entries. Regular files become stubs of content
+/// objects (`ObjectStore`); OCI whiteouts become overlayfs whiteouts and opaque directories.
 ///
 /// Nothing is written outside `dir`: every path is resolved beneath it with
 /// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so `..`, absolute paths, and writes
@@ -237,7 +237,7 @@ final class Extractor {
   struct Totals {
     var entries = 0
     var fileBytes: Int64 = 0
-    var objects: [String: Int64] = [:]
+    var objects: [String: ObjectInfo] = [:]
   }
 
   let dir: String
@@ -255,7 +255,7 @@ final class Extractor {
   private let egid = getegid()
 
   /// Files up to this size are hashed before anything is written, so a file whose object
-  /// exists costs one link(2) and no write.
+  /// exists costs its stub and no write.
   static let smallFile = 256 << 10
 
   init(dir: String, layer: LayerDescription, objects: ObjectStore) throws(LayerError) {
@@ -546,70 +546,76 @@ final class Extractor {
     try At.futimes(fd, raw, atime: meta.atime, mtime: meta.mtime)
   }
 
+  /// A regular file: its data into the object store (unless the store has that content),
+  /// then its stub in the layer.
   private func regularFile(_ a: OpaquePointer, _ e: OpaquePointer, _ parent: Int32, _ name: String, _ raw: String, _ meta: inout FileMeta) throws(LayerError) {
     let size = archive_entry_size(e)
     guard size >= 0 else { throw fail(raw, "negative size") }
     totals.fileBytes += size
-    var hash = Hasher()
-    if size <= Int64(Self.smallFile) {
-      // Read and hash first: a file whose object exists is one link(2).
+    var object: (key: String, sha: [UInt8])?
+    if size > 0 && size <= Int64(Self.smallFile) {
+      // Read and hash first: content the store has costs no write.
       var filled = 0
       try readData(a, raw) { (offset, block) throws(LayerError) in
         let end = Int(offset) + block.count
-        guard end <= scratch.count else { throw fail(raw, "data beyond the entry's size") }
+        guard end <= Int(size) else { throw fail(raw, "data beyond the entry's size") }
         if Int(offset) > filled { memset(scratch.baseAddress! + filled, 0, Int(offset) - filled) }
         scratch.baseAddress!.advanced(by: Int(offset)).copyMemory(from: block.baseAddress!, byteCount: block.count)
         filled = max(filled, end)
       }
       if Int(size) > filled { memset(scratch.baseAddress! + filled, 0, Int(size) - filled) }
       let content = UnsafeRawBufferPointer(rebasing: scratch[0..<Int(size)])
+      var hash = Hasher()
       hash.update(content)
-      let key = ObjectStore.key(content: hash.finalizeBytes(), meta: meta)
+      let sha = hash.finalizeBytes()
       do {
-        if try linkObject(key, parent, name, raw) {
-          totals.objects[key] = size
-          return
+        if let key = try objects.find(sha) {
+          object = (key, sha)
+        } else {
+          let fd = try objects.makeTemporary()
+          defer { At.close(fd) }
+          try At.write(fd, raw, content, at: 0)
+          object = (try objects.adopt(temporary: fd, sha: sha).key, sha)
         }
-        let fd = try create(parent, name, raw)
-        defer { At.close(fd) }
-        try At.write(fd, raw, content, at: 0)
-        try apply(meta, fd: fd, raw)
       } catch {
         throw fail(raw, error)
       }
-      try insert(key, size, parent, name, raw)
-      return
-    }
-    let fd: Int32
-    do { fd = try create(parent, name, raw) } catch { throw fail(raw, error) }
-    defer { At.close(fd) }
-    var hashed: Int64 = 0
-    try readData(a, raw) { (offset, block) throws(LayerError) in
-      guard offset >= hashed, offset + Int64(block.count) <= size else { throw fail(raw, "data out of order or beyond the entry's size") }
-      hash.updateZeros(offset - hashed)
-      hash.update(block)
-      do throws(SystemError) { try At.write(fd, raw, block, at: offset) } catch { throw fail(raw, error) }
-      hashed = offset + Int64(block.count)
-    }
-    do {
-      if hashed < size {  // a sparse file ending in a hole
-        hash.updateZeros(size - hashed)
-        try At.truncate(fd, raw, size: size)
+    } else if size > 0 {
+      let fd: Int32
+      do { fd = try objects.makeTemporary() } catch { throw fail(raw, error) }
+      defer { At.close(fd) }
+      var hash = Hasher()
+      var hashed: Int64 = 0
+      try readData(a, raw) { (offset, block) throws(LayerError) in
+        guard offset >= hashed, offset + Int64(block.count) <= size else { throw fail(raw, "data out of order or beyond the entry's size") }
+        hash.updateZeros(offset - hashed)
+        hash.update(block)
+        do throws(SystemError) { try At.write(fd, raw, block, at: offset) } catch { throw fail(raw, error) }
+        hashed = offset + Int64(block.count)
       }
+      do {
+        if hashed < size {  // a sparse file ending in a hole
+          hash.updateZeros(size - hashed)
+          try At.truncate(fd, raw, size: size)
+        }
+        let sha = hash.finalizeBytes()
+        object = (try objects.adopt(temporary: fd, sha: sha).key, sha)
+      } catch {
+        throw fail(raw, error)
+      }
+    } else {
+      try readData(a, raw) { (_, _) throws(LayerError) in throw fail(raw, "data beyond the entry's size") }
+    }
+    // The stub: the entry's own inode, metadata and size; its data is the object's.
+    do {
+      let fd = try create(parent, name, raw)
+      defer { At.close(fd) }
+      if let object { try objects.makeStub(fd, raw, key: object.key, size: size) }
       try apply(meta, fd: fd, raw)
     } catch {
       throw fail(raw, error)
     }
-    try insert(ObjectStore.key(content: hash.finalizeBytes(), meta: meta), size, parent, name, raw)
-  }
-
-  private func linkObject(_ key: String, _ parent: Int32, _ name: String, _ raw: String) throws(SystemError) -> Bool {
-    do {
-      return try objects.link(key, to: parent, name)
-    } catch where error.errno == EEXIST {
-      try At.unlink(parent, name)  // a repeated path: the last entry wins
-      return try objects.link(key, to: parent, name)
-    }
+    if let object { totals.objects[object.key] = ObjectInfo(size: size, sha256: Digest.hexString(object.sha)) }
   }
 
   private func create(_ parent: Int32, _ name: String, _ raw: String) throws(SystemError) -> Int32 {
@@ -617,19 +623,8 @@ final class Extractor {
       return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
     } catch where error.errno == EEXIST {
       if let st = try At.lstat(parent, name), st.st_mode & S_IFMT == S_IFDIR { throw SystemError("openat", name, errno: EISDIR) }
-      try At.unlink(parent, name)
+      try At.unlink(parent, name)  // a repeated path: the last entry wins
       return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
-    }
-  }
-
-  private func insert(_ key: String, _ size: Int64, _ parent: Int32, _ name: String, _ raw: String) throws(LayerError) {
-    do {
-      _ = try objects.insert(key, from: parent, name)
-      totals.objects[key] = size
-    } catch where error.errno == EMLINK {
-      // The object has as many links as the file system allows: this copy stays unshared.
-    } catch {
-      throw fail(raw, error)
     }
   }
 

@@ -3,7 +3,11 @@ import Logging
 import SnapshotSys
 import Synchronization
 
-/// Committed snapshots waiting for their files to become content objects, and whether a
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Committed snapshots waiting for their files to become stubs of content objects, and whether a
 /// collection of unreferenced objects is due. Commits add to it; the background queue takes
 /// them in batches a moment after the last commit, so a burst of commits costs the callers
 /// nothing and the background one pass.
@@ -83,9 +87,10 @@ extension Snapshotter {
     for id in background.take() { dedup(id) }
   }
 
-  /// Makes the files of snapshot `id`, committed through Prepare/Commit, links to content
-  /// objects, as an imported layer's are, and records its references: the same file in
-  /// another layer or image is then stored once. Runs on the background queue only.
+  /// Makes the files of snapshot `id`, committed through Prepare/Commit, stubs of content
+  /// objects, as an imported layer's are, and records its references: the same data in
+  /// another layer or image is then stored once, while every file keeps its own inode.
+  /// Runs on the background queue only.
   func dedup(_ id: Int64) {
     let layout = self.layout
     do {
@@ -123,5 +128,21 @@ extension Snapshotter {
       logger.warning("deduplication of a committed snapshot failed; retried at the next start",
                      metadata: ["id": "\(id)", "error": "\(error)"])
     }
+  }
+
+  /// Objects named by stubs of committed snapshots whose deduplication has not recorded its
+  /// references yet (cut short by a crash or an error): sweeps and checks keep them.
+  func pendingStubKeys() throws -> Set<String> {
+    var keys = Set<String>()
+    for id in try read({ db in try Metadata.pendingDedup(db) }) where Sys.exists(layout.fs(id)) {
+      try Tree.walk(layout.fs(id), visit: { (dir, cName, st) throws(SystemError) in
+        guard st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 else { return }
+        let name = String(cString: cName)
+        let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
+        defer { At.close(fd) }
+        if let key = try ObjectStore.stubKey(fd, name) { keys.insert(key) }
+      })
+    }
+    return keys
   }
 }

@@ -327,8 +327,8 @@ extension Snapshotter {
   // MARK: - Objects
 
   /// Deletes imported layers no snapshot uses (with `layers`), then content objects
-  /// nothing references any more, and (with `sweep`, which lists the whole store) objects a
-  /// crash left without any link. Returns how many layers and objects, and the objects' bytes.
+  /// nothing references any more, and (with `sweep`, which lists the whole store) objects
+  /// the database does not know: made by an import that failed or never committed. Returns how many layers and objects, and the objects' bytes.
   @discardableResult
   public func collectGarbage(layers: Bool = true, sweep: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {
     let layout = self.layout
@@ -350,9 +350,9 @@ extension Snapshotter {
           bytes += size
         }
         var count = dead.count
-        for key in sweep ? try objects.unlinked() : [] {
-          let known = try read { db in try Metadata.objectKnown(db, key) }
-          if !known {
+        if sweep {
+          let known = try read { db in try Metadata.objectKeys(db) }.union(pendingStubKeys())
+          for key in try objects.list() where !known.contains(key) && !ObjectStore.isLegacyKey(key) {
             try objects.remove(key)
             count += 1
           }

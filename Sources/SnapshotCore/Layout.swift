@@ -6,14 +6,15 @@ import Glibc
 /// an overlay `lowerdir=` option for a 128-layer chain must fit in one page.
 ///
 ///     ROOT/metadata.db      SQLite (WAL) metadata
-///     ROOT/lock             flock'd by the running daemon
+///     ROOT/lock             locked (lockf) by the running daemon
 ///     ROOT/s/<id>/fs        a snapshot's files (overlay upper dir, or a lower layer)
 ///     ROOT/s/<id>/work      overlay work dir of an active snapshot
 ///     ROOT/s/new-<id>       a snapshot directory being made (then renamed to <id> and fsync'd)
-///     ROOT/l/<id>           an imported layer (one per diffID), shared by every chain holding it
+///     ROOT/l/<id>           an imported layer (one per diffID), shared by every chain holding it:
+///                           its regular files are stubs of objects (see `ObjectStore`)
 ///     ROOT/l/new-<n>        a layer being unpacked
-///     ROOT/o/<xx>/<62 hex>  content objects, hard-linked into layers
-///     ROOT/tmp/             image archives being read
+///     ROOT/o/<xx>/<14 hex>  file data, once per content; a data-only layer of every overlay
+///     ROOT/tmp/             image archives being read, stubs being made
 ///
 /// Directories are made ahead of time (`DirectoryPool`): `s/<id>` may exist before the
 /// snapshot <id> does.

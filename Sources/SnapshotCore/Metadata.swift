@@ -1,4 +1,5 @@
 import GRDB
+import LayerStore
 
 /// A snapshot row as stored: the integer id names its directory (`s/<id>`).
 struct SnapshotRow: Sendable {
@@ -100,6 +101,11 @@ enum Metadata {
     // trees (`s/<id>`) reference objects too.
     m.registerMigration("v3") { db in
       try db.execute(sql: "ALTER TABLE snapshot ADD COLUMN file_bytes INTEGER")
+    }
+    // Objects are file data only, keyed by a short name (see `ObjectStore`), with their
+    // whole content digest; layers hold stubs that redirect to them.
+    m.registerMigration("v4") { db in
+      try db.execute(sql: "ALTER TABLE object ADD COLUMN sha256 TEXT")
     }
     return m
   }
@@ -215,12 +221,6 @@ enum Metadata {
     return db.lastInsertedRowID
   }
 
-  static func nextLayerID(_ db: Database) throws -> Int64 {
-    let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'layer'") ?? 0
-    let max = try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM layer") ?? 0
-    return Swift.max(seq, max) + 1
-  }
-
   static func insertSnapshot(_ db: Database, id: Int64, key: String, parent: Int64?, layer: Int64, size: Int64, inodes: Int64, now: Int64) throws {
     try db.cachedStatement(sql: "INSERT INTO snapshot (id, key, parent, kind, created, updated, size, inodes, layer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
       .execute(arguments: [id, key, parent, SnapshotKind.committed.rawValue, now, now, size, inodes, layer])
@@ -256,13 +256,61 @@ enum Metadata {
   }
 
   /// Counts one more reference from `tree` to each object.
-  static func addRefs(_ db: Database, tree: String, _ objects: [String: Int64]) throws {
-    let upsert = try db.cachedStatement(sql: "INSERT INTO object (key, size, refs) VALUES (?, ?, 1) ON CONFLICT (key) DO UPDATE SET refs = refs + 1")
+  static func addRefs(_ db: Database, tree: String, _ objects: [String: ObjectInfo]) throws {
+    let upsert = try db.cachedStatement(sql: """
+      INSERT INTO object (key, size, refs, sha256) VALUES (?, ?, 1, ?)
+      ON CONFLICT (key) DO UPDATE SET refs = refs + 1, sha256 = excluded.sha256
+      """)
     let ref = try db.cachedStatement(sql: "INSERT INTO object_ref (tree, key) VALUES (?, ?)")
-    for (key, size) in objects {
-      try upsert.execute(arguments: [key, size])
+    for (key, info) in objects {
+      try upsert.execute(arguments: [key, info.size, info.sha256])
       try ref.execute(arguments: [tree, key])
     }
+  }
+
+  /// Every object row: key → (size, digest, reference count).
+  static func allObjects(_ db: Database) throws -> [String: (info: ObjectInfo, refs: Int64)] {
+    var out: [String: (info: ObjectInfo, refs: Int64)] = [:]
+    for row in try Row.fetchAll(db, sql: "SELECT key, size, COALESCE(sha256, ''), refs FROM object") {
+      out[row[0]] = (ObjectInfo(size: row[1], sha256: row[2]), row[3])
+    }
+    return out
+  }
+
+  /// Every tree's references: tree → keys.
+  static func allRefs(_ db: Database) throws -> [String: Set<String>] {
+    var out: [String: Set<String>] = [:]
+    for row in try Row.fetchAll(db, sql: "SELECT tree, key FROM object_ref") {
+      out[row[0], default: []].insert(row[1])
+    }
+    return out
+  }
+
+  /// Trees whose references are recorded: imported layers and deduplicated snapshots.
+  static func trees(_ db: Database) throws -> [(tree: String, layer: Int64?, snapshot: Int64?)] {
+    var out: [(tree: String, layer: Int64?, snapshot: Int64?)] = []
+    for id in try Int64.fetchAll(db, sql: "SELECT id FROM layer ORDER BY id") { out.append((Layout.tree(layer: id), id, nil)) }
+    for id in try Int64.fetchAll(db, sql: "SELECT id FROM snapshot WHERE layer IS NULL AND file_bytes IS NOT NULL ORDER BY id") {
+      out.append((Layout.tree(snapshot: id), nil, id))
+    }
+    return out
+  }
+
+  /// Replaces the references of `tree` with `objects` and sets every object's count from
+  /// the references (what `check --repair` and the conversion of old stores do).
+  static func replaceRefs(_ db: Database, tree: String, _ objects: [String: ObjectInfo]) throws {
+    try releaseRefs(db, tree: tree)
+    try addRefs(db, tree: tree, objects)
+  }
+
+  /// Sets every object's reference count to the number of trees referencing it.
+  static func recountRefs(_ db: Database) throws {
+    try db.execute(sql: "UPDATE object SET refs = (SELECT COUNT(*) FROM object_ref r WHERE r.key = object.key)")
+  }
+
+  /// Drops references of trees that no longer exist.
+  static func dropRefs(_ db: Database, trees: [String]) throws {
+    for tree in trees { try releaseRefs(db, tree: tree) }
   }
 
   /// Drops every reference `tree` holds.
@@ -288,8 +336,8 @@ enum Metadata {
     try db.cachedStatement(sql: "UPDATE snapshot SET file_bytes = ? WHERE id = ?").execute(arguments: [bytes, id])
   }
 
-  static func objectKnown(_ db: Database, _ key: String) throws -> Bool {
-    try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM object WHERE key = ?)"), arguments: [key]) ?? false
+  static func objectKeys(_ db: Database) throws -> Set<String> {
+    Set(try String.fetchAll(db, sql: "SELECT key FROM object"))
   }
 
   static func storeUsage(_ db: Database) throws -> StoreUsage {

@@ -16,8 +16,9 @@ public enum MountDriver: String, Sendable, CaseIterable {
   var mountType: String { self == .overlay ? "overlay" : "fuse3.snapfs" }
   var mountSource: String { self == .overlay ? "overlay" : "snapfs" }
 
-  /// `--driver auto`: overlay if an overlayfs mount works on the file system of `root`
-  /// (with its upper and work dirs there), else fuse. Answers the choice and why.
+  /// `--driver auto`: overlay if an overlayfs mount with a data-only lower layer (Linux 6.5+,
+  /// which stubs need) works on the file system of `root` (with its upper and work dirs
+  /// there), else fuse, which implements the same. Answers the choice and why.
   public static func probe(root: String) -> (MountDriver, String) {
     let dir = Layout(root: root).temporary + "/driver-probe-\(getpid())"
     defer {
@@ -26,10 +27,10 @@ public enum MountDriver: String, Sendable, CaseIterable {
     }
     do {
       try Sys.mkdirAll(dir, mode: 0o700)
-      for sub in ["l1", "l2", "u", "w", "m"] { try Sys.mkdir(dir + "/" + sub, mode: 0o755) }
+      for sub in ["l1", "l2", "d", "u", "w", "m"] { try Sys.mkdir(dir + "/" + sub, mode: 0o755) }
       try Sys.mount(source: "overlay", target: dir + "/m", type: "overlay", flags: 0,
-                    data: "index=off,lowerdir=\(dir)/l1:\(dir)/l2,upperdir=\(dir)/u,workdir=\(dir)/w")
-      return (.overlay, "overlayfs mounts on \(root)")
+                    data: "index=off,lowerdir=\(dir)/l1:\(dir)/l2::\(dir)/d,upperdir=\(dir)/u,workdir=\(dir)/w")
+      return (.overlay, "overlayfs mounts on \(root) with data-only layers")
     } catch {
       return (.fuse, "overlayfs cannot be used on \(root): \(error)")
     }

@@ -68,7 +68,17 @@ public final class Snapshotter: Sendable {
     reaper = Reaper(logger: logger)
     let lastID = try Self.sweep(layout, db: db, logger: logger)
     pool = DirectoryPool(layout: layout, firstID: lastID + 1, logger: logger)
-    // Snapshots committed before a restart whose files are not objects yet.
+    do {
+      try Upgrade.convertIfNeeded(layout, db: db, objects: objects, names: try objects.list(), logger: logger)
+    } catch let e as SnapshotError {
+      throw e
+    } catch {
+      throw .init(.unavailable, "the object store \(layout.objects) is unusable: \(error)")
+    }
+    // Objects of imports a crash cut short are dropped before an import can reuse them:
+    // only what committed was made durable first.
+    try collectGarbage(layers: false, sweep: true)
+    // Snapshots committed before a restart whose files are not stubs yet.
     scheduleDedup(try read { db in try Metadata.pendingDedup(db) })
   }
 
@@ -195,9 +205,11 @@ public final class Snapshotter: Sendable {
   }
 
   /// The mount shapes of containerd's overlay snapshotter: a bind mount of the snapshot's
-  /// own dir when it has no parent (rw, or ro for a view), a ro bind of the parent for a
-  /// view of one layer, otherwise overlay with `index=off`, lower dirs nearest parent first
-  /// (or the same options for snapfs, with the fuse driver).
+  /// own dir when it has no parent (rw, or ro for a view), otherwise overlay with
+  /// `index=off`, lower dirs nearest parent first and the object directory as a data-only
+  /// layer (or the same options for snapfs, with the fuse driver). Unlike containerd's, a
+  /// view of one layer is an overlay too: a layer's files are stubs, whose data only an
+  /// overlay with the data-only layer shows.
   static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [String], driver: MountDriver = .overlay) -> [Mount] {
     if lowers.isEmpty {
       return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
@@ -206,10 +218,9 @@ public final class Snapshotter: Sendable {
     if kind == .active {
       options.append("workdir=" + layout.work(id))
       options.append("upperdir=" + layout.fs(id))
-    } else if lowers.count == 1 {
-      return [Mount(type: "bind", source: lowers[0], options: ["ro", "rbind"])]
     }
-    options.append("lowerdir=" + lowers.joined(separator: ":"))
+    // The object directory as a data-only layer: stubs' data (see `ObjectStore`).
+    options.append("lowerdir=" + lowers.joined(separator: ":") + "::" + layout.objects)
     return [Mount(type: driver.mountType, source: driver.mountSource, options: options)]
   }
 

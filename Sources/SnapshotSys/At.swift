@@ -111,6 +111,37 @@ public enum At {
     }
   }
 
+  /// `openat(2)` with O_TMPFILE: an unnamed regular file (read-write, `mode`) on the file
+  /// system of the directory `dirfd`, gone on close unless `linkTemporary` names it.
+  public static func openTemporary(_ dirfd: Int32, _ what: String, mode: mode_t) throws(SystemError) -> Int32 {
+    try SystemError.check("openat(O_TMPFILE)", what) { shim_openat(dirfd, ".", SHIM_O_TMPFILE | O_RDWR | O_CLOEXEC, mode) }
+  }
+
+  /// `linkat(2)` of an open file (made by `openTemporary`) as `name` in `dirfd`, through its
+  /// /proc/self/fd link (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH). EEXIST when taken.
+  public static func linkTemporary(_ fd: Int32, _ dirfd: Int32, _ name: String) throws(SystemError) {
+    _ = try SystemError.check("linkat", name) { linkat(AT_FDCWD, "/proc/self/fd/\(fd)", dirfd, name, AT_SYMLINK_FOLLOW) }
+  }
+
+  /// `lgetxattr(2)` by path: the value (up to `maxSize` bytes), or nil when the file or the
+  /// attribute does not exist.
+  public static func getXattr(path: String, name: String, maxSize: Int = 256) throws(SystemError) -> [UInt8]? {
+    var buffer = [UInt8](repeating: 0, count: maxSize)
+    let n = lgetxattr(path, name, &buffer, buffer.count)
+    if n >= 0 { return Array(buffer[0..<n]) }
+    if errno == ENOENT || errno == ENODATA { return nil }
+    throw SystemError("lgetxattr", "\(path) \(name)", errno: errno)
+  }
+
+  /// `fgetxattr(2)`: the value (up to `maxSize` bytes), or nil when the attribute does not exist.
+  public static func getXattr(_ fd: Int32, _ what: String, name: String, maxSize: Int = 256) throws(SystemError) -> [UInt8]? {
+    var buffer = [UInt8](repeating: 0, count: maxSize)
+    let n = fgetxattr(fd, name, &buffer, buffer.count)
+    if n >= 0 { return Array(buffer[0..<n]) }
+    if errno == ENODATA { return nil }
+    throw SystemError("fgetxattr", "\(what) \(name)", errno: errno)
+  }
+
   /// `fsetxattr(2)`.
   public static func setXattr(_ fd: Int32, _ what: String, name: String, value: [UInt8]) throws(SystemError) {
     _ = try SystemError.check("fsetxattr", "\(what) \(name)") { fsetxattr(fd, name, value, value.count, 0) }
@@ -156,6 +187,11 @@ public enum At {
   /// `read(2)`: up to `buffer.count` bytes; 0 at the end.
   public static func read(_ fd: Int32, _ what: String, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
     Int(try SystemError.check("read", what) { Int32(truncatingIfNeeded: Glibc.read(fd, buffer.baseAddress, buffer.count)) })
+  }
+
+  /// `pread(2)`: up to `buffer.count` bytes (at most 2 GiB) at `offset`; 0 at the end.
+  public static func read(_ fd: Int32, _ what: String, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(SystemError) -> Int {
+    Int(try SystemError.check("pread", what) { Int32(truncatingIfNeeded: pread(fd, buffer.baseAddress, min(buffer.count, 1 << 30), off_t(offset))) })
   }
 
   public static func truncate(_ fd: Int32, _ what: String, size: Int64) throws(SystemError) {

@@ -62,22 +62,74 @@ final class BytesSource: ByteSource {
                         into: root + "/" + dir, objects: objects)
   }
 
-  @Test func filesAreUnpackedAndDeduplicated() throws {
+  /// The value of xattr `name` of `path`, nil when it has none.
+  func xattr(_ path: String, _ name: String) -> [UInt8]? {
+    (try? At.getXattr(path: path, name: name)) ?? nil
+  }
+
+  @Test func filesBecomeStubsOfSharedObjects() throws {
     var tar = TarWriter()
     tar.entry("dir/", type: 0x35, mode: 0o755)
     tar.entry("dir/a", data: Array("same".utf8))
     tar.entry("dir/b", data: Array("same".utf8))
-    tar.entry("dir/c", mode: 0o600, data: Array("same".utf8))
+    tar.entry("dir/c", mode: 0o600, data: Array("same".utf8), mtime: 1_700_000_000)
+    tar.entry("dir/d", data: Array("other".utf8))
+    tar.entry("dir/hard", type: 0x31, link: "dir/d")
+    tar.entry("dir/empty")
     let layer = try unpack(tar)
-    #expect(layer.entries == 4)
-    #expect(layer.fileBytes == 12)
-    #expect(layer.objects.count == 2)  // a and b share; c differs by mode
+    #expect(layer.entries == 7)
+    #expect(layer.fileBytes == 17)
+    // Objects are keyed by content alone: a, b and c (another mode and mtime) share one.
+    #expect(layer.objects.count == 2)
     #expect(layer.diffID == Digest.of(tar.finished))
-    let a = try Sys.lstat(root + "/layer/dir/a"), b = try Sys.lstat(root + "/layer/dir/b"), c = try Sys.lstat(root + "/layer/dir/c")
-    #expect(a.st_ino == b.st_ino)
-    #expect(a.st_ino != c.st_ino)
-    #expect(a.st_mtim.tv_sec == 1_600_000_000)
-    #expect(try String(contentsOfFile: root + "/layer/dir/c", encoding: .utf8) == "same")
+    let names = ["a", "b", "c", "d", "hard", "empty"]
+    let st = try names.map { try Sys.lstat(root + "/layer/dir/" + $0) }
+    // Every entry its own inode with link count 1, but the tar's hard link.
+    #expect(Set(st.map(\.st_ino)).count == 5)
+    #expect(st[3].st_ino == st[4].st_ino && st[3].st_nlink == 2)
+    #expect(st[0].st_nlink == 1 && st[1].st_nlink == 1 && st[2].st_nlink == 1)
+    // The tar's metadata on the stub, no data blocks.
+    #expect(st[0].st_size == 4 && st[0].st_blocks == 0 && st[0].st_mode & 0o7777 == 0o644)
+    #expect(st[2].st_mode & 0o7777 == 0o600 && st[2].st_mtim.tv_sec == 1_700_000_000)
+    #expect(st[0].st_mtim.tv_sec == 1_600_000_000)
+    // The stubs redirect to the object holding the bytes; an empty file is a plain file.
+    let redirect = xattr(root + "/layer/dir/a", ObjectStore.redirectXattr)!
+    #expect(xattr(root + "/layer/dir/a", ObjectStore.metacopyXattr) == [])
+    #expect(redirect == xattr(root + "/layer/dir/c", ObjectStore.redirectXattr))
+    #expect(redirect.count <= 20)  // both xattrs fit in a 256-byte ext4 inode
+    let key = ObjectStore.key(redirect: String(decoding: redirect, as: UTF8.self))!
+    #expect(layer.objects[key] == ObjectInfo(size: 4, sha256: Digest.of(Array("same".utf8)).hex))
+    #expect(try String(contentsOfFile: objects.path(of: key), encoding: .utf8) == "same")
+    #expect(xattr(root + "/layer/dir/empty", ObjectStore.metacopyXattr) == nil && st[5].st_size == 0)
+
+    // A second layer with the same content makes no new object.
+    try Sys.mkdir(root + "/layer2", mode: 0o755)
+    var tar2 = TarWriter()
+    tar2.entry("x", mode: 0o755, data: Array("same".utf8))
+    let layer2 = try unpack(tar2, into: "layer2")
+    #expect(Array(layer2.objects.keys) == [key])
+    #expect(try objects.list().count == 2)
+  }
+
+  @Test func bigFilesStreamIntoTheirObject() throws {
+    var tar = TarWriter()
+    let big = (0..<(600 << 10)).map { UInt8(truncatingIfNeeded: $0 * 7) }
+    tar.entry("big", data: big)
+    tar.entry("big2", data: big)
+    let layer = try unpack(tar)
+    #expect(layer.objects.count == 1)
+    let key = layer.objects.keys.first!
+    #expect(try Sys.readAll(objects.path(of: key)) == big)
+    #expect(try Sys.lstat(root + "/layer/big2").st_size == Int64(big.count))
+    #expect(try objects.hashContent(key) == Digest.of(big).hex)
+  }
+
+  @Test func redirectsParseOnlyObjectNames() {
+    #expect(ObjectStore.key(redirect: "/3f/0a1b2c3d4e5f6a") == "3f0a1b2c3d4e5f6a")
+    #expect(ObjectStore.key(redirect: "/3f/0a1b2c3d4e5f6a.2") == "3f0a1b2c3d4e5f6a.2")
+    for bad in ["", "/", "/3f", "3f/0a1b2c3d4e5f6a", "/3f/0a1b2c3d4e5f6", "/3F/0a1b2c3d4e5f6a", "/../0a1b2c3d4e5f6a", "/3f/0a1b2c3d4e5f6a.", "/3f/x/0a1b2c3d4e5f6a"] {
+      #expect(ObjectStore.key(redirect: bad) == nil, "\(bad)")
+    }
   }
 
   @Test(arguments: ["../evil", "/abs", "a/../../evil"])

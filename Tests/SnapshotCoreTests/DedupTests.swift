@@ -1,3 +1,4 @@
+import LayerStore
 import SnapshotSys
 import Testing
 
@@ -8,8 +9,8 @@ import Glibc
 #endif
 
 /// Background deduplication of snapshots committed through Prepare/Commit (containerd's
-/// own unpacking path): files become links to content objects, shared with other
-/// snapshots, and what `stat` shows stays as written.
+/// own unpacking path): files become stubs of content objects, shared with other
+/// snapshots, and what `stat` shows stays as written, inode identity included.
 @Suite struct DedupTests {
   /// Writes a file with `content`, `mode` and mtime `mtime` seconds (atime one more).
   func write(_ path: String, _ content: String, mode: mode_t = 0o644, mtime: Int) throws {
@@ -42,7 +43,14 @@ import Glibc
     return upper
   }
 
-  @Test func committedFilesBecomeSharedObjects() throws {
+  /// The object a stub names, nil when `path` is not a stub.
+  func object(_ path: String) throws -> String? {
+    let fd = try At.openFile(path)
+    defer { At.close(fd) }
+    return try ObjectStore.stubKey(fd, path)
+  }
+
+  @Test func committedFilesBecomeStubsOfSharedObjects() throws {
     let tmp = TempRoot()
     let s = try tmp.open()
     let a = try layer(s, "a") { fs in
@@ -59,51 +67,56 @@ import Glibc
       setTimes(fs + "/d", mtime: 2_000_000)
       setTimes(fs, mtime: 2_000_001)
     }
-    let before = try ["same1", "d/same2", "d/othermode", "d/othertime", "d/hard", "empty", "xattr", "d", "."].map { try st(a + "/" + $0) }
+    let names = ["same1", "d/same2", "d/othermode", "d/othertime", "d/hard", "empty", "xattr", "d", "."]
+    let before = try names.map { try st(a + "/" + $0) }
     s.drain()
 
-    // Same content and metadata: one inode, the object's, whatever the name.
-    let same1 = try st(a + "/same1"), same2 = try st(a + "/d/same2"), hard = try st(a + "/d/hard")
-    #expect(same1.st_ino == same2.st_ino && same1.st_ino == hard.st_ino)
-    #expect(same1.st_nlink == 4)  // same1, d/same2, d/hard and the object
-    // Another mode, mtime or xattr is another object.
-    let others = try ["d/othermode", "d/othertime", "xattr", "empty"].map { try st(a + "/" + $0).st_ino }
-    #expect(Set(others + [same1.st_ino]).count == 5)
-    #expect(try st(a + "/d/othermode").st_nlink == 2)
-    // What stat shows is unchanged except links and inode; directories keep their times.
-    let after = try ["same1", "d/same2", "d/othermode", "d/othertime", "d/hard", "empty", "xattr", "d", "."].map { try st(a + "/" + $0) }
+    // Every file is a stub of the one object holding the content; each keeps its own
+    // inode, and only the hard link written shares one.
+    let after = try names.map { try st(a + "/" + $0) }
+    let key = try object(a + "/same1")
+    #expect(key != nil)
+    for name in ["d/same2", "d/othermode", "d/othertime", "d/hard", "xattr"] { #expect(try object(a + "/" + name) == key) }
+    #expect(try object(a + "/empty") == nil)
+    #expect(Set(after[0...6].map(\.st_ino)).count == 6)
+    #expect(after[0].st_ino == after[4].st_ino && after[0].st_nlink == 2)
+    #expect(after[1].st_nlink == 1 && after[2].st_nlink == 1)
+    // What stat shows is unchanged except inode; directories keep their times.
     for (b, n) in zip(before, after) {
       #expect(shown(b) == shown(n))
+      #expect(b.st_nlink == n.st_nlink)
     }
+    #expect(after[0].st_blocks == 0)
     let fd = try At.openFile(a + "/xattr")
     defer { At.close(fd) }
-    let xattrs = try At.xattrs(fd, "xattr")
+    let xattrs = try At.xattrs(fd, "xattr").filter { !$0.0.hasPrefix("trusted.overlay.") }
     #expect(xattrs.count == 1 && xattrs[0].0 == "user.k" && xattrs[0].1 == [UInt8(ascii: "v")])
     #expect(try st(a + "/sym").st_mode & S_IFMT == S_IFLNK)
+    #expect(try Sys.readAll(s.layout.objects + ObjectStore.redirect(of: key!)) == Array("shared content".utf8))
     var u = try s.storeUsage()
-    #expect(u.objects == 5)
+    #expect(u.objects == 1)
     #expect(u.logicalBytes == 14 * 5)  // five files of 14 bytes (d/hard is same1), one empty
-    #expect(u.storedBytes == 14 * 4)
+    #expect(u.storedBytes == 14)
 
-    // A second snapshot (on top of the first) with a file already stored: linked, not stored again.
+    // A second snapshot (on top of the first) with content already stored: not stored again.
     let b = try layer(s, "b", parent: "a") { fs in
       try write(fs + "/copy", "shared content", mtime: 1_000_000)
       #expect(link(fs + "/copy", fs + "/copyhard") == 0)
       try write(fs + "/new", "new content", mtime: 1_000_000)
     }
     s.drain()
-    // Both names of the hard-linked copy now link the object the first snapshot made.
-    #expect(try st(b + "/copy").st_ino == same1.st_ino)
-    #expect(try st(b + "/copyhard").st_ino == same1.st_ino)
+    #expect(try object(b + "/copy") == key && object(b + "/copyhard") == key)
+    #expect(try st(b + "/copy").st_ino == st(b + "/copyhard").st_ino)
+    #expect(try st(b + "/copy").st_ino != after[0].st_ino)
     u = try s.storeUsage()
-    #expect(u.objects == 6 && u.storedBytes == 14 * 4 + 11)
+    #expect(u.objects == 2 && u.storedBytes == 14 + 11)
+    #expect(try s.check().isEmpty)
 
     // Removing a snapshot frees the objects only it used, once it is gone for good.
     try s.remove(key: "b")
     s.drain()
     u = try s.storeUsage()
-    #expect(u.objects == 5 && u.storedBytes == 14 * 4)
-    #expect(try st(a + "/same1").st_nlink == 4)
+    #expect(u.objects == 1 && u.storedBytes == 14)
     try s.remove(key: "a")
     s.drain()
     u = try s.storeUsage()
@@ -119,7 +132,7 @@ import Glibc
       let s = try tmp.open()
       _ = try layer(s, "a") { fs in try write(fs + "/f", "content", mtime: 5) }
       s.drain()
-      // A crash after the files were linked, before the references committed.
+      // A crash after the files became stubs, before the references committed.
       try s.write { db in
         try db.execute(sql: "UPDATE snapshot SET file_bytes = NULL; DELETE FROM object_ref; DELETE FROM object")
       }
@@ -130,9 +143,43 @@ import Glibc
     #expect(try s.storeUsage().objects == 1)
     let row = try s.read { db in try Metadata.find(db, key: "a") }
     #expect(row?.fileBytes == 7)
-    #expect(try Sys.lstat(s.layout.fs(row!.id) + "/f").st_nlink == 2)
+    #expect(try object(s.layout.fs(row!.id) + "/f") != nil)
+    #expect(try s.check().isEmpty)
     try s.remove(key: "a")
     s.drain()
     #expect(try s.storeUsage().objects == 0)
+  }
+
+  @Test func checkReportsDamageAndRepairsWhatItCan() throws {
+    let tmp = TempRoot()
+    let s = try tmp.open()
+    let a = try layer(s, "a") { fs in
+      try write(fs + "/one", "first content", mtime: 5)
+      try write(fs + "/two", "second content", mtime: 5)
+      try write(fs + "/three", "third content", mtime: 5)
+    }
+    s.drain()
+    #expect(try s.check().isEmpty)
+    // Damage of every kind: a missing object, a corrupt one, an orphan, wrong counts.
+    let missing = try object(a + "/one")!, corrupt = try object(a + "/two")!
+    try Sys.unlink(s.layout.objects + ObjectStore.redirect(of: missing))
+    let fd = open(s.layout.objects + ObjectStore.redirect(of: corrupt), O_WRONLY)
+    #expect(fd >= 0 && pwrite(fd, "X", 1, 0) == 1)
+    close(fd)
+    let orphan = s.layout.objects + "/00/00000000000000"
+    #expect(creat(orphan, 0o444) >= 0)
+    try s.write { db in try db.execute(sql: "UPDATE object SET refs = 7 WHERE key = ?", arguments: [corrupt]) }
+    let found = try s.check()
+    let kinds = Set(found.map(\.kind))
+    #expect(kinds == [.missingObject, .corruptObject, .orphanObject, .referenceCount], "\(found)")
+    #expect(Sys.exists(orphan))  // a check changes nothing
+    let repaired = try s.check(repair: true)
+    let unrepaired = repaired.filter { $0.repairable && !$0.repaired }
+    #expect(unrepaired.isEmpty)
+    #expect(!Sys.exists(orphan))
+    let left = try s.check()
+    #expect(Set(left.map(\.kind)) == [.missingObject, .corruptObject], "\(left)")
+    let repairable = left.filter { $0.repairable }
+    #expect(repairable.isEmpty)
   }
 }

@@ -18,6 +18,8 @@ int shim_openat(int dirfd, const char *path, int flags, unsigned int mode);
 /// O_PATH and O_NOATIME, which Swift's Glibc module leaves out.
 extern const int SHIM_O_PATH;
 extern const int SHIM_O_NOATIME;
+/// O_TMPFILE: an unnamed file in a directory's file system, linked later (or never).
+extern const int SHIM_O_TMPFILE;
 
 int shim_syncfs(int fd);
 

@@ -1,0 +1,152 @@
+import SnapshotSys
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension ObjectStore {
+  /// What `absorb` did to a tree.
+  public struct Absorbed: Sendable {
+    /// The objects the tree's stubs name now, each once.
+    public var objects: [String: ObjectInfo] = [:]
+    /// Bytes of the tree's regular files, hard links counted once (as a layer's `fileBytes`).
+    public var fileBytes: Int64 = 0
+    /// Bytes of objects this call made (the rest were shared with what the store held).
+    public var newBytes: Int64 = 0
+    /// Files left as they are: they carry overlayfs xattrs of their own (copy-up state).
+    public var skipped = 0
+  }
+
+  /// Makes every regular file under `path` a stub of its object, as an import would have
+  /// made it. A file whose content the store lacks becomes the object itself (linked into
+  /// the store, no copy); then a stub with the file's owner, mode, times, xattrs and size
+  /// is made in `scratch` (a directory on the same file system) and renamed over the name.
+  /// What `stat` shows of each name stays the same but for inode and ctime; directories
+  /// keep their times. Names of one inode become names of one stub, unless
+  /// `separateLinks`: then each name gets a stub of its own (a store made before stubs
+  /// hard-linked equal files together, and its trees cannot tell those links from a tar's).
+  /// Files that are stubs already (an interrupted run) are counted as they are; files with
+  /// other `trusted.overlay.*` xattrs are left alone.
+  ///
+  /// The tree must not change meanwhile (a committed snapshot). Run inside `shared`; the
+  /// result is durable when this returns.
+  public func absorb(tree path: String, scratch: String, separateLinks: Bool = false) throws(SystemError) -> Absorbed {
+    var out = Absorbed()
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+    defer { buffer.deallocate() }
+    let scratchFD = try At.openDirectory(scratch)
+    defer { At.close(scratchFD) }
+    // Inode (as the walk found it) → the scratch name of its stub, for its other names; nil
+    // when its names are left as they are.
+    var stubs: [UInt64: String?] = [:]
+    defer { for case let name? in stubs.values { try? At.unlink(scratchFD, name) } }
+    var counter = 0
+    func temporaryName() -> String {
+      counter += 1
+      return "absorb-\(getpid())-\(counter)"
+    }
+    try Tree.walk(path, visit: { (dir, cName, st) throws(SystemError) in
+      guard st.st_mode & S_IFMT == S_IFREG else { return }
+      let name = String(cString: cName)
+      let ino = UInt64(st.st_ino)
+      // Names already replaced leave the inode with fewer links: what was seen decides.
+      if !separateLinks, let seen = stubs[ino] {
+        guard let stub = seen else { return }
+        let temp = temporaryName()
+        try At.link(scratchFD, stub, scratchFD, temp)
+        try replace(scratchFD, temp, dir, name)
+        return
+      }
+      let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
+      defer { At.close(fd) }
+      let xattrs = try At.xattrs(fd, name).filter { $0.0 != Self.digestXattr }
+      let linked = st.st_nlink > 1 && !separateLinks
+      if linked { stubs[ino] = .some(nil) }
+      if xattrs.contains(where: { $0.0 == Self.metacopyXattr }) {
+        if let key = try Self.stubKey(fd, name), let info = try info(key) {
+          out.objects[key] = info
+          out.fileBytes += Int64(st.st_size)
+        } else {
+          out.skipped += 1
+        }
+        return
+      }
+      if xattrs.contains(where: { $0.0.hasPrefix("trusted.overlay.") }) {
+        out.skipped += 1
+        return
+      }
+      out.fileBytes += Int64(st.st_size)
+      var key: String?
+      if st.st_size > 0 {
+        let sha = try Self.hash(fd, name, buffer)
+        var found = try find(sha)
+        if found == nil {
+          let made = try adopt(file: fd, dir, name, sha: sha)
+          found = made.key
+          if made.new { out.newBytes += Int64(st.st_size) }
+        }
+        key = found
+        out.objects[found!] = ObjectInfo(size: Int64(st.st_size), sha256: Digest.hexString(sha))
+      } else if st.st_nlink == 1 || !separateLinks {
+        return  // an empty file is its own stub
+      }
+      let temp = temporaryName()
+      let stub = try At.open(scratchFD, temp, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+      do throws(SystemError) {
+        defer { At.close(stub) }
+        if let key { try makeStub(stub, temp, key: key, size: Int64(st.st_size)) }
+        for (x, value) in xattrs { try At.setXattr(stub, temp, name: x, value: value) }
+        try At.fchown(stub, temp, uid: st.st_uid, gid: st.st_gid)
+        try At.fchmod(stub, temp, mode: st.st_mode & 0o7777)  // after chown, which clears setuid bits
+        try At.futimes(stub, temp, atime: st.st_atim, mtime: st.st_mtim)
+        if linked {
+          let held = "held-" + temp
+          try At.link(scratchFD, temp, scratchFD, held)
+          stubs[ino] = held
+        }
+      } catch {
+        try? At.unlink(scratchFD, temp)
+        throw error
+      }
+      try replace(scratchFD, temp, dir, name)
+    }, leave: { (dir, before) throws(SystemError) in
+      // Replacing names (and reading) changed the directory's times; they are part of the layer.
+      let now = try At.fstat(dir, path)
+      if now.st_mtim.tv_sec != before.st_mtim.tv_sec || now.st_mtim.tv_nsec != before.st_mtim.tv_nsec
+        || now.st_atim.tv_sec != before.st_atim.tv_sec || now.st_atim.tv_nsec != before.st_atim.tv_nsec {
+        try At.futimes(dir, path, atime: before.st_atim, mtime: before.st_mtim)
+      }
+    })
+    try At.syncfs(scratchFD, scratch)
+    return out
+  }
+
+  /// Renames `temp` in `scratch` over `name` in `dir`, or removes it if that fails.
+  private func replace(_ scratch: Int32, _ temp: String, _ dir: Int32, _ name: String) throws(SystemError) {
+    do throws(SystemError) {
+      try At.rename(scratch, temp, dir, name)
+    } catch {
+      try? At.unlink(scratch, temp)
+      throw error
+    }
+  }
+
+  /// Size and digest of an object in the store (the digest as its xattr records it).
+  public func info(_ key: String) throws(SystemError) -> ObjectInfo? {
+    guard let value = try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64), value.count == 32,
+          let size = try size(of: key) else { return nil }
+    return ObjectInfo(size: size, sha256: Digest.hexString(value))
+  }
+
+  /// SHA-256 of what the file open at `fd` holds, read from the start.
+  static func hash(_ fd: Int32, _ what: String, _ buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> [UInt8] {
+    var hash = Hasher()
+    var offset: Int64 = 0
+    while true {
+      let n = try At.read(fd, what, into: buffer, at: offset)
+      if n == 0 { return hash.finalizeBytes() }
+      hash.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+      offset += Int64(n)
+    }
+  }
+}
