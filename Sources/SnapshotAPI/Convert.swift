@@ -70,6 +70,22 @@ extension PBInfo {
   }
 }
 
+extension Snapshotd_V1_CheckFinding {
+  public init(_ f: CheckFinding) {
+    self.init()
+    kind = f.kind.rawValue
+    detail = f.detail
+    repairable = f.repairable
+    repaired = f.repaired
+  }
+
+  /// As the core's `CheckFinding.description`: `KIND: DETAIL (state)`.
+  public var line: String {
+    let state = repaired ? "repaired" : repairable ? "repairable with --repair" : "cannot be repaired"
+    return "\(kind): \(detail) (\(state))"
+  }
+}
+
 extension Google_Protobuf_Timestamp {
   init(unixNanos: Int64) {
     self.init(seconds: unixNanos / 1_000_000_000, nanos: Int32(unixNanos % 1_000_000_000))

@@ -7,8 +7,8 @@ import SwiftProtobuf
 import Synchronization
 
 /// snapshotd's `snapshotd.v1.Store` methods: layer and image import into the layer store,
-/// its usage and garbage collection. Imports run on their own thread while the call's
-/// thread feeds them the streamed blob or reports progress.
+/// its usage, garbage collection and check. Imports and checks run on their own thread
+/// while the call's thread feeds them the streamed blob or reports progress.
 public enum StoreRoutes {
   static let service = "/snapshotd.v1.Store/"
 
@@ -41,6 +41,7 @@ public enum StoreRoutes {
           $0.bytes = r.bytes
         })]
       },
+      service + "Check": .streaming { call in try check(s, call, logger) },
     ]
   }
 
@@ -83,7 +84,7 @@ public enum StoreRoutes {
           done.signal()
         }
       } catch {
-        throw RPCStatus(.unavailable, "cannot start an import thread: \(error)")
+        throw RPCStatus(.unavailable, "cannot start a thread: \(error)")
       }
     }
 
@@ -178,6 +179,43 @@ public enum StoreRoutes {
         return
       case .failure(let e):
         logger.info("ImportImage failed", metadata: ["path": "\(r.path)", "error": "\(e.message)"])
+        throw e.status
+      }
+    }
+  }
+
+  private static func check(_ s: Snapshotter, _ call: RPCStream, _ logger: Logger) throws {
+    let r: Snapshotd_V1_CheckRequest = try decode(try call.receive(), "Check")
+    let progress = CheckProgress()
+    let job = try Job { () throws -> [CheckFinding] in try s.check(repair: r.repair, progress: progress) }
+    func report(_ findings: [CheckFinding]? = nil) throws {
+      try call.send(try encode(Snapshotd_V1_CheckProgress.with {
+        $0.bytesDone = progress.bytesDone
+        $0.bytesTotal = progress.bytesTotal
+        if let findings {
+          $0.findings = findings.map(Snapshotd_V1_CheckFinding.init)
+          $0.done = true
+        }
+      }))
+    }
+    while true {
+      guard let result = job.wait(seconds: 0.2) else {
+        do { try report() } catch {
+          _ = job.wait()  // the client left: the check still finishes (and repairs) cleanly
+          throw error
+        }
+        continue
+      }
+      switch result {
+      case .success(let findings):
+        logger.info("checked the store", metadata: [
+          "repair": "\(r.repair)", "findings": "\(findings.count)", "repaired": "\(findings.filter(\.repaired).count)",
+        ])
+        try report(findings)
+        return
+      case .failure(let e):
+        let level: Logger.Level = e.kind == .internal ? .error : .info
+        logger.log(level: level, "Check failed", metadata: ["error": "\(e.message)"])
         throw e.status
       }
     }

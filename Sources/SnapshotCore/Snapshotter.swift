@@ -206,7 +206,7 @@ public final class Snapshotter: Sendable {
 
   /// The mount shapes of containerd's overlay snapshotter: a bind mount of the snapshot's
   /// own dir when it has no parent (rw, or ro for a view), otherwise overlay with
-  /// `index=off`, lower dirs nearest parent first and the object directory as a data-only
+  /// `index=off,metacopy=on`, lower dirs nearest parent first and the object directory as a data-only
   /// layer (or the same options for snapfs, with the fuse driver). Unlike containerd's, a
   /// view of one layer is an overlay too: a layer's files are stubs, whose data only an
   /// overlay with the data-only layer shows.
@@ -214,7 +214,11 @@ public final class Snapshotter: Sendable {
     if lowers.isEmpty {
       return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
     }
-    var options = ["index=off"]
+    // metacopy=on: Linux 6.18 follows a stub's redirect into the data-only layer without it
+    // only when the stub is in the lowest layer; from any layer above it answers EPERM
+    // ("refusing to follow metacopy origin"). With it, a chmod or chown in a container
+    // copies up metadata only, as on any overlay with metacopy, and redirect_dir is on.
+    var options = ["index=off", "metacopy=on"]
     if kind == .active {
       options.append("workdir=" + layout.work(id))
       options.append("upperdir=" + layout.fs(id))

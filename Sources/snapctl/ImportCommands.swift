@@ -89,16 +89,27 @@ struct ImportImage: AsyncParsableCommand {
 }
 
 enum Progress {
-  static func bar(_ p: Snapshotd_V1_ImportProgress) -> String {
-    let fraction = p.bytesTotal > 0 ? min(1, Double(p.bytesDone) / Double(p.bytesTotal)) : 0
+  static func bar(_ p: Snapshotd_V1_ImportProgress) -> String { bar(p.bytesDone, of: p.bytesTotal) + line(p) }
+  static func bar(_ p: Snapshotd_V1_CheckProgress) -> String { bar(p.bytesDone, of: p.bytesTotal) + line(p) }
+
+  static func fraction(_ done: Int64, of total: Int64) -> Double {
+    total > 0 ? min(1, Double(done) / Double(total)) : 0
+  }
+
+  private static func bar(_ done: Int64, of total: Int64) -> String {
+    let fraction = fraction(done, of: total)
     let width = 30
     let filled = Int(fraction * Double(width))
     return "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] "
-      + String(format: "%3.0f%% ", fraction * 100) + line(p)
+      + String(format: "%3.0f%% ", fraction * 100)
   }
 
   static func line(_ p: Snapshotd_V1_ImportProgress) -> String {
     "\(Output.bytes(p.bytesDone)) of \(Output.bytes(p.bytesTotal)), \(p.layersDone)/\(p.layersTotal) layers"
+  }
+
+  static func line(_ p: Snapshotd_V1_CheckProgress) -> String {
+    "\(Output.bytes(p.bytesDone)) of \(Output.bytes(p.bytesTotal)) hashed"
   }
 }
 
@@ -114,6 +125,62 @@ struct GC: AsyncParsableCommand {
         print("{\"layers\":\(r.layers),\"objects\":\(r.objects),\"bytes\":\(r.bytes)}")
       } else {
         print("removed \(r.layers) layers, \(r.objects) objects, \(Output.bytes(r.bytes))")
+      }
+    }
+  }
+}
+
+struct Check: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Walk the store and report missing, corrupt and orphan objects and wrong reference counts; --repair fixes counts and orphans.",
+    discussion: """
+      Every object in use is hashed; progress goes to standard error: a bar on a terminal, plain \
+      lines otherwise. Each finding is printed on its own line. Exits 1 when something is wrong \
+      (with --repair: when something could not be repaired).
+      """)
+  @OptionGroup var client: ClientOptions
+  @Flag(help: "Set references and counts from the stubs and remove orphans.") var repair = false
+
+  func run() async throws {
+    try await reporting {
+      let terminal = isatty(2) != 0
+      let request = Snapshotd_V1_CheckRequest.with { $0.repair = repair }
+      let findings: [Snapshotd_V1_CheckFinding] = try await client.store { c in
+        try await c.check(request) { response in
+          var shownStep = -1
+          for try await p in response.messages {
+            if terminal {
+              var err = StandardError()
+              print("\r" + Progress.bar(p) + "\u{1B}[K", terminator: p.done ? "\n" : "", to: &err)
+            } else if p.bytesTotal > 0 {
+              let step = Int(Progress.fraction(p.bytesDone, of: p.bytesTotal) * 10)
+              if step != shownStep {
+                shownStep = step
+                printError(Progress.line(p))
+              }
+            }
+            if p.done { return p.findings }
+          }
+          throw Failure("the check ended without a result")
+        }
+      }
+      if client.json {
+        let items = findings.map { f in
+          "{\"kind\":\(Output.json(f.kind)),\"detail\":\(Output.json(f.detail)),\"repairable\":\(f.repairable),\"repaired\":\(f.repaired)}"
+        }
+        print("[" + items.joined(separator: ",") + "]")
+      } else {
+        for f in findings { print(f.line) }
+      }
+      let broken = findings.filter { !$0.repaired }.count
+      if findings.isEmpty {
+        if !client.json { print("store is consistent") }
+      } else if repair {
+        let summary = "\(findings.count - broken) repaired, \(broken) cannot be repaired"
+        if broken > 0 { throw Failure(summary) }
+        if !client.json { print(summary) }
+      } else {
+        throw Failure("\(findings.count) problem\(findings.count == 1 ? "" : "s") found")
       }
     }
   }

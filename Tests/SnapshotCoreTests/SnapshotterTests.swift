@@ -53,7 +53,7 @@ func upperDir(_ mounts: [Mount]) -> String {
     // A view of one layer is a read-only overlay of that layer and the objects (its files
     // may be stubs, whose data a bind mount would not show).
     let objects = s.layout.objects
-    #expect(try s.view(key: "v", parent: "a") == [Mount(type: "overlay", source: "overlay", options: ["index=off", "lowerdir=\(aFS)::\(objects)"])])
+    #expect(try s.view(key: "v", parent: "a") == [Mount(type: "overlay", source: "overlay", options: ["index=off", "metacopy=on", "lowerdir=\(aFS)::\(objects)"])])
 
     let mb = try s.prepare(key: "b-active", parent: "a")
     #expect(mb.count == 1 && mb[0].type == "overlay")
@@ -62,14 +62,14 @@ func upperDir(_ mounts: [Mount]) -> String {
     let m = try s.prepare(key: "c", parent: "b")
     #expect(m.count == 1 && m[0].type == "overlay" && m[0].source == "overlay")
     let opts = m[0].options
-    #expect(opts.count == 4 && opts[0] == "index=off" && opts[1].hasPrefix("workdir=") && opts[2].hasPrefix("upperdir="))
-    #expect(opts[3] == "lowerdir=\(bUpper):\(aFS)::\(objects)")
-    let upper = String(opts[2].dropFirst("upperdir=".count))
-    let work = String(opts[1].dropFirst("workdir=".count))
+    #expect(opts.count == 5 && opts[0] == "index=off" && opts[1] == "metacopy=on" && opts[2].hasPrefix("workdir=") && opts[3].hasPrefix("upperdir="))
+    #expect(opts[4] == "lowerdir=\(bUpper):\(aFS)::\(objects)")
+    let upper = String(opts[3].dropFirst("upperdir=".count))
+    let work = String(opts[2].dropFirst("workdir=".count))
     #expect(Sys.exists(upper) && Sys.exists(work))
     #expect(try s.mounts(key: "c") == m)
     let view2 = try s.view(key: "v2", parent: "b")
-    #expect(view2 == [Mount(type: "overlay", source: "overlay", options: ["index=off", "lowerdir=\(bUpper):\(aFS)::\(objects)"])])
+    #expect(view2 == [Mount(type: "overlay", source: "overlay", options: ["index=off", "metacopy=on", "lowerdir=\(bUpper):\(aFS)::\(objects)"])])
     #expect(try s.stat(key: "c").parent == "b")
   }
 

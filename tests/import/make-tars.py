@@ -4,7 +4,7 @@
     make-tars.py OUTDIR
 
 cases.json maps each blob's file name to
-  kind        good | top | dup | hostile | big
+  kind        good | top | dup | many | hostile | big
   media_type  the OCI (or Docker) media type to import it with
   digest      "sha256:<hex>" of the blob (deliberately wrong for wrong-digest.tar.gz)
   diff_id     "sha256:<hex>" of the uncompressed tar, or null when it must not be passed
@@ -193,16 +193,34 @@ layer("top", [
 
 
 # Dedup: dupA and dupB hold the same three 1 MiB files (same bytes, mode, owner, mtime) and
-# differ by one small file; dupC has the same bytes with another mtime.
+# differ by one small file; dupC has the same bytes with another mtime. Each also holds
+# distinct files with equal content and metadata (three empty ones, two small ones), which
+# must stay distinct inodes, and one hard link of the tar's, which must stay one.
 def dup(extra_files, mtime=MTIME):
     return [Entry("dup/", "dir", 0o755, mtime=MTIME)] + [
         Entry(f"dup/f{i}", mode=0o640, uid=U, gid=G, mtime=mtime, content=data(f"dup{i}", MIB))
-        for i in (1, 2, 3)] + extra_files
+        for i in (1, 2, 3)] + [
+        Entry(f"dup/empty{i}", mode=0o644, mtime=mtime) for i in (1, 2, 3)] + [
+        Entry(f"dup/small{i}", mode=0o644, mtime=mtime, content=b"same small file\n") for i in (1, 2)] + [
+        Entry("dup/hard", "hardlink", link="dup/f1")] + extra_files
 
 
 layer("dupA", dup([]), kind="dup", compress=(".gz",))
 layer("dupB", dup([Entry("dup/onlyB", content=b"only in B\n")]), kind="dup", compress=(".gz",))
 layer("dupC", dup([], mtime=MTIME + 1000), kind="dup", compress=(".gz",))
+
+# many.tar.gz: 200,000 empty files and 70,000 one-byte files, each group with equal metadata:
+# more than ext4's 65,000 links per inode, had equal files been hard-linked together.
+many = os.path.join(out, "many.tar")
+with tarfile.open(many, "w", format=tarfile.PAX_FORMAT) as tar:
+    for d in range(27):
+        tar.addfile(Entry(f"m{d}/", "dir", 0o755).tarinfo())
+    for i in range(270000):
+        e = Entry(f"m{i // 10000}/f{i}", mode=0o644, content=b"" if i < 200000 else b"x")
+        tar.addfile(e.tarinfo(), io.BytesIO(e.content))
+diff_id = sha256_file(many)
+add("many.tar.gz", "many", OCI + "+gzip", gzip_file(many, many + ".gz", level=1), diff_id)
+os.remove(many)
 
 # Hostile layers. Each starts with good entries, so the importer has begun staging.
 ok = [Entry("ok/", "dir", 0o755), Entry("ok/file", content=b"fine\n")]

@@ -75,6 +75,19 @@ public enum Snapshotd_V1_Store: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "Check" metadata.
+        public enum Check: Sendable {
+            /// Request type for "Check".
+            public typealias Input = Snapshotd_V1_CheckRequest
+            /// Response type for "Check".
+            public typealias Output = Snapshotd_V1_CheckProgress
+            /// Descriptor for "Check".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "snapshotd.v1.Store"),
+                method: "Check",
+                type: .serverStreaming
+            )
+        }
         /// Namespace for "Info" metadata.
         public enum Info: Sendable {
             /// Request type for "Info".
@@ -94,6 +107,7 @@ public enum Snapshotd_V1_Store: Sendable {
             ImportImage.descriptor,
             Usage.descriptor,
             GC.descriptor,
+            Check.descriptor,
             Info.descriptor
         ]
     }
@@ -203,6 +217,31 @@ extension Snapshotd_V1_Store {
             deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_GCResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_GCResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Check" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Walks the store for missing, corrupt and orphan objects and wrong reference counts;
+        /// > with `repair`, fixes the counts and removes the orphans. Streams the hashing's
+        /// > progress; the last message carries the findings.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Snapshotd_V1_CheckRequest` message.
+        ///   - serializer: A serializer for `Snapshotd_V1_CheckRequest` messages.
+        ///   - deserializer: A deserializer for `Snapshotd_V1_CheckProgress` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func check<Result>(
+            request: GRPCCore.ClientRequest<Snapshotd_V1_CheckRequest>,
+            serializer: some GRPCCore.MessageSerializer<Snapshotd_V1_CheckRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_CheckProgress>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Snapshotd_V1_CheckProgress>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Info" method.
@@ -378,6 +417,40 @@ extension Snapshotd_V1_Store {
             )
         }
 
+        /// Call the "Check" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Walks the store for missing, corrupt and orphan objects and wrong reference counts;
+        /// > with `repair`, fixes the counts and removes the orphans. Streams the hashing's
+        /// > progress; the last message carries the findings.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Snapshotd_V1_CheckRequest` message.
+        ///   - serializer: A serializer for `Snapshotd_V1_CheckRequest` messages.
+        ///   - deserializer: A deserializer for `Snapshotd_V1_CheckProgress` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func check<Result>(
+            request: GRPCCore.ClientRequest<Snapshotd_V1_CheckRequest>,
+            serializer: some GRPCCore.MessageSerializer<Snapshotd_V1_CheckRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_CheckProgress>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Snapshotd_V1_CheckProgress>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Snapshotd_V1_Store.Method.Check.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "Info" method.
         ///
         /// > Source IDL Documentation:
@@ -525,6 +598,35 @@ extension Snapshotd_V1_Store.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Snapshotd_V1_GCRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Snapshotd_V1_GCResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Check" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Walks the store for missing, corrupt and orphan objects and wrong reference counts;
+    /// > with `repair`, fixes the counts and removes the orphans. Streams the hashing's
+    /// > progress; the last message carries the findings.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Snapshotd_V1_CheckRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func check<Result>(
+        request: GRPCCore.ClientRequest<Snapshotd_V1_CheckRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Snapshotd_V1_CheckProgress>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.check(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Snapshotd_V1_CheckRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Snapshotd_V1_CheckProgress>(),
             options: options,
             onResponse: handleResponse
         )
@@ -687,6 +789,39 @@ extension Snapshotd_V1_Store.ClientProtocol {
             metadata: metadata
         )
         return try await self.gc(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Check" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Walks the store for missing, corrupt and orphan objects and wrong reference counts;
+    /// > with `repair`, fixes the counts and removes the orphans. Streams the hashing's
+    /// > progress; the last message carries the findings.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func check<Result>(
+        _ message: Snapshotd_V1_CheckRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Snapshotd_V1_CheckProgress>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Snapshotd_V1_CheckRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.check(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -187,6 +187,61 @@ public nonisolated struct Snapshotd_V1_GCResponse: Sendable {
   public init() {}
 }
 
+public nonisolated struct Snapshotd_V1_CheckRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// fix what can be fixed: references, counts, orphans
+  public var repair: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Snapshotd_V1_CheckFinding: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "missing object", "corrupt object", "orphan object", ...
+  public var kind: String = String()
+
+  public var detail: String = String()
+
+  /// whether a check with repair can fix it
+  public var repairable: Bool = false
+
+  /// whether this check did
+  public var repaired: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Snapshotd_V1_CheckProgress: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// object bytes hashed so far
+  public var bytesDone: Int64 = 0
+
+  public var bytesTotal: Int64 = 0
+
+  /// set in the last message only
+  public var findings: [Snapshotd_V1_CheckFinding] = []
+
+  /// true in the last message only
+  public var done: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Snapshotd_V1_InfoRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -559,6 +614,126 @@ nonisolated extension Snapshotd_V1_GCResponse: SwiftProtobuf.Message, SwiftProto
     if lhs.objects != rhs.objects {return false}
     if lhs.bytes != rhs.bytes {return false}
     if lhs.layers != rhs.layers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Snapshotd_V1_CheckRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}repair\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.repair) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.repair != false {
+      try visitor.visitSingularBoolField(value: self.repair, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Snapshotd_V1_CheckRequest, rhs: Snapshotd_V1_CheckRequest) -> Bool {
+    if lhs.repair != rhs.repair {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Snapshotd_V1_CheckFinding: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckFinding"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}detail\0\u{1}repairable\0\u{1}repaired\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.detail) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.repairable) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.repaired) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 1)
+    }
+    if !self.detail.isEmpty {
+      try visitor.visitSingularStringField(value: self.detail, fieldNumber: 2)
+    }
+    if self.repairable != false {
+      try visitor.visitSingularBoolField(value: self.repairable, fieldNumber: 3)
+    }
+    if self.repaired != false {
+      try visitor.visitSingularBoolField(value: self.repaired, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Snapshotd_V1_CheckFinding, rhs: Snapshotd_V1_CheckFinding) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.detail != rhs.detail {return false}
+    if lhs.repairable != rhs.repairable {return false}
+    if lhs.repaired != rhs.repaired {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Snapshotd_V1_CheckProgress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckProgress"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}bytes_done\0\u{3}bytes_total\0\u{1}findings\0\u{1}done\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.bytesDone) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.bytesTotal) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.findings) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.done) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.bytesDone != 0 {
+      try visitor.visitSingularInt64Field(value: self.bytesDone, fieldNumber: 1)
+    }
+    if self.bytesTotal != 0 {
+      try visitor.visitSingularInt64Field(value: self.bytesTotal, fieldNumber: 2)
+    }
+    if !self.findings.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.findings, fieldNumber: 3)
+    }
+    if self.done != false {
+      try visitor.visitSingularBoolField(value: self.done, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Snapshotd_V1_CheckProgress, rhs: Snapshotd_V1_CheckProgress) -> Bool {
+    if lhs.bytesDone != rhs.bytesDone {return false}
+    if lhs.bytesTotal != rhs.bytesTotal {return false}
+    if lhs.findings != rhs.findings {return false}
+    if lhs.done != rhs.done {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
