@@ -114,6 +114,10 @@ let package = Package(
       path: "Benchmarks/snapbench"
     ),
     .testTarget(
+      name: "SnapFSTests",
+      dependencies: ["SnapFS", "CSysShims"]
+    ),
+    .testTarget(
       name: "LayerStoreTests",
       dependencies: ["LayerStore", "SnapshotSys"]
     ),

@@ -42,6 +42,9 @@ final class Node: @unchecked Sendable {
   var detached = false
   /// The layer a copied-up file came from (for a split, see `Overlay.split`).
   var copiedFrom = 0
+  /// A lower regular file that is a metacopy file: where its data is (see `Stub`). Set
+  /// before the node is interned; kept through a copy-up for a split, which goes back to it.
+  var stub: Stub?
   /// Directories: inode numbers of split children (see `NodeTable.split`) for the node that
   /// next answers the name, as long as the name stays the same upper file: by name, the
   /// inode number shown and the upper file's own. Under the table's mutex.

@@ -1,19 +1,33 @@
 /// snapfs's command line, which is fuse-overlayfs's (and so what `mount.fuse3` passes):
 ///
-///     snapfs [SOURCE] TARGET -o lowerdir=A:B:C[,upperdir=U,workdir=W][,OPTION...] [-f] [-d]
+///     snapfs [SOURCE] TARGET -o lowerdir=A:B:C[::D...][,upperdir=U,workdir=W][,OPTION...] [-f] [-d]
 ///
-/// `lowerdir`'s first entry is the topmost layer, as for overlayfs. Mount flags (ro, nosuid,
+/// `lowerdir`'s first entry is the topmost layer, as for overlayfs; entries after a `::` are
+/// data-only layers (`A:B::D1::D2`, see `Overlay`), as overlayfs has them since Linux 6.5,
+/// with its escapes (`\:` is a colon in a path). `metacopy=on|off` is overlayfs's: whether
+/// metacopy files in layers above the bottom one are followed. Mount flags (ro, nosuid,
 /// nodev, noexec, ...) go to the kernel; overlayfs options snapfs has no use for (index,
-/// xino, redirect_dir, metacopy, volatile) are accepted and ignored so that the same option
-/// list mounts either way. Anything else is an error.
+/// xino, redirect_dir, volatile) are accepted and ignored so that the same option list
+/// mounts either way; combinations overlayfs refuses (metacopy=on with userxattr or with a
+/// redirect_dir other than on) are refused too. Anything else is an error.
 public struct Options: Equatable, Sendable {
   public var target = ""
   public var source = "snapfs"
+  /// The normal lower layers, topmost first.
   public var lowers: [String] = []
+  /// Data-only lower layers (after `::` in `lowerdir`): never part of the merged tree, only
+  /// searched for the data of metacopy files by their absolute redirect, in this order.
+  public var dataLowers: [String] = []
   public var upper: String?
   public var work: String?
-  /// `user.overlay.*` instead of `trusted.overlay.*` for whiteouts' and opaque dirs' xattrs.
+  /// `user.overlay.*` instead of `trusted.overlay.*` for whiteouts', opaque dirs' and
+  /// metacopy files' xattrs.
   public var userXattr = false
+  /// overlayfs's `metacopy`: off, a metacopy file is refused (EPERM) unless it is in the
+  /// bottom normal layer and redirects into a data-only layer; on, metacopy files of every
+  /// layer are followed (see `Overlay`). nil: overlayfs's default on this host (see
+  /// `effectiveMetacopy`).
+  public var metacopy: Bool?
   public var foreground = false
   public var debug = false
   /// Options passed on to libfuse's mount (ro, nosuid, fsname=, ...).
@@ -23,7 +37,20 @@ public struct Options: Equatable, Sendable {
   /// it off: every read and write of an open file is then a request, with the writeback cache).
   public var passthrough = true
 
-  public static let usage = "usage: snapfs [SOURCE] TARGET -o lowerdir=A:B[,upperdir=U,workdir=W] [-f] [-d]"
+  public static let usage = "usage: snapfs [SOURCE] TARGET -o lowerdir=A:B[::DATA][,upperdir=U,workdir=W] [-f] [-d]"
+
+  /// `redirect_dir=` as given (snapfs creates no redirects: only checked against metacopy).
+  var redirectDir: String?
+
+  /// `metacopy`, or when not given overlayfs's default: its module parameter (`Y` where the
+  /// kernel is built with OVERLAY_FS_METACOPY or booted with overlay.metacopy=Y), off with
+  /// userxattr or a redirect_dir other than on, as overlayfs has it.
+  /// `moduleDefault` reads the parameter (false when overlayfs is not loaded).
+  func effectiveMetacopy(moduleDefault: () -> Bool) -> Bool {
+    if let metacopy { return metacopy }
+    if userXattr || (redirectDir != nil && redirectDir != "on") { return false }
+    return moduleDefault()
+  }
 
   public init() {}
 
@@ -64,6 +91,13 @@ public struct Options: Equatable, Sendable {
     guard (options.upper == nil) == (options.work == nil) else {
       throw Invalid(description: "upperdir= and workdir= go together")
     }
+    // As overlayfs: metacopy needs trusted xattrs, and redirects it may create.
+    if options.metacopy == true && options.userXattr {
+      throw Invalid(description: "conflicting options: userxattr,metacopy=on")
+    }
+    if options.metacopy == true, let mode = options.redirectDir, mode != "on" {
+      throw Invalid(description: "conflicting options: metacopy=on,redirect_dir=\(mode)")
+    }
     return options
   }
 
@@ -72,8 +106,7 @@ public struct Options: Equatable, Sendable {
       let (key, value) = option.firstIndex(of: "=").map { (String(option[..<$0]), String(option[option.index(after: $0)...])) } ?? (option, "")
       switch key {
       case "lowerdir":
-        lowers = value.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-        if lowers.contains(where: \.isEmpty) { throw Invalid(description: "lowerdir=\(value): empty layer path") }
+        (lowers, dataLowers) = try Self.lowerdir(value)
       case "upperdir": upper = value
       case "workdir": work = value
       case "userxattr": userXattr = true
@@ -86,8 +119,15 @@ public struct Options: Equatable, Sendable {
       case "threads":
         guard let n = Int(value), n > 0, n <= 256 else { throw Invalid(description: "threads=\(value): expected 1...256") }
         threads = n
+      case "metacopy":
+        switch value {
+        case "on": metacopy = true
+        case "off": metacopy = false
+        default: throw Invalid(description: "metacopy=\(value): expected on or off")
+        }
+      case "redirect_dir": redirectDir = value
       // overlayfs's own knobs: meaningless here, accepted so the same options mount both ways.
-      case "index", "xino", "redirect_dir", "metacopy", "volatile", "nfs_export", "uuid", "default_permissions", "allow_other":
+      case "index", "xino", "volatile", "nfs_export", "uuid", "default_permissions", "allow_other":
         break
       // Generic mount flags and libfuse mount options.
       case "ro", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "sync", "async", "dirsync",
@@ -100,5 +140,44 @@ public struct Options: Equatable, Sendable {
         throw Invalid(description: "unknown option \(option)")
       }
     }
+  }
+
+  /// overlayfs's `lowerdir=` syntax: normal layers separated by `:`, then data-only layers
+  /// each after a `::`; a backslash escapes the next character (a `:` or `\` in a path).
+  /// As overlayfs, refuses an empty path, `:::`, trailing colons, and a normal layer after
+  /// a data-only one.
+  static func lowerdir(_ value: String) throws(Invalid) -> (lowers: [String], data: [String]) {
+    func invalid(_ why: String) -> Invalid { Invalid(description: "lowerdir=\(value): \(why)") }
+    var pieces: [(path: String, data: Bool)] = []
+    var path = String.UnicodeScalarView(), escaped = false, colons = 0, data = false
+    for c in value.unicodeScalars {  // scalars: a combining mark must not hide a colon
+      if !escaped && c == ":" {
+        if colons == 0 {  // the end of a path
+          pieces.append((String(path), data))
+          path = String.UnicodeScalarView()
+        }
+        colons += 1
+        guard colons <= 2 else { throw invalid("only single ':' or double '::' separators are allowed") }
+        continue
+      }
+      // The separator before a path says its kind: after a `::`, all are data-only.
+      if colons == 2 {
+        data = true
+      } else if colons == 1 && data {
+        throw invalid("a normal layer cannot follow a data-only layer")
+      }
+      colons = 0
+      if escaped || c != "\\" {
+        path.append(c)
+        escaped = false
+      } else {
+        escaped = true
+      }
+    }
+    if colons > 0 { throw invalid("trailing colons") }
+    if escaped { throw invalid("trailing backslash") }
+    pieces.append((String(path), data))
+    if pieces.contains(where: \.path.isEmpty) { throw invalid("empty layer path") }
+    return (pieces.filter { !$0.data }.map(\.path), pieces.filter(\.data).map(\.path))
   }
 }

@@ -13,6 +13,16 @@ import Glibc
 /// file copies it up first: the file (or directory, or link) is built in the work dir with
 /// its data, owner, mode, xattrs and times, then renamed into the upper dir, whose parents
 /// are copied up the same way. Deleting a name a lower layer has leaves a whiteout.
+///
+/// Data-only lower layers (`lowerdir=A:B::DATA`) are not part of the merged tree: they only
+/// hold the data of metacopy files ("stubs", see `Stub`), which a lower layer's regular file
+/// with the xattr `trusted.overlay.metacopy` (`user.overlay.metacopy` with `userxattr`) is.
+///
+/// Not as overlayfs: snapfs makes no redirects and no metacopy files of its own (a copy-up
+/// copies the data, a lower directory cannot be renamed: EXDEV), as overlayfs with
+/// redirect_dir=off and metacopy=off; with metacopy=on overlayfs also has redirect_dir=on,
+/// and renames such directories. An upper metacopy file (which overlayfs with metacopy=on
+/// makes on chmod, chown, ... of a lower file) is read as a plain file.
 final class Overlay: @unchecked Sendable {
   let hasUpper: Bool
   let root: Node
@@ -23,6 +33,18 @@ final class Overlay: @unchecked Sendable {
   /// `trusted.overlay.opaque`, or `user.overlay.opaque` with `userxattr`: as the kernel,
   /// only the mount's own namespace marks a directory opaque.
   private let opaqueName: String
+  /// `trusted.overlay.metacopy` and `trusted.overlay.redirect` (`user.overlay.*` with
+  /// `userxattr`): a lower layer's metacopy file and where its data is.
+  let metacopyName: String
+  let redirectName: String
+  /// Data-only layers, opened O_RDONLY|O_DIRECTORY, in the order they are searched.
+  let dataLayers: [Int32]
+  /// overlayfs's `metacopy` (see `Options.metacopy`).
+  let metacopy: Bool
+  /// The index of the bottom normal layer.
+  let bottomLayer: Int
+  /// Guards stubs' state (`Stub.blocks`, `Stub.dataLayer`).
+  let stubs = Mutex()
   private let work: Int32
   private let sameDevice: Bool
   private let tempCounter = Counter()
@@ -46,6 +68,17 @@ final class Overlay: @unchecked Sendable {
       devices.insert(UInt64(st.st_dev))
       dirs.append(LayerDir(layer: index, fd: fd))
     }
+    var data: [Int32] = []
+    for path in options.dataLowers {
+      let fd = shim_open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
+      guard fd >= 0 else { throw Options.Invalid(description: "lowerdir \(path): \(String(cString: strerror(errno)))") }
+      data.append(fd)
+    }
+    dataLayers = data
+    bottomLayer = paths.count - 1
+    metacopy = options.effectiveMetacopy {
+      (try? String(contentsOfProcFile: "/sys/module/overlay/parameters/metacopy")) == "Y"
+    }
     if let work = options.work {
       let fd = shim_open(work, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
       guard fd >= 0 else { throw Options.Invalid(description: "workdir \(work): \(String(cString: strerror(errno)))") }
@@ -63,6 +96,8 @@ final class Overlay: @unchecked Sendable {
     sameDevice = devices.count == 1
     privatePrefix = options.userXattr ? "user.overlay." : "trusted.overlay."
     opaqueName = privatePrefix + "opaque"
+    metacopyName = privatePrefix + "metacopy"
+    redirectName = privatePrefix + "redirect"
     var st = stat()
     fstat(dirs[0].fd, &st)
     root = Node(ino: UInt64(st.st_ino), realIno: UInt64(st.st_ino), type: S_IFDIR, parent: nil, name: "", layer: 0, dirs: dirs)
@@ -114,6 +149,9 @@ final class Overlay: @unchecked Sendable {
     let node = Node(ino: inodeNumber(UInt64(top.st.st_ino), layer: top.layer), realIno: UInt64(top.st.st_ino),
                     type: top.st.type, parent: parent, name: name, layer: top.layer, dirs: dirs)
     node.linked = hasUpper && top.layer == 0 && !top.st.isDirectory && top.st.st_nlink > 1
+    if top.st.type == S_IFREG && !(hasUpper && top.layer == 0) {
+      node.stub = try stub(parent, name, layer: top.layer)
+    }
     return (node, top.st)
   }
 
@@ -177,12 +215,13 @@ final class Overlay: @unchecked Sendable {
   /// Attributes as the mount shows them.
   func attributes(_ node: Node) throws(Errno) -> stat { shown(node, try realStat(node)) }
 
-  /// The topmost file's stat as the mount shows it: the node's inode number, and link
-  /// count 1 for a merged directory, as overlayfs.
+  /// The topmost file's stat as the mount shows it: the node's inode number, link count 1
+  /// for a merged directory, and a stub's st_blocks (see `Stub`), as overlayfs.
   private func shown(_ node: Node, _ real: stat) -> stat {
     var st = real
     st.st_ino = ino_t(node.ino)
     if node.isMerged { st.st_nlink = 1 }
+    if let stub = lowerStub(node) { st.st_blocks = stubBlocks(stub, real) }
     return st
   }
 
@@ -269,10 +308,19 @@ final class Overlay: @unchecked Sendable {
       guard let lowerParent = parent.dir(layer: node.layer) else { throw Errno(EIO) }
       let src = try sys(shim_openat(lowerParent, node.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0))
       defer { close(src) }
+      // A stub's data is its data file's; overlayfs looks that up even when it copies no data
+      // (O_TRUNC), and fails the copy-up as the lookup does (ENOENT without the object).
+      let stub = node.stub
+      let dataFD = try stub.map { (stub) throws(Errno) -> Int32 in try openData(stub, flags: O_RDONLY | O_CLOEXEC) } ?? src
+      defer { if dataFD != src { close(dataFD) } }
       let dst = try sys(shim_openat(work, temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
       do {
         defer { close(dst) }
-        if data { try copyData(from: src, to: dst, size: Int(st.st_size)) }
+        if data {
+          try copyData(from: dataFD, to: dst, size: Int(st.st_size))
+          // The stub's size, whatever the data file's, as overlayfs sets it.
+          if stub != nil { _ = try sys(ftruncate(dst, st.st_size)) }
+        }
         try copyMetadata(from: src, to: dst, st)
         _ = try sys(renameat(work, temp, upperParent, node.name))
       } catch {
@@ -343,7 +391,8 @@ final class Overlay: @unchecked Sendable {
     }
   }
 
-  /// xattrs (but overlayfs's own), owner, mode, times: descriptor to descriptor.
+  /// xattrs (but overlayfs's own: a stub's metacopy and redirect stay behind), owner, mode,
+  /// times: descriptor to descriptor.
   private func copyMetadata(from src: Int32, to dst: Int32, _ st: stat) throws(Errno) {
     for name in try xattrNames(fd: src) where visible(name) != nil {
       let value = try xattr(fd: src, name)
@@ -631,8 +680,17 @@ final class Overlay: @unchecked Sendable {
         return nil
       }
       nodes.split(node)
-      if let lower {
+      if var lower {
         // As a removed lower file: its readers' attributes, no copy-up, no opens for writing.
+        // A stub's readers read its data file (`openTopmost`), but its attributes are the
+        // stub's: it is pinned instead (if it cannot be, the data file's attributes show).
+        if node.stub != nil, let dirfd = parent.dir(layer: node.copiedFrom) {
+          let stub = shim_openat(dirfd, node.name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0)
+          if stub >= 0 {
+            close(lower)
+            lower = stub
+          }
+        }
         var st = stat()
         if fstat(lower, &st) == 0 { node.realIno = UInt64(st.st_ino) }
         node.pinned = lower
@@ -645,6 +703,8 @@ final class Overlay: @unchecked Sendable {
   }
 
   private func openTopmost(_ node: Node, _ flags: Int32) throws(Errno) -> Int32 {
+    // A stub (only ever opened for reading: writing copies it up): its data file.
+    if let stub = lowerStub(node) { return try openData(stub, flags: flags) }
     // A removed name: reopen the file through the descriptor that pins it.
     if node.pinned >= 0 { return try sys(shim_open("/proc/self/fd/\(node.pinned)", flags & ~O_NOFOLLOW, 0)) }
     let (dirfd, name) = try location(node)

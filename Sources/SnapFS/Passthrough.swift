@@ -14,7 +14,9 @@ import Glibc
 /// backing file could not be registered) stays cached until they close. A lower file never
 /// changes: its backing file and descriptor stay registered while the node lives and serve
 /// every open of it, with no system call of ours (up to `retainedLimit` nodes at once; past
-/// that, a lower file's are dropped with its last open, as an upper file's).
+/// that, a lower file's are dropped with its last open, as an upper file's). A metacopy stub's
+/// lower file is its data file (see `Stub`): every stub of one object, in every mount, reads
+/// through that file's page cache, with no request.
 ///
 /// A lower file copied up while it is open through its lower backing file cannot be opened
 /// again on that inode: the kernel would not take the upper file as a second backing file.

@@ -53,13 +53,13 @@ import Glibc
   }
 }
 
-/// A temp dir with layers l0 (top), l1 (bottom), data-only o1 and o2; nil where user xattrs
-/// cannot be set.
+/// A temp dir with layers l0 (top), l1 (bottom), data-only o1 and o2, an upper and a work
+/// dir; nil where user xattrs cannot be set.
 final class StubTree {
   let root: String
   init?() {
     root = FileManager.default.temporaryDirectory.path + "/snapfs-stubs-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    for dir in ["l0", "l1", "o1/ab", "o2/ab", "o2/cd"] {
+    for dir in ["l0", "l1", "o1/ab", "o2/ab", "o2/cd", "u", "w"] {
       try? FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
     }
     write("o1/ab/cd", "from o1\n")
@@ -85,8 +85,12 @@ final class StubTree {
     if let redirect { setxattr(path, "user.overlay.redirect", redirect, redirect.utf8.count, 0) }
   }
 
-  func overlay(lowers: [String] = ["l1"], data: [String] = ["o1", "o2"], metacopy: Bool = false) throws -> Overlay {
+  func overlay(lowers: [String] = ["l1"], data: [String] = ["o1", "o2"], metacopy: Bool = false, upper: Bool = false) throws -> Overlay {
     var options = Options()
+    if upper {
+      options.upper = root + "/u"
+      options.work = root + "/w"
+    }
     options.lowers = lowers.map { root + "/" + $0 }
     options.dataLowers = data.map { root + "/" + $0 }
     options.userXattr = true
@@ -188,6 +192,40 @@ struct StubTests {
     let on = try tree.overlay(lowers: ["l0", "l1"], metacopy: true)
     #expect(try read(on, "top-layer") == "from o1\n")
     #expect(lookupError(on, "none") == EIO)
+  }
+
+  @Test func copyUp() throws {
+    let tree = try #require(StubTree())
+    tree.stub("l1/a", size: 8, redirect: "/ab/cd")
+    setxattr(tree.root + "/l1/a", "user.kept", "yes", 3, 0)
+    chmod(tree.root + "/l1/a", 0o640)
+    tree.stub("l1/missing", redirect: "/ab/none")
+    let overlay = try tree.overlay(upper: true)
+    for name in ["a", "missing"] {
+      let (node, _) = try overlay.lookup(overlay.root, name)
+      defer { overlay.nodes.forget(node, 1) }
+      do {
+        let fd = try overlay.open(node, flags: O_WRONLY | O_APPEND) { (upper, openFile) throws(Errno) -> Int32 in
+          #expect(upper)
+          return try openFile()
+        }
+        #expect(write(fd, "+\n", 2) == 2)
+        close(fd)
+        #expect(name == "a")
+      } catch {
+        #expect(name == "missing" && error.code == ENOENT)  // no copy-up without the data file
+      }
+    }
+    let upper = tree.root + "/u/a"
+    #expect(try String(contentsOfFile: upper, encoding: .utf8) == "from o1\n+\n")
+    var st = stat()
+    stat(upper, &st)
+    #expect(st.st_mode & 0o7777 == 0o640)
+    var names = [CChar](repeating: 0, count: 256)
+    let n = listxattr(upper, &names, names.count)
+    #expect(String(decoding: names[..<max(n, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self) == "user.kept\0")
+    #expect(access(tree.root + "/u/missing", F_OK) != 0)
+    #expect(try String(contentsOfFile: tree.root + "/o1/ab/cd", encoding: .utf8) == "from o1\n")
   }
 
   @Test func metacopyChainByName() throws {

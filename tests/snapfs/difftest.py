@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Differential test of snapfs against kernel overlayfs on the same layer stack.
 
-Builds three lower layers under /var/tmp (--tmp) and mounts them twice: kernel overlayfs on m1
-(upper u1) and snapfs on m2 (upper u2). Then, comparing the two and reporting every
-difference:
+Builds three lower layers and two data-only layers under /var/tmp (--tmp) and mounts them
+twice, with the same options (lowerdir=l0:l1:l2::data0::data1): kernel overlayfs on m1
+(upper u1) and snapfs on m2 (upper u2). Most regular files of the bottom layer, and some
+of the others, are metacopy stubs as snapshotd's layer store makes them: the file's
+metadata and size without data blocks, with the xattrs trusted.overlay.metacopy and
+trusted.overlay.redirect = the absolute path of the data in a data-only layer (Objects):
+some stubs share one data file, two are hard links of one stub, one's data file is
+missing. Then, comparing the two and reporting every difference:
   1. the initial merged trees;
   2. a scripted list of operations (SCRIPT): each one's result or errno, and the state
      of the paths it touched afterwards;
@@ -11,8 +16,15 @@ difference:
   4. after each phase, the whole merged trees;
   5. after unmounting, each upper directory read back by kernel overlayfs stacked on the
      same lowers (snapfs's upper must hold overlayfs's whiteouts and opaque dirs);
-  6. the lower layers, which must be unchanged (contents and metadata).
+  6. the lower and data-only layers, which must be unchanged (contents and metadata).
 Exits 1 if anything differs, 0 otherwise; the temp dir and mounts are always removed.
+
+Two option sets (--metacopy): by default overlayfs's metacopy=off, under which overlayfs
+follows only the bottom layer's stubs (those of l0 and l1 fail with EPERM, on both
+mounts), and renaming a directory that has a lower layer gives EXDEV (redirect_dir=off);
+with --metacopy, metacopy=on, under which every stub is followed. metacopy=on implies
+redirect_dir=on, where overlayfs renames such directories and snapfs does not (EXDEV):
+renames of directories are left out (Skip) of that run.
 
 The program under test is $SNAPFS, else $SNAPFS_BIN_DIR/snapfs, else snapfs on PATH.
 --self-check mounts kernel overlayfs in its place: it must report no difference, which
@@ -40,11 +52,15 @@ import tempfile
 import time
 
 LOWERS = ('l0', 'l1', 'l2')  # l0 is the topmost layer, as in lowerdir=l0:l1:l2
+DATA = ('data0', 'data1')    # data-only layers, searched in this order: lowerdir=...::data0::data1
 T0 = 1_500_000_000           # seconds; the lower layers' explicit mtimes count up from here
-# Kernel overlayfs options: the defaults of the reference kernel, spelled out so that
-# the reference does not move with a kernel's defaults. Renaming a directory that has
-# a lower layer gives EXDEV with redirect_dir=off.
+# Overlay options, the same for both mounts: the defaults of the reference kernel, spelled
+# out so that the reference does not move with a kernel's defaults. Renaming a directory
+# that has a lower layer gives EXDEV with redirect_dir=off. METACOPY_OPTS (--metacopy):
+# overlayfs follows stubs of every layer (and then has redirect_dir=on).
 KERNEL_OPTS = 'index=off,redirect_dir=off,metacopy=off,xino=off'
+METACOPY_OPTS = 'index=off,metacopy=on,xino=off'
+OPTS = KERNEL_OPTS  # the run's (main() sets it)
 
 
 def P(root, rel):
@@ -103,6 +119,15 @@ class Layer:
             f.write(data)
         self._meta(rel, mode, uid, gid, xattrs)
 
+    def stub(self, rel, data, objects, mode=0o644, uid=0, gid=0, xattrs={}, layer=0, redirect=None):
+        """A metacopy stub of data, which objects keeps in data-only layer `layer`; or
+        with redirect, a stub that redirects there (whatever is, or is not, there)."""
+        redirect = redirect or objects.put(data, layer)
+        with open(self._new(rel), 'wb') as f:
+            f.truncate(len(data))
+        self._meta(rel, mode, uid, gid, {**xattrs, 'trusted.overlay.metacopy': b'',
+                                         'trusted.overlay.redirect': redirect.encode()})
+
     def symlink(self, rel, target, uid=0, gid=0):
         os.symlink(target, self._new(rel))
         self._meta(rel, None, uid, gid, {})
@@ -122,21 +147,46 @@ class Layer:
             os.utime(P(self.root, rel), ns=(ns, ns), follow_symlinks=False)
 
 
+class Objects:
+    """The data-only layers: file data by content, as snapshotd's object store keeps it,
+    at /<2 hex>/<14 hex> of its sha256. put() answers a stub's redirect."""
+
+    def __init__(self, base):
+        self.roots = [os.path.join(base, name) for name in DATA]
+        for root in self.roots:
+            os.mkdir(root)
+
+    def put(self, data, layer=0, content=None):
+        """Keeps data (or, to show which layer is read, content of the same size) in
+        data-only layer `layer` under data's name."""
+        h = hashlib.sha256(data).hexdigest()
+        rel = f'{h[:2]}/{h[2:16]}'
+        path = os.path.join(self.roots[layer], rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'wb') as f:
+            f.write(data if content is None else content)
+        os.chmod(path, 0o444)
+        return '/' + rel
+
+
 def build_layers(base):
     l0, l1, l2 = (Layer(os.path.join(base, name)) for name in LOWERS)
+    o = Objects(base)
 
-    # l2, the bottom layer: one of each kind of entry.
+    # l2, the bottom layer: one of each kind of entry; most regular files are stubs.
     l2.file('a.txt', b'alpha\n', xattrs={'user.comment': b'lower a', 'trusted.test': b't'})
-    l2.file('setuid', b'#!/bin/sh\necho suid\n', mode=0o4755)
-    l2.file('setgid', b'#!/bin/sh\necho sgid\n', mode=0o2755, gid=1000)
-    l2.file('secret', b's3cret\n', mode=0o600, uid=1000, gid=1000)
-    l2.file('exec.sh', b'#!/bin/sh\nexit 0\n', mode=0o755, xattrs={'user.empty': b''})
+    l2.stub('setuid', b'#!/bin/sh\necho suid\n', o, mode=0o4755)
+    l2.stub('setgid', b'#!/bin/sh\necho sgid\n', o, mode=0o2755, gid=1000)
+    # Also in data1 (different bytes, same size), which must not be read: data0 comes first.
+    o.put(b's3cret\n', 1, content=b'WRONG!\n')
+    l2.stub('secret', b's3cret\n', o, mode=0o600, uid=1000, gid=1000)
+    l2.stub('exec.sh', b'#!/bin/sh\nexit 0\n', o, mode=0o755, xattrs={'user.empty': b''})
     l2.file('empty')
-    l2.file('big.bin', random.Random(5).randbytes(5 << 20), uid=1000, gid=0)
+    l2.stub('big.bin', random.Random(5).randbytes(5 << 20), o, uid=1000, gid=0, layer=1)
     l2.symlink('sym-rel', 'a.txt')
     l2.symlink('sym-abs', '/etc/os-release', uid=1000, gid=1000)
     l2.symlink('sym-dangling', 'no-such-file')
-    l2.file('hl1', b'linked\n', xattrs={'user.hl': b'1'})
+    l2.stub('hl1', b'linked\n', o, xattrs={'user.hl': b'1'})  # a stub with two names
     l2.link('hl2', 'hl1')
     l2.node('fifo', stat.S_IFIFO, 0o640, uid=1000)
     l2.node('chr', stat.S_IFCHR, 0o666, dev=(1, 3))
@@ -144,44 +194,50 @@ def build_layers(base):
     l2.dir('d', mode=0o750, uid=1000, gid=1000, xattrs={'user.dir': b'd-bottom'})
     l2.dir('d/e', mode=0o711)
     l2.dir('d/e/f', mode=0o700, uid=1000, xattrs={'user.f': b'f'})
-    l2.file('d/e/f/deep.txt', b'deep\n', mode=0o640, uid=1000, xattrs={'user.deep': b'1'})
+    l2.stub('d/e/f/deep.txt', b'deep\n', o, mode=0o640, uid=1000, xattrs={'user.deep': b'1'})
     l2.file('gone.txt', b'whited out by l1\n')
-    l2.file('gonedir/x', b'x\n')
+    l2.stub('gonedir/x', b'x\n', o)
     l2.file('gonedir/sub/y', b'y\n')
-    l2.file('odir/x', b'hidden by opaque odir in l1\n')
+    l2.stub('odir/x', b'hidden by opaque odir in l1\n', o)
     l2.file('odir/y', b'hidden too\n')
-    l2.file('fd/child', b'fd is a file in l1\n')
-    l2.file('df', b'df is a dir in l1\n')
-    l2.file('alldel/one', b'1\n')
+    l2.stub('fd/child', b'fd is a file in l1\n', o)
+    l2.stub('df', b'df is a dir in l1\n', o)
+    l2.stub('alldel/one', b'1\n', o)
     l2.file('alldel/two', b'2\n')
     l2.dir('emptydir', mode=0o775)
-    l2.file('sub/file1', b'file1\n')
-    l2.file('sub/file2', b'file2\n', mode=0o664)
-    l2.file('xdir/inner', b'xdir\n')
+    l2.stub('sub/file1', b'file1\n', o)
+    l2.stub('sub/file2', b'file2\n', o, mode=0o664)
+    l2.stub('xdir/inner', b'xdir\n', o)
     l2.dir('merged', mode=0o755)
-    l2.file('merged/bottom.txt', b'bottom\n')
-    l2.file('merged/shadowed.txt', b'from l2\n')
+    l2.stub('merged/bottom.txt', b'bottom\n', o)
+    l2.stub('merged/shadowed.txt', b'from l2\n', o)
     l2.file('merged/hidden.txt', b'whited out by l1\n')
+    # Stubs sharing a data file (with sub/file1 too), and one whose data file is missing:
+    # it stats, and opening it (or copying it up) fails with ENOENT.
+    l2.stub('stubs/twin1', b'file1\n', o, mode=0o600, xattrs={'user.twin': b'1'})
+    l2.stub('stubs/twin2', b'file1\n', o, mode=0o640, uid=1000)
+    l2.stub('stubs/missing', b'no data\n', o, redirect='/ff/00000000000000')
+    l2.stub('stubs/big-twin', random.Random(5).randbytes(5 << 20), o, layer=1)
 
     # l1: whiteouts, an opaque dir, type changes, merged dirs.
     l1.whiteout('gone.txt')
     l1.dir('odir', mode=0o750, opaque=True)
-    l1.file('odir/z', b'z\n')
+    l1.stub('odir/z', b'z\n', o)  # (stubs above the bottom layer: EPERM with metacopy=off)
     l1.file('fd', b'a file hiding dir fd\n', mode=0o600)
     l1.file('df/inner', b'a dir hiding file df\n')
     l1.file('alldel/three', b'3\n')
     l1.dir('d', mode=0o750, uid=1000, gid=1000, xattrs={'user.dir': b'd-mid'})
     l1.dir('d/e', mode=0o705, gid=1000, xattrs={'user.layer': b'1'})
-    l1.file('d/e/mid.txt', b'mid\n')
+    l1.stub('d/e/mid.txt', b'mid\n', o)
     l1.dir('merged', mode=0o750, uid=1000)
     l1.file('merged/mid.txt', b'mid\n')
-    l1.file('merged/shadowed.txt', b'from l1\n', mode=0o600)
+    l1.stub('merged/shadowed.txt', b'from l1\n', o, mode=0o600)
     l1.whiteout('merged/hidden.txt')
 
     # l0, the top layer.
     l0.whiteout('gonedir')
     l0.dir('merged', mode=0o770, gid=1000, xattrs={'user.layer': b'0'})
-    l0.file('merged/top.txt', b'top\n')
+    l0.stub('merged/top.txt', b'top\n', o)
     l0.file('top.txt', b'top\n', mode=0o444)
     l0.symlink('link-top', 'merged/top.txt')
 
@@ -251,9 +307,10 @@ def describe(root, rel, trusted):
 
 
 def snapshot_lowers(base):
-    """Everything about the lower layers' files, to show that nothing changed them."""
+    """Everything about the lower and data-only layers' files, to show that nothing changed
+    them."""
     snap = {}
-    for layer in LOWERS:
+    for layer in LOWERS + DATA:
         root = os.path.join(base, layer)
         for rel in walk(root):
             p = P(root, rel)
@@ -359,6 +416,18 @@ def op_fsync(c, rel):
         os.close(fd)
 
 
+def op_rename(c, src, dst):
+    """rename(2), but of a directory only where both mounts are meant to agree: not with
+    metacopy=on, where overlayfs has redirect_dir=on (see the module doc)."""
+    if OPTS == METACOPY_OPTS:
+        try:
+            if stat.S_ISDIR(os.lstat(P(c.root, src)).st_mode):
+                raise Skip('a directory rename with redirect_dir=on')
+        except OSError:
+            pass  # the rename fails the same way
+    os.rename(P(c.root, src), P(c.root, dst))
+
+
 def op_create(c, rel, mode, excl):
     fd = os.open(followed(c.root, rel), flag_bits('O_WRONLY|O_CREAT' + '|O_EXCL' * excl), mode)
     os.close(fd)
@@ -394,7 +463,7 @@ OPS = {
     'link': (lambda c, src, dst: os.link(P(c.root, src), P(c.root, dst), follow_symlinks=False), (0, 1)),
     'unlink': (lambda c, rel: os.unlink(P(c.root, rel)), (0,)),
     'rmdir': (lambda c, rel: os.rmdir(P(c.root, rel)), (0,)),
-    'rename': (lambda c, src, dst: os.rename(P(c.root, src), P(c.root, dst)), (0, 1)),
+    'rename': (op_rename, (0, 1)),
     'statvfs': (op_statvfs, (0,)),
 }
 # Kinds that change the tree: their touched paths are compared after them.
@@ -462,8 +531,8 @@ class Tracker:
         except OSError:
             return
         if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-            for other, mode in walk(self.m1).items():
-                if not stat.S_ISDIR(mode) and os.lstat(P(self.m1, other)).st_ino == st.st_ino:
+            for other, mode in walk(self.m1).items():  # (mode 0: cannot be looked up)
+                if mode and not stat.S_ISDIR(mode) and os.lstat(P(self.m1, other)).st_ino == st.st_ino:
                     self.trusted.discard(other)
 
     def after(self, op, result):
@@ -511,6 +580,15 @@ SCRIPT = [
     ('getxattr', 'exec.sh', 'user.empty'), ('getxattr', 'a.txt', 'user.none'),
     ('getxattr', 'odir', 'trusted.overlay.opaque'), ('getxattr', 'd', 'user.dir'),
     ('listxattr', 'a.txt'), ('listxattr', 'odir'), ('listxattr', 'merged'), ('listxattr', 'sym-rel'),
+    # Stubs: the data file's bytes (data0's before data1's), the stub's attributes and xattrs,
+    # overlayfs's own hidden; a missing data file: stat works, open fails (ENOENT); stubs
+    # above the bottom layer (EPERM unless metacopy=on).
+    ('read', 'stubs/twin1'), ('read', 'stubs/twin2'), ('read', 'stubs/big-twin'), ('read', 'secret'),
+    ('stat', 'stubs/twin1'), ('stat', 'stubs/twin2'), ('stat', 'hl2'), ('stat', 'stubs/missing'),
+    ('read', 'stubs/missing'), ('fsync', 'stubs/missing'), ('listxattr', 'stubs/missing'),
+    ('getxattr', 'stubs/twin1', 'trusted.overlay.metacopy'), ('getxattr', 'stubs/twin1', 'trusted.overlay.redirect'),
+    ('getxattr', 'stubs/twin1', 'user.twin'), ('listxattr', 'stubs/twin1'), ('listxattr', 'hl1'),
+    ('read', 'merged/top.txt'), ('read', 'd/e/mid.txt'), ('stat', 'odir/z'), ('readdir', 'odir'),
     # Copy-up by writing, with each kind of open; hl1 leaves its lower hard link hl2 behind.
     ('write', 'a.txt', 'O_WRONLY', 0, b'ALPHA'),
     ('write', 'exec.sh', 'O_RDWR', 4, b'XX'),
@@ -543,6 +621,23 @@ SCRIPT = [
     ('setxattr', 'sub', 'trusted.overlay.opaque', b'y'), ('setxattr', 'sub', 'user.overlay.opaque', b'y'),
     ('getxattr', 'sub', 'trusted.overlay.opaque'), ('listxattr', 'sub'), ('readdir', 'sub'),
     ('removexattr', 'sub', 'trusted.overlay.opaque'), ('readdir', 'sub'),
+    # Copying stubs up: the data file's bytes and the stub's metadata, without overlayfs's
+    # xattrs; the other stubs of the data file, and the data file, stay as they were. Every
+    # copy-up of the stub without data fails (ENOENT), also O_TRUNC; removing it works.
+    ('write', 'stubs/twin1', 'O_WRONLY|O_APPEND', None, b'more\n'), ('read', 'stubs/twin2'), ('read', 'sub/file1'),
+    ('listxattr', 'stubs/twin1'), ('getxattr', 'stubs/twin1', 'trusted.overlay.redirect'),
+    ('chmod', 'stubs/twin2', 0o604), ('read', 'stubs/twin2'), ('listxattr', 'stubs/twin2'),
+    ('setxattr', 'stubs/twin2', 'trusted.overlay.redirect', b'/ff/00000000000000'), ('read', 'stubs/twin2'),
+    ('write', 'stubs/missing', 'O_WRONLY|O_TRUNC', None, b'x'), ('truncate', 'stubs/missing', 0),
+    ('chmod', 'stubs/missing', 0o600), ('utime', 'stubs/missing', NS + 3), ('setxattr', 'stubs/missing', 'user.x', b'1'),
+    ('link', 'stubs/missing', 'stubs/missing-link'), ('rename', 'stubs/missing', 'stubs/missing2'),
+    ('mmapwrite', 'stubs/missing', 0, b'x'), ('stat', 'stubs/missing'), ('unlink', 'stubs/missing'),
+    ('stat', 'stubs/missing'), ('readdir', 'stubs'),
+    ('link', 'stubs/big-twin', 'stubs/big-link'), ('stat', 'stubs/big-twin'), ('read', 'stubs/big-link'),
+    ('mmapwrite', 'merged/bottom.txt', 2, b'TT'), ('truncate', 'sub/file2', 3), ('read', 'sub/file2'),
+    ('rename', 'merged/bottom.txt', 'sub/moved.txt'), ('read', 'sub/moved.txt'), ('stat', 'sub/moved.txt'),
+    ('rename', 'xdir/inner', 'xdir/inner2'), ('read', 'xdir/inner2'), ('chown', 'd/e/mid.txt', 1000, 1000),
+    ('write', 'merged/top.txt', 'O_RDWR', 1, b'O'), ('read', 'merged/top.txt'), ('unlink', 'odir/z'),
     # Creating: files, over a whiteout, O_EXCL on existing names, dirs, fifos, symlinks.
     ('write', 'new.txt', 'O_WRONLY|O_CREAT|O_EXCL', None, b'hello\n'),
     ('create', 'gone.txt', 0o600, True), ('read', 'gone.txt'),
@@ -592,7 +687,8 @@ WEIGHTS = {
     'utime': 3, 'setxattr': 4, 'removexattr': 3, 'create': 5, 'mkdir': 5, 'mkfifo': 2,
     'symlink': 3, 'link': 4, 'unlink': 6, 'rmdir': 4, 'rename': 8, 'statvfs': 1,
 }
-XATTR_NAMES = ('user.comment', 'user.a', 'user.overlay.opaque', 'trusted.test', 'trusted.overlay.opaque')
+XATTR_NAMES = ('user.comment', 'user.a', 'user.overlay.opaque', 'trusted.test', 'trusted.overlay.opaque',
+               'trusted.overlay.metacopy', 'trusted.overlay.redirect', 'user.twin')
 WRITE_FLAGS = ('O_WRONLY', 'O_RDWR', 'O_WRONLY|O_APPEND', 'O_WRONLY|O_TRUNC', 'O_RDWR|O_CREAT',
                'O_WRONLY|O_CREAT|O_EXCL', 'O_RDWR|O_CREAT|O_TRUNC')
 MODES = (0o644, 0o600, 0o755, 0o4755, 0o2750, 0o1777, 0o700, 0o000)
@@ -723,7 +819,7 @@ def run(cmd):
 
 
 def mount_kernel(lowerdir, upper, work, target):
-    opts = f'{KERNEL_OPTS},lowerdir={lowerdir}'
+    opts = f'{OPTS},lowerdir={lowerdir}'
     if upper:
         opts += f',upperdir={upper},workdir={work}'
     else:
@@ -732,10 +828,10 @@ def mount_kernel(lowerdir, upper, work, target):
 
 
 def mount_snapfs(snapfs, lowerdir, upper, work, target):
-    """Mounts in daemon mode: the program returns once the mount is in place (its stderr
-    goes to a file: a pipe would be held open by the daemon)."""
+    """Mounts in daemon mode, with the kernel mount's options: the program returns once the
+    mount is in place (its stderr goes to a file: a pipe would be held open by the daemon)."""
     with tempfile.TemporaryFile() as err:
-        r = subprocess.run([snapfs, '-o', f'lowerdir={lowerdir},upperdir={upper},workdir={work}', target],
+        r = subprocess.run([snapfs, '-o', f'{OPTS},lowerdir={lowerdir},upperdir={upper},workdir={work}', target],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=60)
         err.seek(0)
         if r.returncode != 0:
@@ -782,8 +878,12 @@ def main():
     ap.add_argument('--ops', type=int, default=400, help='how many randomized operations (0: none)')
     ap.add_argument('--tmp', default='/var/tmp',
                     help='where to make the temp dir (a file system with trusted.* xattrs; default /var/tmp)')
+    ap.add_argument('--metacopy', action='store_true',
+                    help='mount both with metacopy=on (stubs of every layer followed; no directory renames)')
     ap.add_argument('--self-check', action='store_true', help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global OPTS
+    OPTS = METACOPY_OPTS if args.metacopy else KERNEL_OPTS
     snapfs = None if args.self_check else find_snapfs()
     report = Report('kernel#2' if args.self_check else 'snapfs')
     os.umask(0o022)
@@ -798,6 +898,7 @@ def main():
         build_layers(base)
         lowers_before = snapshot_lowers(base)
         lowerdir = ':'.join(os.path.join(base, name) for name in LOWERS)
+        lowerdir += ''.join('::' + os.path.join(base, name) for name in DATA)
 
         mount_kernel(lowerdir, d['u1'], d['w1'], m1)
         if args.self_check:
@@ -841,7 +942,7 @@ def main():
         sys.exit(f'difftest: FAIL: {e}')
     finally:
         cleanup(base)
-    print(f'difftest: {len(SCRIPT)} scripted and {args.ops} random ops (seed {args.seed}) '
+    print(f'difftest: {len(SCRIPT)} scripted and {args.ops} random ops (seed {args.seed}, {OPTS}) '
           f'against {snapfs or "kernel overlayfs (self-check)"}: {report.count} differences '
           f'in {time.monotonic() - started:.1f}s', flush=True)
     sys.exit(1 if report.count else 0)
