@@ -708,7 +708,22 @@ final class Overlay: @unchecked Sendable {
     // A removed name: reopen the file through the descriptor that pins it.
     if node.pinned >= 0 { return try sys(shim_open("/proc/self/fd/\(node.pinned)", flags & ~O_NOFOLLOW, 0)) }
     let (dirfd, name) = try location(node)
-    return try sys(shim_openat(dirfd, name, flags, 0))
+    let fd = try sys(shim_openat(dirfd, name, flags, 0))
+    // A lower file replaced under its name since its lookup: the layer store turns a
+    // committed layer's files into stubs of the same metadata (renamed over each name) while
+    // it may be mounted. The name's file is then a stub, whose own bytes are no data: its
+    // data file is opened instead, as overlayfs keeps reading the file it looked up.
+    var st = stat()
+    guard !isUpper(node), node.type == S_IFREG, let parent = node.parent, fstat(fd, &st) == 0,
+          UInt64(st.st_ino) != node.realIno else { return fd }
+    let fresh: Stub?
+    do { fresh = try stub(parent, name, layer: node.layer) } catch {
+      close(fd)
+      throw error
+    }
+    guard let fresh else { return fd }
+    close(fd)
+    return try openData(fresh, flags: flags)
   }
 
   /// link(2): `node` (copied up first, as overlayfs does) is also `name` in `parent`.

@@ -158,7 +158,8 @@ final class DirectoryPool: Sendable {
   }
 
   /// Ids of snapshots whose directories a mount of this mount namespace uses (nil when that
-  /// cannot be read): named in a mount's options (an overlay's `upperdir=.../s/<id>/fs`), or
+  /// cannot be read): named in a mount's options (an overlay's `upperdir=.../s/<id>/fs`, or
+  /// a lower layer through the root's alias), or
   /// under the root of a bind mount from the snapshots' device. A removed snapshot that is
   /// still mounted is deleted, as before, never handed to another snapshot. (A snapfs mount
   /// does not show its directories: the FUSE driver relies on containerd unmounting first.)
@@ -186,9 +187,13 @@ final class DirectoryPool: Sendable {
       nearest = point.count
       within = (f[3] == "/" ? "" : String(f[3])) + String(layout.snapshots.dropFirst(point.count)) + "/"
     }
+    let aliased = layout.alias + "/s/"
     for f in lines {
       if let within, f[2] == device { collect(f[3], after: within) }
-      for option in f.dropFirst(5) { collect(option, after: prefix) }
+      for option in f.dropFirst(5) {
+        collect(option, after: prefix)
+        collect(option, after: aliased)
+      }
     }
     return ids
   }

@@ -1,9 +1,13 @@
+import LayerStore
+import SnapshotSys
+
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// Where things live under the root directory. Directory names are short on purpose:
-/// an overlay `lowerdir=` option for a 128-layer chain must fit in one page.
+/// an overlay `lowerdir=` option for a 128-layer chain must fit in one page (mounts name
+/// the root by a short `alias`).
 ///
 ///     ROOT/metadata.db      SQLite (WAL) metadata
 ///     ROOT/lock             locked (lockf) by the running daemon
@@ -20,11 +24,19 @@ import Glibc
 /// snapshot <id> does.
 public struct Layout: Sendable {
   public let root: String
+  /// A short path to the root, `/run/sd/<6 hex of the root's SHA-256>`, a symlink made at
+  /// start, by which mounts name their lower layers and the object directory. A 128-layer
+  /// chain's `lowerdir=` must fit in a page: containerd's own way of shortening a longer one
+  /// (paths relative to their common directory, split on ":") cannot handle the `::` before
+  /// the data-only layer, and roots can be long.
+  public let alias: String
+  static let aliasBase = "/run/sd"
 
   public init(root: String) {
     var r = root
     while r.count > 1 && r.hasSuffix("/") { r.removeLast() }
     self.root = r
+    alias = Self.aliasBase + "/" + Digest.of(Array(r.utf8)).hex.prefix(6)
   }
 
   /// Modes of a snapshot's directory, its `fs` and its `work` as they are made.
@@ -44,6 +56,25 @@ public struct Layout: Sendable {
 
   /// The directory holding a snapshot's files: its layer's, or its own.
   func files(id: Int64, layer: Int64?) -> String { layer.map { self.layer($0) } ?? fs(id) }
+
+  /// The same directory as mounts name it, through `alias`.
+  func lower(id: Int64, layer: Int64?) -> String {
+    layer.map { alias + "/l/" + String($0) } ?? alias + "/s/" + String(id) + "/fs"
+  }
+
+  /// The object directory as mounts name it.
+  var aliasObjects: String { alias + "/o" }
+
+  /// Makes `alias` name the root (replacing what it named).
+  func makeAlias() throws(SystemError) {
+    try Sys.mkdirAll(Self.aliasBase, mode: 0o755)
+    let dir = try At.openDirectory(Self.aliasBase)
+    defer { At.close(dir) }
+    let name = String(alias.dropFirst(Self.aliasBase.count + 1)), temp = name + ".new-" + String(getpid())
+    try? At.unlink(dir, temp)
+    try At.symlink(root, dir, temp)
+    try At.rename(dir, temp, dir, name)
+  }
 
   /// Names of trees in the object reference table.
   static func tree(layer: Int64) -> String { "l/" + String(layer) }

@@ -45,6 +45,7 @@ public final class Snapshotter: Sendable {
       try Sys.mkdirIfMissing(layout.layers, mode: 0o700)
       try Sys.mkdirIfMissing(layout.temporary, mode: 0o700)
       objects = try ObjectStore(path: layout.objects)
+      try layout.makeAlias()
     } catch {
       throw .init(.unavailable, "root directory \(layout.root) is unusable: \(error)")
     }
@@ -132,13 +133,14 @@ public final class Snapshotter: Sendable {
         throw error
       }
       try Metadata.insertLabels(db, id: id, labels)
-      let lowers = try parentID.map { try Metadata.parentChain(db, of: $0).map { layout.files(id: $0.id, layer: $0.layer) } } ?? []
+      let lowers = try parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
+      let parentFiles = lowers.first.map { layout.files(id: $0.id, layer: $0.layer) }
       if pooled == nil {
-        try Self.makeDirectory(layout, id: id, kind: kind, parent: lowers.first)
+        try Self.makeDirectory(layout, id: id, kind: kind, parent: parentFiles)
         try Sys.fsyncDirectory(layout.dir(id))
         try Sys.fsyncDirectory(layout.snapshots)
       } else {
-        try Self.adopt(layout, id: id, kind: kind, parent: lowers.first)
+        try Self.adopt(layout, id: id, kind: kind, parent: parentFiles)
       }
       return Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver)
     }
@@ -199,18 +201,19 @@ public final class Snapshotter: Sendable {
       guard row.kind != .committed else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
       }
-      let lowers = try row.parentID.map { try Metadata.parentChain(db, of: $0).map { layout.files(id: $0.id, layer: $0.layer) } } ?? []
+      let lowers = try row.parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
       return Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver)
     }
   }
 
   /// The mount shapes of containerd's overlay snapshotter: a bind mount of the snapshot's
   /// own dir when it has no parent (rw, or ro for a view), otherwise overlay with
-  /// `index=off,metacopy=on`, lower dirs nearest parent first and the object directory as a data-only
+  /// `index=off,metacopy=on`, lower dirs nearest parent first (named through the root's
+  /// short alias) and the object directory as a data-only
   /// layer (or the same options for snapfs, with the fuse driver). Unlike containerd's, a
   /// view of one layer is an overlay too: a layer's files are stubs, whose data only an
   /// overlay with the data-only layer shows.
-  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [String], driver: MountDriver = .overlay) -> [Mount] {
+  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay) -> [Mount] {
     if lowers.isEmpty {
       return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
     }
@@ -224,7 +227,7 @@ public final class Snapshotter: Sendable {
       options.append("upperdir=" + layout.fs(id))
     }
     // The object directory as a data-only layer: stubs' data (see `ObjectStore`).
-    options.append("lowerdir=" + lowers.joined(separator: ":") + "::" + layout.objects)
+    options.append("lowerdir=" + lowers.map { layout.lower(id: $0.id, layer: $0.layer) }.joined(separator: ":") + "::" + layout.aliasObjects)
     return [Mount(type: driver.mountType, source: driver.mountSource, options: options)]
   }
 

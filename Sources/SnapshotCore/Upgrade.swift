@@ -68,7 +68,7 @@ enum Upgrade {
     for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
       let f = line.split(separator: " ")
       guard f.count >= 5, line.contains("lowerdir=" + layout.root + "/") || line.contains(":" + layout.root + "/") else { continue }
-      if !line.contains("::" + layout.objects) { out.append(String(f[4])) }
+      if !line.contains("::") { out.append(String(f[4])) }
     }
     return out
   }

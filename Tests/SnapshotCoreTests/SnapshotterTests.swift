@@ -52,24 +52,26 @@ func upperDir(_ mounts: [Mount]) -> String {
 
     // A view of one layer is a read-only overlay of that layer and the objects (its files
     // may be stubs, whose data a bind mount would not show).
-    let objects = s.layout.objects
-    #expect(try s.view(key: "v", parent: "a") == [Mount(type: "overlay", source: "overlay", options: ["index=off", "metacopy=on", "lowerdir=\(aFS)::\(objects)"])])
+    let objects = s.layout.alias + "/o"
+    // Mounts name lower layers through the root's short alias, a symlink to the root.
+    let aLower = s.layout.alias + aFS.dropFirst(s.layout.root.count)
+    #expect(try s.view(key: "v", parent: "a") == [Mount(type: "overlay", source: "overlay", options: ["index=off", "metacopy=on", "lowerdir=\(aLower)::\(objects)"])])
 
     let mb = try s.prepare(key: "b-active", parent: "a")
     #expect(mb.count == 1 && mb[0].type == "overlay")
-    let bUpper = mb[0].options.first { $0.hasPrefix("upperdir=") }!.dropFirst("upperdir=".count)
+    let bUpper = s.layout.alias + mb[0].options.first { $0.hasPrefix("upperdir=") }!.dropFirst("upperdir=".count + s.layout.root.count)
     try s.commit(name: "b", key: "b-active")
     let m = try s.prepare(key: "c", parent: "b")
     #expect(m.count == 1 && m[0].type == "overlay" && m[0].source == "overlay")
     let opts = m[0].options
     #expect(opts.count == 5 && opts[0] == "index=off" && opts[1] == "metacopy=on" && opts[2].hasPrefix("workdir=") && opts[3].hasPrefix("upperdir="))
-    #expect(opts[4] == "lowerdir=\(bUpper):\(aFS)::\(objects)")
+    #expect(opts[4] == "lowerdir=\(bUpper):\(aLower)::\(objects)")
     let upper = String(opts[3].dropFirst("upperdir=".count))
     let work = String(opts[2].dropFirst("workdir=".count))
     #expect(Sys.exists(upper) && Sys.exists(work))
     #expect(try s.mounts(key: "c") == m)
     let view2 = try s.view(key: "v2", parent: "b")
-    #expect(view2 == [Mount(type: "overlay", source: "overlay", options: ["index=off", "metacopy=on", "lowerdir=\(bUpper):\(aFS)::\(objects)"])])
+    #expect(view2 == [Mount(type: "overlay", source: "overlay", options: ["index=off", "metacopy=on", "lowerdir=\(bUpper):\(aLower)::\(objects)"])])
     #expect(try s.stat(key: "c").parent == "b")
   }
 
@@ -99,12 +101,13 @@ func upperDir(_ mounts: [Mount]) -> String {
   }
 
   @Test func deepChainOptionsFitInAPage() {
-    // 128 layers under the default root with 6-digit ids: the overlay data must stay under
-    // a page for mount(2).
-    let layout = Layout(root: "/var/lib/snapshotd")
-    let parents = (0..<127).map { Int64(900_000 + $0) }
-    let m = Snapshotter.mounts(layout, id: 999_999, kind: .active, lowers: parents.map { layout.fs($0) })
+    // 128 lower layers with 7-digit ids under a 100-byte root: the overlay data must stay
+    // under a page for mount(2) (containerd's own shortening cannot handle the data-only `::`).
+    let layout = Layout(root: "/var/lib/" + String(repeating: "r", count: 91))
+    let parents = (0..<128).map { (id: Int64(9_000_000 + $0), layer: Int64?.none) }
+    let m = Snapshotter.mounts(layout, id: 9_999_999, kind: .active, lowers: parents)
     #expect(m[0].options.joined(separator: ",").utf8.count < 4096)
+    #expect(m[0].options.last!.hasSuffix("::" + layout.alias + "/o"))
   }
 
   @Test func everyTransactionIsFlushed() throws {
