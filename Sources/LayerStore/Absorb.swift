@@ -28,18 +28,34 @@ extension ObjectStore {
   /// Files that are stubs already (an interrupted run) are counted as they are; files with
   /// other `trusted.overlay.*` xattrs are left alone.
   ///
+  /// `held` (a directory beside the tree, made here and removed at the end) keeps a link to
+  /// the stub of each inode with several names, named by the inode's number, until all its
+  /// names are replaced: a run cut short by a crash leaves some names on the stub and the
+  /// others on the old inode, and the next run links those to the same stub again, so the
+  /// hard link survives.
+  ///
   /// The tree must not change meanwhile (a committed snapshot). Run inside `shared`; the
   /// result is durable when this returns.
-  public func absorb(tree path: String, scratch: String, separateLinks: Bool = false) throws(SystemError) -> Absorbed {
+  public func absorb(tree path: String, scratch: String, held: String? = nil, separateLinks: Bool = false) throws(SystemError) -> Absorbed {
     var out = Absorbed()
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
     defer { buffer.deallocate() }
     let scratchFD = try At.openDirectory(scratch)
     defer { At.close(scratchFD) }
-    // Inode (as the walk found it) → the scratch name of its stub, for its other names; nil
+    let heldPath = held ?? scratch
+    if held != nil { try Sys.mkdirIfMissing(heldPath, mode: 0o700) }
+    let heldFD = try At.openDirectory(heldPath)
+    defer { At.close(heldFD) }
+    // Inode (as the walk found it) → the held name of its stub, for its other names; nil
     // when its names are left as they are.
     var stubs: [UInt64: String?] = [:]
-    defer { for case let name? in stubs.values { try? At.unlink(scratchFD, name) } }
+    defer { if held == nil { for case let name? in stubs.values { try? At.unlink(heldFD, name) } } }
+    var countedStubs = Set<UInt64>()  // stubs found made already, each inode's bytes once
+    if !separateLinks, held != nil {
+      for name in try Sys.listDirectory(heldPath) {
+        if let ino = UInt64(name) { stubs[ino] = name }
+      }
+    }
     var counter = 0
     func temporaryName() -> String {
       counter += 1
@@ -53,7 +69,7 @@ extension ObjectStore {
       if !separateLinks, let seen = stubs[ino] {
         guard let stub = seen else { return }
         let temp = temporaryName()
-        try At.link(scratchFD, stub, scratchFD, temp)
+        try At.link(heldFD, stub, scratchFD, temp)
         try replace(scratchFD, temp, dir, name)
         return
       }
@@ -65,7 +81,7 @@ extension ObjectStore {
       if xattrs.contains(where: { $0.0 == Self.metacopyXattr }) {
         if let key = try Self.stubKey(fd, name), let info = try info(key) {
           out.objects[key] = info
-          out.fileBytes += Int64(st.st_size)
+          if countedStubs.insert(ino).inserted { out.fileBytes += Int64(st.st_size) }
         } else {
           out.skipped += 1
         }
@@ -100,9 +116,9 @@ extension ObjectStore {
         try At.fchmod(stub, temp, mode: st.st_mode & 0o7777)  // after chown, which clears setuid bits
         try At.futimes(stub, temp, atime: st.st_atim, mtime: st.st_mtim)
         if linked {
-          let held = "held-" + temp
-          try At.link(scratchFD, temp, scratchFD, held)
-          stubs[ino] = held
+          let name = held == nil ? "held-" + temp : String(ino)
+          try At.link(scratchFD, temp, heldFD, name)
+          stubs[ino] = name
         }
       } catch {
         try? At.unlink(scratchFD, temp)
@@ -118,6 +134,9 @@ extension ObjectStore {
       }
     })
     try At.syncfs(scratchFD, scratch)
+    // Every name is replaced: the held links go (durably after the names, so a crash before
+    // this leaves them for the next run, which finds only stubs).
+    if let held { try Tree.remove(held) }
     return out
   }
 

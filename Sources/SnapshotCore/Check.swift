@@ -71,7 +71,9 @@ extension Snapshotter {
         for t in trees {
           let path = t.layer.map(layout.layer) ?? layout.fs(t.snapshot!)
           guard Sys.exists(path) else {
-            findings.append(.init(kind: .orphanLayer, detail: "\(t.tree): directory \(path) is missing", repairable: false))
+            // Removed since the list was read (removes do not wait for the gate) is no finding.
+            let still = try db.read { db in try Metadata.trees(db) }.contains { $0.tree == t.tree }
+            if still { findings.append(.init(kind: .orphanLayer, detail: "\(t.tree): directory \(path) is missing", repairable: false)) }
             continue
           }
           var stubs: [String: ObjectInfo] = [:]
@@ -122,7 +124,8 @@ extension Snapshotter {
         for key in try pendingStubKeys() where used[key] == nil { used[key] = try objects.size(of: key) }
         let onDisk = try objects.list()
         var orphans: [String] = []
-        for key in onDisk where used[key] == nil {
+        // An object whose count went to 0 waits for the collection a remove queued: no finding.
+        for key in onDisk where used[key] == nil && (rows[key].map { $0.refs > 0 } ?? true) {
           orphans.append(key)
           findings.append(.init(kind: .orphanObject, detail: "object \(key) is not used by any layer", repairable: true))
         }
@@ -131,7 +134,7 @@ extension Snapshotter {
         for key in rows.keys.sorted() where !named.contains(key) && !disk.contains(key) {
           findings.append(.init(kind: .orphanObject, detail: "object \(key) is recorded but neither stored nor used", repairable: true))
         }
-        for name in try Sys.listDirectory(layout.layers) {
+        for name in try Sys.listDirectory(layout.layers) where !name.hasPrefix("new-") {  // (imports staging)
           if let id = Layout.id(ofDirectory: name), layerIDs.contains(id) { continue }
           findings.append(.init(kind: .orphanLayer, detail: "\(layout.layers)/\(name) belongs to no layer", repairable: true))
         }
@@ -143,7 +146,7 @@ extension Snapshotter {
             try db.execute(sql: "DELETE FROM object WHERE refs <= 0")
           }
           for key in orphans { try objects.remove(key) }
-          for name in try Sys.listDirectory(layout.layers) {
+          for name in try Sys.listDirectory(layout.layers) where !name.hasPrefix("new-") {
             if let id = Layout.id(ofDirectory: name), layerIDs.contains(id) { continue }
             try Tree.remove(layout.layers + "/" + name)
           }

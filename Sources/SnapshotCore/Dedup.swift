@@ -99,7 +99,7 @@ extension Snapshotter {
               row.fileBytes == nil else { return }
         let absorbed: ObjectStore.Absorbed
         do {
-          absorbed = try objects.absorb(tree: layout.fs(id), scratch: layout.temporary)
+          absorbed = try objects.absorb(tree: layout.fs(id), scratch: layout.temporary, held: layout.held(id))
         } catch {
           // Removed meanwhile: its directory went (or is going) with it; objects made from
           // its files before that need a sweep.
