@@ -49,7 +49,7 @@ public final class CheckProgress: Sendable {
   func add(_ bytes: Int64) { done.add(bytes, ordering: .relaxed) }
 }
 
-extension Snapshotter {
+extension ObjectCollector {
   /// Walks the store and reports what is wrong, changing nothing unless `repair`: stubs
   /// whose object is missing or has another size, objects whose content does not match
   /// their digest (every object is hashed), references and counts that disagree with the
@@ -64,7 +64,7 @@ extension Snapshotter {
     var used: [String: Int64] = [:]  // object → size, over every tree
     try objects.exclusive { () throws(SnapshotError) in
       do {
-        let (trees, recorded, rows, layerIDs) = try db.read { db in
+        let (trees, recorded, rows, layerIDs) = try store.db.read { db in
           (try Metadata.trees(db), try Metadata.allRefs(db), try Metadata.allObjects(db), try Metadata.allLayerIDs(db))
         }
         var found: [String: [String: ObjectInfo]] = [:]
@@ -72,7 +72,7 @@ extension Snapshotter {
           let path = t.layer.map(layout.layer) ?? layout.fs(t.snapshot!)
           guard Sys.exists(path) else {
             // Removed since the list was read (removes do not wait for the gate) is no finding.
-            let still = try db.read { db in try Metadata.trees(db) }.contains { $0.tree == t.tree }
+            let still = try store.db.read { db in try Metadata.trees(db) }.contains { $0.tree == t.tree }
             if still { findings.append(.init(kind: .orphanLayer, detail: "\(t.tree): directory \(path) is missing", repairable: false)) }
             continue
           }
@@ -139,7 +139,7 @@ extension Snapshotter {
           findings.append(.init(kind: .orphanLayer, detail: "\(layout.layers)/\(name) belongs to no layer", repairable: true))
         }
         if repair && findings.contains(where: \.repairable) {
-          try db.write { db in
+          try store.db.write { db in
             for (tree, stubs) in found { try Metadata.replaceRefs(db, tree: tree, stubs) }
             try Metadata.dropRefs(db, trees: stale)
             try Metadata.recountRefs(db)
@@ -155,7 +155,7 @@ extension Snapshotter {
       } catch let e as SnapshotError {
         throw e
       } catch {
-        throw Self.mapError(error)
+        throw Store.mapError(error)
       }
     }
     // Every object in use, hashed against its recorded digest.
@@ -166,7 +166,7 @@ extension Snapshotter {
         var want = digests[key]?.info.sha256 ?? ""
         if want.isEmpty, let info = try? objects.info(key) { want = info.sha256 }
         let hex: String?
-        do { hex = try objects.hashContent(key) } catch { throw Self.mapError(error) }
+        do { hex = try objects.hashContent(key) } catch { throw Store.mapError(error) }
         progress?.add(size)
         guard let hex else { continue }  // removed meanwhile: reported by the walk if a stub needs it
         if hex != want {

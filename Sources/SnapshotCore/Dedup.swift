@@ -59,7 +59,18 @@ final class BackgroundWork: Sendable {
   }
 }
 
-extension Snapshotter {
+/// The object store's upkeep: committed snapshots' files made stubs of shared objects in the
+/// background (dedup), objects and layers nothing uses collected, and `check`.
+public final class ObjectCollector: StorePart, Sendable {
+  let store: Store
+  let pool: DirectoryPool
+  let background = BackgroundWork()
+
+  init(store: Store, pool: DirectoryPool) {
+    self.store = store
+    self.pool = pool
+  }
+
   /// How long after a commit its snapshot is deduplicated (commits arriving meanwhile join).
   static let dedupDelay = 0.5
 
@@ -107,7 +118,7 @@ extension Snapshotter {
             scheduleCollect(sweep: true)
             return
           }
-          throw Self.mapError(error)
+          throw Store.mapError(error)
         }
         // A tree without objects needs no row change (a restart looks at it again, cheaply).
         if absorbed.objects.isEmpty { return }
@@ -144,5 +155,58 @@ extension Snapshotter {
       })
     }
     return keys
+  }
+
+  // MARK: - Objects
+
+  /// Deletes imported layers no snapshot uses (with `layers`), then content objects
+  /// nothing references any more, and (with `sweep`, which lists the whole store) objects
+  /// the database does not know: made by an import that failed or never committed. Returns how many layers and objects, and the objects' bytes.
+  @discardableResult
+  public func collectGarbage(layers: Bool = true, sweep: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {
+    let layout = self.layout
+    return try objects.exclusive { () throws(SnapshotError) -> (Int, Int, Int64) in
+      let freed = !layers ? [] : try write { db -> [Int64] in
+        let unused = try Metadata.unusedLayers(db)
+        for layer in unused {
+          try Metadata.releaseRefs(db, tree: Layout.tree(layer: layer))
+          try Metadata.deleteLayer(db, layer)
+        }
+        return unused
+      }
+      let dead = try write { db in try Metadata.takeUnreferenced(db) }
+      var bytes: Int64 = 0
+      do {
+        for layer in freed { try Tree.remove(layout.layer(layer)) }
+        for (key, size) in dead {
+          try objects.remove(key)
+          bytes += size
+        }
+        var count = dead.count
+        if sweep {
+          let known = try read { db in try Metadata.objectKeys(db) }.union(pendingStubKeys())
+          for key in try objects.list() where !known.contains(key) && !ObjectStore.isLegacyKey(key) {
+            try objects.remove(key)
+            count += 1
+          }
+        }
+        return (freed.count, count, bytes)
+      } catch {
+        throw Store.mapError(error)
+      }
+    }
+  }
+
+  /// Layers, objects, and bytes stored with and without sharing.
+  public func storeUsage() throws(SnapshotError) -> StoreUsage {
+    try read { db in try Metadata.storeUsage(db) }
+  }
+
+  /// Runs the deduplication waiting for its delay now, and waits for every background task
+  /// (directory removals, deduplication, collections).
+  public func drain() {
+    pool.waitIdle()
+    reaper.sync { runDedup() }
+    reaper.drain()
   }
 }

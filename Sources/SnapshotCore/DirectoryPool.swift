@@ -198,7 +198,7 @@ final class DirectoryPool: Sendable {
     return ids
   }
 
-  /// Whether `s/<id>` is what ``Snapshotter/makeDirectory`` makes for an active snapshot
+  /// Whether `s/<id>` is what `makeDirectory` makes for an active snapshot
   /// without parent (the `Layout` modes, ours, holding only `fs` (empty, no xattrs) and
   /// `work` (empty but for the empty `work` overlayfs leaves)); that `work/work` is removed.
   func readyForReuse(_ id: Int64) -> Bool {
@@ -244,7 +244,7 @@ final class DirectoryPool: Sendable {
       do {
         for _ in 0..<want {
           let id = reserveID()
-          try Snapshotter.makeDirectory(layout, id: id, kind: .active, parent: nil)
+          try Self.makeDirectory(layout, id: id, kind: .active, parent: nil)
           try Sys.fsyncDirectory(layout.dir(id))
           made.append(id)
         }
@@ -258,6 +258,36 @@ final class DirectoryPool: Sendable {
         s.ready += made
         s.filling = false
       }
+    }
+  }
+
+  /// Makes `s/<id>` with `fs` (and `work` for an active snapshot) under a temporary name and
+  /// renames it into place; the caller makes it durable. `fs` gets the owner of the
+  /// parent's `fs`, as containerd's overlay snapshotter does.
+  static func makeDirectory(_ layout: Layout, id: Int64, kind: SnapshotKind, parent: String?) throws(SystemError) {
+    let staging = layout.staging(id)
+    let final = layout.dir(id)
+    do {
+      if Sys.exists(final) { try Tree.remove(final) }  // an orphan of a rolled back id
+      if Sys.exists(staging) { try Tree.remove(staging) }
+      // Modes are set explicitly: the process umask is not ours to rely on.
+      try Sys.mkdir(staging, mode: Layout.dirMode)
+      try Sys.chmod(staging, mode: Layout.dirMode)
+      try Sys.mkdir(staging + "/fs", mode: Layout.fsMode)
+      try Sys.chmod(staging + "/fs", mode: Layout.fsMode)
+      if kind == .active {
+        try Sys.mkdir(staging + "/work", mode: Layout.workMode)
+        try Sys.chmod(staging + "/work", mode: Layout.workMode)
+      }
+      if let parent {
+        let st = try Sys.lstat(parent)
+        try Sys.lchown(staging + "/fs", uid: st.st_uid, gid: st.st_gid)
+      }
+      try Sys.rename(staging, final)
+    } catch {
+      try? Tree.remove(staging)
+      try? Tree.remove(final)
+      throw error
     }
   }
 }

@@ -93,7 +93,22 @@ struct StagedLayer {
   var unpacked: UnpackedLayer
 }
 
-extension Snapshotter {
+/// Layers and images into the layer store: each layer unpacked once (stubs of shared
+/// objects), committed as the snapshot named by its chainID; and containerd's
+/// remote-snapshotter answer (`layerSnapshot`) for layers the store keeps.
+public final class LayerImporter: StorePart, Sendable {
+  let store: Store
+  let pool: DirectoryPool
+  let inflight = Inflight()
+
+  /// The label containerd's unpacker names the committed snapshot it is about to make with.
+  static let snapshotRef = "containerd.io/snapshot.ref"
+
+  init(store: Store, pool: DirectoryPool) {
+    self.store = store
+    self.pool = pool
+  }
+
   /// Imports one layer blob as the committed snapshot named by its chainID, on top of
   /// `parent`, and returns the chainID. A layer whose chainID exists returns at once; a
   /// layer whose diffID is already unpacked (in another chain) is not unpacked again; two
@@ -132,13 +147,13 @@ extension Snapshotter {
     defer { if let temporary { try? Tree.remove(temporary) } }
     if !isDirectory(path) {
       let dir = layout.temporary + "/image-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
-      do { try Sys.mkdir(dir, mode: 0o700) } catch { throw Self.mapError(error) }
+      do { try Sys.mkdir(dir, mode: 0o700) } catch { throw Store.mapError(error) }
       temporary = dir
-      do { try ImageArchive.extract(path, into: dir) } catch { throw Self.mapError(error) }
+      do { try ImageArchive.extract(path, into: dir) } catch { throw Store.mapError(error) }
       layoutDir = dir
     }
     let layers: [ImageLayer]
-    do { layers = try ImageLayout(dir: layoutDir).layers() } catch { throw Self.mapError(error) }
+    do { layers = try ImageLayout(dir: layoutDir).layers() } catch { throw Store.mapError(error) }
     guard !layers.isEmpty else { throw .invalid("image \(path) has no layers") }
     progress?.start(layers: layers.count, bytes: layers.reduce(0) { $0 + $1.descriptor.size })
 
@@ -161,14 +176,14 @@ extension Snapshotter {
               let desc = LayerDescription(name: l.digest.description, compression: l.compression, digest: l.digest, diffID: l.diffID)
               r = .success(try stage(source, desc, progress: counter))
             } catch {
-              r = .failure(Self.mapError(error))
+              r = .failure(Store.mapError(error))
             }
             results.withLock { $0[i] = r }
             progress?.layerDone()
             group.leave()
           }
         } catch {
-          results.withLock { $0[i] = .failure(Self.mapError(error)) }
+          results.withLock { $0[i] = .failure(Store.mapError(error)) }
           group.leave()
         }
       }
@@ -238,7 +253,7 @@ extension Snapshotter {
     } catch {
       try? Tree.remove(staging)
       logger.warning("layer import failed", metadata: ["layer": "\(layer.name)", "error": "\(error)"])
-      throw Self.mapError(error)
+      throw Store.mapError(error)
     }
   }
 
@@ -322,58 +337,5 @@ extension Snapshotter {
     try Metadata.recordChain(db, chainID: chainID, parent: parent, layer: layer)
     // containerd's unpacker finds layers a snapshotter already has by this label.
     try Metadata.insertLabels(db, id: id, [Self.snapshotRef: chainID])
-  }
-
-  // MARK: - Objects
-
-  /// Deletes imported layers no snapshot uses (with `layers`), then content objects
-  /// nothing references any more, and (with `sweep`, which lists the whole store) objects
-  /// the database does not know: made by an import that failed or never committed. Returns how many layers and objects, and the objects' bytes.
-  @discardableResult
-  public func collectGarbage(layers: Bool = true, sweep: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {
-    let layout = self.layout
-    return try objects.exclusive { () throws(SnapshotError) -> (Int, Int, Int64) in
-      let freed = !layers ? [] : try write { db -> [Int64] in
-        let unused = try Metadata.unusedLayers(db)
-        for layer in unused {
-          try Metadata.releaseRefs(db, tree: Layout.tree(layer: layer))
-          try Metadata.deleteLayer(db, layer)
-        }
-        return unused
-      }
-      let dead = try write { db in try Metadata.takeUnreferenced(db) }
-      var bytes: Int64 = 0
-      do {
-        for layer in freed { try Tree.remove(layout.layer(layer)) }
-        for (key, size) in dead {
-          try objects.remove(key)
-          bytes += size
-        }
-        var count = dead.count
-        if sweep {
-          let known = try read { db in try Metadata.objectKeys(db) }.union(pendingStubKeys())
-          for key in try objects.list() where !known.contains(key) && !ObjectStore.isLegacyKey(key) {
-            try objects.remove(key)
-            count += 1
-          }
-        }
-        return (freed.count, count, bytes)
-      } catch {
-        throw Self.mapError(error)
-      }
-    }
-  }
-
-  /// Layers, objects, and bytes stored with and without sharing.
-  public func storeUsage() throws(SnapshotError) -> StoreUsage {
-    try read { db in try Metadata.storeUsage(db) }
-  }
-
-  /// Runs the deduplication waiting for its delay now, and waits for every background task
-  /// (directory removals, deduplication, collections).
-  public func drain() {
-    pool.waitIdle()
-    reaper.sync { runDedup() }
-    reaper.drain()
   }
 }

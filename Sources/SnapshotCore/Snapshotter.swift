@@ -3,534 +3,95 @@ import LayerStore
 import Logging
 import SnapshotSys
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// containerd's snapshotter contract over a root directory: one SQLite database for the
-/// metadata, one directory per snapshot, overlayfs (or bind) mounts to compose them.
+/// The snapshotter: one root's `Store` and the parts that share it, wired together at start.
+/// The API (`SnapshotAPI`) calls these methods; each is one of the parts':
+/// `SnapshotService` for containerd's calls, `LayerImporter` for imports, `ObjectCollector`
+/// for gc, usage and check.
 ///
-/// Every call is one transaction, durable (fsync'd) when it returns. A snapshot's directory
-/// is made under a temporary name, renamed and made durable before the row naming it can
-/// commit: ahead of time by the `DirectoryPool`, or inside the transaction when the pool is
-/// empty. Directories of removed snapshots are deleted after the transaction commits and
-/// never fail the call.
+/// Opening a root sweeps what a crash left (orphan directories, staging layers, objects no
+/// row knows), converts a store of an earlier version, and resumes unfinished dedups.
 public final class Snapshotter: Sendable {
-  public let layout: Layout
-  let db: DatabasePool
-  /// A read-only connection of its own for the lookups of the API's hot calls (see `lookup`).
-  let lookups: DatabaseQueue
-  let logger: Logger
-  let reaper: Reaper
+  let store: Store
   let pool: DirectoryPool
-  let objects: ObjectStore
-  let inflight = Inflight()
-  let background = BackgroundWork()
-  /// How snapshots with parents are mounted.
-  public let driver: MountDriver
-  /// Why: configured, or what probing found.
-  public let driverReason: String
+  public let service: SnapshotService
+  public let importer: LayerImporter
+  public let collector: ObjectCollector
 
-  /// Opens (creating when needed) the snapshotter state under `root`, and sweeps directories
-  /// a crash left behind.
+  public var layout: Layout { store.layout }
+  public var driver: MountDriver { service.driver }
+  public var driverReason: String { service.driverReason }
+
+  /// Opens (creating when needed) the snapshotter state under `root`.
   public init(root: String, driver: MountDriver = .overlay, driverReason: String = "default",
               logger: Logger = Logger(label: "snapshotd.core")) throws(SnapshotError) {
-    layout = Layout(root: root)
-    self.driver = driver
-    self.driverReason = driverReason
-    self.logger = logger
-    do {
-      try Sys.mkdirAll(layout.root, mode: 0o700)
-      try Sys.mkdirIfMissing(layout.snapshots, mode: 0o700)
-      try Sys.mkdirIfMissing(layout.layers, mode: 0o700)
-      try Sys.mkdirIfMissing(layout.temporary, mode: 0o700)
-      objects = try ObjectStore(path: layout.objects)
-      try layout.makeAlias()
-    } catch {
-      throw .init(.unavailable, "root directory \(layout.root) is unusable: \(error)")
-    }
-    var config = Configuration()
-    config.label = "snapshotd"
-    config.busyMode = .timeout(5)
-    do {
-      db = try DatabasePool(path: layout.database, configuration: config)
-      // Every call durable when it returns: the WAL is fsync'd at each commit. (GRDB sets
-      // NORMAL, which syncs only at checkpoints, when it opens the pool in WAL mode.)
-      try db.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
-      try Metadata.migrator().migrate(db)
-      var readOnly = Configuration()
-      readOnly.readonly = true
-      readOnly.label = "snapshotd-lookups"
-      readOnly.busyMode = .timeout(5)  // as GRDB gives its pool's readers (WAL recovery)
-      lookups = try DatabaseQueue(path: layout.database, configuration: readOnly)
-    } catch {
-      throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
-    }
-    reaper = Reaper(logger: logger)
-    let lastID = try Self.sweep(layout, db: db, logger: logger)
+    store = try Store(root: root, logger: logger)
+    let layout = store.layout
+    let lastID = try SnapshotService.sweep(layout, db: store.db, logger: logger)
     pool = DirectoryPool(layout: layout, firstID: lastID + 1, logger: logger)
     do {
-      try Upgrade.convertIfNeeded(layout, db: db, objects: objects, names: try objects.list(), logger: logger)
+      try Upgrade.convertIfNeeded(layout, db: store.db, objects: store.objects, names: try store.objects.list(), logger: logger)
     } catch let e as SnapshotError {
       throw e
     } catch {
       throw .init(.unavailable, "the object store \(layout.objects) is unusable: \(error)")
     }
+    importer = LayerImporter(store: store, pool: pool)
+    collector = ObjectCollector(store: store, pool: pool)
+    service = SnapshotService(store: store, pool: pool, importer: importer, collector: collector, driver: driver, driverReason: driverReason)
     // Objects of imports a crash cut short are dropped before an import can reuse them:
     // only what committed was made durable first.
-    try collectGarbage(layers: false, sweep: true)
+    try collector.collectGarbage(layers: false, sweep: true)
     // Snapshots committed before a restart whose files are not stubs yet.
-    scheduleDedup(try read { db in try Metadata.pendingDedup(db) })
+    collector.scheduleDedup(try store.read { db in try Metadata.pendingDedup(db) })
   }
 
-  // MARK: - Create
+  // MARK: - containerd's calls (SnapshotService)
 
-  static let snapshotRef = "containerd.io/snapshot.ref"
-
-  /// Prepare: an active snapshot on top of the committed `parent` ("" for none).
   public func prepare(key: String, parent: String, labels: [String: String] = [:]) throws(SnapshotError) -> [Mount] {
-    try create(.active, key: key, parent: parent, labels: labels)
+    try service.prepare(key: key, parent: parent, labels: labels)
   }
-
-  /// View: a read-only snapshot of the committed `parent`.
   public func view(key: String, parent: String, labels: [String: String] = [:]) throws(SnapshotError) -> [Mount] {
-    try create(.view, key: key, parent: parent, labels: labels)
+    try service.view(key: key, parent: parent, labels: labels)
   }
-
-  private func create(_ kind: SnapshotKind, key: String, parent: String, labels: [String: String]) throws(SnapshotError) -> [Mount] {
-    try Validate.key(key, what: "key")
-    try Validate.labels(labels, key: key)
-    let layout = self.layout, driver = self.driver
-    // containerd's unpacker names the committed snapshot it is about to make; when that
-    // layer was imported already, "already exists" tells it to use ours. Its snapshot, if
-    // remade from the stored layer, commits in a transaction of its own (the error below
-    // would roll it back).
-    if let target = labels[Self.snapshotRef], try write({ db in try self.layerSnapshot(db, target, parent: parent) }) {
-      throw .exists("target snapshot \(quoted(target)) already exists")
-    }
-    return try write { db in
-      var parentID: Int64?
-      if !parent.isEmpty {
-        guard let p = try Metadata.find(db, key: parent) else {
-          // containerd checks the key first (only on this error path here).
-          if try Metadata.find(db, key: key) != nil { throw SnapshotError.exists("snapshot \(quoted(key)) already exists") }
-          throw SnapshotError.notFound("parent \(quoted(parent)) of snapshot \(quoted(key)) does not exist")
-        }
-        guard p.kind == .committed else {
-          throw SnapshotError.invalid("parent \(quoted(parent)) of snapshot \(quoted(key)) is not a committed snapshot")
-        }
-        parentID = p.id
-      }
-      let pooled = pool.take()
-      let id = pooled ?? pool.reserveID()
-      defer { pool.release(id) }
-      // A key taken already fails the insert (UNIQUE), which is the existence check; the
-      // untouched pooled directory goes back to the pool.
-      do {
-        try Self.unique(key) { try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos()) }
-      } catch {
-        if pooled != nil { pool.recycle(id) }
-        throw error
-      }
-      try Metadata.insertLabels(db, id: id, labels)
-      let lowers = try parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
-      let parentFiles = lowers.first.map { layout.files(id: $0.id, layer: $0.layer) }
-      if pooled == nil {
-        try Self.makeDirectory(layout, id: id, kind: kind, parent: parentFiles)
-        try Sys.fsyncDirectory(layout.dir(id))
-        try Sys.fsyncDirectory(layout.snapshots)
-      } else {
-        try Self.adopt(layout, id: id, kind: kind, parent: parentFiles)
-      }
-      return Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver)
-    }
-  }
-
-  /// Fits a pooled directory (made for an active snapshot without parent) to this
-  /// snapshot: a view has no work dir, and `fs` takes the owner of the parent's `fs`
-  /// (made durable then; image layers' roots are normally root's, which needs nothing).
-  /// Pooled directories belong to this process's effective user and group.
-  private static func adopt(_ layout: Layout, id: Int64, kind: SnapshotKind, parent: String?) throws(SystemError) {
-    if kind == .view { try Tree.remove(layout.work(id)) }
-    if let parent {
-      let owner = try Sys.lstat(parent)
-      if owner.st_uid != geteuid() || owner.st_gid != getegid() {
-        try Sys.lchown(layout.fs(id), uid: owner.st_uid, gid: owner.st_gid)
-        try Sys.fsyncDirectory(layout.fs(id))
-      }
-    }
-  }
-
-  /// Makes `s/<id>` with `fs` (and `work` for an active snapshot) under a temporary name and
-  /// renames it into place; the caller makes it durable. `fs` gets the owner of the
-  /// parent's `fs`, as containerd's overlay snapshotter does.
-  static func makeDirectory(_ layout: Layout, id: Int64, kind: SnapshotKind, parent: String?) throws(SystemError) {
-    let staging = layout.staging(id)
-    let final = layout.dir(id)
-    do {
-      if Sys.exists(final) { try Tree.remove(final) }  // an orphan of a rolled back id
-      if Sys.exists(staging) { try Tree.remove(staging) }
-      // Modes are set explicitly: the process umask is not ours to rely on.
-      try Sys.mkdir(staging, mode: Layout.dirMode)
-      try Sys.chmod(staging, mode: Layout.dirMode)
-      try Sys.mkdir(staging + "/fs", mode: Layout.fsMode)
-      try Sys.chmod(staging + "/fs", mode: Layout.fsMode)
-      if kind == .active {
-        try Sys.mkdir(staging + "/work", mode: Layout.workMode)
-        try Sys.chmod(staging + "/work", mode: Layout.workMode)
-      }
-      if let parent {
-        let st = try Sys.lstat(parent)
-        try Sys.lchown(staging + "/fs", uid: st.st_uid, gid: st.st_gid)
-      }
-      try Sys.rename(staging, final)
-    } catch {
-      try? Tree.remove(staging)
-      try? Tree.remove(final)
-      throw error
-    }
-  }
-
-  // MARK: - Mounts
-
-  /// The mounts of an active snapshot or a view.
-  public func mounts(key: String) throws(SnapshotError) -> [Mount] {
-    let layout = self.layout, driver = self.driver
-    return try lookup { db in
-      let row = try Metadata.get(db, key: key)
-      guard row.kind != .committed else {
-        throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
-      }
-      let lowers = try row.parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
-      return Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver)
-    }
-  }
-
-  /// The mount shapes of containerd's overlay snapshotter: a bind mount of the snapshot's
-  /// own dir when it has no parent (rw, or ro for a view), otherwise overlay with
-  /// `index=off,metacopy=on`, lower dirs nearest parent first (named through the root's
-  /// short alias) and the object directory as a data-only
-  /// layer (or the same options for snapfs, with the fuse driver). Unlike containerd's, a
-  /// view of one layer is an overlay too: a layer's files are stubs, whose data only an
-  /// overlay with the data-only layer shows.
-  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay) -> [Mount] {
-    if lowers.isEmpty {
-      return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
-    }
-    // metacopy=on: Linux 6.18 follows a stub's redirect into the data-only layer without it
-    // only when the stub is in the lowest layer; from any layer above it answers EPERM
-    // ("refusing to follow metacopy origin"). With it, a chmod or chown in a container
-    // copies up metadata only, as on any overlay with metacopy, and redirect_dir is on.
-    var options = ["index=off", "metacopy=on"]
-    if kind == .active {
-      options.append("workdir=" + layout.work(id))
-      options.append("upperdir=" + layout.fs(id))
-    }
-    // The object directory as a data-only layer: stubs' data (see `ObjectStore`).
-    options.append("lowerdir=" + lowers.map { layout.lower(id: $0.id, layer: $0.layer) }.joined(separator: ":") + "::" + layout.aliasObjects)
-    return [Mount(type: driver.mountType, source: driver.mountSource, options: options)]
-  }
-
-  // MARK: - Commit, remove
-
-  /// Commit: the active snapshot `key` becomes the committed snapshot `name`. Its usage is
-  /// computed here, once.
+  public func mounts(key: String) throws(SnapshotError) -> [Mount] { try service.mounts(key: key) }
   public func commit(name: String, key: String, labels: [String: String] = [:]) throws(SnapshotError) {
-    try Validate.key(name, what: "name")
-    try Validate.key(key, what: "key")
-    try Validate.labels(labels, key: name)
-    // The active snapshot itself has the name (the UNIQUE check below would let it through).
-    if name == key { throw .exists("snapshot \(quoted(name)) already exists") }
-    let layout = self.layout
-    // Usage is computed outside the write transaction: the upper dir is the caller's and
-    // does not change during the commit, and other calls keep going meanwhile.
-    // One statement: no transaction needed for a consistent answer.
-    let found = try lookup(isolated: false) { db in try Metadata.get(db, key: key) }
-    guard found.kind == .active else {
-      throw .precondition("snapshot \(quoted(key)) is not active: only an active snapshot can be committed")
-    }
-    let usage: SnapshotUsage
-    do {
-      let u = try Tree.diskUsage(layout.fs(found.id))
-      usage = SnapshotUsage(size: u.size, inodes: u.inodes)
-    } catch {
-      throw .internal("commit of \(quoted(key)): \(error)")
-    }
-    try write { db in
-      let row = try Metadata.get(db, key: key)
-      guard row.kind == .active, row.id == found.id else {
-        throw SnapshotError.precondition("snapshot \(quoted(key)) is not active: only an active snapshot can be committed")
-      }
-      try Self.unique(name) { try Metadata.commit(db, id: row.id, name: name, usage: usage, now: Clock.nowNanos()) }
-      try Metadata.setLabels(db, id: row.id, labels)
-    }
-    // Its files become shared content objects later, off this call's path.
-    scheduleDedup([found.id])
+    try service.commit(name: name, key: key, labels: labels)
   }
-
-  /// Remove: deletes the snapshot's row; its directory goes after the commit (back to the
-  /// directory pool if nothing was written into it).
-  public func remove(key: String) throws(SnapshotError) {
-    try Validate.key(key, what: "key")
-    let row = try write { db in
-      let row = try Metadata.get(db, key: key)
-      if try Metadata.hasChildren(db, id: row.id) {
-        throw SnapshotError.precondition("cannot remove snapshot \(quoted(key)): it has children")
-      }
-      try Metadata.delete(db, id: row.id)
-      if row.fileBytes != nil { try Metadata.releaseRefs(db, tree: Layout.tree(snapshot: row.id)) }
-      return row
-    }
-    // An imported layer stays in the layer store, ready to be used again, until
-    // `collectGarbage` finds no snapshot using it.
-    if row.layer == nil { pool.recycle(row.id) }
-    // Objects only this snapshot held are freed in the background.
-    if row.fileBytes != nil { scheduleCollect() }
-  }
-
-  // MARK: - Info
-
-  public func stat(key: String) throws(SnapshotError) -> SnapshotInfo {
-    try lookup { db in
-      let row = try Metadata.get(db, key: key)
-      return try Self.info(row, labels: Metadata.labels(db, id: row.id))
-    }
-  }
-
-  /// Update: replaces the labels (no field paths, or `labels`) or single labels
-  /// (`labels.KEY`; an absent value deletes the label). Other fields are immutable.
+  public func remove(key: String) throws(SnapshotError) { try service.remove(key: key) }
+  public func stat(key: String) throws(SnapshotError) -> SnapshotInfo { try service.stat(key: key) }
   public func update(_ info: SnapshotInfo, fieldPaths: [String]) throws(SnapshotError) -> SnapshotInfo {
-    let key = info.name
-    try Validate.key(key, what: "name")
-    for path in fieldPaths where path != "labels" && !path.hasPrefix("labels.") {
-      throw .invalid("cannot update \(quoted(path)) field on snapshot \(quoted(key)): only labels are mutable")
-    }
-    return try write { db in
-      let row = try Metadata.get(db, key: key)
-      var labels = try Metadata.labels(db, id: row.id)
-      if fieldPaths.isEmpty {
-        labels = info.labels
-      } else {
-        for path in fieldPaths {
-          if path == "labels" {
-            labels = info.labels
-          } else {
-            let label = String(path.dropFirst("labels.".count))
-            labels[label] = info.labels[label]
-          }
-        }
-      }
-      try Validate.labels(labels, key: key)
-      let now = Clock.nowNanos()
-      try Metadata.touch(db, id: row.id, now: now)
-      try Metadata.setLabels(db, id: row.id, labels)
-      var updated = row
-      updated.updated = now
-      return Self.info(updated, labels: labels)
-    }
+    try service.update(info, fieldPaths: fieldPaths)
   }
-
-  /// Usage: stored at commit for committed snapshots, measured now for active ones.
-  public func usage(key: String) throws(SnapshotError) -> SnapshotUsage {
-    let row = try lookup(isolated: false) { db in try Metadata.get(db, key: key) }
-    guard row.kind == .active else { return SnapshotUsage(size: row.size, inodes: row.inodes) }
-    do {
-      let u = try Tree.diskUsage(layout.files(id: row.id, layer: row.layer))
-      return SnapshotUsage(size: u.size, inodes: u.inodes)
-    } catch {
-      throw .internal("usage of \(quoted(key)): \(error)")
-    }
-  }
-
-  /// Every snapshot matching any of `filters` (all when empty).
-  public func list(filters: [String] = []) throws(SnapshotError) -> [SnapshotInfo] {
-    var parsed: [Filter] = []
-    for f in filters { parsed.append(try Filter(parsing: f)) }
-    let all = try read { db in
-      let labels = try Metadata.allLabels(db)
-      return try Metadata.all(db).map { Self.info($0, labels: labels[$0.id] ?? [:]) }
-    }
-    return all.filter { Filter.matchesAny(parsed, $0) }
-  }
-
-  static func info(_ row: SnapshotRow, labels: [String: String]) -> SnapshotInfo {
-    SnapshotInfo(name: row.key, parent: row.parentKey ?? "", kind: row.kind, created: row.created, updated: row.updated, labels: labels)
-  }
-
-  // MARK: - Cleanup
-
-  /// Deletes every directory under `s/` that no snapshot refers to, and waits for pending
-  /// removals. Returns the directories it removed.
+  public func usage(key: String) throws(SnapshotError) -> SnapshotUsage { try service.usage(key: key) }
+  public func list(filters: [String] = []) throws(SnapshotError) -> [SnapshotInfo] { try service.list(filters: filters) }
   @discardableResult
-  public func cleanup() throws(SnapshotError) -> [String] {
-    reaper.drain()
-    pool.waitIdle()
-    // Listing and removal run inside a write transaction so no snapshot is being made
-    // while we decide what is an orphan.
-    let layout = self.layout
-    return try write { db in
-      try pool.excludingRecycling { try Self.removeOrphans(layout) { try Metadata.allIDs(db).union(pool.inUse) } }
-    }
+  public func cleanup() throws(SnapshotError) -> [String] { try service.cleanup() }
+  public func count() throws(SnapshotError) -> Int { try service.count() }
+  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay) -> [Mount] {
+    SnapshotService.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver)
   }
 
-  /// Removes what `s/` holds for ids outside `keep()`. `keep` is asked after the listing:
-  /// the pool reserves an id before it makes its directory, so a directory listed is either
-  /// kept or truly orphaned.
-  private static func removeOrphans(_ layout: Layout, keep: () throws -> Set<Int64>) throws -> [String] {
-    var removed: [String] = []
-    let names = try Sys.listDirectory(layout.snapshots)
-    let ids = try keep()
-    for name in names {
-      if let id = Layout.id(ofDirectory: name) ?? Layout.id(ofStaging: name), ids.contains(id) { continue }
-      let path = layout.snapshots + "/" + name
-      try Tree.remove(path)
-      removed.append(path)
-    }
-    return removed
-  }
+  // MARK: - The layer store (LayerImporter, ObjectCollector)
 
-  /// At start: removes orphan directories and recreates the directory of any active
-  /// snapshot or view that lost it (an unclean shutdown on a file system without ordered
-  /// metadata). A committed snapshot without its directory is reported, not hidden.
-  /// Returns the highest id ever given to a snapshot.
-  private static func sweep(_ layout: Layout, db: DatabasePool, logger: Logger) throws(SnapshotError) -> Int64 {
-    do {
-      let (rows, lastID) = try db.read { db in (try Metadata.all(db), try Metadata.lastID(db)) }
-      let removed = try removeOrphans(layout) { Set(rows.map(\.id)) }
-      for path in removed { logger.info("removed orphan directory", metadata: ["path": "\(path)"]) }
-      let layers = try db.read { db in try Metadata.allLayerIDs(db) }
-      for name in try Sys.listDirectory(layout.layers) {
-        if let id = Layout.id(ofDirectory: name), layers.contains(id) { continue }
-        logger.info("removed orphan layer directory", metadata: ["path": "\(layout.layers)/\(name)"])
-        try Tree.remove(layout.layers + "/" + name)
-      }
-      try Tree.remove(layout.temporary)
-      try Sys.mkdir(layout.temporary, mode: 0o700)
-      let byID = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
-      for row in rows where !Sys.exists(layout.files(id: row.id, layer: row.layer)) {
-        if row.kind == .committed {
-          logger.error("committed snapshot has lost its directory", metadata: ["key": "\(row.key)", "path": "\(layout.files(id: row.id, layer: row.layer))"])
-        } else {
-          logger.warning("recreating missing directory of snapshot", metadata: ["key": "\(row.key)"])
-          let parent = row.parentID.flatMap { byID[$0] }.map { layout.files(id: $0.id, layer: $0.layer) }
-          try makeDirectory(layout, id: row.id, kind: row.kind, parent: parent)
-          try Sys.fsyncDirectory(layout.dir(row.id))
-          try Sys.fsyncDirectory(layout.snapshots)
-        }
-      }
-      return lastID
-    } catch let e as SnapshotError {
-      throw e
-    } catch {
-      throw .init(.unavailable, "cannot recover snapshot directories under \(layout.root): \(error)")
-    }
+  public func importLayer(_ source: ByteSource, _ request: LayerImport, progress: ImportProgress? = nil) throws(SnapshotError) -> String {
+    try importer.importLayer(source, request, progress: progress)
   }
-
-  /// SQLite's `PRAGMA synchronous` of the connection that writes (2 is FULL).
-  func writerSynchronous() throws -> Int {
-    try db.writeWithoutTransaction { try Int.fetchOne($0, sql: "PRAGMA synchronous") ?? -1 }
+  public func importImage(_ path: String, progress: ImportProgress? = nil) throws(SnapshotError) -> String {
+    try importer.importImage(path, progress: progress)
   }
-
-  /// Number of snapshots (for `info` and tests).
-  public func count() throws(SnapshotError) -> Int {
-    try read { db in try Metadata.count(db) }
+  @discardableResult
+  public func collectGarbage(layers: Bool = true, sweep: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {
+    try collector.collectGarbage(layers: layers, sweep: sweep)
   }
-
-  // MARK: - Transactions
-
-  /// A write transaction on the pool's writer, durable when this returns (the WAL is
-  /// fsync'd at COMMIT). BEGIN IMMEDIATE and COMMIT are prepared once; GRDB's `write` adds
-  /// a savepoint and a schema version check to every call.
-  func write<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
-    do {
-      return try db.writeWithoutTransaction { db in try Self.transaction(db, "BEGIN IMMEDIATE", body) }
-    } catch {
-      throw Self.mapError(error)
-    }
+  public func storeUsage() throws(SnapshotError) -> StoreUsage { try collector.storeUsage() }
+  public func check(repair: Bool = false, progress: CheckProgress? = nil) throws(SnapshotError) -> [CheckFinding] {
+    try collector.check(repair: repair, progress: progress)
   }
+  /// Waits for every background task (directory removals, dedup, collections).
+  public func drain() { collector.drain() }
 
-  /// `body` between `begin` and COMMIT, rolled back if it (or COMMIT) throws.
-  private static func transaction<T>(_ db: Database, _ begin: String, _ body: (Database) throws -> T) throws -> T {
-    try db.cachedStatement(sql: begin).execute()
-    do {
-      let value = try body(db)
-      // SQLite may have rolled back on its own (SQLITE_FULL, an I/O error) under a body that
-      // went on: the statements after it then ran outside the transaction. Never COMMIT those.
-      guard db.isInsideTransaction else { throw SnapshotError.internal("the transaction was rolled back by SQLite") }
-      try db.cachedStatement(sql: "COMMIT").execute()
-      return value
-    } catch {
-      try? db.cachedStatement(sql: "ROLLBACK").execute()
-      throw error
-    }
-  }
-
-  /// A read in a transaction of its own, on one of the pool's readers (reads run in
-  /// parallel with each other and with the writer).
-  func read<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
-    do {
-      return try db.read(body)
-    } catch {
-      throw Self.mapError(error)
-    }
-  }
-
-  /// A short read for the API's hot calls (stat, mounts, usage, commit's check), on a
-  /// connection of its own: a pooled read spends more on GRDB's bookkeeping (taking a reader,
-  /// a savepoint, a schema version check) than on the lookup itself; stat takes 24 µs here
-  /// against 58 µs pooled (`snapbench --lookups 5000`, README). Lookups run one at a time. `isolated: false` spares the
-  /// transaction for a body of one statement, which SQLite answers from one snapshot anyway.
-  func lookup<T>(isolated: Bool = true, _ body: (Database) throws -> T) throws(SnapshotError) -> T {
-    do {
-      return try lookups.inDatabase { db in isolated ? try Self.transaction(db, "BEGIN DEFERRED", body) : try body(db) }
-    } catch {
-      throw Self.mapError(error)
-    }
-  }
-
-  /// Runs `body`, which writes `key` into the snapshot table's unique key column: a key
-  /// another snapshot has is AlreadyExists.
-  static func unique(_ key: String, _ body: () throws -> Void) throws {
-    do {
-      try body()
-    } catch let e as DatabaseError where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
-      throw SnapshotError.exists("snapshot \(quoted(key)) already exists")
-    }
-  }
-
-  static func mapError(_ error: any Error) -> SnapshotError {
-    switch error {
-    case let e as SnapshotError: return e
-    case let e as SystemError where e.errno == ENOSPC || e.errno == EDQUOT:
-      return .init(.unavailable, "no space left: \(e)")
-    case let e as SystemError: return .internal("\(e)")
-    case let e as LayerError:
-      switch e.kind {
-      case .invalid: return .invalid(e.message)
-      case .noSpace: return .init(.unavailable, "no space left: \(e.message)")
-      case .failed: return .internal(e.message)
-      }
-    case let e as DatabaseError where e.resultCode == .SQLITE_FULL:
-      return .init(.unavailable, "no space left for the metadata database: \(e.message ?? "")")
-    default: return .internal("\(error)")
-    }
-  }
-}
-
-/// Argument checks shared by every call; errors name the key.
-enum Validate {
-  static func key(_ key: String, what: String) throws(SnapshotError) {
-    if key.isEmpty { throw .invalid("snapshot \(what) must not be empty") }
-    if key.utf8.count > Limits.keyBytes {
-      throw .invalid("snapshot \(what) \(quoted(key)) is longer than \(Limits.keyBytes) bytes")
-    }
-    if key.utf8.contains(0) { throw .invalid("snapshot \(what) \(quoted(key)) contains a NUL byte") }
-  }
-
-  static func labels(_ labels: [String: String], key: String) throws(SnapshotError) {
-    for (k, v) in labels where k.utf8.count + v.utf8.count > Limits.labelPairBytes {
-      let shown = k.utf8.count > 10 ? String(decoding: k.utf8.prefix(10), as: UTF8.self) + "..." : k
-      throw .invalid("snapshot \(quoted(key)): label key and value greater than maximum size (\(Limits.labelPairBytes) bytes), key: \(shown)")
-    }
-  }
+  // For tests.
+  func write<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T { try store.write(body) }
+  func read<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T { try store.read(body) }
+  func writerSynchronous() throws -> Int { try store.writerSynchronous() }
 }

@@ -22,7 +22,7 @@ enum Upgrade {
     do {
       legacyRows = try db.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM object WHERE length(key) = 64") ?? 0 }
     } catch {
-      throw Snapshotter.mapError(error)
+      throw Store.mapError(error)
     }
     guard !legacy.isEmpty || legacyRows > 0 else { return }
     let inUse = oldMounts(layout)

@@ -1,0 +1,170 @@
+import GRDB
+import LayerStore
+import Logging
+import SnapshotSys
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the parts of the snapshotter share: the root's layout, the metadata database and its
+/// transactions, the one mapping of errors to `SnapshotError`, the object store, and the
+/// background queue (`Reaper`). The parts are `SnapshotService` (containerd's calls),
+/// `LayerImporter` (layers and images into the layer store) and `ObjectCollector` (dedup of
+/// committed snapshots, garbage collection, `check`); `Snapshotter` wires them together.
+///
+/// Lock order, outermost first (a holder of one may take those after it, never before):
+///   1. the object store's gate (`ObjectStore.shared`/`exclusive`): imports and dedup share
+///      it, collections and checks hold it alone;
+///   2. `Inflight` (one import per layer digest) is taken outside the gate;
+///   3. the SQLite writer (`write`: BEGIN IMMEDIATE); reads (`read`, `lookup`) take no lock
+///      a writer waits for;
+///   4. the directory pool's locks (`DirectoryPool`), taken inside transactions;
+///   5. the background queue runs one task at a time and takes any of the above, so nothing
+///      waits for it while holding them (`drain` is called with none held).
+public final class Store: Sendable {
+  public let layout: Layout
+  let db: DatabasePool
+  /// A read-only connection of its own for the lookups of the API's hot calls (see `lookup`).
+  let lookups: DatabaseQueue
+  let logger: Logger
+  let objects: ObjectStore
+  /// The background queue: directory removals, dedup, collections.
+  let reaper: Reaper
+
+  /// Opens (creating when needed) the root's directories, the object store and the database.
+  init(root: String, logger: Logger) throws(SnapshotError) {
+    layout = Layout(root: root)
+    self.logger = logger
+    do {
+      try Sys.mkdirAll(layout.root, mode: 0o700)
+      try Sys.mkdirIfMissing(layout.snapshots, mode: 0o700)
+      try Sys.mkdirIfMissing(layout.layers, mode: 0o700)
+      try Sys.mkdirIfMissing(layout.temporary, mode: 0o700)
+      objects = try ObjectStore(path: layout.objects)
+      try layout.makeAlias()
+    } catch {
+      throw .init(.unavailable, "root directory \(layout.root) is unusable: \(error)")
+    }
+    var config = Configuration()
+    config.label = "snapshotd"
+    config.busyMode = .timeout(5)
+    do {
+      db = try DatabasePool(path: layout.database, configuration: config)
+      // Every call durable when it returns: the WAL is fsync'd at each commit. (GRDB sets
+      // NORMAL, which syncs only at checkpoints, when it opens the pool in WAL mode.)
+      try db.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
+      try Metadata.migrator().migrate(db)
+      var readOnly = Configuration()
+      readOnly.readonly = true
+      readOnly.label = "snapshotd-lookups"
+      readOnly.busyMode = .timeout(5)  // as GRDB gives its pool's readers (WAL recovery)
+      lookups = try DatabaseQueue(path: layout.database, configuration: readOnly)
+    } catch {
+      throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
+    }
+    reaper = Reaper(logger: logger)
+  }
+
+  /// SQLite's `PRAGMA synchronous` of the connection that writes (2 is FULL).
+  func writerSynchronous() throws -> Int {
+    try db.writeWithoutTransaction { try Int.fetchOne($0, sql: "PRAGMA synchronous") ?? -1 }
+  }
+
+  // MARK: - Transactions
+
+  /// A write transaction on the pool's writer, durable when this returns (the WAL is
+  /// fsync'd at COMMIT). BEGIN IMMEDIATE and COMMIT are prepared once; GRDB's `write` adds
+  /// a savepoint and a schema version check to every call.
+  func write<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
+    do {
+      return try db.writeWithoutTransaction { db in try Self.transaction(db, "BEGIN IMMEDIATE", body) }
+    } catch {
+      throw Self.mapError(error)
+    }
+  }
+
+  /// `body` between `begin` and COMMIT, rolled back if it (or COMMIT) throws.
+  private static func transaction<T>(_ db: Database, _ begin: String, _ body: (Database) throws -> T) throws -> T {
+    try db.cachedStatement(sql: begin).execute()
+    do {
+      let value = try body(db)
+      // SQLite may have rolled back on its own (SQLITE_FULL, an I/O error) under a body that
+      // went on: the statements after it then ran outside the transaction. Never COMMIT those.
+      guard db.isInsideTransaction else { throw SnapshotError.internal("the transaction was rolled back by SQLite") }
+      try db.cachedStatement(sql: "COMMIT").execute()
+      return value
+    } catch {
+      try? db.cachedStatement(sql: "ROLLBACK").execute()
+      throw error
+    }
+  }
+
+  /// A read in a transaction of its own, on one of the pool's readers (reads run in
+  /// parallel with each other and with the writer).
+  func read<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T {
+    do {
+      return try db.read(body)
+    } catch {
+      throw Self.mapError(error)
+    }
+  }
+
+  /// A short read for the API's hot calls (stat, mounts, usage, commit's check), on a
+  /// connection of its own: a pooled read spends more on GRDB's bookkeeping (taking a reader,
+  /// a savepoint, a schema version check) than on the lookup itself; stat takes 24 µs here
+  /// against 58 µs pooled (`snapbench --lookups 5000`, README). Lookups run one at a time. `isolated: false` spares the
+  /// transaction for a body of one statement, which SQLite answers from one snapshot anyway.
+  func lookup<T>(isolated: Bool = true, _ body: (Database) throws -> T) throws(SnapshotError) -> T {
+    do {
+      return try lookups.inDatabase { db in isolated ? try Self.transaction(db, "BEGIN DEFERRED", body) : try body(db) }
+    } catch {
+      throw Self.mapError(error)
+    }
+  }
+
+  /// Runs `body`, which writes `key` into the snapshot table's unique key column: a key
+  /// another snapshot has is AlreadyExists.
+  static func unique(_ key: String, _ body: () throws -> Void) throws {
+    do {
+      try body()
+    } catch let e as DatabaseError where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
+      throw SnapshotError.exists("snapshot \(quoted(key)) already exists")
+    }
+  }
+
+  static func mapError(_ error: any Error) -> SnapshotError {
+    switch error {
+    case let e as SnapshotError: return e
+    case let e as SystemError where e.errno == ENOSPC || e.errno == EDQUOT:
+      return .init(.unavailable, "no space left: \(e)")
+    case let e as SystemError: return .internal("\(e)")
+    case let e as LayerError:
+      switch e.kind {
+      case .invalid: return .invalid(e.message)
+      case .noSpace: return .init(.unavailable, "no space left: \(e.message)")
+      case .failed: return .internal(e.message)
+      }
+    case let e as DatabaseError where e.resultCode == .SQLITE_FULL:
+      return .init(.unavailable, "no space left for the metadata database: \(e.message ?? "")")
+    default: return .internal("\(error)")
+    }
+  }
+}
+
+/// A part of the snapshotter: what it reaches of the `Store` it shares with the others.
+protocol StorePart {
+  var store: Store { get }
+}
+
+extension StorePart {
+  var layout: Layout { store.layout }
+  var logger: Logger { store.logger }
+  var objects: ObjectStore { store.objects }
+  var reaper: Reaper { store.reaper }
+  func write<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T { try store.write(body) }
+  func read<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T { try store.read(body) }
+  func lookup<T>(isolated: Bool = true, _ body: (Database) throws -> T) throws(SnapshotError) -> T {
+    try store.lookup(isolated: isolated, body)
+  }
+}
