@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -39,6 +40,8 @@ int shim_fallocate(int fd, int mode, long long offset, long long length) {
 long long shim_copy_file_range(int in, int out, unsigned long long length) {
   return copy_file_range(in, NULL, out, NULL, length, 0);
 }
+
+int shim_malloc_trim(void) { return malloc_trim(0); }
 
 unsigned long shim_makedev(unsigned int major, unsigned int minor) { return makedev(major, minor); }
 unsigned int shim_major(unsigned long dev) { return major(dev); }

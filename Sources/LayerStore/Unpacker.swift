@@ -60,7 +60,7 @@ public enum Unpacker {
     _ source: ByteSource, _ layer: LayerDescription, into dir: String, objects: ObjectStore,
     progress: ProgressCounter? = nil
   ) throws(LayerError) -> UnpackedLayer {
-    let pipe = ChunkPipe(depth: 8)
+    let pipe = ChunkPipe(depth: BlobReader.depth)
     let reader = BlobReader(source: source, layer: layer, pipe: pipe, progress: progress)
     do {
       try Threads.spawn { reader.run() }
@@ -93,29 +93,6 @@ public enum Unpacker {
 
 // MARK: - Reading and decompressing
 
-/// A buffer handed from one thread to another through a `ChunkPipe`.
-public final class Chunk: @unchecked Sendable {
-  let base: UnsafeMutableRawPointer
-  let capacity: Int
-  var count = 0
-
-  public init(capacity: Int) {
-    base = .allocate(byteCount: capacity, alignment: 16)
-    self.capacity = capacity
-  }
-
-  /// A chunk holding a copy of `bytes`.
-  public convenience init(copying bytes: UnsafeRawBufferPointer) {
-    self.init(capacity: max(bytes.count, 1))
-    if let b = bytes.baseAddress { base.copyMemory(from: b, byteCount: bytes.count) }
-    count = bytes.count
-  }
-
-  deinit { base.deallocate() }
-
-  var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
-}
-
 /// The blob side of an unpack, on its own thread: read, hash, decompress, hash, hand on.
 final class BlobReader: @unchecked Sendable {
   let source: ByteSource
@@ -128,7 +105,11 @@ final class BlobReader: @unchecked Sendable {
   var error: LayerError?
   private let input = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
 
+  /// What one unpack holds between its two threads: `depth` chunks of `chunkSize` queued,
+  /// plus the one being filled and the one being parsed (the pipe recycles them): 6 MiB
+  /// whatever the layer's size.
   static let chunkSize = 1 << 20
+  static let depth = 4
 
   init(source: ByteSource, layer: LayerDescription, pipe: ChunkPipe, progress: ProgressCounter?) {
     self.source = source
@@ -163,7 +144,7 @@ final class BlobReader: @unchecked Sendable {
   /// An uncompressed tar: read, hash once, hand on.
   private func copy() throws(LayerError) {
     while true {
-      let chunk = Chunk(capacity: Self.chunkSize)
+      let chunk = pipe.chunk(capacity: Self.chunkSize)
       while chunk.count < chunk.capacity {
         let n = try source.read(into: UnsafeMutableRawBufferPointer(start: chunk.base + chunk.count, count: chunk.capacity - chunk.count))
         if n == 0 { break }
@@ -210,7 +191,7 @@ final class BlobReader: @unchecked Sendable {
       throw LayerError(.invalid, "layer \(layer.name): the blob is not \(layer.compression.rawValue)-compressed, as its media type says")
     }
     while true {
-      let chunk = Chunk(capacity: Self.chunkSize)
+      let chunk = pipe.chunk(capacity: Self.chunkSize)
       while chunk.count < chunk.capacity {
         let n = archive_read_data(a, chunk.base + chunk.count, chunk.capacity - chunk.count)
         if n < 0 { throw failure(a, "corrupt or truncated \(layer.compression.rawValue) stream") }
@@ -284,6 +265,11 @@ final class Extractor {
     guard archive_read_open(a, me, nil, { _, ctx, out in
       let x = Unmanaged<Extractor>.fromOpaque(ctx!).takeUnretainedValue()
       do throws(LayerError) {
+        // libarchive is done with the previous chunk when it asks for the next one.
+        if let done = x.current {
+          x.current = nil
+          x.pipe!.recycle(done)
+        }
         guard let chunk = try x.pipe!.take() else { return 0 }
         x.current = chunk
         out!.pointee = UnsafeRawPointer(chunk.base)
@@ -303,7 +289,7 @@ final class Extractor {
       try self.entry(a, entry)
     }
     // The tar's end-of-archive blocks may be followed by padding: the diffID covers it all.
-    while try pipe.take() != nil {}
+    while let c = try pipe.take() { pipe.recycle(c) }
     try finish()
     return totals
   }

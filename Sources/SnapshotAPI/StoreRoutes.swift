@@ -64,7 +64,8 @@ public enum StoreRoutes {
     do { return try M(serializedBytes: bytes) } catch { throw RPCStatus(.invalidArgument, "malformed \(what) request: \(error)") }
   }
 
-  /// Runs `body` on a new thread; the result is waited for with `wait`.
+  /// Runs `body` on a new thread; the result is waited for with `wait`. The thread gives
+  /// what the job freed back to the kernel before it reports.
   private final class Job<T: Sendable>: Sendable {
     private let result = Mutex<Result<T, SnapshotError>?>(nil)
     private let done = DispatchSemaphore(value: 0)
@@ -80,6 +81,7 @@ public enum StoreRoutes {
           } catch {
             r = .failure(SnapshotError(.internal, "\(error)"))
           }
+          Sys.returnFreedMemory()  // what the job freed, back to the kernel
           result.withLock { $0 = r }
           done.signal()
         }
@@ -115,7 +117,9 @@ public enum StoreRoutes {
       diffID = d
     }
     let request = LayerImport(mediaType: h.mediaType, digest: digest, diffID: diffID, parent: h.parent, name: name)
-    let pipe = h.path.isEmpty ? ChunkPipe(depth: 16) : nil
+    // A few messages queued are enough to keep the import busy; each is a client's message
+    // (snapctl sends 1 MiB), so a deeper queue only holds more of the blob in memory.
+    let pipe = h.path.isEmpty ? ChunkPipe(depth: 4) : nil
     let job = try Job { () throws -> String in
       let source: ByteSource
       if let pipe {
@@ -131,8 +135,9 @@ public enum StoreRoutes {
         while let m = try call.receive() {
           let part: Snapshotd_V1_ImportLayerRequest = try decode(m, "ImportLayer")
           guard case .data(let bytes) = part.part else { throw RPCStatus(.invalidArgument, "layer \(name): a second header") }
-          let ok = bytes.withUnsafeBytes { pipe.put(Chunk(copying: $0)) }
-          if !ok { break }
+          let chunk = pipe.chunk(capacity: bytes.count)  // one the import has finished with
+          bytes.withUnsafeBytes { chunk.fill(copying: $0) }
+          if !pipe.put(chunk) { break }
         }
         pipe.close()
       } catch {

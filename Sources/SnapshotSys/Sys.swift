@@ -1,3 +1,4 @@
+import CSysShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -180,4 +181,20 @@ extension Sys {
     }
     return nil
   }
+
+  /// `malloc_trim(3)`: gives the memory free in malloc's arenas back to the kernel. glibc
+  /// keeps what a thread frees in that thread's arena and returns it only from an arena's top.
+  public static func returnFreedMemory() { _ = shim_malloc_trim() }
+
+  /// `mmap(2)` of `size` bytes of private anonymous memory (rounded up to pages), or nil.
+  public static func mapMemory(_ size: Int) -> (base: UnsafeMutableRawPointer, size: Int)? {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let rounded = (max(size, 1) + page - 1) / page * page
+    guard let p = mmap(nil, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+          p != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
+    return (p, rounded)
+  }
+
+  /// `munmap(2)` of what `mapMemory` mapped.
+  public static func unmapMemory(_ base: UnsafeMutableRawPointer, _ size: Int) { munmap(base, size) }
 }

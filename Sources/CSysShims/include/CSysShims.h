@@ -31,6 +31,10 @@ extern const unsigned int SHIM_RENAME_NOREPLACE;
 int shim_fallocate(int fd, int mode, long long offset, long long length);
 long long shim_copy_file_range(int in, int out, unsigned long long length);
 
+/// malloc_trim(3): gives memory free in malloc's arenas back to the kernel (malloc.h is not
+/// in Swift's Glibc module).
+int shim_malloc_trim(void);
+
 unsigned long shim_makedev(unsigned int major, unsigned int minor);
 unsigned int shim_major(unsigned long dev);
 unsigned int shim_minor(unsigned long dev);
