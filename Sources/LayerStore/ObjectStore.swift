@@ -134,6 +134,37 @@ public final class ObjectStore: @unchecked Sendable {
     return nil
   }
 
+  /// Makes the object for content with digest `sha` by writing it under its name with
+  /// `write`, unless the store has it: returns its key and whether it is new. The digest xattr
+  /// is set once the content is written, so a concurrent import finds the object only
+  /// whole (a half-written one under the same name makes it use the next name instead); a
+  /// failed write removes the file, and one a crash cuts short is known to no row and
+  /// removed at the next start. Cheaper than `makeTemporary` for small files: ext4 puts an
+  /// O_TMPFILE on its orphan list and takes it off again, under a lock of the whole file system.
+  public func make(_ sha: [UInt8], _ write: (Int32) throws(SystemError) -> Void) throws(SystemError) -> (key: String, new: Bool) {
+    for attempt in 0..<Self.maxAttempts {
+      let key = Self.candidate(sha, attempt: attempt)
+      let (d, n) = place(key)
+      let fd: Int32
+      do {
+        fd = try At.open(d, n, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o444)
+      } catch where error.errno == EEXIST {
+        if try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) == sha { return (key, false) }
+        continue
+      }
+      do throws(SystemError) {
+        defer { At.close(fd) }
+        try write(fd)
+        try At.setXattr(fd, n, name: Self.digestXattr, value: sha)
+      } catch {
+        try? At.unlink(d, n)
+        throw error
+      }
+      return (key, true)
+    }
+    throw SystemError("openat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
+  }
+
   /// An unnamed file to write an object's content into (then `adopt(temporary:sha:)`).
   public func makeTemporary() throws(SystemError) -> Int32 {
     try At.openTemporary(root, path, mode: 0o444)

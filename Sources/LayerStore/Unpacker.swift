@@ -558,10 +558,7 @@ final class Extractor {
         if let key = try objects.find(sha) {
           object = (key, sha)
         } else {
-          let fd = try objects.makeTemporary()
-          defer { At.close(fd) }
-          try At.write(fd, raw, content, at: 0)
-          object = (try objects.adopt(temporary: fd, sha: sha).key, sha)
+          object = (try objects.make(sha) { (fd) throws(SystemError) in try At.write(fd, raw, content, at: 0) }.key, sha)
         }
       } catch {
         throw fail(raw, error)
