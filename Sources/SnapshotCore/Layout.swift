@@ -68,8 +68,12 @@ public struct Layout: Sendable {
   /// The object directory as mounts name it.
   var aliasObjects: String { alias + "/o" }
 
-  /// Makes `alias` name the root (replacing what it named).
+  /// Makes `alias` name the root, replacing what it named unless that is another root that
+  /// still exists (two roots whose digests share 6 hex digits: 1 in 16 million).
   func makeAlias() throws(SystemError) {
+    if let other = Sys.readLink(alias), other != root, Sys.exists(other + "/metadata.db") {
+      throw SystemError("symlink", "\(alias) names the root \(other) already; roots whose SHA-256 begin alike cannot be used at once", errno: EEXIST)
+    }
     try Sys.mkdirAll(Self.aliasBase, mode: 0o755)
     let dir = try At.openDirectory(Self.aliasBase)
     defer { At.close(dir) }

@@ -197,4 +197,12 @@ extension Sys {
 
   /// `munmap(2)` of what `mapMemory` mapped.
   public static func unmapMemory(_ base: UnsafeMutableRawPointer, _ size: Int) { munmap(base, size) }
+
+  /// `readlink(2)`: the target of the symlink `path`, or nil when it is not one (or missing).
+  public static func readLink(_ path: String) -> String? {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let n = readlink(path, &buffer, buffer.count - 1)
+    guard n >= 0 else { return nil }
+    return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+  }
 }

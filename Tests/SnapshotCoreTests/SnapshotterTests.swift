@@ -15,7 +15,11 @@ final class TempRoot {
     var template = Array("/tmp/snapshotd-test-XXXXXX".utf8CString)
     path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
   }
-  deinit { try? Tree.remove(path) }
+  deinit {
+    // The root's alias under /run/sd goes with it.
+    try? Sys.unlink(Layout(root: path + "/root").alias)
+    try? Tree.remove(path)
+  }
   func open() throws -> Snapshotter { try Snapshotter(root: path + "/root") }
 }
 
@@ -108,6 +112,23 @@ func upperDir(_ mounts: [Mount]) -> String {
     let m = Snapshotter.mounts(layout, id: 9_999_999, kind: .active, lowers: parents)
     #expect(m[0].options.joined(separator: ",").utf8.count < 4096)
     #expect(m[0].options.last!.hasSuffix("::" + layout.alias + "/o"))
+  }
+
+  @Test func anAliasNamingAnotherLiveRootIsNotTaken() throws {
+    let tmp = TempRoot(), other = TempRoot()
+    _ = try tmp.open()
+    let layout = Layout(root: tmp.path + "/root")
+    #expect(Sys.readLink(layout.alias) == layout.root)
+    // As if another root's digest began with the same 6 hex digits and held the alias.
+    try Sys.mkdirAll(other.path + "/root", mode: 0o700)
+    #expect(creat(other.path + "/root/metadata.db", 0o600) >= 0)
+    try Sys.unlink(layout.alias)
+    #expect(symlink(other.path + "/root", layout.alias) == 0)
+    expectError(.unavailable, containing: "names the root") { _ = try tmp.open() }
+    // A stale alias (its root gone) is replaced.
+    try Tree.remove(other.path + "/root")
+    _ = try tmp.open()
+    #expect(Sys.readLink(layout.alias) == layout.root)
   }
 
   @Test func everyTransactionIsFlushed() throws {
