@@ -45,9 +45,10 @@ public final class ProgressCounter: Sendable {
 
 /// Unpacks layer tarballs into directories that overlayfs can use as lower layers.
 ///
-/// Two threads per layer: one reads the blob, hashes it (the digest), decompresses it
-/// with libarchive and hashes the tar stream (the diffID); the caller's thread parses the
-/// tar with libarchive and writes the entries. Regular files become stubs of content
+/// Two threads per layer: one reads the blob, hashes it (the digest) and decompresses it
+/// with libarchive; the caller's thread hashes the tar stream (the diffID), parses it with
+/// libarchive and writes the entries (inflating, the first thread's work, is what one layer
+/// cannot go faster than). Regular files become stubs of content
 /// objects (`ObjectStore`); OCI whiteouts become overlayfs whiteouts and opaque directories.
 ///
 /// Nothing is written outside `dir`: every path is resolved beneath it with
@@ -80,7 +81,7 @@ public enum Unpacker {
     if let e = reader.error { throw e }
     let totals = try extracted.get()
     let digest = reader.compressedHash.finalize()
-    let diffID = layer.compression == .none ? digest : reader.tarHash.finalize()
+    let diffID = layer.compression == .none ? digest : totals.tarDigest!
     if let want = layer.digest, want != digest {
       throw LayerError(.invalid, "layer \(layer.name): digest mismatch: the blob is \(digest), expected \(want)")
     }
@@ -101,7 +102,6 @@ final class BlobReader: @unchecked Sendable {
   let progress: ProgressCounter?
   let done = DispatchSemaphore(value: 0)
   var compressedHash = Hasher()
-  var tarHash = Hasher()
   var error: LayerError?
   private let input = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
 
@@ -199,7 +199,6 @@ final class BlobReader: @unchecked Sendable {
         chunk.count += n
       }
       if chunk.count == 0 { return }
-      tarHash.update(chunk.bytes)
       if !pipe.put(chunk) { return }
     }
   }
@@ -219,6 +218,8 @@ final class Extractor {
     var entries = 0
     var fileBytes: Int64 = 0
     var objects: [String: ObjectInfo] = [:]
+    /// The tar stream's digest (the diffID) of a compressed layer.
+    var tarDigest: Digest?
   }
 
   let dir: String
@@ -228,6 +229,9 @@ final class Extractor {
   private var dirs: [String: Int32] = [:]  // open At.pathOnly descriptors of directories, by path
   private var dirMeta: [String: FileMeta] = [:]  // applied at the end, after their contents
   private var totals = Totals()
+  /// The tar stream's hash, on this thread: the decompressing one is the busier (nil for an
+  /// uncompressed layer, whose diffID is its digest).
+  private var tarHash: Hasher?
   private var pipe: ChunkPipe?
   private var current: Chunk?
   private var pipeError: LayerError?
@@ -243,6 +247,7 @@ final class Extractor {
     self.dir = dir
     self.layer = layer
     self.objects = objects
+    tarHash = layer.compression == .none ? nil : Hasher()
     do {
       root = try At.openDirectory(dir)
     } catch {
@@ -271,6 +276,7 @@ final class Extractor {
           x.pipe!.recycle(done)
         }
         guard let chunk = try x.pipe!.take() else { return 0 }
+        x.tarHash?.update(chunk.bytes)
         x.current = chunk
         out!.pointee = UnsafeRawPointer(chunk.base)
         return chunk.count
@@ -289,8 +295,12 @@ final class Extractor {
       try self.entry(a, entry)
     }
     // The tar's end-of-archive blocks may be followed by padding: the diffID covers it all.
-    while let c = try pipe.take() { pipe.recycle(c) }
+    while let c = try pipe.take() {
+      tarHash?.update(c.bytes)
+      pipe.recycle(c)
+    }
     try finish()
+    totals.tarDigest = tarHash?.finalize()
     return totals
   }
 
