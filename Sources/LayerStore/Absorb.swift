@@ -51,9 +51,15 @@ extension ObjectStore {
     var stubs: [UInt64: String?] = [:]
     defer { if held == nil { for case let name? in stubs.values { try? At.unlink(heldFD, name) } } }
     var countedStubs = Set<UInt64>()  // stubs found made already, each inode's bytes once
+    // Held by an interrupted run: such an inode number may since have been freed (all its
+    // names replaced) and given to a stub that run made, so it applies to plain files only.
+    var earlier = Set<UInt64>()
     if !separateLinks, held != nil {
       for name in try Sys.listDirectory(heldPath) {
-        if let ino = UInt64(name) { stubs[ino] = name }
+        if let ino = UInt64(name) {
+          stubs[ino] = name
+          earlier.insert(ino)
+        }
       }
     }
     var counter = 0
@@ -66,7 +72,12 @@ extension ObjectStore {
       let name = String(cString: cName)
       let ino = UInt64(st.st_ino)
       // Names already replaced leave the inode with fewer links: what was seen decides.
+      var heldLink: String??
       if !separateLinks, let seen = stubs[ino] {
+        let stubAlready = earlier.contains(ino) ? try Self.isStub(dir, name) : false
+        if !stubAlready { heldLink = .some(seen) }
+      }
+      if let seen = heldLink {
         guard let stub = seen else { return }
         let temp = temporaryName()
         try At.link(heldFD, stub, scratchFD, temp)
@@ -138,6 +149,13 @@ extension ObjectStore {
     // this leaves them for the next run, which finds only stubs).
     if let held { try Tree.remove(held) }
     return out
+  }
+
+  /// Whether the regular file `name` in `dir` is a stub.
+  private static func isStub(_ dir: Int32, _ name: String) throws(SystemError) -> Bool {
+    let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
+    defer { At.close(fd) }
+    return try At.getXattr(fd, name, name: metacopyXattr) != nil
   }
 
   /// Renames `temp` in `scratch` over `name` in `dir`, or removes it if that fails.
