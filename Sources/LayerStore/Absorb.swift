@@ -22,46 +22,25 @@ extension ObjectStore {
   /// the store, no copy); then a stub with the file's owner, mode, times, xattrs and size
   /// is made in `scratch` (a directory on the same file system) and renamed over the name.
   /// What `stat` shows of each name stays the same but for inode and ctime; directories
-  /// keep their times. Names of one inode become names of one stub, unless
-  /// `separateLinks`: then each name gets a stub of its own (a store made before stubs
-  /// hard-linked equal files together, and its trees cannot tell those links from a tar's).
-  /// Files that are stubs already (an interrupted run) are counted as they are; files with
-  /// other `trusted.overlay.*` xattrs are left alone.
+  /// keep their times.
   ///
-  /// `held` (a directory beside the tree, made here and removed at the end) keeps a link to
-  /// the stub of each inode with several names, named by the inode's number, until all its
-  /// names are replaced: a run cut short by a crash leaves some names on the stub and the
-  /// others on the old inode, and the next run links those to the same stub again, so the
-  /// hard link survives.
+  /// A file with several names is left as it is (its data not shared): its names cannot all
+  /// be replaced at once, and a container with the layer mounted could meanwhile see them as
+  /// different files. With `separateLinks` (a store made before stubs, which hard-linked
+  /// equal files together and whose trees cannot tell those links from a tar's, converted
+  /// before anything is mounted) each name gets a stub of its own instead. Files that are
+  /// stubs already (an interrupted run) are counted as they are; files with other
+  /// `trusted.overlay.*` xattrs are left alone.
   ///
   /// The tree must not change meanwhile (a committed snapshot). Run inside `shared`; the
   /// result is durable when this returns.
-  public func absorb(tree path: String, scratch: String, held: String? = nil, separateLinks: Bool = false) throws(SystemError) -> Absorbed {
+  public func absorb(tree path: String, scratch: String, separateLinks: Bool = false) throws(SystemError) -> Absorbed {
     var out = Absorbed()
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
     defer { buffer.deallocate() }
     let scratchFD = try At.openDirectory(scratch)
     defer { At.close(scratchFD) }
-    let heldPath = held ?? scratch
-    if held != nil { try Sys.mkdirIfMissing(heldPath, mode: 0o700) }
-    let heldFD = try At.openDirectory(heldPath)
-    defer { At.close(heldFD) }
-    // Inode (as the walk found it) → the held name of its stub, for its other names; nil
-    // when its names are left as they are.
-    var stubs: [UInt64: String?] = [:]
-    defer { if held == nil { for case let name? in stubs.values { try? At.unlink(heldFD, name) } } }
-    var countedStubs = Set<UInt64>()  // stubs found made already, each inode's bytes once
-    // Held by an interrupted run: such an inode number may since have been freed (all its
-    // names replaced) and given to a stub that run made, so it applies to plain files only.
-    var earlier = Set<UInt64>()
-    if !separateLinks, held != nil {
-      for name in try Sys.listDirectory(heldPath) {
-        if let ino = UInt64(name) {
-          stubs[ino] = name
-          earlier.insert(ino)
-        }
-      }
-    }
+    var counted = Set<UInt64>()  // inodes with several names, each inode's bytes once
     var counter = 0
     func temporaryName() -> String {
       counter += 1
@@ -70,29 +49,20 @@ extension ObjectStore {
     try Tree.walk(path, visit: { (dir, cName, st) throws(SystemError) in
       guard st.st_mode & S_IFMT == S_IFREG else { return }
       let name = String(cString: cName)
-      let ino = UInt64(st.st_ino)
-      // Names already replaced leave the inode with fewer links: what was seen decides.
-      var heldLink: String??
-      if !separateLinks, let seen = stubs[ino] {
-        let stubAlready = earlier.contains(ino) ? try Self.isStub(dir, name) : false
-        if !stubAlready { heldLink = .some(seen) }
-      }
-      if let seen = heldLink {
-        guard let stub = seen else { return }
-        let temp = temporaryName()
-        try At.link(heldFD, stub, scratchFD, temp)
-        try replace(scratchFD, temp, dir, name)
+      if st.st_nlink > 1 && !separateLinks {
+        if counted.insert(UInt64(st.st_ino)).inserted {
+          out.fileBytes += Int64(st.st_size)
+          out.skipped += 1
+        }
         return
       }
       let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
       defer { At.close(fd) }
       let xattrs = try At.xattrs(fd, name).filter { $0.0 != Self.digestXattr }
-      let linked = st.st_nlink > 1 && !separateLinks
-      if linked { stubs[ino] = .some(nil) }
       if xattrs.contains(where: { $0.0 == Self.metacopyXattr }) {
         if let key = try Self.stubKey(fd, name), let info = try info(key) {
           out.objects[key] = info
-          if countedStubs.insert(ino).inserted { out.fileBytes += Int64(st.st_size) }
+          out.fileBytes += Int64(st.st_size)
         } else {
           out.skipped += 1
         }
@@ -114,7 +84,7 @@ extension ObjectStore {
         }
         key = found
         out.objects[found!] = ObjectInfo(size: Int64(st.st_size), sha256: Digest.hexString(sha))
-      } else if st.st_nlink == 1 || !separateLinks {
+      } else if st.st_nlink == 1 {
         return  // an empty file is its own stub
       }
       let temp = temporaryName()
@@ -126,11 +96,6 @@ extension ObjectStore {
         try At.fchown(stub, temp, uid: st.st_uid, gid: st.st_gid)
         try At.fchmod(stub, temp, mode: st.st_mode & 0o7777)  // after chown, which clears setuid bits
         try At.futimes(stub, temp, atime: st.st_atim, mtime: st.st_mtim)
-        if linked {
-          let name = held == nil ? "held-" + temp : String(ino)
-          try At.link(scratchFD, temp, heldFD, name)
-          stubs[ino] = name
-        }
       } catch {
         try? At.unlink(scratchFD, temp)
         throw error
@@ -145,17 +110,7 @@ extension ObjectStore {
       }
     })
     try At.syncfs(scratchFD, scratch)
-    // Every name is replaced: the held links go (durably after the names, so a crash before
-    // this leaves them for the next run, which finds only stubs).
-    if let held { try Tree.remove(held) }
     return out
-  }
-
-  /// Whether the regular file `name` in `dir` is a stub.
-  private static func isStub(_ dir: Int32, _ name: String) throws(SystemError) -> Bool {
-    let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
-    defer { At.close(fd) }
-    return try At.getXattr(fd, name, name: metacopyXattr) != nil
   }
 
   /// Renames `temp` in `scratch` over `name` in `dir`, or removes it if that fails.

@@ -110,7 +110,7 @@ public final class ObjectCollector: StorePart, Sendable {
               row.fileBytes == nil else { return }
         let absorbed: ObjectStore.Absorbed
         do {
-          absorbed = try objects.absorb(tree: layout.fs(id), scratch: layout.temporary, held: layout.held(id))
+          absorbed = try objects.absorb(tree: layout.fs(id), scratch: layout.temporary)
         } catch {
           // Removed meanwhile: its directory went (or is going) with it; objects made from
           // its files before that need a sweep.

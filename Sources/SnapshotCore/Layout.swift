@@ -13,7 +13,6 @@ import Glibc
 ///     ROOT/lock             locked (lockf) by the running daemon
 ///     ROOT/s/<id>/fs        a snapshot's files (overlay upper dir, or a lower layer)
 ///     ROOT/s/<id>/work      overlay work dir of an active snapshot
-///     ROOT/s/<id>/held      stubs of hard-linked files while a committed snapshot's dedup runs
 ///     ROOT/s/new-<id>       a snapshot directory being made (then renamed to <id> and fsync'd)
 ///     ROOT/l/<id>           an imported layer (one per diffID), shared by every chain holding it:
 ///                           its regular files are stubs of objects (see `ObjectStore`)
@@ -49,8 +48,6 @@ public struct Layout: Sendable {
   public func dir(_ id: Int64) -> String { snapshots + "/" + String(id) }
   public func fs(_ id: Int64) -> String { dir(id) + "/fs" }
   public func work(_ id: Int64) -> String { dir(id) + "/work" }
-  /// Stubs of a committed snapshot's hard-linked files while its dedup runs (see `absorb`).
-  public func held(_ id: Int64) -> String { dir(id) + "/held" }
   public func staging(_ id: Int64) -> String { snapshots + "/new-" + String(id) }
   public var layers: String { root + "/l" }
   public func layer(_ id: Int64) -> String { layers + "/" + String(id) }

@@ -72,11 +72,13 @@ import Glibc
     s.drain()
 
     // Every file is a stub of the one object holding the content; each keeps its own
-    // inode, and only the hard link written shares one.
+    // inode, and only the hard link written shares one (left as it is: its names could not
+    // all change at once under a mounted layer).
     let after = try names.map { try st(a + "/" + $0) }
-    let key = try object(a + "/same1")
+    let key = try object(a + "/d/same2")
     #expect(key != nil)
-    for name in ["d/same2", "d/othermode", "d/othertime", "d/hard", "xattr"] { #expect(try object(a + "/" + name) == key) }
+    for name in ["d/othermode", "d/othertime", "xattr"] { #expect(try object(a + "/" + name) == key) }
+    #expect(try object(a + "/same1") == nil && object(a + "/d/hard") == nil)
     #expect(try object(a + "/empty") == nil)
     #expect(Set(after[0...6].map(\.st_ino)).count == 6)
     #expect(after[0].st_ino == after[4].st_ino && after[0].st_nlink == 2)
@@ -86,7 +88,7 @@ import Glibc
       #expect(shown(b) == shown(n))
       #expect(b.st_nlink == n.st_nlink)
     }
-    #expect(after[0].st_blocks == 0)
+    #expect(after[1].st_blocks == 0)
     let fd = try At.openFile(a + "/xattr")
     defer { At.close(fd) }
     let xattrs = try At.xattrs(fd, "xattr").filter { !$0.0.hasPrefix("trusted.overlay.") }
@@ -96,7 +98,7 @@ import Glibc
     var u = try s.storeUsage()
     #expect(u.objects == 1)
     #expect(u.logicalBytes == 14 * 5)  // five files of 14 bytes (d/hard is same1), one empty
-    #expect(u.storedBytes == 14)
+    #expect(u.storedBytes == 14)  // (same1 keeps its own data)
 
     // A second snapshot (on top of the first) with content already stored: not stored again.
     let b = try layer(s, "b", parent: "a") { fs in
@@ -105,9 +107,8 @@ import Glibc
       try write(fs + "/new", "new content", mtime: 1_000_000)
     }
     s.drain()
-    #expect(try object(b + "/copy") == key && object(b + "/copyhard") == key)
+    #expect(try object(b + "/new") != nil && object(b + "/copy") == nil)
     #expect(try st(b + "/copy").st_ino == st(b + "/copyhard").st_ino)
-    #expect(try st(b + "/copy").st_ino != after[0].st_ino)
     u = try s.storeUsage()
     #expect(u.objects == 2 && u.storedBytes == 14 + 11)
     #expect(try s.check().isEmpty)
