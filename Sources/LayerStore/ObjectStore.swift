@@ -253,9 +253,6 @@ public final class ObjectStore: @unchecked Sendable {
     return out
   }
 
-  /// Makes what was written into the store durable.
-  public func sync() throws(SystemError) { try At.syncfs(root, path) }
-
   /// Runs `body` while no garbage collection runs.
   public func shared<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
     gate.lockShared()
