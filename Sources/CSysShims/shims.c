@@ -33,6 +33,10 @@ const long SHIM_UTIME_NOW = UTIME_NOW;
 const long SHIM_UTIME_OMIT = UTIME_OMIT;
 const unsigned int SHIM_RENAME_NOREPLACE = RENAME_NOREPLACE;
 
+int shim_rename_exchange(int fromdir, const char *from, int todir, const char *to) {
+  return renameat2(fromdir, from, todir, to, RENAME_EXCHANGE);
+}
+
 int shim_fallocate(int fd, int mode, long long offset, long long length) {
   return fallocate(fd, mode, offset, length);
 }

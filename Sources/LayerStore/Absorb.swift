@@ -18,9 +18,10 @@ extension ObjectStore {
   }
 
   /// Makes every regular file under `path` a stub of its object, as an import would have
-  /// made it. A file whose content the store lacks becomes the object itself (linked into
-  /// the store, no copy); then a stub with the file's owner, mode, times, xattrs and size
-  /// is made in `scratch` (a directory on the same file system) and renamed over the name.
+  /// made it. A file whose content the store lacks becomes the object itself (no copy): a
+  /// stub with the file's owner, mode, times, xattrs and size is exchanged with it in one
+  /// step. Other files' stubs are made in `scratch` (a directory on the same file system)
+  /// and renamed over the name.
   /// What `stat` shows of each name stays the same but for inode and ctime; directories
   /// keep their times.
   ///
@@ -60,7 +61,7 @@ extension ObjectStore {
       defer { At.close(fd) }
       let xattrs = try At.xattrs(fd, name).filter { $0.0 != Self.digestXattr }
       if xattrs.contains(where: { $0.0 == Self.metacopyXattr }) {
-        if let key = try Self.stubKey(fd, name), let info = try info(key) {
+        if let key = try Self.stubKey(fd, name), let info = try info(recovering: key, buffer) {
           out.objects[key] = info
           out.fileBytes += Int64(st.st_size)
         } else {
@@ -73,14 +74,29 @@ extension ObjectStore {
         return
       }
       out.fileBytes += Int64(st.st_size)
+      // Gives the empty file `stub` the file's owner, mode, times and xattrs, and makes it a
+      // stub of `key` (nil: an empty file, its own stub).
+      func fill(_ stub: Int32, _ what: String, key: String?) throws(SystemError) {
+        if let key { try makeStub(stub, what, key: key, size: Int64(st.st_size)) }
+        for (x, value) in xattrs { try At.setXattr(stub, what, name: x, value: value) }
+        try At.fchown(stub, what, uid: st.st_uid, gid: st.st_gid)
+        try At.fchmod(stub, what, mode: st.st_mode & 0o7777)  // after chown, which clears setuid bits
+        try At.futimes(stub, what, atime: st.st_atim, mtime: st.st_mtim)
+      }
       var key: String?
       if st.st_size > 0 {
         let sha = try Self.hash(fd, name, buffer)
         var found = try find(sha)
         if found == nil {
-          let made = try adopt(file: fd, dir, name, sha: sha)
+          let made = try adopt(file: fd, dir, name, sha: sha) { (stub, what, key) throws(SystemError) in
+            try fill(stub, what, key: key)
+          }
+          if made.new {
+            out.objects[made.key] = ObjectInfo(size: Int64(st.st_size), sha256: Digest.hexString(sha))
+            out.newBytes += Int64(st.st_size)
+            return  // the stub is in place
+          }
           found = made.key
-          if made.new { out.newBytes += Int64(st.st_size) }
         }
         key = found
         out.objects[found!] = ObjectInfo(size: Int64(st.st_size), sha256: Digest.hexString(sha))
@@ -91,11 +107,7 @@ extension ObjectStore {
       let stub = try At.open(scratchFD, temp, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
       do throws(SystemError) {
         defer { At.close(stub) }
-        if let key { try makeStub(stub, temp, key: key, size: Int64(st.st_size)) }
-        for (x, value) in xattrs { try At.setXattr(stub, temp, name: x, value: value) }
-        try At.fchown(stub, temp, uid: st.st_uid, gid: st.st_gid)
-        try At.fchmod(stub, temp, mode: st.st_mode & 0o7777)  // after chown, which clears setuid bits
-        try At.futimes(stub, temp, atime: st.st_atim, mtime: st.st_mtim)
+        try fill(stub, temp, key: key)
       } catch {
         try? At.unlink(scratchFD, temp)
         throw error

@@ -178,11 +178,53 @@ public final class ObjectStore: @unchecked Sendable {
   }
 
   /// Makes the finished file `name` in `dir` (open as `fd`, with content digest `sha`) an
-  /// object by linking it into the store, unless the store has that content. The file keeps
-  /// its name; the caller replaces that with a stub.
-  public func adopt(file fd: Int32, _ dir: Int32, _ name: String, sha: [UInt8]) throws(SystemError) -> (key: String, new: Bool) {
-    try At.setXattr(fd, name, name: Self.digestXattr, value: sha)
-    return try self.name(sha) { (d, n) throws(SystemError) in try At.link(dir, name, d, n) }
+  /// object without copying it and without giving it a second name, which a container with
+  /// the tree mounted would see as a link count of 2 (and a crash could leave for good):
+  /// `stub` makes, in the empty file it is given, a stub of the new key; one exchange then
+  /// puts the stub under `name` and the file under the object's name. When the store holds
+  /// that content already, returns its key with `new` false and leaves the file alone.
+  public func adopt(
+    file fd: Int32, _ dir: Int32, _ name: String, sha: [UInt8],
+    stub: (_ fd: Int32, _ what: String, _ key: String) throws(SystemError) -> Void
+  ) throws(SystemError) -> (key: String, new: Bool) {
+    for attempt in 0..<Self.maxAttempts {
+      let key = Self.candidate(sha, attempt: attempt)
+      let (d, n) = place(key)
+      let made: Int32
+      do {
+        made = try At.open(d, n, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+      } catch where error.errno == EEXIST {
+        if try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) == sha { return (key, false) }
+        continue
+      }
+      do throws(SystemError) {
+        defer { At.close(made) }
+        try stub(made, n, key)
+        try At.exchange(dir, name, d, n)
+      } catch {
+        try? At.unlink(d, n)
+        throw error
+      }
+      // After the exchange: a crash before this leaves an object without its digest, which
+      // `digest(recovering:)` restores from the stub that names it.
+      try At.setXattr(fd, name, name: Self.digestXattr, value: sha)
+      return (key, true)
+    }
+    throw SystemError("openat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
+  }
+
+  /// Size and digest of the object a stub names. An object an interrupted `adopt(file:)`
+  /// left without its digest xattr gets it back (its content is the file's, by
+  /// construction); nil when the object is missing.
+  public func info(recovering key: String, _ buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> ObjectInfo? {
+    if let found = try info(key) { return found }
+    let (d, n) = place(key)
+    guard try At.lstat(d, n) != nil else { return nil }
+    let fd = try At.open(d, n, flags: O_RDONLY | At.noAtime)
+    defer { At.close(fd) }
+    guard try At.getXattr(fd, n, name: Self.digestXattr) == nil else { return nil }
+    try At.setXattr(fd, n, name: Self.digestXattr, value: try Self.hash(fd, n, buffer))
+    return try info(key)
   }
 
   /// Runs `link` under the first free name for `sha` that is not another content's; stops

@@ -64,6 +64,12 @@ public enum At {
     _ = try SystemError.check("renameat", "\(from) -> \(to)") { renameat(fromDir, from, toDir, to) }
   }
 
+  /// Swaps the files named `a` and `b` in one step (`renameat2(2)` with `RENAME_EXCHANGE`):
+  /// each name always names a file, and no file gains a name meanwhile.
+  public static func exchange(_ aDir: Int32, _ a: String, _ bDir: Int32, _ b: String) throws(SystemError) {
+    _ = try SystemError.check("renameat2", "\(a) <-> \(b)") { shim_rename_exchange(aDir, a, bDir, b) }
+  }
+
   /// `fstatat(2)` without following a symlink; nil when nothing is there.
   public static func lstat(_ dirfd: Int32, _ name: String) throws(SystemError) -> stat? {
     var st = stat()
@@ -151,6 +157,11 @@ public enum At {
   /// their own to set xattrs through).
   public static func setXattr(path: String, name: String, value: [UInt8]) throws(SystemError) {
     _ = try SystemError.check("lsetxattr", "\(path) \(name)") { lsetxattr(path, name, value, value.count, 0) }
+  }
+
+  /// `lremovexattr(2)` by path.
+  public static func removeXattr(path: String, name: String) throws(SystemError) {
+    _ = try SystemError.check("lremovexattr", "\(path) \(name)") { lremovexattr(path, name) }
   }
 
   /// `flistxattr(2)` + `fgetxattr(2)`: every extended attribute of the open file, sorted by
