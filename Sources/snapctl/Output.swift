@@ -1,7 +1,8 @@
 import SnapshotCore
 
 /// Human tables and JSON for snapctl's output. JSON is written by hand here: the values
-/// are a handful of strings and numbers, and this keeps Foundation out of the CLI.
+/// are a handful of strings and numbers, and the output stays in the order a reader
+/// expects (the fields of `snapctl stat`), which JSONEncoder does not promise.
 enum Output {
   static func table(_ header: [String], _ rows: [[String]]) {
     var widths = header.map(\.count)
