@@ -3,8 +3,13 @@ import SnapshotCore
 import SwiftProtobuf
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The store service over the real unix socket and gRPC stack.
-@Suite struct StoreTests {
+@Suite(.enabled(if: getuid() == 0, "needs root: trusted.* xattrs, owners, /run/sd, mounts"))
+struct StoreTests {
   @Test func checkOfAFreshStoreFindsNothing() async throws {
     try await withTestServer { socket, _ in
       for repair in [false, true] {

@@ -11,7 +11,8 @@ import Glibc
 /// Background deduplication of snapshots committed through Prepare/Commit (containerd's
 /// own unpacking path): files become stubs of content objects, shared with other
 /// snapshots, and what `stat` shows stays as written, inode identity included.
-@Suite struct DedupTests {
+@Suite(.enabled(if: getuid() == 0, "needs root: trusted.* xattrs, owners, /run/sd, mounts"))
+struct DedupTests {
   /// Writes a file with `content`, `mode` and mtime `mtime` seconds (atime one more).
   func write(_ path: String, _ content: String, mode: mode_t = 0o644, mtime: Int) throws {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
