@@ -137,6 +137,43 @@ import Glibc
     }
   }
 
+  @Test func framesOutOfPlaceCloseTheConnection() async throws {
+    try await withTestServer { socket, _ in
+      let h = Raw.headers([(":method", "POST"), (":path", "/containerd.services.snapshots.v1.Snapshots/Stat"),
+                           ("content-type", "application/grpc")])
+      let cases: [(String, [UInt8], ErrorCode)] = [
+        ("DATA on stream 0", Raw.frame(.data, [], 0, [0]), .protocolError),
+        ("HEADERS on an even stream", Raw.frame(.headers, .endHeaders, 2, h), .protocolError),
+        ("HEADERS with bad padding", Raw.frame(.headers, [.padded, .endHeaders], 1, [200] + h), .protocolError),
+        ("a stream reused", Raw.frame(.headers, .endHeaders, 3, h) + Raw.frame(.headers, .endHeaders, 1, h), .protocolError),
+        ("PUSH_PROMISE", Raw.frame(.pushPromise, .endHeaders, 1, [0, 0, 0, 2] + h), .protocolError),
+        ("CONTINUATION without HEADERS", Raw.frame(.continuation, .endHeaders, 1, h), .protocolError),
+        ("another frame inside a header block",
+         Raw.frame(.headers, [], 1, Array(h.prefix(4))) + Raw.frame(.ping, [], 0, [0, 0, 0, 0, 0, 0, 0, 0]), .protocolError),
+        ("SETTINGS of a bad length", Raw.frame(.settings, [], 0, [0, 4, 0, 0, 1]), .frameSizeError),
+        ("MAX_FRAME_SIZE too small", Raw.frame(.settings, [], 0, [0, 5, 0, 0, 0, 1]), .protocolError),
+        ("INITIAL_WINDOW_SIZE too large", Raw.frame(.settings, [], 0, [0, 4, 0x80, 0, 0, 0]), .flowControlError),
+        ("WINDOW_UPDATE of 0", Raw.frame(.windowUpdate, [], 0, [0, 0, 0, 0]), .protocolError),
+        ("the connection window overflowing", Raw.frame(.windowUpdate, [], 0, [0x7f, 0xff, 0xff, 0xff]), .flowControlError),
+      ]
+      for (what, bytes, code) in cases {
+        let c = try Raw(socket)
+        try c.send(Raw.preface + Raw.frame(.settings, [], 0, []) + bytes)
+        let g = try #require(try c.next(type: .goAway), "\(what)")
+        #expect(Raw.errorCode(g) == code, "\(what)")
+      }
+
+      // PRIORITY frames and frames of unknown types are ignored.
+      let c = try Raw(socket)
+      try c.send(Raw.preface + Raw.frame(.settings, [], 0, []) + Raw.frame(.priority, [], 1, [0, 0, 0, 0, 15])
+                 + Raw.frame(0xfa, [], 0, [1, 2, 3])
+                 + Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Stat", body: [0x12, 1, 0x78]))
+      let trailers = try #require(try c.next(type: .headers, stream: 1))
+      #expect(String(decoding: trailers.payload, as: UTF8.self).contains("grpc-status\u{1}5"))
+      try stillServes(socket)
+    }
+  }
+
   @Test func largeListRespectsFlowControl() async throws {
     try await withTestServer { socket, s in
     // 1,500 snapshots with 300-byte labels: a List response of about half a megabyte, far
