@@ -1,5 +1,5 @@
 import Logging
-import SnapshotAPI
+@testable import SnapshotAPI
 import SnapshotCore
 import SnapshotSys
 import Testing
@@ -25,9 +25,14 @@ import Glibc
 
     static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
 
-    static func frame(_ type: UInt8, _ flags: UInt8, _ stream: UInt32, _ payload: [UInt8]) -> [UInt8] {
+    static func frame(_ type: FrameType, _ flags: FrameFlags, _ stream: UInt32, _ payload: [UInt8]) -> [UInt8] {
+      frame(type.rawValue, flags, stream, payload)
+    }
+
+    /// A frame of any type code, known or not.
+    static func frame(_ type: UInt8, _ flags: FrameFlags, _ stream: UInt32, _ payload: [UInt8]) -> [UInt8] {
       let n = payload.count
-      return [UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff), type, flags,
+      return [UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff), type, flags.rawValue,
               UInt8(stream >> 24), UInt8(stream >> 16 & 0xff), UInt8(stream >> 8 & 0xff), UInt8(stream & 0xff)] + payload
     }
 
@@ -47,11 +52,11 @@ import Glibc
                        ("content-type", "application/grpc"), ("te", "trailers")])
       let n = body.count
       let message = [compressed ? 1 : 0, UInt8(n >> 24), UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)] + body
-      return frame(0x1, 0x4, stream, h) + frame(0x0, 0x1, stream, message)
+      return frame(.headers, .endHeaders, stream, h) + frame(.data, .endStream, stream, message)
     }
 
     /// Reads frames until one of `type` arrives on `stream` (or EOF: nil).
-    func next(type: UInt8, stream: UInt32? = nil) throws -> (flags: UInt8, payload: [UInt8])? {
+    func next(type: FrameType, stream: UInt32? = nil) throws -> (flags: FrameFlags, payload: [UInt8])? {
       var buf = [UInt8](repeating: 0, count: 65536)
       while true {
         while input.count >= 9 {
@@ -61,21 +66,28 @@ import Glibc
           let s = UInt32(input[5] & 0x7f) << 24 | UInt32(input[6]) << 16 | UInt32(input[7]) << 8 | UInt32(input[8])
           let p = Array(input[9..<9 + n])
           input.removeFirst(9 + n)
-          if t == type && (stream == nil || s == stream) { return (f, p) }
-          if t == 0x0 { skippedData += n }
+          if t == type.rawValue && (stream == nil || s == stream) { return (FrameFlags(rawValue: f), p) }
+          if t == FrameType.data.rawValue { skippedData += n }
         }
         let got = try buf.withUnsafeMutableBytes { try Socket.read(fd, into: $0) }
         if got == 0 { return nil }
         input += buf[0..<got]
       }
     }
+
+    /// The error code of a GOAWAY frame's payload.
+    static func errorCode(_ goAway: (flags: FrameFlags, payload: [UInt8])) -> ErrorCode? {
+      guard goAway.payload.count >= 8 else { return nil }
+      let p = goAway.payload
+      return ErrorCode(rawValue: UInt32(p[4]) << 24 | UInt32(p[5]) << 16 | UInt32(p[6]) << 8 | UInt32(p[7]))
+    }
   }
 
   /// The server still answers a well-formed Stat.
   func stillServes(_ socket: String) throws {
     let c = try Raw(socket)
-    try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []) + Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Stat", body: [0x12, 1, 0x78]))
-    let trailers = try #require(try c.next(type: 0x1, stream: 1))
+    try c.send(Raw.preface + Raw.frame(.settings, [], 0, []) + Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Stat", body: [0x12, 1, 0x78]))
+    let trailers = try #require(try c.next(type: .headers, stream: 1))
     #expect(String(decoding: trailers.payload, as: UTF8.self).contains("grpc-status\u{1}5"))  // NotFound: "x"
   }
 
@@ -83,19 +95,19 @@ import Glibc
     try await withTestServer { socket, _ in
       let junk = try Raw(socket)
       try junk.send(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
-      let goaway = try junk.next(type: 0x7)
+      let goaway = try junk.next(type: .goAway)
       #expect(goaway != nil)
-      #expect(try junk.next(type: 0x0) == nil)  // then closed
+      #expect(try junk.next(type: .data) == nil)  // then closed
 
       let big = try Raw(socket)
-      try big.send(Raw.preface + Raw.frame(0x0, 0, 1, [UInt8](repeating: 0, count: 20_000)))
-      let g = try #require(try big.next(type: 0x7))
-      #expect(g.payload.suffix(4) == [0, 0, 0, 6])  // FRAME_SIZE_ERROR
+      try big.send(Raw.preface + Raw.frame(.data, [], 1, [UInt8](repeating: 0, count: 20_000)))
+      let g = try #require(try big.next(type: .goAway))
+      #expect(Raw.errorCode(g) == .frameSizeError)
 
       let badHeaders = try Raw(socket)
-      try badHeaders.send(Raw.preface + Raw.frame(0x1, 0x5, 1, [0xff, 0xff, 0xff, 0xff, 0xff]))
-      let g2 = try #require(try badHeaders.next(type: 0x7))
-      #expect(g2.payload.suffix(4) == [0, 0, 0, 9])  // COMPRESSION_ERROR
+      try badHeaders.send(Raw.preface + Raw.frame(.headers, [.endStream, .endHeaders], 1, [0xff, 0xff, 0xff, 0xff, 0xff]))
+      let g2 = try #require(try badHeaders.next(type: .goAway))
+      #expect(Raw.errorCode(g2) == .compressionError)
 
       try stillServes(socket)
     }
@@ -104,23 +116,60 @@ import Glibc
   @Test func badCallsGetGRPCErrors() async throws {
     try await withTestServer { socket, _ in
       let c = try Raw(socket)
-      try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []))
+      try c.send(Raw.preface + Raw.frame(.settings, [], 0, []))
       try c.send(Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Nope", body: []))
       try c.send(Raw.request(3, path: "/containerd.services.snapshots.v1.Snapshots/Prepare", body: [0xff, 0xff, 0xff]))
       try c.send(Raw.request(5, path: "/containerd.services.snapshots.v1.Snapshots/Prepare", body: [0x12, 1, 0x61], compressed: true))
       try c.send(Raw.request(7, path: "/containerd.services.snapshots.v1.Snapshots/Prepare", body: []))
       for (stream, code) in [(UInt32(1), "12"), (3, "3"), (5, "12"), (7, "3")] {
-        let t = try #require(try c.next(type: 0x1, stream: stream))
+        let t = try #require(try c.next(type: .headers, stream: stream))
         let text = String(decoding: t.payload, as: UTF8.self)
         // Literal field: name, then the value's length byte, then the value itself.
         let field = "grpc-status" + String(UnicodeScalar(UInt8(code.utf8.count))) + code
         #expect(text.contains(field), "\(stream): \(text)")
-        #expect(t.flags & 0x1 != 0)  // trailers-only, stream ended
+        #expect(t.flags.contains(.endStream))  // trailers-only, stream ended
       }
       // PING is answered.
-      try c.send(Raw.frame(0x6, 0, 0, [1, 2, 3, 4, 5, 6, 7, 8]))
-      let ping = try #require(try c.next(type: 0x6))
-      #expect(ping.flags == 1 && ping.payload == [1, 2, 3, 4, 5, 6, 7, 8])
+      try c.send(Raw.frame(.ping, [], 0, [1, 2, 3, 4, 5, 6, 7, 8]))
+      let ping = try #require(try c.next(type: .ping))
+      #expect(ping.flags == .ack && ping.payload == [1, 2, 3, 4, 5, 6, 7, 8])
+      try stillServes(socket)
+    }
+  }
+
+  @Test func framesOutOfPlaceCloseTheConnection() async throws {
+    try await withTestServer { socket, _ in
+      let h = Raw.headers([(":method", "POST"), (":path", "/containerd.services.snapshots.v1.Snapshots/Stat"),
+                           ("content-type", "application/grpc")])
+      let cases: [(String, [UInt8], ErrorCode)] = [
+        ("DATA on stream 0", Raw.frame(.data, [], 0, [0]), .protocolError),
+        ("HEADERS on an even stream", Raw.frame(.headers, .endHeaders, 2, h), .protocolError),
+        ("HEADERS with bad padding", Raw.frame(.headers, [.padded, .endHeaders], 1, [200] + h), .protocolError),
+        ("a stream reused", Raw.frame(.headers, .endHeaders, 3, h) + Raw.frame(.headers, .endHeaders, 1, h), .protocolError),
+        ("PUSH_PROMISE", Raw.frame(.pushPromise, .endHeaders, 1, [0, 0, 0, 2] + h), .protocolError),
+        ("CONTINUATION without HEADERS", Raw.frame(.continuation, .endHeaders, 1, h), .protocolError),
+        ("another frame inside a header block",
+         Raw.frame(.headers, [], 1, Array(h.prefix(4))) + Raw.frame(.ping, [], 0, [0, 0, 0, 0, 0, 0, 0, 0]), .protocolError),
+        ("SETTINGS of a bad length", Raw.frame(.settings, [], 0, [0, 4, 0, 0, 1]), .frameSizeError),
+        ("MAX_FRAME_SIZE too small", Raw.frame(.settings, [], 0, [0, 5, 0, 0, 0, 1]), .protocolError),
+        ("INITIAL_WINDOW_SIZE too large", Raw.frame(.settings, [], 0, [0, 4, 0x80, 0, 0, 0]), .flowControlError),
+        ("WINDOW_UPDATE of 0", Raw.frame(.windowUpdate, [], 0, [0, 0, 0, 0]), .protocolError),
+        ("the connection window overflowing", Raw.frame(.windowUpdate, [], 0, [0x7f, 0xff, 0xff, 0xff]), .flowControlError),
+      ]
+      for (what, bytes, code) in cases {
+        let c = try Raw(socket)
+        try c.send(Raw.preface + Raw.frame(.settings, [], 0, []) + bytes)
+        let g = try #require(try c.next(type: .goAway), "\(what)")
+        #expect(Raw.errorCode(g) == code, "\(what)")
+      }
+
+      // PRIORITY frames and frames of unknown types are ignored.
+      let c = try Raw(socket)
+      try c.send(Raw.preface + Raw.frame(.settings, [], 0, []) + Raw.frame(.priority, [], 1, [0, 0, 0, 0, 15])
+                 + Raw.frame(0xfa, [], 0, [1, 2, 3])
+                 + Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Stat", body: [0x12, 1, 0x78]))
+      let trailers = try #require(try c.next(type: .headers, stream: 1))
+      #expect(String(decoding: trailers.payload, as: UTF8.self).contains("grpc-status\u{1}5"))
       try stillServes(socket)
     }
   }
@@ -149,23 +198,23 @@ import Glibc
       for i in 0..<400 { _ = try s.prepare(key: "w\(i)", parent: "", labels: ["x": label]) }
       let c = try Raw(socket)
       // Default settings: a 65,535-byte window, and no WINDOW_UPDATE from us yet.
-      try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []))
+      try c.send(Raw.preface + Raw.frame(.settings, [], 0, []))
       try c.send(Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/List", body: []))
       var received = 0
       while received < 65_535 {
-        let d = try #require(try c.next(type: 0x0, stream: 1))
+        let d = try #require(try c.next(type: .data, stream: 1))
         received += d.payload.count
       }
       #expect(received == 65_535)
       // The server is blocked on the window: it still answers a PING, and sends nothing
       // more on the stream before it.
-      try c.send(Raw.frame(0x6, 0, 0, [9, 9, 9, 9, 9, 9, 9, 9]))
-      _ = try #require(try c.next(type: 0x6))
+      try c.send(Raw.frame(.ping, [], 0, [9, 9, 9, 9, 9, 9, 9, 9]))
+      _ = try #require(try c.next(type: .ping))
       #expect(c.skippedData == 0)
-      try c.send(Raw.frame(0x8, 0, 0, [0, 0x10, 0, 0]) + Raw.frame(0x8, 0, 1, [0, 0x10, 0, 0]))
+      try c.send(Raw.frame(.windowUpdate, [], 0, [0, 0x10, 0, 0]) + Raw.frame(.windowUpdate, [], 1, [0, 0x10, 0, 0]))
       var body: [UInt8] = []
       while true {
-        guard let f = try c.next(type: 0x0, stream: 1) else { break }
+        guard let f = try c.next(type: .data, stream: 1) else { break }
         body += f.payload
         if body.count + received > 150_000 { break }
       }
@@ -179,26 +228,26 @@ import Glibc
       let c = try Raw(socket)
       let h = Raw.headers([(":method", "POST"), (":path", "/containerd.services.snapshots.v1.Snapshots/Prepare"),
                            ("content-type", "application/grpc")])
-      try c.send(Raw.preface + Raw.frame(0x4, 0, 0, []) + Raw.frame(0x1, 0x4, 1, h)
-                 + Raw.frame(0x0, 0, 1, [0, 2, 0, 0, 0] + [UInt8](repeating: 0, count: 1000)))
-      let t = try #require(try c.next(type: 0x1, stream: 1))
+      try c.send(Raw.preface + Raw.frame(.settings, [], 0, []) + Raw.frame(.headers, .endHeaders, 1, h)
+                 + Raw.frame(.data, [], 1, [0, 2, 0, 0, 0] + [UInt8](repeating: 0, count: 1000)))
+      let t = try #require(try c.next(type: .headers, stream: 1))
       #expect(String(decoding: t.payload, as: UTF8.self).contains("grpc-status\u{1}8"))
-      #expect(try c.next(type: 0x3, stream: 1) != nil)
+      #expect(try c.next(type: .rstStream, stream: 1) != nil)
 
       // END_STREAM on HEADERS whose block ends in a CONTINUATION: answered after it.
-      try c.send(Raw.frame(0x1, 0x1, 3, Array(h.prefix(10))) + Raw.frame(0x9, 0x4, 3, Array(h.dropFirst(10))))
-      let t3 = try #require(try c.next(type: 0x1, stream: 3))
+      try c.send(Raw.frame(.headers, .endStream, 3, Array(h.prefix(10))) + Raw.frame(.continuation, .endHeaders, 3, Array(h.dropFirst(10))))
+      let t3 = try #require(try c.next(type: .headers, stream: 3))
       #expect(String(decoding: t3.payload, as: UTF8.self).contains("grpc-status\u{1}3"))  // empty request: no key
 
       // A header block that never ends is cut off.
       let d = try Raw(socket)
-      try d.send(Raw.preface + Raw.frame(0x1, 0, 1, [0]))
+      try d.send(Raw.preface + Raw.frame(.headers, [], 1, [0]))
       for _ in 0..<10 {
-        do { try d.send(Raw.frame(0x9, 0, 1, [UInt8](repeating: 0x40, count: 16_000))) } catch { break }
+        do { try d.send(Raw.frame(.continuation, [], 1, [UInt8](repeating: 0x40, count: 16_000))) } catch { break }
       }
       // Sends may fail once the server has closed; its GOAWAY is still there to read.
-      let g = try #require(try d.next(type: 0x7))
-      #expect(g.payload.suffix(4) == [0, 0, 0, 0xb])  // ENHANCE_YOUR_CALM
+      let g = try #require(try d.next(type: .goAway))
+      #expect(Raw.errorCode(g) == .enhanceYourCalm)
       try stillServes(socket)
     }
   }

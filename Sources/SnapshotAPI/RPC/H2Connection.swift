@@ -12,25 +12,25 @@ import SnapshotSys
 /// What it implements: the connection preface, SETTINGS (with ACK), PING (ACK), flow control
 /// both ways (WINDOW_UPDATE), HEADERS/CONTINUATION decoded with NIOHPACK, DATA, RST_STREAM
 /// and GOAWAY. Responses are HEADERS, DATA and trailers (or a trailers-only error), encoded
-/// as literal header fields without indexing.
+/// as literal header fields without indexing. Frames are decoded and encoded by
+/// ``FrameDecoder`` and ``FrameEncoder``; this class keeps the streams, the calls and the
+/// flow-control windows.
 final class H2Connection {
   let fd: Int32
   let routes: RPCRoutes
   let logger: Logger
 
   // Receiving.
-  private var input = [UInt8](repeating: 0, count: 1 << 16)
-  private var inStart = 0
-  private var inEnd = 0
-  private var decoder = HPACKDecoder(allocator: ByteBufferAllocator())
+  private var frames = FrameDecoder()
+  private var hpack = HPACKDecoder(allocator: ByteBufferAllocator())
   private var unacknowledged = 0  // DATA bytes received since our last connection WINDOW_UPDATE
   private var continuing: UInt32?  // stream whose header block is incomplete
 
   // Sending.
-  private var output: [UInt8] = []
-  private var peerMaxFrame = 16_384
-  private var peerInitialWindow = 65_535
-  private var connectionWindow = 65_535
+  private var output = FrameEncoder()
+  private var peerMaxFrame = FrameDecoder.maxFrameSize
+  private var peerInitialWindow = H2Connection.defaultWindow
+  private var connectionWindow = H2Connection.defaultWindow
 
   private var streams: [UInt32: Stream] = [:]
   private var ready: [UInt32] = []
@@ -59,11 +59,8 @@ final class H2Connection {
   static let maxStreams = 128
   static let maxBuffered = 64 << 20
   static let maxHeaderList = 16_384
-
-  struct ProtocolError: Error {
-    let code: UInt32
-    let reason: String
-  }
+  /// Every flow-control window's size until SETTINGS or WINDOW_UPDATE change it.
+  static let defaultWindow = 65_535
 
   init(fd: Int32, routes: RPCRoutes, logger: Logger) {
     self.fd = fd
@@ -75,12 +72,14 @@ final class H2Connection {
   func run() {
     do {
       guard try readPreface() else { return }  // a connect-and-close probe
-      // SETTINGS: MAX_CONCURRENT_STREAMS (3), INITIAL_WINDOW_SIZE (4); then widen the
-      // connection window. What one connection can make us buffer is bounded by these.
-      frame(type: 0x4, flags: 0, stream: 0,
-            payload: setting(0x3, UInt32(Self.maxStreams)) + setting(0x4, UInt32(Self.streamWindow))
-              + setting(0x6, UInt32(Self.maxHeaderList)))
-      frame(type: 0x8, flags: 0, stream: 0, payload: be32(UInt32(Self.connectionWindow - 65_535)))
+      // Our SETTINGS, then widen the connection window. What one connection can make us
+      // buffer is bounded by these.
+      output.settings([
+        Setting(id: .maxConcurrentStreams, value: UInt32(Self.maxStreams)),
+        Setting(id: .initialWindowSize, value: UInt32(Self.streamWindow)),
+        Setting(id: .maxHeaderListSize, value: UInt32(Self.maxHeaderList)),
+      ])
+      output.windowUpdate(stream: 0, increment: UInt32(Self.connectionWindow - Self.defaultWindow))
       try flush()
       while let f = try readFrame() {
         try handle(f)
@@ -93,11 +92,11 @@ final class H2Connection {
       }
       // End of input (the peer closed, or the server is stopping): say which streams were
       // answered, so a client can retry the others elsewhere.
-      frame(type: 0x7, flags: 0, stream: 0, payload: be32(lastStream) + be32(0))
+      output.goAway(lastStream: lastStream, code: .noError)
       try? flush()
-    } catch let e as ProtocolError {
+    } catch let e as ConnectionError {
       logger.warning("closing connection: HTTP/2 protocol error", metadata: ["reason": "\(e.reason)"])
-      frame(type: 0x7, flags: 0, stream: 0, payload: be32(lastStream) + be32(e.code))
+      output.goAway(lastStream: lastStream, code: e.code)
       try? flush()
     } catch {
       logger.debug("connection closed", metadata: ["error": "\(error)"])
@@ -106,116 +105,70 @@ final class H2Connection {
 
   // MARK: Reading
 
+  /// Reads until `count` bytes are buffered; false at the end of input.
   private func fill(_ count: Int) throws -> Bool {
-    while inEnd - inStart < count {
-      if inStart > 0 && inStart == inEnd {
-        inStart = 0
-        inEnd = 0
-      } else if input.count - inStart < count || inEnd == input.count {
-        input.replaceSubrange(0..<(inEnd - inStart), with: input[inStart..<inEnd])
-        inEnd -= inStart
-        inStart = 0
-        if input.count < count { input += [UInt8](repeating: 0, count: count - input.count) }
-      }
-      let n = try input.withUnsafeMutableBytes { raw in
-        try Socket.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[inEnd...]))
-      }
-      if n == 0 { return false }
-      inEnd += n
-    }
-    return true
+    try frames.fill(count) { space in try Socket.read(fd, into: space) }
   }
-
-  private static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
 
   /// False when the peer closed without sending anything.
   private func readPreface() throws -> Bool {
-    guard try fill(24) else {
-      if inEnd == inStart { return false }
-      throw ProtocolError(code: 1, reason: "closed in the connection preface")
+    while try !frames.preface() {
+      guard try fill(FrameDecoder.preface.count) else {
+        if frames.buffered == 0 { return false }
+        throw ConnectionError(.protocolError, "closed in the connection preface")
+      }
     }
-    guard Array(input[inStart..<inStart + 24]) == Self.preface else {
-      throw ProtocolError(code: 1, reason: "bad connection preface")
-    }
-    inStart += 24
     return true
   }
 
-  private struct Frame {
-    let type: UInt8
-    let flags: UInt8
-    let stream: UInt32
-    let payload: ArraySlice<UInt8>
-  }
-
+  /// The next frame; nil at the end of input.
   private func readFrame() throws -> Frame? {
-    guard try fill(9) else { return nil }
-    let b = inStart
-    let length = Int(input[b]) << 16 | Int(input[b + 1]) << 8 | Int(input[b + 2])
-    guard length <= 16_384 else { throw ProtocolError(code: 6, reason: "frame of \(length) bytes exceeds SETTINGS_MAX_FRAME_SIZE") }
-    guard try fill(9 + length) else { return nil }
-    let s = inStart
-    let f = Frame(
-      type: input[s + 3], flags: input[s + 4],
-      stream: (UInt32(input[s + 5]) << 24 | UInt32(input[s + 6]) << 16 | UInt32(input[s + 7]) << 8 | UInt32(input[s + 8])) & 0x7fff_ffff,
-      payload: input[(s + 9)..<(s + 9 + length)])
-    inStart += 9 + length
-    return f
+    while true {
+      if let frame = try frames.next() { return frame }
+      guard try fill(frames.needed) else { return nil }
+    }
   }
 
   // MARK: Frames
 
   private func handle(_ f: Frame) throws {
-    if let id = continuing, f.type != 0x9 || f.stream != id {
-      throw ProtocolError(code: 1, reason: "expected CONTINUATION of stream \(id)")
+    if let id = continuing, f.type != .continuation || f.stream != id {
+      throw ConnectionError(.protocolError, "expected CONTINUATION of stream \(id)")
     }
     switch f.type {
-    case 0x0: try data(f)
-    case 0x1: try headers(f)
-    case 0x3: removeStream(f.stream)
-    case 0x4: try settings(f)
-    case 0x6:
-      if f.flags & 0x1 == 0 { frame(type: 0x6, flags: 0x1, stream: 0, payload: Array(f.payload)) }
-    case 0x7: peerGoingAway = true
-    case 0x8: try windowUpdate(f)
-    case 0x9:
-      guard continuing == f.stream else { throw ProtocolError(code: 1, reason: "CONTINUATION without HEADERS") }
-      try headerFragment(f.stream, f.payload, endHeaders: f.flags & 0x4 != 0)
-    case 0x5: throw ProtocolError(code: 1, reason: "PUSH_PROMISE from a client")
-    default: break  // PRIORITY and unknown frame types are ignored
+    case .data: try data(f)
+    case .headers: try headers(f)
+    case .rstStream: removeStream(f.stream)
+    case .settings: try settings(f)
+    case .ping:
+      if !f.flags.contains(.ack) { output.pingAck(f.payload) }
+    case .goAway: peerGoingAway = true
+    case .windowUpdate: try windowUpdate(f)
+    case .continuation:
+      guard continuing == f.stream else { throw ConnectionError(.protocolError, "CONTINUATION without HEADERS") }
+      try headerFragment(f.stream, f.payload, endHeaders: f.flags.contains(.endHeaders))
+    case .pushPromise: throw ConnectionError(.protocolError, "PUSH_PROMISE from a client")
+    case .priority, nil: break  // PRIORITY and unknown frame types are ignored
     }
-  }
-
-  private func unpadded(_ f: Frame) throws -> ArraySlice<UInt8> {
-    var p = f.payload
-    if f.flags & 0x8 != 0 {
-      guard let pad = p.first, Int(pad) < p.count else { throw ProtocolError(code: 1, reason: "bad padding") }
-      p = p.dropFirst().dropLast(Int(pad))
-    }
-    return p
   }
 
   private func headers(_ f: Frame) throws {
-    guard f.stream != 0, f.stream & 1 == 1 else { throw ProtocolError(code: 1, reason: "HEADERS on stream \(f.stream)") }
-    var p = try unpadded(f)
-    if f.flags & 0x20 != 0 {  // PRIORITY fields
-      guard p.count >= 5 else { throw ProtocolError(code: 6, reason: "HEADERS too short for PRIORITY") }
-      p = p.dropFirst(5)
-    }
+    guard f.stream != 0, f.stream & 1 == 1 else { throw ConnectionError(.protocolError, "HEADERS on stream \(f.stream)") }
+    let fragment = try f.headerBlockFragment()
     if streams[f.stream] == nil {
-      guard f.stream > lastStream else { throw ProtocolError(code: 1, reason: "stream \(f.stream) reused") }
+      guard f.stream > lastStream else { throw ConnectionError(.protocolError, "stream \(f.stream) reused") }
       lastStream = f.stream
-      guard streams.count < Self.maxStreams else { throw ProtocolError(code: 1, reason: "more than \(Self.maxStreams) open streams") }
+      guard streams.count < Self.maxStreams else { throw ConnectionError(.protocolError, "more than \(Self.maxStreams) open streams") }
       streams[f.stream] = Stream(sendWindow: peerInitialWindow)
     }
-    if f.flags & 0x1 != 0 { streams[f.stream]?.endStream = true }
-    try headerFragment(f.stream, p, endHeaders: f.flags & 0x4 != 0)
+    if f.flags.contains(.endStream) { streams[f.stream]?.endStream = true }
+    try headerFragment(f.stream, fragment, endHeaders: f.flags.contains(.endHeaders))
   }
 
   private func headerFragment(_ id: UInt32, _ fragment: ArraySlice<UInt8>, endHeaders: Bool) throws {
-    guard let held = streams[id]?.block.count else { throw ProtocolError(code: 1, reason: "header block for closed stream \(id)") }
+    guard let held = streams[id]?.block.count else { throw ConnectionError(.protocolError, "header block for closed stream \(id)") }
     guard held + fragment.count <= Self.maxHeaderList * 2 else {
-      throw ProtocolError(code: 0xb, reason: "header block of stream \(id) too large")
+      throw ConnectionError(.enhanceYourCalm, "header block of stream \(id) too large")
     }
     streams[id]!.block.append(contentsOf: fragment)
     continuing = endHeaders ? nil : id
@@ -223,9 +176,9 @@ final class H2Connection {
     var buffer = ByteBuffer(bytes: stream.block)
     let decoded: HPACKHeaders
     do {
-      decoded = try decoder.decodeHeaders(from: &buffer)
+      decoded = try hpack.decodeHeaders(from: &buffer)
     } catch {
-      throw ProtocolError(code: 9, reason: "header block of stream \(id): \(error)")
+      throw ConnectionError(.compressionError, "header block of stream \(id): \(error)")
     }
     let first = stream.path == nil
     if first { stream.path = decoded.first(name: ":path") }
@@ -236,17 +189,17 @@ final class H2Connection {
   }
 
   private func data(_ f: Frame) throws {
-    guard f.stream != 0 else { throw ProtocolError(code: 1, reason: "DATA on stream 0") }
-    unacknowledged += f.payload.count
+    guard f.stream != 0 else { throw ConnectionError(.protocolError, "DATA on stream 0") }
+    unacknowledged += f.payload.count  // padding included
     if unacknowledged >= 1 << 20 {
-      frame(type: 0x8, flags: 0, stream: 0, payload: be32(UInt32(unacknowledged)))
+      output.windowUpdate(stream: 0, increment: UInt32(unacknowledged))
       unacknowledged = 0
     }
-    let p = try unpadded(f)
+    let p = try f.unpadded()
     guard let stream = streams[f.stream], !stream.endStream else { return }  // reset or answered
     let held = stream.data.count + p.count
     buffered += p.count
-    guard buffered <= Self.maxBuffered else { throw ProtocolError(code: 0xb, reason: "more than \(Self.maxBuffered) bytes of requests held") }
+    guard buffered <= Self.maxBuffered else { throw ConnectionError(.enhanceYourCalm, "more than \(Self.maxBuffered) bytes of requests held") }
     streams[f.stream]!.data.append(contentsOf: p)  // in place: no copy of what is held
     if held >= 5 {
       let d = streams[f.stream]!.data
@@ -256,49 +209,40 @@ final class H2Connection {
         buffered -= held
         streams[f.stream] = nil
         errorResponse(f.stream, RPCStatus(.resourceExhausted, "request message of \(declared) bytes exceeds \(Self.maxRequest)"))
-        frame(type: 0x3, flags: 0, stream: f.stream, payload: be32(0))
+        output.rstStream(stream: f.stream, code: .noError)
         return
       }
     }
-    if f.flags & 0x1 != 0 {
+    if f.flags.contains(.endStream) {
       streams[f.stream]!.endStream = true
       if !streams[f.stream]!.streaming { ready.append(f.stream) }
     }
   }
 
   private func settings(_ f: Frame) throws {
-    guard f.flags & 0x1 == 0 else { return }
-    guard f.payload.count % 6 == 0 else { throw ProtocolError(code: 6, reason: "SETTINGS length") }
-    var i = f.payload.startIndex
-    while i < f.payload.endIndex {
-      let id = UInt16(f.payload[i]) << 8 | UInt16(f.payload[i + 1])
-      let value = Int(f.payload[i + 2]) << 24 | Int(f.payload[i + 3]) << 16 | Int(f.payload[i + 4]) << 8 | Int(f.payload[i + 5])
-      switch id {
-      case 0x4:
-        guard value <= 0x7fff_ffff else { throw ProtocolError(code: 3, reason: "INITIAL_WINDOW_SIZE") }
+    guard !f.flags.contains(.ack) else { return }
+    for setting in try f.settings() {
+      switch setting.id {
+      case .initialWindowSize:
+        let value = Int(setting.value)
         let delta = value - peerInitialWindow
         peerInitialWindow = value
         for key in streams.keys { streams[key]!.sendWindow += delta }
-      case 0x5:
-        guard (16_384...16_777_215).contains(value) else { throw ProtocolError(code: 1, reason: "MAX_FRAME_SIZE") }
-        peerMaxFrame = value
+      case .maxFrameSize:
+        peerMaxFrame = Int(setting.value)
       default: break
       }
-      i += 6
     }
-    frame(type: 0x4, flags: 0x1, stream: 0, payload: [])
+    output.settingsAck()
   }
 
   private func windowUpdate(_ f: Frame) throws {
-    guard f.payload.count == 4 else { throw ProtocolError(code: 6, reason: "WINDOW_UPDATE length") }
-    let p = f.payload.startIndex
-    let inc = Int(f.payload[p] & 0x7f) << 24 | Int(f.payload[p + 1]) << 16 | Int(f.payload[p + 2]) << 8 | Int(f.payload[p + 3])
-    guard inc > 0 else { throw ProtocolError(code: 1, reason: "WINDOW_UPDATE of 0") }
+    let inc = try f.windowIncrement()
     if f.stream == 0 {
-      guard connectionWindow + inc <= 0x7fff_ffff else { throw ProtocolError(code: 3, reason: "connection window overflow") }
+      guard connectionWindow + inc <= 0x7fff_ffff else { throw ConnectionError(.flowControlError, "connection window overflow") }
       connectionWindow += inc
     } else if let w = streams[f.stream]?.sendWindow {
-      guard w + inc <= 0x7fff_ffff else { throw ProtocolError(code: 3, reason: "stream window overflow") }
+      guard w + inc <= 0x7fff_ffff else { throw ConnectionError(.flowControlError, "stream window overflow") }
       streams[f.stream]!.sendWindow = w + inc
     }
   }
@@ -360,7 +304,7 @@ final class H2Connection {
       try handler(call)
     } catch let s as RPCStatus {
       status = s
-    } catch let e as ProtocolError {
+    } catch let e as ConnectionError {
       throw e
     } catch let e as StreamGone {
       _ = e
@@ -380,7 +324,7 @@ final class H2Connection {
     } else {
       errorResponse(id, status)
     }
-    if !stream.endStream { frame(type: 0x3, flags: 0, stream: id, payload: be32(0)) }  // the rest is not wanted
+    if !stream.endStream { output.rstStream(stream: id, code: .noError) }  // the rest is not wanted
     streams[id] = nil
   }
 
@@ -400,7 +344,7 @@ final class H2Connection {
           streams[id]!.data.removeFirst(5 + length)
           buffered -= 5 + length
           // Let the client send as much again on this stream.
-          frame(type: 0x8, flags: 0, stream: id, payload: be32(UInt32(5 + length)))
+          output.windowUpdate(stream: id, increment: UInt32(5 + length))
           return message
         }
       }
@@ -457,11 +401,11 @@ final class H2Connection {
       let n = min(body.count - offset, window, connectionWindow, peerMaxFrame)
       if n <= 0 {
         try flush()
-        guard let f = try readFrame() else { throw ProtocolError(code: 0, reason: "closed while sending") }
+        guard let f = try readFrame() else { throw ConnectionError(.noError, "closed while sending") }
         try handle(f)
         continue
       }
-      frame(type: 0x0, flags: 0, stream: id, payload: body[offset..<offset + n])
+      output.data(stream: id, body[offset..<offset + n])
       streams[id]!.sendWindow -= n
       connectionWindow -= n
       offset += n
@@ -471,53 +415,9 @@ final class H2Connection {
 
   // MARK: Writing
 
-  private func frame<C: Collection>(type: UInt8, flags: UInt8, stream: UInt32, payload: C) where C.Element == UInt8 {
-    let n = payload.count
-    output += [UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff), type, flags]
-    output += be32(stream)
-    output += payload
-  }
-
   /// A header block as HEADERS plus CONTINUATION frames no larger than the peer allows.
   private func headerFrames(_ id: UInt32, _ fields: [(String, String)], endStream: Bool) {
-    var block: [UInt8] = []
-    for (name, value) in fields {
-      block.append(0)  // literal header field without indexing, new name
-      Self.string(name, into: &block)
-      Self.string(value, into: &block)
-    }
-    var offset = 0
-    var first = true
-    repeat {
-      let n = min(block.count - offset, peerMaxFrame)
-      let last = offset + n == block.count
-      let flags: UInt8 = (last ? 0x4 : 0) | (first && endStream ? 0x1 : 0)
-      frame(type: first ? 0x1 : 0x9, flags: flags, stream: id, payload: block[offset..<offset + n])
-      offset += n
-      first = false
-    } while offset < block.count
-  }
-
-  private static func string(_ s: String, into out: inout [UInt8]) {
-    let bytes = Array(s.utf8)
-    integer(bytes.count, prefixBits: 7, into: &out)
-    out += bytes
-  }
-
-  /// HPACK integer (RFC 7541 5.1) with the flag bits of the first byte zero.
-  private static func integer(_ value: Int, prefixBits: Int, into out: inout [UInt8]) {
-    let max = (1 << prefixBits) - 1
-    if value < max {
-      out.append(UInt8(value))
-      return
-    }
-    out.append(UInt8(max))
-    var rest = value - max
-    while rest >= 128 {
-      out.append(UInt8(rest & 0x7f | 0x80))
-      rest >>= 7
-    }
-    out.append(UInt8(rest))
+    output.headers(stream: id, block: HeaderBlock.literal(fields), endStream: endStream, maxFrameSize: peerMaxFrame)
   }
 
   /// gRPC's percent-encoding of grpc-message.
@@ -536,18 +436,9 @@ final class H2Connection {
 
   private func flush() throws {
     guard !output.isEmpty else { return }
-    try Socket.writeAll(fd, output)
-    output.removeAll(keepingCapacity: true)
+    try Socket.writeAll(fd, output.bytes)
+    output.removeAll()
   }
-
-  private func setting(_ id: UInt16, _ value: UInt32) -> [UInt8] {
-    [UInt8(id >> 8), UInt8(id & 0xff)] + be32(value)
-  }
-}
-
-@inline(__always)
-func be32(_ v: UInt32) -> [UInt8] {
-  [UInt8(v >> 24), UInt8(v >> 16 & 0xff), UInt8(v >> 8 & 0xff), UInt8(v & 0xff)]
 }
 
 /// The handler's side of a streaming call on an ``H2Connection``.
