@@ -10,7 +10,8 @@ import Glibc
 
 /// The HTTP/2 server against raw, hand-made frames: malformed input gets an error or a
 /// closed connection, never a crash, and the server keeps serving.
-@Suite struct H2Tests {
+@Suite(.enabled(if: getuid() == 0, "needs root: trusted.* xattrs, owners, /run/sd, mounts"))
+struct H2Tests {
   /// A raw HTTP/2 client: frames in, frames out.
   final class Raw {
     let fd: Int32

@@ -317,7 +317,7 @@ final class H2Connection {
     buffered -= stream.data.count
     if stream.started {
       var trailers = [("grpc-status", String(status.code.rawValue))]
-      if status.code != .ok { trailers.append(("grpc-message", Self.percentEncoded(String(status.message.utf8.prefix(1024))!))) }
+      if status.code != .ok { trailers.append(("grpc-message", Self.message(of: status))) }
       headerFrames(id, trailers, endStream: true)
     } else if status.code == .ok {
       headerFrames(id, [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "0")], endStream: true)
@@ -371,13 +371,19 @@ final class H2Connection {
 
   /// A trailers-only response carrying `status` (its message cut to 1 KiB).
   private func errorResponse(_ id: UInt32, _ status: RPCStatus) {
-    var message = status.message
-    if message.utf8.count > 1024 { message = String(decoding: message.utf8.prefix(1024), as: UTF8.self) + "..." }
     headerFrames(
       id,
       [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", String(status.code.rawValue)),
-       ("grpc-message", Self.percentEncoded(message))],
+       ("grpc-message", Self.message(of: status))],
       endStream: true)
+  }
+
+  /// The `grpc-message` value of `status`: its message cut to 1 KiB (at a character
+  /// boundary, then "..."), percent-encoded.
+  private static func message(of status: RPCStatus) -> String {
+    var message = status.message
+    if message.utf8.count > 1024 { message = String(decoding: message.utf8.prefix(1024), as: UTF8.self) + "..." }
+    return percentEncoded(message)
   }
 
   /// The one length-prefixed message of a unary request (empty when the body is empty).
