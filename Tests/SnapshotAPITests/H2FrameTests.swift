@@ -259,6 +259,23 @@ import Testing
     #expect(try decode(e) == [Frame(type: .ping, flags: .ack, stream: 0, payload: [1, 2, 3, 4, 5, 6, 7, 8])])
   }
 
+  /// Each type's stream and length rules (RFC 9113, section 6), checked before a frame is
+  /// acted on.
+  @Test func shapes() throws {
+    func shape(_ type: FrameType, _ flags: FrameFlags = [], _ stream: UInt32, _ length: Int) -> ErrorCode? {
+      guard let f = try? decode(H2Tests.Raw.frame(type, flags, stream, [UInt8](repeating: 0, count: length))) else { return .internalError }
+      do { try f.checkShape() } catch { return error.code }
+      return nil
+    }
+    #expect(shape(.ping, [], 0, 8) == nil && shape(.ping, [], 0, 7) == .frameSizeError && shape(.ping, [], 1, 8) == .protocolError)
+    #expect(shape(.rstStream, [], 1, 4) == nil && shape(.rstStream, [], 1, 5) == .frameSizeError && shape(.rstStream, [], 0, 4) == .protocolError)
+    #expect(shape(.priority, [], 1, 5) == nil && shape(.priority, [], 1, 4) == .frameSizeError && shape(.priority, [], 0, 5) == .protocolError)
+    #expect(shape(.goAway, [], 0, 8) == nil && shape(.goAway, [], 0, 7) == .frameSizeError && shape(.goAway, [], 3, 8) == .protocolError)
+    #expect(shape(.settings, .ack, 0, 0) == nil && shape(.settings, .ack, 0, 6) == .frameSizeError && shape(.settings, [], 1, 6) == .protocolError)
+    #expect(shape(.data, [], 0, 1) == .protocolError && shape(.continuation, [], 0, 1) == .protocolError)
+    #expect(shape(.windowUpdate, [], 0, 4) == nil && shape(.windowUpdate, [], 0, 3) == .frameSizeError)
+  }
+
   @Test func goAwayFrames() throws {
     // Last stream 7, ENHANCE_YOUR_CALM, debug data.
     let f = try decode(H2Tests.Raw.frame(.goAway, [], 0, [0, 0, 0, 7, 0, 0, 0, 0xb] + Array("calm".utf8)))

@@ -135,6 +135,7 @@ final class H2Connection {
     if let id = continuing, f.type != .continuation || f.stream != id {
       throw ConnectionError(.protocolError, "expected CONTINUATION of stream \(id)")
     }
+    try f.checkShape()
     switch f.type {
     case .data: try data(f)
     case .headers: try headers(f)

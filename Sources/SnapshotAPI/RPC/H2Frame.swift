@@ -192,6 +192,30 @@ struct FrameDecoder {
 }
 
 extension Frame {
+  /// Checks what RFC 9113 (section 6) fixes of each frame type's shape: the stream it may
+  /// be sent on (PROTOCOL_ERROR) and its length (FRAME_SIZE_ERROR). Unknown types pass.
+  func checkShape() throws(ConnectionError) {
+    guard let type else { return }
+    let name = "\(type)".uppercased()
+    switch type {
+    case .data, .headers, .priority, .rstStream, .continuation:
+      guard stream != 0 else { throw ConnectionError(.protocolError, "\(name) on stream 0") }
+    case .settings, .ping, .goAway:
+      guard stream == 0 else { throw ConnectionError(.protocolError, "\(name) on stream \(stream)") }
+    case .pushPromise, .windowUpdate: break
+    }
+    let sizeOK: Bool
+    switch type {
+    case .priority: sizeOK = payload.count == 5
+    case .rstStream, .windowUpdate: sizeOK = payload.count == 4
+    case .ping: sizeOK = payload.count == 8
+    case .goAway: sizeOK = payload.count >= 8
+    case .settings: sizeOK = flags.contains(.ack) ? payload.isEmpty : payload.count % 6 == 0
+    case .data, .headers, .pushPromise, .continuation: sizeOK = true
+    }
+    guard sizeOK else { throw ConnectionError(.frameSizeError, "\(name) of \(payload.count) bytes") }
+  }
+
   /// A DATA or HEADERS payload without its pad length and padding (RFC 9113, sections 6.1
   /// and 6.2): the payload itself unless the frame is PADDED.
   func unpadded() throws(ConnectionError) -> ArraySlice<UInt8> {
