@@ -5,7 +5,7 @@
 //   CSysShims, CArchive (C) → SnapshotSys (system calls) → LayerStore (layer unpacking,
 //   content objects, OCI formats) → SnapshotCore (metadata, layout, mounts, imports)
 //     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl)
-//   CSysShims, CFuse (libfuse3), CFuseIO (passthrough hooks) → SnapFS (the FUSE overlay file system) → snapfs
+//   SnapshotSys, CFuse (libfuse3), CFuseIO (passthrough hooks) → SnapFS (the FUSE overlay file system) → snapfs
 //   Benchmarks/snapbench times the core in-process.
 // The core never imports gRPC.
 import PackageDescription
@@ -49,7 +49,7 @@ let package = Package(
     ),
     .target(
       name: "SnapFS",
-      dependencies: ["CSysShims", "CFuse", "CFuseIO"]
+      dependencies: ["CSysShims", "CFuse", "CFuseIO", "SnapshotSys"]
     ),
     .executableTarget(
       name: "snapfs",
@@ -115,7 +115,7 @@ let package = Package(
     ),
     .testTarget(
       name: "SnapFSTests",
-      dependencies: ["SnapFS", "CSysShims"]
+      dependencies: ["SnapFS", "CSysShims", "SnapshotSys"]
     ),
     .testTarget(
       name: "LayerStoreTests",

@@ -1,4 +1,5 @@
 import CSysShims
+import SnapshotSys
 
 #if canImport(Glibc)
 import Glibc
@@ -137,7 +138,7 @@ final class Overlay: @unchecked Sendable {
         break  // a file under a directory: hidden
       }
       let sub: Int32
-      do { sub = try sys(shim_openat(dir.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0)) } catch {
+      do { sub = try Sys.call(shim_openat(dir.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0)) } catch {
         for d in dirs { close(d.fd) }
         throw error
       }
@@ -191,7 +192,7 @@ final class Overlay: @unchecked Sendable {
   func realStat(_ node: Node) throws(Errno) -> stat {
     var st = stat()
     let (dirfd, name) = try location(node)
-    _ = try sys(fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name.isEmpty ? SHIM_AT_EMPTY_PATH : 0)))
+    _ = try Sys.call(fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name.isEmpty ? SHIM_AT_EMPTY_PATH : 0)))
     return st
   }
 
@@ -200,14 +201,14 @@ final class Overlay: @unchecked Sendable {
   private func pin(_ node: Node) throws(Errno) {
     guard !node.isDirectory, node.pinned < 0 else { return }
     let (dirfd, name) = try location(node)
-    node.pinned = try sys(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+    node.pinned = try Sys.call(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
   }
 
   /// A link's target.
   func readlink(_ node: Node) throws(Errno) -> [CChar] {
     var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
     let (dirfd, name) = try location(node)
-    let n = try sys(readlinkat(dirfd, name, &buffer, buffer.count - 1))
+    let n = try Sys.call(readlinkat(dirfd, name, &buffer, buffer.count - 1))
     buffer[n] = 0
     return buffer
   }
@@ -235,7 +236,7 @@ final class Overlay: @unchecked Sendable {
 
   /// One directory's entries, without "." and "..".
   private func list(_ dirfd: Int32) throws(Errno) -> [(name: String, ino: UInt64, type: UInt8)] {
-    let fd = try sys(shim_openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0))
+    let fd = try Sys.call(shim_openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0))
     guard let dir = fdopendir(fd) else {
       close(fd)
       throw Errno.current
@@ -287,17 +288,17 @@ final class Overlay: @unchecked Sendable {
     try copyUp(parent)
     let upperParent = parent.dirs[0].fd
     var parentTimes = stat()
-    _ = try sys(fstat(upperParent, &parentTimes))
+    _ = try Sys.call(fstat(upperParent, &parentTimes))
     let st = try realStat(node)
     let temp = tempName()
     switch st.type {
     case S_IFDIR:
-      _ = try sys(mkdirat(work, temp, st.st_mode & 0o7777))
+      _ = try Sys.call(mkdirat(work, temp, st.st_mode & 0o7777))
       var fd: Int32 = -1
       do {
-        fd = try sys(shim_openat(work, temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+        fd = try Sys.call(shim_openat(work, temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
         try copyMetadata(from: node.fd, to: fd, st)
-        _ = try sys(renameat(work, temp, upperParent, node.name))
+        _ = try Sys.call(renameat(work, temp, upperParent, node.name))
       } catch {
         if fd >= 0 { close(fd) }
         try? removeTree(work, temp)
@@ -306,35 +307,35 @@ final class Overlay: @unchecked Sendable {
       node.dirs.insert(LayerDir(layer: 0, fd: fd), at: 0)
     case S_IFREG:
       guard let lowerParent = parent.dir(layer: node.layer) else { throw Errno(EIO) }
-      let src = try sys(shim_openat(lowerParent, node.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0))
+      let src = try Sys.call(shim_openat(lowerParent, node.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0))
       defer { close(src) }
       // A stub's data is its data file's; overlayfs looks that up even when it copies no data
       // (O_TRUNC), and fails the copy-up as the lookup does (ENOENT without the object).
       let stub = node.stub
       let dataFD = try stub.map { (stub) throws(Errno) -> Int32 in try openData(stub, flags: O_RDONLY | O_CLOEXEC) } ?? src
       defer { if dataFD != src { close(dataFD) } }
-      let dst = try sys(shim_openat(work, temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
+      let dst = try Sys.call(shim_openat(work, temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
       do {
         defer { close(dst) }
         if data {
           try copyData(from: dataFD, to: dst, size: Int(st.st_size))
           // The stub's size, whatever the data file's, as overlayfs sets it.
-          if stub != nil { _ = try sys(ftruncate(dst, st.st_size)) }
+          if stub != nil { _ = try Sys.call(ftruncate(dst, st.st_size)) }
         }
         try copyMetadata(from: src, to: dst, st)
-        _ = try sys(renameat(work, temp, upperParent, node.name))
+        _ = try Sys.call(renameat(work, temp, upperParent, node.name))
       } catch {
         unlinkat(work, temp, 0)
         throw error
       }
     case S_IFLNK:
-      _ = try sys(symlinkat(try readlink(node), work, temp))
+      _ = try Sys.call(symlinkat(try readlink(node), work, temp))
       do { try finishSpecial(temp, st, into: upperParent, node.name) } catch {
         unlinkat(work, temp, 0)
         throw error
       }
     default:
-      _ = try sys(mknodat(work, temp, st.st_mode, st.st_rdev))
+      _ = try Sys.call(mknodat(work, temp, st.st_mode, st.st_rdev))
       do { try finishSpecial(temp, st, into: upperParent, node.name) } catch {
         unlinkat(work, temp, 0)
         throw error
@@ -356,11 +357,11 @@ final class Overlay: @unchecked Sendable {
   /// Owner, times (and xattrs where the kernel has them) of a link or special file made in
   /// the work dir, then into place.
   private func finishSpecial(_ temp: String, _ st: stat, into dirfd: Int32, _ name: String) throws(Errno) {
-    _ = try sys(fchownat(work, temp, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW))
-    if st.type != S_IFLNK { _ = try sys(fchmodat(work, temp, st.st_mode & 0o7777, 0)) }
+    _ = try Sys.call(fchownat(work, temp, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW))
+    if st.type != S_IFLNK { _ = try Sys.call(fchmodat(work, temp, st.st_mode & 0o7777, 0)) }
     var times = [st.st_atim, st.st_mtim]
-    _ = try sys(utimensat(work, temp, &times, AT_SYMLINK_NOFOLLOW))
-    _ = try sys(renameat(work, temp, dirfd, name))
+    _ = try Sys.call(utimensat(work, temp, &times, AT_SYMLINK_NOFOLLOW))
+    _ = try Sys.call(renameat(work, temp, dirfd, name))
   }
 
   private func copyData(from src: Int32, to dst: Int32, size: Int) throws(Errno) {
@@ -383,10 +384,10 @@ final class Overlay: @unchecked Sendable {
     defer { buffer.deallocate() }
     var offset: off_t = 0
     while true {
-      let n = try sys(pread(src, buffer, size, offset))
+      let n = try Sys.call(pread(src, buffer, size, offset))
       if n == 0 { return }
       var done = 0
-      while done < n { done += try sys(pwrite(dst, buffer + done, n - done, offset + off_t(done))) }
+      while done < n { done += try Sys.call(pwrite(dst, buffer + done, n - done, offset + off_t(done))) }
       offset += off_t(n)
     }
   }
@@ -398,33 +399,33 @@ final class Overlay: @unchecked Sendable {
       let value = try xattr(fd: src, name)
       if fsetxattr(dst, name, value, value.count, 0) != 0 && errno != EOPNOTSUPP { throw Errno.current }
     }
-    _ = try sys(fchown(dst, st.st_uid, st.st_gid))
-    _ = try sys(fchmod(dst, st.st_mode & 0o7777))
+    _ = try Sys.call(fchown(dst, st.st_uid, st.st_gid))
+    _ = try Sys.call(fchmod(dst, st.st_mode & 0o7777))
     var times = [st.st_atim, st.st_mtim]
-    _ = try sys(futimens(dst, &times))
+    _ = try Sys.call(futimens(dst, &times))
   }
 
   // MARK: - xattrs
 
   private func xattrNames(fd: Int32) throws(Errno) -> [String] {
     while true {
-      let size = try sys(flistxattr(fd, nil, 0))
+      let size = try Sys.call(flistxattr(fd, nil, 0))
       if size == 0 { return [] }
       var buffer = [CChar](repeating: 0, count: size)
       let n = flistxattr(fd, &buffer, size)
       if n < 0 && errno == ERANGE { continue }
-      _ = try sys(n)
+      _ = try Sys.call(n)
       return buffer[..<n].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
     }
   }
 
   private func xattr(fd: Int32, _ name: String) throws(Errno) -> [UInt8] {
     while true {
-      let size = try sys(fgetxattr(fd, name, nil, 0))
+      let size = try Sys.call(fgetxattr(fd, name, nil, 0))
       var value = [UInt8](repeating: 0, count: size)
       let n = fgetxattr(fd, name, &value, size)
       if n < 0 && errno == ERANGE { continue }
-      _ = try sys(n)
+      _ = try Sys.call(n)
       return Array(value[..<n])
     }
   }
@@ -448,7 +449,7 @@ final class Overlay: @unchecked Sendable {
   private func withPath<T>(_ node: Node, _ body: (String) throws(Errno) -> T) throws(Errno) -> T {
     if node.pinned >= 0 { return try body("/proc/self/fd/\(node.pinned)") }
     let (dirfd, name) = try location(node)
-    let fd = try sys(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+    let fd = try Sys.call(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
     defer { close(fd) }
     return try body("/proc/self/fd/\(fd)")
   }
@@ -459,9 +460,9 @@ final class Overlay: @unchecked Sendable {
       raw = try xattrNames(fd: node.fd).flatMap { Array($0.utf8CString) }
     } else {
       raw = try withPath(node) { (path) throws(Errno) -> [CChar] in
-        let size = try sys(listxattr(path, nil, 0))
+        let size = try Sys.call(listxattr(path, nil, 0))
         var raw = [CChar](repeating: 0, count: size)
-        let n = try sys(listxattr(path, &raw, size))
+        let n = try Sys.call(listxattr(path, &raw, size))
         raw.removeSubrange(n...)
         return raw
       }
@@ -484,22 +485,22 @@ final class Overlay: @unchecked Sendable {
   /// The value of `name` into `buffer` (nil: only its size).
   func getXattr(_ node: Node, _ name: String, into buffer: UnsafeMutableRawPointer?, size: Int) throws(Errno) -> Int {
     let name = stored(name)
-    if node.isDirectory { return try sys(fgetxattr(node.fd, name, buffer, size)) }
-    return try withPath(node) { (path) throws(Errno) -> Int in try sys(getxattr(path, name, buffer, size)) }
+    if node.isDirectory { return try Sys.call(fgetxattr(node.fd, name, buffer, size)) }
+    return try withPath(node) { (path) throws(Errno) -> Int in try Sys.call(getxattr(path, name, buffer, size)) }
   }
 
   func setXattr(_ node: Node, _ name: String, _ value: UnsafeRawPointer?, size: Int, flags: Int32) throws(Errno) {
     let name = stored(name)
     try copyUp(node)
-    if node.isDirectory { _ = try sys(fsetxattr(node.fd, name, value, size, flags)) }
-    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try sys(setxattr(path, name, value, size, flags)) } }
+    if node.isDirectory { _ = try Sys.call(fsetxattr(node.fd, name, value, size, flags)) }
+    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try Sys.call(setxattr(path, name, value, size, flags)) } }
   }
 
   func removeXattr(_ node: Node, _ name: String) throws(Errno) {
     let name = stored(name)
     try copyUp(node)
-    if node.isDirectory { _ = try sys(fremovexattr(node.fd, name)) }
-    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try sys(removexattr(path, name)) } }
+    if node.isDirectory { _ = try Sys.call(fremovexattr(node.fd, name)) }
+    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try Sys.call(removexattr(path, name)) } }
   }
 
   // MARK: - Changing the tree (callers hold the tree lock for writing)
@@ -515,7 +516,7 @@ final class Overlay: @unchecked Sendable {
     let upper = parent.dirs[0].fd
     guard let st = try statIfPresent(upper, name) else { return false }
     guard st.isWhiteout else { throw Errno(EEXIST) }
-    _ = try sys(unlinkat(upper, name, 0))
+    _ = try Sys.call(unlinkat(upper, name, 0))
     return true
   }
 
@@ -523,20 +524,20 @@ final class Overlay: @unchecked Sendable {
   /// set-ID bits, which chown clears, are given back (`mode`: as created).
   func chownNew(_ parent: Node, _ name: String, uid: uid_t, gid: gid_t, mode: mode_t? = nil) throws(Errno) {
     var pst = stat()
-    _ = try sys(fstat(parent.dirs[0].fd, &pst))
+    _ = try Sys.call(fstat(parent.dirs[0].fd, &pst))
     let inherits = pst.st_mode & S_ISGID != 0
     let group = inherits ? pst.st_gid : gid
     // Made by this process: the owner it got may already be the right one.
     if uid == euid && group == (inherits ? pst.st_gid : egid) { return }
-    _ = try sys(fchownat(parent.dirs[0].fd, name, uid, group, AT_SYMLINK_NOFOLLOW))
+    _ = try Sys.call(fchownat(parent.dirs[0].fd, name, uid, group, AT_SYMLINK_NOFOLLOW))
     if let mode, mode & (S_ISUID | S_ISGID) != 0 {
-      _ = try sys(fchmodat(parent.dirs[0].fd, name, mode & 0o7777, 0))
+      _ = try Sys.call(fchmodat(parent.dirs[0].fd, name, mode & 0o7777, 0))
     }
   }
 
   func markOpaque(_ fd: Int32) throws(Errno) {
     let y: [UInt8] = [UInt8(ascii: "y")]
-    _ = try sys(fsetxattr(fd, opaqueName, y, 1, 0))
+    _ = try Sys.call(fsetxattr(fd, opaqueName, y, 1, 0))
   }
 
   /// Whether a layer under the upper one shows `name` in `parent`.
@@ -551,8 +552,8 @@ final class Overlay: @unchecked Sendable {
   /// non-directory.
   private func whiteout(_ dirfd: Int32, _ name: String) throws(Errno) {
     let temp = tempName()
-    _ = try sys(mknodat(work, temp, S_IFCHR, 0))
-    do { _ = try sys(renameat(work, temp, dirfd, name)) } catch {
+    _ = try Sys.call(mknodat(work, temp, S_IFCHR, 0))
+    do { _ = try Sys.call(renameat(work, temp, dirfd, name)) } catch {
       unlinkat(work, temp, 0)
       throw error
     }
@@ -563,13 +564,13 @@ final class Overlay: @unchecked Sendable {
     if unlinkat(dirfd, name, 0) == 0 { return }
     guard errno == EISDIR else { throw Errno.current }
     try emptyDirectory(dirfd, name)
-    _ = try sys(unlinkat(dirfd, name, AT_REMOVEDIR))
+    _ = try Sys.call(unlinkat(dirfd, name, AT_REMOVEDIR))
   }
 
   /// Removes everything under the directory `name` of `dirfd`. An upper directory that is
   /// empty in the merged tree holds at most whiteouts.
   private func emptyDirectory(_ dirfd: Int32, _ name: String) throws(Errno) {
-    let fd = try sys(shim_openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+    let fd = try Sys.call(shim_openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
     defer { close(fd) }
     for entry in try list(fd) { try removeTree(fd, entry.name) }
   }
@@ -595,7 +596,7 @@ final class Overlay: @unchecked Sendable {
       } else if below {
         try whiteout(upper, name)
       } else {
-        _ = try sys(unlinkat(upper, name, 0))
+        _ = try Sys.call(unlinkat(upper, name, 0))
       }
     } else {
       try whiteout(upper, name)
@@ -634,7 +635,7 @@ final class Overlay: @unchecked Sendable {
     if let st = try statIfPresent(to, newName) {
       if st.isWhiteout {
         if node.isDirectory {
-          _ = try sys(unlinkat(to, newName, 0))
+          _ = try Sys.call(unlinkat(to, newName, 0))
           opaque = true
         }
       } else if st.isDirectory {
@@ -642,7 +643,7 @@ final class Overlay: @unchecked Sendable {
       }
     }
     if opaque { try markOpaque(node.fd) }
-    _ = try sys(renameat(from, name, to, newName))
+    _ = try Sys.call(renameat(from, name, to, newName))
     if below { try whiteout(from, name) }
     nodes.detach(newParent, newName)
     nodes.move(node, from: parent, name, to: newParent, newName)
@@ -706,9 +707,9 @@ final class Overlay: @unchecked Sendable {
     // A stub (only ever opened for reading: writing copies it up): its data file.
     if let stub = lowerStub(node) { return try openData(stub, flags: flags) }
     // A removed name: reopen the file through the descriptor that pins it.
-    if node.pinned >= 0 { return try sys(shim_open("/proc/self/fd/\(node.pinned)", flags & ~O_NOFOLLOW, 0)) }
+    if node.pinned >= 0 { return try Sys.call(shim_open("/proc/self/fd/\(node.pinned)", flags & ~O_NOFOLLOW, 0)) }
     let (dirfd, name) = try location(node)
-    let fd = try sys(shim_openat(dirfd, name, flags, 0))
+    let fd = try Sys.call(shim_openat(dirfd, name, flags, 0))
     // A lower file replaced under its name since its lookup: the layer store turns a
     // committed layer's files into stubs of the same metadata (renamed over each name) while
     // it may be mounted. The name's file is then a stub, whose own bytes are no data: its
@@ -731,7 +732,7 @@ final class Overlay: @unchecked Sendable {
     try copyUp(node)
     _ = try prepareCreate(parent, name)
     let (dirfd, from) = try location(node)
-    _ = try sys(linkat(dirfd, from, parent.dirs[0].fd, name, from.isEmpty ? SHIM_AT_EMPTY_PATH : 0))
+    _ = try Sys.call(linkat(dirfd, from, parent.dirs[0].fd, name, from.isEmpty ? SHIM_AT_EMPTY_PATH : 0))
     nodes.addName(node, parent, name)
   }
 

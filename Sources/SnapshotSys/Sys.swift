@@ -82,16 +82,14 @@ public enum Sys {
 
   /// A whole file (a /proc file, whose size stat does not tell).
   public static func readAll(_ path: String) throws(SystemError) -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw SystemError("open", path, errno: errno) }
+    let fd = try SystemError.check("open", path) { open(path, O_RDONLY | O_CLOEXEC) }
     defer { close(fd) }
     var out: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65536)
     while true {
-      let n = read(fd, &buffer, buffer.count)
+      let n = try SystemError.check("read", path) { read(fd, &buffer, buffer.count) }
       if n == 0 { return out }
-      if n > 0 { out += buffer[..<n]; continue }
-      if errno != EINTR { throw SystemError("read", path, errno: errno) }
+      out += buffer[..<n]
     }
   }
 
