@@ -297,28 +297,11 @@ public final class ObjectStore: @unchecked Sendable {
 
   /// Runs `body` while no garbage collection runs.
   public func shared<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-    gate.lockShared()
-    defer { gate.unlock() }
-    return try body()
+    try gate.read(body)
   }
 
   /// Runs `body` while no import makes stubs.
   public func exclusive<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-    gate.lockExclusive()
-    defer { gate.unlock() }
-    return try body()
+    try gate.write(body)
   }
-}
-
-/// A `pthread_rwlock_t` on the heap.
-final class ReadWriteLock: @unchecked Sendable {
-  private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
-  init() { pthread_rwlock_init(lock, nil) }
-  deinit {
-    pthread_rwlock_destroy(lock)
-    lock.deallocate()
-  }
-  func lockShared() { pthread_rwlock_rdlock(lock) }
-  func lockExclusive() { pthread_rwlock_wrlock(lock) }
-  func unlock() { pthread_rwlock_unlock(lock) }
 }

@@ -28,7 +28,9 @@ final class Overlay: @unchecked Sendable {
   let hasUpper: Bool
   let root: Node
   let nodes = NodeTable()
-  let tree = TreeLock()
+  /// Over the overlay's name space: lookups, reads and listings share it, anything that
+  /// changes a layer takes it alone.
+  let tree = ReadWriteLock()
   /// The xattr namespace overlayfs keeps for itself (see `stored(_:)`).
   let privatePrefix: String
   /// `trusted.overlay.opaque`, or `user.overlay.opaque` with `userxattr`: as the kernel,

@@ -4,24 +4,6 @@ import SnapshotSys
 import Glibc
 #endif
 
-/// A readers-writer lock over the overlay's name space: lookups, reads and listings share
-/// it, anything that changes a layer takes it alone.
-final class TreeLock: @unchecked Sendable {
-  private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
-  init() { pthread_rwlock_init(lock, nil) }
-  deinit { pthread_rwlock_destroy(lock); lock.deallocate() }
-  @inline(__always) func read<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-    pthread_rwlock_rdlock(lock)
-    defer { pthread_rwlock_unlock(lock) }
-    return try body()
-  }
-  @inline(__always) func write<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-    pthread_rwlock_wrlock(lock)
-    defer { pthread_rwlock_unlock(lock) }
-    return try body()
-  }
-}
-
 /// A plain mutex for short critical sections (the node table).
 final class Mutex: @unchecked Sendable {
   private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
