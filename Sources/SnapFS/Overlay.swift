@@ -109,7 +109,7 @@ final class Overlay: @unchecked Sendable {
 
   /// Leftovers of an interrupted copy-up or whiteout in the work dir.
   private func cleanWork() throws(Errno) {
-    for entry in try list(work) where entry.name.hasPrefix("#snapfs") {
+    for entry in try At.entries(work) where entry.name.hasPrefix("#snapfs") {
       try removeTree(work, entry.name)
     }
   }
@@ -236,27 +236,6 @@ final class Overlay: @unchecked Sendable {
     let type: UInt8
   }
 
-  /// One directory's entries, without "." and "..".
-  private func list(_ dirfd: Int32) throws(Errno) -> [(name: String, ino: UInt64, type: UInt8)] {
-    let fd = try Sys.call(shim_openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0))
-    guard let dir = fdopendir(fd) else {
-      close(fd)
-      throw Errno.current
-    }
-    defer { closedir(dir) }
-    var out: [(name: String, ino: UInt64, type: UInt8)] = []
-    while let entry = readdir(dir) {
-      let (name, isDot) = withUnsafeBytes(of: &entry.pointee.d_name) { raw -> (String, Bool) in
-        let p = raw.baseAddress!.assumingMemoryBound(to: CChar.self)
-        let dot = p[0] == 0x2E && (p[1] == 0 || (p[1] == 0x2E && p[2] == 0))
-        return (dot ? "" : String(cString: p), dot)
-      }
-      if isDot { continue }
-      out.append((name, UInt64(entry.pointee.d_ino), entry.pointee.d_type))
-    }
-    return out
-  }
-
   /// The merged listing of a directory: each name from its topmost layer, whiteouts and
   /// what they hide left out. Caller holds the tree lock.
   func entries(_ node: Node) throws(Errno) -> [Entry] {
@@ -264,7 +243,7 @@ final class Overlay: @unchecked Sendable {
     var seen = Set<String>()
     var out: [Entry] = []
     for dir in node.dirs {
-      for e in try list(dir.fd) where !merged || seen.insert(e.name).inserted {
+      for e in try At.entries(dir.fd) where !merged || seen.insert(e.name).inserted {
         if e.type == UInt8(DT_CHR), try isWhiteout(dir.fd, e.name) { continue }
         out.append(Entry(name: e.name, ino: inodeNumber(e.ino, layer: dir.layer), type: e.type))
       }
@@ -397,8 +376,10 @@ final class Overlay: @unchecked Sendable {
   /// xattrs (but overlayfs's own: a stub's metacopy and redirect stay behind), owner, mode,
   /// times: descriptor to descriptor.
   private func copyMetadata(from src: Int32, to dst: Int32, _ st: stat) throws(Errno) {
-    for name in try xattrNames(fd: src) where visible(name) != nil {
-      let value = try xattr(fd: src, name)
+    for bytes in try At.xattrNames(src) {
+      let name = String(decoding: bytes, as: UTF8.self)
+      guard visible(name) != nil else { continue }
+      let value = try At.xattrValue(src, name)
       if fsetxattr(dst, name, value, value.count, 0) != 0 && errno != EOPNOTSUPP { throw Errno.current }
     }
     _ = try Sys.call(fchown(dst, st.st_uid, st.st_gid))
@@ -408,29 +389,6 @@ final class Overlay: @unchecked Sendable {
   }
 
   // MARK: - xattrs
-
-  private func xattrNames(fd: Int32) throws(Errno) -> [String] {
-    while true {
-      let size = try Sys.call(flistxattr(fd, nil, 0))
-      if size == 0 { return [] }
-      var buffer = [CChar](repeating: 0, count: size)
-      let n = flistxattr(fd, &buffer, size)
-      if n < 0 && errno == ERANGE { continue }
-      _ = try Sys.call(n)
-      return buffer[..<n].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
-    }
-  }
-
-  private func xattr(fd: Int32, _ name: String) throws(Errno) -> [UInt8] {
-    while true {
-      let size = try Sys.call(fgetxattr(fd, name, nil, 0))
-      var value = [UInt8](repeating: 0, count: size)
-      let n = fgetxattr(fd, name, &value, size)
-      if n < 0 && errno == ERANGE { continue }
-      _ = try Sys.call(n)
-      return Array(value[..<n])
-    }
-  }
 
   /// overlayfs (since Linux 6.7) escapes its own namespace: what users see as
   /// `trusted.overlay.X` is stored as `trusted.overlay.overlay.X`, and the real
@@ -457,21 +415,11 @@ final class Overlay: @unchecked Sendable {
   }
 
   func listXattrs(_ node: Node) throws(Errno) -> [UInt8] {
-    var raw: [CChar]
-    if node.isDirectory {
-      raw = try xattrNames(fd: node.fd).flatMap { Array($0.utf8CString) }
-    } else {
-      raw = try withPath(node) { (path) throws(Errno) -> [CChar] in
-        let size = try Sys.call(listxattr(path, nil, 0))
-        var raw = [CChar](repeating: 0, count: size)
-        let n = try Sys.call(listxattr(path, &raw, size))
-        raw.removeSubrange(n...)
-        return raw
-      }
-    }
+    let names = try node.isDirectory
+      ? At.xattrNames(node.fd)
+      : withPath(node) { (path) throws(Errno) -> [[UInt8]] in try At.xattrNames(following: path) }
     var out: [UInt8] = []
-    for name in raw.split(separator: 0) {
-      let bytes = name.map { UInt8(bitPattern: $0) }
+    for bytes in names {
       if !bytes.starts(with: privatePrefix.utf8) {
         out += bytes
       } else if let shown = visible(String(decoding: bytes, as: UTF8.self)) {
@@ -563,10 +511,7 @@ final class Overlay: @unchecked Sendable {
 
   /// Removes `name` and everything under it from `dirfd` (an upper or work directory).
   private func removeTree(_ dirfd: Int32, _ name: String) throws(Errno) {
-    if unlinkat(dirfd, name, 0) == 0 { return }
-    guard errno == EISDIR else { throw Errno.current }
-    try emptyDirectory(dirfd, name)
-    _ = try Sys.call(unlinkat(dirfd, name, AT_REMOVEDIR))
+    try Tree.remove(dirfd, name, makeAccessible: false) { (_, _, e) in Errno(e) }
   }
 
   /// Removes everything under the directory `name` of `dirfd`. An upper directory that is
@@ -574,7 +519,7 @@ final class Overlay: @unchecked Sendable {
   private func emptyDirectory(_ dirfd: Int32, _ name: String) throws(Errno) {
     let fd = try Sys.call(shim_openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
     defer { close(fd) }
-    for entry in try list(fd) { try removeTree(fd, entry.name) }
+    try Tree.removeContents(fd, makeAccessible: false) { (_, _, e) in Errno(e) }
   }
 
   /// unlink(2) and rmdir(2) of the merged tree.

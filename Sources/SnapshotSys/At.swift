@@ -167,19 +167,12 @@ public enum At {
   /// `flistxattr(2)` + `fgetxattr(2)`: every extended attribute of the open file, sorted by
   /// name.
   public static func xattrs(_ fd: Int32, _ what: String) throws(SystemError) -> [(String, [UInt8])] {
-    var size = try SystemError.check("flistxattr", what) { flistxattr(fd, nil, 0) }
-    if size == 0 { return [] }
-    var names = [CChar](repeating: 0, count: size)
-    size = try SystemError.check("flistxattr", what) { flistxattr(fd, &names, names.count) }
+    let names: [[UInt8]]
+    do { names = try xattrNames(fd) } catch { throw SystemError("flistxattr", what, errno: error.code) }
     var out: [(String, [UInt8])] = []
-    var start = 0
-    for i in 0..<size where names[i] == 0 {
-      let name = names[start..<i].withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0), as: UTF8.self) }
-      start = i + 1
-      let n = try SystemError.check("fgetxattr", "\(what) \(name)") { fgetxattr(fd, name, nil, 0) }
-      var value = [UInt8](repeating: 0, count: n)
-      let m = try SystemError.check("fgetxattr", "\(what) \(name)") { fgetxattr(fd, name, &value, value.count) }
-      out.append((name, Array(value.prefix(m))))
+    for bytes in names {
+      let name = String(decoding: bytes, as: UTF8.self)
+      do { out.append((name, try xattrValue(fd, name))) } catch { throw SystemError("fgetxattr", "\(what) \(name)", errno: error.code) }
     }
     return out.sorted { $0.0 < $1.0 }
   }

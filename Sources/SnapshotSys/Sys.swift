@@ -93,16 +93,12 @@ public enum Sys {
     }
   }
 
-  /// Names in a directory (`opendir(3)`/`readdir(3)`), without "." and "..".
+  /// Names in a directory (`readdir(3)`), without "." and "..".
   public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
-    guard let dir = opendir(path) else { throw SystemError("opendir", path, errno: errno) }
-    defer { closedir(dir) }
+    let fd = try SystemError.check("open", path) { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
     var names: [String] = []
-    while let entry = readdir(dir) {
-      let name = withUnsafePointer(to: entry.pointee.d_name) {
-        $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-      }
-      if name != "." && name != ".." { names.append(name) }
+    try At.readDirectory(consuming: fd, failure: { SystemError($0, path, errno: $1) }) { (name, _) throws(SystemError) in
+      names.append(String(cString: name))
     }
     return names
   }
