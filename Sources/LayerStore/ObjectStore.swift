@@ -52,8 +52,8 @@ public final class ObjectStore: @unchecked Sendable {
   private let gate = ReadWriteLock()
 
   /// overlayfs's xattrs that make a stub (the only `trusted.overlay.*` names the store writes).
-  public static let metacopyXattr = "trusted.overlay.metacopy"
-  public static let redirectXattr = "trusted.overlay.redirect"
+  public static let metacopyXattr = OverlayXattr.trusted.metacopy
+  public static let redirectXattr = OverlayXattr.trusted.redirect
   /// The object's whole content digest (32 bytes).
   static let digestXattr = "trusted.snapshotd.sha256"
   /// Different contents tried under one short name before giving up (8-byte prefixes

@@ -413,7 +413,7 @@ final class Extractor {
       var size = 0
       while archive_entry_xattr_next(e, &name, &value, &size) == ARCHIVE_OK {
         guard let n = Self.string(name) else { throw fail(raw, "xattr name not UTF-8") }
-        if n.hasPrefix("trusted.overlay.") || n.hasPrefix("user.overlay.") {
+        if OverlayXattr.isOverlay(n) {
           throw fail(raw, "sets the overlayfs xattr \(n)")
         }
         let v = value.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
@@ -493,7 +493,7 @@ final class Extractor {
     do {
       let fd = try At.openBeneath(root, path.isEmpty ? "." : path, flags: O_RDONLY | O_DIRECTORY)
       defer { At.close(fd) }
-      try At.setXattr(fd, raw, name: "trusted.overlay.opaque", value: Array("y".utf8))
+      try At.setXattr(fd, raw, name: OverlayXattr.trusted.opaque, value: Array("y".utf8))
     } catch {
       throw fail(raw, error)
     }

@@ -50,7 +50,6 @@ final class Overlay: @unchecked Sendable {
   let stubs = Mutex()
   private let work: Int32
   private let sameDevice: Bool
-  private let tempCounter = Counter()
   private let euid = geteuid(), egid = getegid()
 
   /// Opens the layers; throws a message naming the layer that cannot be used.
@@ -97,10 +96,11 @@ final class Overlay: @unchecked Sendable {
     }
     hasUpper = options.upper != nil
     sameDevice = devices.count == 1
-    privatePrefix = options.userXattr ? "user.overlay." : "trusted.overlay."
-    opaqueName = privatePrefix + "opaque"
-    metacopyName = privatePrefix + "metacopy"
-    redirectName = privatePrefix + "redirect"
+    let xattrs = options.userXattr ? OverlayXattr.user : OverlayXattr.trusted
+    privatePrefix = xattrs.prefix
+    opaqueName = xattrs.opaque
+    metacopyName = xattrs.metacopy
+    redirectName = xattrs.redirect
     var st = stat()
     fstat(dirs[0].fd, &st)
     root = Node(ino: UInt64(st.st_ino), realIno: UInt64(st.st_ino), type: S_IFDIR, parent: nil, name: "", layer: 0, dirs: dirs)
@@ -257,7 +257,7 @@ final class Overlay: @unchecked Sendable {
 
   // MARK: - Copy-up
 
-  private func tempName() -> String { "#snapfs.\(tempCounter.next())" }
+  private func tempName() -> String { Sys.temporaryName("#snapfs") }
 
   /// Makes `node` live in the upper dir, with its parents. `data: false` skips copying a
   /// regular file's contents (an open with O_TRUNC). Caller holds the tree lock for writing.
@@ -688,11 +688,4 @@ final class Overlay: @unchecked Sendable {
     guard let parent = node.parent, !node.detached else { return nil }
     return (parent.dirs[0].fd, node.name)
   }
-}
-
-/// A thread-safe counter for temporary names.
-final class Counter: @unchecked Sendable {
-  private let mutex = Mutex()
-  private var value: UInt64 = 0
-  func next() -> UInt64 { mutex.with { value += 1; return value } }
 }
