@@ -114,6 +114,10 @@ let package = Package(
       path: "Benchmarks/snapbench"
     ),
     .testTarget(
+      name: "SnapshotSysTests",
+      dependencies: ["SnapshotSys"]
+    ),
+    .testTarget(
       name: "SnapFSTests",
       dependencies: ["SnapFS", "CSysShims", "SnapshotSys"]
     ),
