@@ -78,7 +78,7 @@ let package = Package(
     .target(
       name: "SnapshotAPI",
       dependencies: [
-        "SnapshotCore",
+        "SnapshotCore", "LayerStore", "SnapshotSys",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -135,6 +135,7 @@ let package = Package(
         "SnapshotAPI", "SnapshotCore", "SnapshotSys",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
       ]
     ),
   ]
