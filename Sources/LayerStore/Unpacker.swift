@@ -316,10 +316,7 @@ final class Extractor {
   }
 
   private func fail(_ path: String, _ error: SystemError) -> LayerError {
-    if error.errno == ENOSPC || error.errno == EDQUOT {
-      return LayerError(.noSpace, "layer \(layer.name): entry \"\(path)\": no space left on device (\(error))")
-    }
-    return LayerError(.failed, "layer \(layer.name): entry \"\(path)\": \(error)")
+    LayerError(.failed, "layer \(layer.name): entry \"\(path)\": \(error)", errno: error.errno)
   }
 
   /// The entry's path as components, refusing absolute paths and `..`.
