@@ -5,7 +5,7 @@
 //   CSysShims, CArchive (C) → SnapshotSys (system calls) → LayerStore (layer unpacking,
 //   content objects, OCI formats) → SnapshotCore (metadata, layout, mounts, imports)
 //     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl)
-//   CSysShims, CFuse (libfuse3), CFuseIO (passthrough hooks) → SnapFS (the FUSE overlay file system) → snapfs
+//   SnapshotSys, CFuse (libfuse3), CFuseIO (passthrough hooks) → SnapFS (the FUSE overlay file system) → snapfs
 //   Benchmarks/snapbench times the core in-process.
 // The core never imports gRPC.
 import PackageDescription
@@ -49,7 +49,7 @@ let package = Package(
     ),
     .target(
       name: "SnapFS",
-      dependencies: ["CSysShims", "CFuse", "CFuseIO"]
+      dependencies: ["CSysShims", "CFuse", "CFuseIO", "SnapshotSys"]
     ),
     .executableTarget(
       name: "snapfs",
@@ -78,7 +78,7 @@ let package = Package(
     .target(
       name: "SnapshotAPI",
       dependencies: [
-        "SnapshotCore",
+        "SnapshotCore", "LayerStore", "SnapshotSys",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -114,8 +114,12 @@ let package = Package(
       path: "Benchmarks/snapbench"
     ),
     .testTarget(
+      name: "SnapshotSysTests",
+      dependencies: ["SnapshotSys"]
+    ),
+    .testTarget(
       name: "SnapFSTests",
-      dependencies: ["SnapFS", "CSysShims"]
+      dependencies: ["SnapFS", "CSysShims", "SnapshotSys"]
     ),
     .testTarget(
       name: "LayerStoreTests",
@@ -131,6 +135,7 @@ let package = Package(
         "SnapshotAPI", "SnapshotCore", "SnapshotSys",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
       ]
     ),
   ]

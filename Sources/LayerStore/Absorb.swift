@@ -42,11 +42,6 @@ extension ObjectStore {
     let scratchFD = try At.openDirectory(scratch)
     defer { At.close(scratchFD) }
     var counted = Set<UInt64>()  // inodes with several names, each inode's bytes once
-    var counter = 0
-    func temporaryName() -> String {
-      counter += 1
-      return "absorb-\(getpid())-\(counter)"
-    }
     try Tree.walk(path, visit: { (dir, cName, st) throws(SystemError) in
       guard st.st_mode & S_IFMT == S_IFREG else { return }
       let name = String(cString: cName)
@@ -69,7 +64,7 @@ extension ObjectStore {
         }
         return
       }
-      if xattrs.contains(where: { $0.0.hasPrefix("trusted.overlay.") }) {
+      if xattrs.contains(where: { $0.0.hasPrefix(OverlayXattr.trusted.prefix) }) {
         out.skipped += 1
         return
       }
@@ -103,7 +98,7 @@ extension ObjectStore {
       } else if st.st_nlink == 1 {
         return  // an empty file is its own stub
       }
-      let temp = temporaryName()
+      let temp = Sys.temporaryName("absorb")
       let stub = try At.open(scratchFD, temp, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
       do throws(SystemError) {
         defer { At.close(stub) }

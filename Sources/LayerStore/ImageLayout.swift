@@ -175,7 +175,7 @@ public enum ImageArchive {
           offset += Int64(n)
         }
       } catch let e as SystemError {
-        throw LayerError(e.errno == ENOSPC ? .noSpace : .failed, "image archive \(path): \(name): \(e)")
+        throw LayerError(.failed, "image archive \(path): \(name): \(e)", errno: e.errno)
       } catch {
         throw error as! LayerError
       }

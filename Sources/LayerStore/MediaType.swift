@@ -24,23 +24,25 @@ public enum Compression: String, Sendable {
 }
 
 /// Why an import failed. `SnapshotCore` maps it to its own error kinds (and so to gRPC
-/// codes) in one place.
+/// codes) in one place, as it does the `SystemError`s the rest of the layer store throws.
 public struct LayerError: Error, CustomStringConvertible, Sendable {
   public enum Kind: Sendable {
     /// The input is malformed, hostile or does not match its digests.
     case invalid
-    /// The file system is full.
-    case noSpace
-    /// Anything else: an I/O error, a bug.
+    /// Anything else: an I/O error (with its `errno`), a bug.
     case failed
   }
 
   public let kind: Kind
   public let message: String
+  /// The errno of the system call that failed, when one did (a full file system is ENOSPC
+  /// or EDQUOT).
+  public let errno: Int32?
 
-  public init(_ kind: Kind, _ message: String) {
+  public init(_ kind: Kind, _ message: String, errno: Int32? = nil) {
     self.kind = kind
     self.message = message
+    self.errno = errno
   }
 
   public var description: String { message }

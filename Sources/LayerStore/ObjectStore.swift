@@ -52,8 +52,8 @@ public final class ObjectStore: @unchecked Sendable {
   private let gate = ReadWriteLock()
 
   /// overlayfs's xattrs that make a stub (the only `trusted.overlay.*` names the store writes).
-  public static let metacopyXattr = "trusted.overlay.metacopy"
-  public static let redirectXattr = "trusted.overlay.redirect"
+  public static let metacopyXattr = OverlayXattr.trusted.metacopy
+  public static let redirectXattr = OverlayXattr.trusted.redirect
   /// The object's whole content digest (32 bytes).
   static let digestXattr = "trusted.snapshotd.sha256"
   /// Different contents tried under one short name before giving up (8-byte prefixes
@@ -297,28 +297,11 @@ public final class ObjectStore: @unchecked Sendable {
 
   /// Runs `body` while no garbage collection runs.
   public func shared<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-    gate.lockShared()
-    defer { gate.unlock() }
-    return try body()
+    try gate.read(body)
   }
 
   /// Runs `body` while no import makes stubs.
   public func exclusive<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-    gate.lockExclusive()
-    defer { gate.unlock() }
-    return try body()
+    try gate.write(body)
   }
-}
-
-/// A `pthread_rwlock_t` on the heap.
-final class ReadWriteLock: @unchecked Sendable {
-  private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
-  init() { pthread_rwlock_init(lock, nil) }
-  deinit {
-    pthread_rwlock_destroy(lock)
-    lock.deallocate()
-  }
-  func lockShared() { pthread_rwlock_rdlock(lock) }
-  func lockExclusive() { pthread_rwlock_wrlock(lock) }
-  func unlock() { pthread_rwlock_unlock(lock) }
 }

@@ -316,10 +316,7 @@ final class Extractor {
   }
 
   private func fail(_ path: String, _ error: SystemError) -> LayerError {
-    if error.errno == ENOSPC || error.errno == EDQUOT {
-      return LayerError(.noSpace, "layer \(layer.name): entry \"\(path)\": no space left on device (\(error))")
-    }
-    return LayerError(.failed, "layer \(layer.name): entry \"\(path)\": \(error)")
+    LayerError(.failed, "layer \(layer.name): entry \"\(path)\": \(error)", errno: error.errno)
   }
 
   /// The entry's path as components, refusing absolute paths and `..`.
@@ -413,7 +410,7 @@ final class Extractor {
       var size = 0
       while archive_entry_xattr_next(e, &name, &value, &size) == ARCHIVE_OK {
         guard let n = Self.string(name) else { throw fail(raw, "xattr name not UTF-8") }
-        if n.hasPrefix("trusted.overlay.") || n.hasPrefix("user.overlay.") {
+        if OverlayXattr.isOverlay(n) {
           throw fail(raw, "sets the overlayfs xattr \(n)")
         }
         let v = value.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
@@ -493,7 +490,7 @@ final class Extractor {
     do {
       let fd = try At.openBeneath(root, path.isEmpty ? "." : path, flags: O_RDONLY | O_DIRECTORY)
       defer { At.close(fd) }
-      try At.setXattr(fd, raw, name: "trusted.overlay.opaque", value: Array("y".utf8))
+      try At.setXattr(fd, raw, name: OverlayXattr.trusted.opaque, value: Array("y".utf8))
     } catch {
       throw fail(raw, error)
     }

@@ -1,6 +1,7 @@
 import CFuse
 import CFuseIO
 import CSysShims
+import SnapshotSys
 
 #if canImport(Glibc)
 import Glibc
@@ -123,7 +124,7 @@ private func create(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePoin
       try make(upper, n)
       do throws(Errno) {
         if directory && overWhiteout {
-          let fd = try sys(shim_openat(upper, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+          let fd = try Sys.call(shim_openat(upper, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
           defer { close(fd) }
           try overlay.markOpaque(fd)
         }
@@ -239,25 +240,25 @@ private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutabl
       else { target = .at(AT_FDCWD, "/proc/self/fd/\(n.pinned)", follow: true) }
       if toSet & FUSE_SET_ATTR_MODE != 0 {
         switch target {
-        case .fd(let fd): _ = try sys(fchmod(fd, a.st_mode & 0o7777))
-        case .at(let dir, let name, _): _ = try sys(fchmodat(dir, name, a.st_mode & 0o7777, 0))
+        case .fd(let fd): _ = try Sys.call(fchmod(fd, a.st_mode & 0o7777))
+        case .at(let dir, let name, _): _ = try Sys.call(fchmodat(dir, name, a.st_mode & 0o7777, 0))
         }
       }
       if toSet & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
         let uid = toSet & FUSE_SET_ATTR_UID != 0 ? a.st_uid : uid_t.max
         let gid = toSet & FUSE_SET_ATTR_GID != 0 ? a.st_gid : gid_t.max
         switch target {
-        case .fd(let fd): _ = try sys(fchown(fd, uid, gid))
-        case .at(let dir, let name, let follow): _ = try sys(fchownat(dir, name, uid, gid, follow ? 0 : AT_SYMLINK_NOFOLLOW))
+        case .fd(let fd): _ = try Sys.call(fchown(fd, uid, gid))
+        case .at(let dir, let name, let follow): _ = try Sys.call(fchownat(dir, name, uid, gid, follow ? 0 : AT_SYMLINK_NOFOLLOW))
         }
       }
       if toSet & FUSE_SET_ATTR_SIZE != 0 {
         switch target {
-        case .fd(let fd): _ = try sys(ftruncate(fd, a.st_size))
+        case .fd(let fd): _ = try Sys.call(ftruncate(fd, a.st_size))
         case .at(let dir, let name, let follow):
-          let fd = try sys(shim_openat(dir, name, O_WRONLY | (follow ? 0 : O_NOFOLLOW) | O_CLOEXEC, 0))
+          let fd = try Sys.call(shim_openat(dir, name, O_WRONLY | (follow ? 0 : O_NOFOLLOW) | O_CLOEXEC, 0))
           defer { close(fd) }
-          _ = try sys(ftruncate(fd, a.st_size))
+          _ = try Sys.call(ftruncate(fd, a.st_size))
         }
       }
       if toSet & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME) != 0 {
@@ -266,8 +267,8 @@ private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutabl
         if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { times[0] = now } else if toSet & FUSE_SET_ATTR_ATIME != 0 { times[0] = a.st_atim }
         if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { times[1] = now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { times[1] = a.st_mtim }
         switch target {
-        case .fd(let fd): _ = try sys(futimens(fd, &times))
-        case .at(let dir, let name, let follow): _ = try sys(utimensat(dir, name, &times, follow ? 0 : AT_SYMLINK_NOFOLLOW))
+        case .fd(let fd): _ = try Sys.call(futimens(fd, &times))
+        case .at(let dir, let name, let follow): _ = try Sys.call(utimensat(dir, name, &times, follow ? 0 : AT_SYMLINK_NOFOLLOW))
         }
       }
       try replyAttr(req, n)
@@ -347,16 +348,16 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.mknod = { req, parent, name, mode, rdev in
-    create(req, parent, name, mode: mode) { (dir, n) throws(Errno) in _ = try sys(mknodat(dir, n, mode, rdev)) }
+    create(req, parent, name, mode: mode) { (dir, n) throws(Errno) in _ = try Sys.call(mknodat(dir, n, mode, rdev)) }
   }
 
   ops.mkdir = { req, parent, name, mode in
-    create(req, parent, name, directory: true) { (dir, n) throws(Errno) in _ = try sys(mkdirat(dir, n, mode)) }
+    create(req, parent, name, directory: true) { (dir, n) throws(Errno) in _ = try Sys.call(mkdirat(dir, n, mode)) }
   }
 
   ops.symlink = { req, link, parent, name in
     let target = string(link)
-    create(req, parent, name) { (dir, n) throws(Errno) in _ = try sys(symlinkat(target, dir, n)) }
+    create(req, parent, name) { (dir, n) throws(Errno) in _ = try Sys.call(symlinkat(target, dir, n)) }
   }
 
   ops.link = { req, ino, newParent, newName in
@@ -424,7 +425,7 @@ func operations() -> fuse_lowlevel_ops {
       try overlay.tree.write { () throws(Errno) in
         _ = try overlay.prepareCreate(p, n)
         let upper = p.dirs[0].fd
-        let fd = try sys(shim_openat(upper, n, flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, UInt32(mode)))
+        let fd = try Sys.call(shim_openat(upper, n, flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, UInt32(mode)))
         do throws(Errno) {
           try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
           let (child, st) = try overlay.lookup(p, n)

@@ -1,4 +1,5 @@
 import CSysShims
+import SnapshotSys
 
 #if canImport(Glibc)
 import Glibc
@@ -101,7 +102,7 @@ extension Overlay {
       guard st.type == S_IFREG else { break }  // a whiteout or another type ends the chain
       switch try metacopyRedirect(dir.fd, name, layer: dir.layer) {
       case nil:
-        let fd = try sys(shim_openat(dir.fd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+        let fd = try Sys.call(shim_openat(dir.fd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
         return Stub(.lower(fd), blocks: st.st_blocks)
       case .absolute(let path)?:
         guard !dataLayers.isEmpty else { throw Errno(EIO) }
@@ -135,7 +136,7 @@ extension Overlay {
     var path: String?
     if fd < 0 {
       guard errno == EACCES || errno == EPERM else { throw Errno.current }
-      fd = try sys(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+      fd = try Sys.call(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
       path = "/proc/self/fd/\(fd)"
     }
     defer { close(fd) }
@@ -157,7 +158,7 @@ extension Overlay {
     var value = [UInt8](repeating: 0, count: Int(PATH_MAX))
     var n = get(redirectName, &value, value.count)
     while n < 0 && errno == ERANGE {
-      value = [UInt8](repeating: 0, count: try sys(get(redirectName, nil, 0)))
+      value = [UInt8](repeating: 0, count: try Sys.call(get(redirectName, nil, 0)))
       n = get(redirectName, &value, value.count)
     }
     if n < 0 {
@@ -193,12 +194,12 @@ extension Overlay {
     let path: String
     switch stub.source {
     case .lower(let fd):
-      return try sys(shim_open("/proc/self/fd/\(fd)", flags & ~O_NOFOLLOW, 0))
+      return try Sys.call(shim_open("/proc/self/fd/\(fd)", flags & ~O_NOFOLLOW, 0))
     case .dataOnly(let p):
       path = p
     }
     if let layer = stubs.with({ stub.dataLayer }) {
-      return try sys(shim_openat(dataLayers[layer], path, flags | O_NOFOLLOW, 0))
+      return try Sys.call(shim_openat(dataLayers[layer], path, flags | O_NOFOLLOW, 0))
     }
     let resolve = UInt64(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
     let how = UInt64(UInt32(bitPattern: SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC))
@@ -216,7 +217,7 @@ extension Overlay {
         failure = Errno(ENOENT)
         continue
       }
-      let fd = try sys(shim_openat(layer, path, flags | O_NOFOLLOW, 0))
+      let fd = try Sys.call(shim_openat(layer, path, flags | O_NOFOLLOW, 0))
       stubs.with {
         stub.dataLayer = index
         stub.blocks = st.st_blocks

@@ -1,4 +1,5 @@
 import CFuse
+import SnapshotSys
 
 #if canImport(Glibc)
 import Glibc
@@ -14,18 +15,14 @@ final class Notifier: @unchecked Sendable {
   private var queue: [(parent: fuse_ino_t, name: String)] = []
   private var stopping = false
   private var finished = false
-  private var thread = pthread_t()
+  private var thread: Threads.Handle?
 
   init(session: OpaquePointer) {
     self.session = session
     pthread_mutex_init(mutex, nil)
     pthread_cond_init(wake, nil)
-    let me = Unmanaged.passRetained(self).toOpaque()
-    pthread_create(&thread, nil, { me in
-      let notifier = Unmanaged<Notifier>.fromOpaque(me!).takeRetainedValue()
-      notifier.run()
-      return nil
-    }, me)
+    // The thread holds the notifier until it ends.
+    thread = try? Threads.start { self.run() }
   }
 
   deinit {
@@ -58,7 +55,7 @@ final class Notifier: @unchecked Sendable {
     while !finished && pthread_cond_timedwait(wake, mutex, &deadline) == 0 {}
     let done = finished
     pthread_mutex_unlock(mutex)
-    if done { pthread_join(thread, nil) } else { pthread_detach(thread) }
+    if done { thread?.join() } else { thread?.detach() }
     return done
   }
 

@@ -1,4 +1,5 @@
 import CSysShims
+import SnapshotSys
 
 #if canImport(Glibc)
 import Glibc
@@ -27,7 +28,9 @@ final class Overlay: @unchecked Sendable {
   let hasUpper: Bool
   let root: Node
   let nodes = NodeTable()
-  let tree = TreeLock()
+  /// Over the overlay's name space: lookups, reads and listings share it, anything that
+  /// changes a layer takes it alone.
+  let tree = ReadWriteLock()
   /// The xattr namespace overlayfs keeps for itself (see `stored(_:)`).
   let privatePrefix: String
   /// `trusted.overlay.opaque`, or `user.overlay.opaque` with `userxattr`: as the kernel,
@@ -47,7 +50,6 @@ final class Overlay: @unchecked Sendable {
   let stubs = Mutex()
   private let work: Int32
   private let sameDevice: Bool
-  private let tempCounter = Counter()
   private let euid = geteuid(), egid = getegid()
 
   /// Opens the layers; throws a message naming the layer that cannot be used.
@@ -94,10 +96,11 @@ final class Overlay: @unchecked Sendable {
     }
     hasUpper = options.upper != nil
     sameDevice = devices.count == 1
-    privatePrefix = options.userXattr ? "user.overlay." : "trusted.overlay."
-    opaqueName = privatePrefix + "opaque"
-    metacopyName = privatePrefix + "metacopy"
-    redirectName = privatePrefix + "redirect"
+    let xattrs = options.userXattr ? OverlayXattr.user : OverlayXattr.trusted
+    privatePrefix = xattrs.prefix
+    opaqueName = xattrs.opaque
+    metacopyName = xattrs.metacopy
+    redirectName = xattrs.redirect
     var st = stat()
     fstat(dirs[0].fd, &st)
     root = Node(ino: UInt64(st.st_ino), realIno: UInt64(st.st_ino), type: S_IFDIR, parent: nil, name: "", layer: 0, dirs: dirs)
@@ -106,7 +109,7 @@ final class Overlay: @unchecked Sendable {
 
   /// Leftovers of an interrupted copy-up or whiteout in the work dir.
   private func cleanWork() throws(Errno) {
-    for entry in try list(work) where entry.name.hasPrefix("#snapfs") {
+    for entry in try At.entries(work) where entry.name.hasPrefix("#snapfs") {
       try removeTree(work, entry.name)
     }
   }
@@ -137,7 +140,7 @@ final class Overlay: @unchecked Sendable {
         break  // a file under a directory: hidden
       }
       let sub: Int32
-      do { sub = try sys(shim_openat(dir.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0)) } catch {
+      do { sub = try Sys.call(shim_openat(dir.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0)) } catch {
         for d in dirs { close(d.fd) }
         throw error
       }
@@ -191,7 +194,7 @@ final class Overlay: @unchecked Sendable {
   func realStat(_ node: Node) throws(Errno) -> stat {
     var st = stat()
     let (dirfd, name) = try location(node)
-    _ = try sys(fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name.isEmpty ? SHIM_AT_EMPTY_PATH : 0)))
+    _ = try Sys.call(fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name.isEmpty ? SHIM_AT_EMPTY_PATH : 0)))
     return st
   }
 
@@ -200,14 +203,14 @@ final class Overlay: @unchecked Sendable {
   private func pin(_ node: Node) throws(Errno) {
     guard !node.isDirectory, node.pinned < 0 else { return }
     let (dirfd, name) = try location(node)
-    node.pinned = try sys(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+    node.pinned = try Sys.call(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
   }
 
   /// A link's target.
   func readlink(_ node: Node) throws(Errno) -> [CChar] {
     var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
     let (dirfd, name) = try location(node)
-    let n = try sys(readlinkat(dirfd, name, &buffer, buffer.count - 1))
+    let n = try Sys.call(readlinkat(dirfd, name, &buffer, buffer.count - 1))
     buffer[n] = 0
     return buffer
   }
@@ -233,27 +236,6 @@ final class Overlay: @unchecked Sendable {
     let type: UInt8
   }
 
-  /// One directory's entries, without "." and "..".
-  private func list(_ dirfd: Int32) throws(Errno) -> [(name: String, ino: UInt64, type: UInt8)] {
-    let fd = try sys(shim_openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0))
-    guard let dir = fdopendir(fd) else {
-      close(fd)
-      throw Errno.current
-    }
-    defer { closedir(dir) }
-    var out: [(name: String, ino: UInt64, type: UInt8)] = []
-    while let entry = readdir(dir) {
-      let (name, isDot) = withUnsafeBytes(of: &entry.pointee.d_name) { raw -> (String, Bool) in
-        let p = raw.baseAddress!.assumingMemoryBound(to: CChar.self)
-        let dot = p[0] == 0x2E && (p[1] == 0 || (p[1] == 0x2E && p[2] == 0))
-        return (dot ? "" : String(cString: p), dot)
-      }
-      if isDot { continue }
-      out.append((name, UInt64(entry.pointee.d_ino), entry.pointee.d_type))
-    }
-    return out
-  }
-
   /// The merged listing of a directory: each name from its topmost layer, whiteouts and
   /// what they hide left out. Caller holds the tree lock.
   func entries(_ node: Node) throws(Errno) -> [Entry] {
@@ -261,7 +243,7 @@ final class Overlay: @unchecked Sendable {
     var seen = Set<String>()
     var out: [Entry] = []
     for dir in node.dirs {
-      for e in try list(dir.fd) where !merged || seen.insert(e.name).inserted {
+      for e in try At.entries(dir.fd) where !merged || seen.insert(e.name).inserted {
         if e.type == UInt8(DT_CHR), try isWhiteout(dir.fd, e.name) { continue }
         out.append(Entry(name: e.name, ino: inodeNumber(e.ino, layer: dir.layer), type: e.type))
       }
@@ -275,7 +257,7 @@ final class Overlay: @unchecked Sendable {
 
   // MARK: - Copy-up
 
-  private func tempName() -> String { "#snapfs.\(tempCounter.next())" }
+  private func tempName() -> String { Sys.temporaryName("#snapfs") }
 
   /// Makes `node` live in the upper dir, with its parents. `data: false` skips copying a
   /// regular file's contents (an open with O_TRUNC). Caller holds the tree lock for writing.
@@ -287,17 +269,17 @@ final class Overlay: @unchecked Sendable {
     try copyUp(parent)
     let upperParent = parent.dirs[0].fd
     var parentTimes = stat()
-    _ = try sys(fstat(upperParent, &parentTimes))
+    _ = try Sys.call(fstat(upperParent, &parentTimes))
     let st = try realStat(node)
     let temp = tempName()
     switch st.type {
     case S_IFDIR:
-      _ = try sys(mkdirat(work, temp, st.st_mode & 0o7777))
+      _ = try Sys.call(mkdirat(work, temp, st.st_mode & 0o7777))
       var fd: Int32 = -1
       do {
-        fd = try sys(shim_openat(work, temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+        fd = try Sys.call(shim_openat(work, temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
         try copyMetadata(from: node.fd, to: fd, st)
-        _ = try sys(renameat(work, temp, upperParent, node.name))
+        _ = try Sys.call(renameat(work, temp, upperParent, node.name))
       } catch {
         if fd >= 0 { close(fd) }
         try? removeTree(work, temp)
@@ -306,35 +288,35 @@ final class Overlay: @unchecked Sendable {
       node.dirs.insert(LayerDir(layer: 0, fd: fd), at: 0)
     case S_IFREG:
       guard let lowerParent = parent.dir(layer: node.layer) else { throw Errno(EIO) }
-      let src = try sys(shim_openat(lowerParent, node.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0))
+      let src = try Sys.call(shim_openat(lowerParent, node.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0))
       defer { close(src) }
       // A stub's data is its data file's; overlayfs looks that up even when it copies no data
       // (O_TRUNC), and fails the copy-up as the lookup does (ENOENT without the object).
       let stub = node.stub
       let dataFD = try stub.map { (stub) throws(Errno) -> Int32 in try openData(stub, flags: O_RDONLY | O_CLOEXEC) } ?? src
       defer { if dataFD != src { close(dataFD) } }
-      let dst = try sys(shim_openat(work, temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
+      let dst = try Sys.call(shim_openat(work, temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
       do {
         defer { close(dst) }
         if data {
           try copyData(from: dataFD, to: dst, size: Int(st.st_size))
           // The stub's size, whatever the data file's, as overlayfs sets it.
-          if stub != nil { _ = try sys(ftruncate(dst, st.st_size)) }
+          if stub != nil { _ = try Sys.call(ftruncate(dst, st.st_size)) }
         }
         try copyMetadata(from: src, to: dst, st)
-        _ = try sys(renameat(work, temp, upperParent, node.name))
+        _ = try Sys.call(renameat(work, temp, upperParent, node.name))
       } catch {
         unlinkat(work, temp, 0)
         throw error
       }
     case S_IFLNK:
-      _ = try sys(symlinkat(try readlink(node), work, temp))
+      _ = try Sys.call(symlinkat(try readlink(node), work, temp))
       do { try finishSpecial(temp, st, into: upperParent, node.name) } catch {
         unlinkat(work, temp, 0)
         throw error
       }
     default:
-      _ = try sys(mknodat(work, temp, st.st_mode, st.st_rdev))
+      _ = try Sys.call(mknodat(work, temp, st.st_mode, st.st_rdev))
       do { try finishSpecial(temp, st, into: upperParent, node.name) } catch {
         unlinkat(work, temp, 0)
         throw error
@@ -356,11 +338,11 @@ final class Overlay: @unchecked Sendable {
   /// Owner, times (and xattrs where the kernel has them) of a link or special file made in
   /// the work dir, then into place.
   private func finishSpecial(_ temp: String, _ st: stat, into dirfd: Int32, _ name: String) throws(Errno) {
-    _ = try sys(fchownat(work, temp, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW))
-    if st.type != S_IFLNK { _ = try sys(fchmodat(work, temp, st.st_mode & 0o7777, 0)) }
+    _ = try Sys.call(fchownat(work, temp, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW))
+    if st.type != S_IFLNK { _ = try Sys.call(fchmodat(work, temp, st.st_mode & 0o7777, 0)) }
     var times = [st.st_atim, st.st_mtim]
-    _ = try sys(utimensat(work, temp, &times, AT_SYMLINK_NOFOLLOW))
-    _ = try sys(renameat(work, temp, dirfd, name))
+    _ = try Sys.call(utimensat(work, temp, &times, AT_SYMLINK_NOFOLLOW))
+    _ = try Sys.call(renameat(work, temp, dirfd, name))
   }
 
   private func copyData(from src: Int32, to dst: Int32, size: Int) throws(Errno) {
@@ -383,10 +365,10 @@ final class Overlay: @unchecked Sendable {
     defer { buffer.deallocate() }
     var offset: off_t = 0
     while true {
-      let n = try sys(pread(src, buffer, size, offset))
+      let n = try Sys.call(pread(src, buffer, size, offset))
       if n == 0 { return }
       var done = 0
-      while done < n { done += try sys(pwrite(dst, buffer + done, n - done, offset + off_t(done))) }
+      while done < n { done += try Sys.call(pwrite(dst, buffer + done, n - done, offset + off_t(done))) }
       offset += off_t(n)
     }
   }
@@ -394,40 +376,19 @@ final class Overlay: @unchecked Sendable {
   /// xattrs (but overlayfs's own: a stub's metacopy and redirect stay behind), owner, mode,
   /// times: descriptor to descriptor.
   private func copyMetadata(from src: Int32, to dst: Int32, _ st: stat) throws(Errno) {
-    for name in try xattrNames(fd: src) where visible(name) != nil {
-      let value = try xattr(fd: src, name)
+    for bytes in try At.xattrNames(src) {
+      let name = String(decoding: bytes, as: UTF8.self)
+      guard visible(name) != nil else { continue }
+      let value = try At.xattrValue(src, name)
       if fsetxattr(dst, name, value, value.count, 0) != 0 && errno != EOPNOTSUPP { throw Errno.current }
     }
-    _ = try sys(fchown(dst, st.st_uid, st.st_gid))
-    _ = try sys(fchmod(dst, st.st_mode & 0o7777))
+    _ = try Sys.call(fchown(dst, st.st_uid, st.st_gid))
+    _ = try Sys.call(fchmod(dst, st.st_mode & 0o7777))
     var times = [st.st_atim, st.st_mtim]
-    _ = try sys(futimens(dst, &times))
+    _ = try Sys.call(futimens(dst, &times))
   }
 
   // MARK: - xattrs
-
-  private func xattrNames(fd: Int32) throws(Errno) -> [String] {
-    while true {
-      let size = try sys(flistxattr(fd, nil, 0))
-      if size == 0 { return [] }
-      var buffer = [CChar](repeating: 0, count: size)
-      let n = flistxattr(fd, &buffer, size)
-      if n < 0 && errno == ERANGE { continue }
-      _ = try sys(n)
-      return buffer[..<n].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
-    }
-  }
-
-  private func xattr(fd: Int32, _ name: String) throws(Errno) -> [UInt8] {
-    while true {
-      let size = try sys(fgetxattr(fd, name, nil, 0))
-      var value = [UInt8](repeating: 0, count: size)
-      let n = fgetxattr(fd, name, &value, size)
-      if n < 0 && errno == ERANGE { continue }
-      _ = try sys(n)
-      return Array(value[..<n])
-    }
-  }
 
   /// overlayfs (since Linux 6.7) escapes its own namespace: what users see as
   /// `trusted.overlay.X` is stored as `trusted.overlay.overlay.X`, and the real
@@ -448,27 +409,17 @@ final class Overlay: @unchecked Sendable {
   private func withPath<T>(_ node: Node, _ body: (String) throws(Errno) -> T) throws(Errno) -> T {
     if node.pinned >= 0 { return try body("/proc/self/fd/\(node.pinned)") }
     let (dirfd, name) = try location(node)
-    let fd = try sys(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
+    let fd = try Sys.call(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
     defer { close(fd) }
     return try body("/proc/self/fd/\(fd)")
   }
 
   func listXattrs(_ node: Node) throws(Errno) -> [UInt8] {
-    var raw: [CChar]
-    if node.isDirectory {
-      raw = try xattrNames(fd: node.fd).flatMap { Array($0.utf8CString) }
-    } else {
-      raw = try withPath(node) { (path) throws(Errno) -> [CChar] in
-        let size = try sys(listxattr(path, nil, 0))
-        var raw = [CChar](repeating: 0, count: size)
-        let n = try sys(listxattr(path, &raw, size))
-        raw.removeSubrange(n...)
-        return raw
-      }
-    }
+    let names = try node.isDirectory
+      ? At.xattrNames(node.fd)
+      : withPath(node) { (path) throws(Errno) -> [[UInt8]] in try At.xattrNames(following: path) }
     var out: [UInt8] = []
-    for name in raw.split(separator: 0) {
-      let bytes = name.map { UInt8(bitPattern: $0) }
+    for bytes in names {
       if !bytes.starts(with: privatePrefix.utf8) {
         out += bytes
       } else if let shown = visible(String(decoding: bytes, as: UTF8.self)) {
@@ -484,22 +435,22 @@ final class Overlay: @unchecked Sendable {
   /// The value of `name` into `buffer` (nil: only its size).
   func getXattr(_ node: Node, _ name: String, into buffer: UnsafeMutableRawPointer?, size: Int) throws(Errno) -> Int {
     let name = stored(name)
-    if node.isDirectory { return try sys(fgetxattr(node.fd, name, buffer, size)) }
-    return try withPath(node) { (path) throws(Errno) -> Int in try sys(getxattr(path, name, buffer, size)) }
+    if node.isDirectory { return try Sys.call(fgetxattr(node.fd, name, buffer, size)) }
+    return try withPath(node) { (path) throws(Errno) -> Int in try Sys.call(getxattr(path, name, buffer, size)) }
   }
 
   func setXattr(_ node: Node, _ name: String, _ value: UnsafeRawPointer?, size: Int, flags: Int32) throws(Errno) {
     let name = stored(name)
     try copyUp(node)
-    if node.isDirectory { _ = try sys(fsetxattr(node.fd, name, value, size, flags)) }
-    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try sys(setxattr(path, name, value, size, flags)) } }
+    if node.isDirectory { _ = try Sys.call(fsetxattr(node.fd, name, value, size, flags)) }
+    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try Sys.call(setxattr(path, name, value, size, flags)) } }
   }
 
   func removeXattr(_ node: Node, _ name: String) throws(Errno) {
     let name = stored(name)
     try copyUp(node)
-    if node.isDirectory { _ = try sys(fremovexattr(node.fd, name)) }
-    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try sys(removexattr(path, name)) } }
+    if node.isDirectory { _ = try Sys.call(fremovexattr(node.fd, name)) }
+    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try Sys.call(removexattr(path, name)) } }
   }
 
   // MARK: - Changing the tree (callers hold the tree lock for writing)
@@ -515,7 +466,7 @@ final class Overlay: @unchecked Sendable {
     let upper = parent.dirs[0].fd
     guard let st = try statIfPresent(upper, name) else { return false }
     guard st.isWhiteout else { throw Errno(EEXIST) }
-    _ = try sys(unlinkat(upper, name, 0))
+    _ = try Sys.call(unlinkat(upper, name, 0))
     return true
   }
 
@@ -523,20 +474,20 @@ final class Overlay: @unchecked Sendable {
   /// set-ID bits, which chown clears, are given back (`mode`: as created).
   func chownNew(_ parent: Node, _ name: String, uid: uid_t, gid: gid_t, mode: mode_t? = nil) throws(Errno) {
     var pst = stat()
-    _ = try sys(fstat(parent.dirs[0].fd, &pst))
+    _ = try Sys.call(fstat(parent.dirs[0].fd, &pst))
     let inherits = pst.st_mode & S_ISGID != 0
     let group = inherits ? pst.st_gid : gid
     // Made by this process: the owner it got may already be the right one.
     if uid == euid && group == (inherits ? pst.st_gid : egid) { return }
-    _ = try sys(fchownat(parent.dirs[0].fd, name, uid, group, AT_SYMLINK_NOFOLLOW))
+    _ = try Sys.call(fchownat(parent.dirs[0].fd, name, uid, group, AT_SYMLINK_NOFOLLOW))
     if let mode, mode & (S_ISUID | S_ISGID) != 0 {
-      _ = try sys(fchmodat(parent.dirs[0].fd, name, mode & 0o7777, 0))
+      _ = try Sys.call(fchmodat(parent.dirs[0].fd, name, mode & 0o7777, 0))
     }
   }
 
   func markOpaque(_ fd: Int32) throws(Errno) {
     let y: [UInt8] = [UInt8(ascii: "y")]
-    _ = try sys(fsetxattr(fd, opaqueName, y, 1, 0))
+    _ = try Sys.call(fsetxattr(fd, opaqueName, y, 1, 0))
   }
 
   /// Whether a layer under the upper one shows `name` in `parent`.
@@ -551,8 +502,8 @@ final class Overlay: @unchecked Sendable {
   /// non-directory.
   private func whiteout(_ dirfd: Int32, _ name: String) throws(Errno) {
     let temp = tempName()
-    _ = try sys(mknodat(work, temp, S_IFCHR, 0))
-    do { _ = try sys(renameat(work, temp, dirfd, name)) } catch {
+    _ = try Sys.call(mknodat(work, temp, S_IFCHR, 0))
+    do { _ = try Sys.call(renameat(work, temp, dirfd, name)) } catch {
       unlinkat(work, temp, 0)
       throw error
     }
@@ -560,18 +511,15 @@ final class Overlay: @unchecked Sendable {
 
   /// Removes `name` and everything under it from `dirfd` (an upper or work directory).
   private func removeTree(_ dirfd: Int32, _ name: String) throws(Errno) {
-    if unlinkat(dirfd, name, 0) == 0 { return }
-    guard errno == EISDIR else { throw Errno.current }
-    try emptyDirectory(dirfd, name)
-    _ = try sys(unlinkat(dirfd, name, AT_REMOVEDIR))
+    try Tree.remove(dirfd, name, makeAccessible: false) { (_, _, e) in Errno(e) }
   }
 
   /// Removes everything under the directory `name` of `dirfd`. An upper directory that is
   /// empty in the merged tree holds at most whiteouts.
   private func emptyDirectory(_ dirfd: Int32, _ name: String) throws(Errno) {
-    let fd = try sys(shim_openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+    let fd = try Sys.call(shim_openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
     defer { close(fd) }
-    for entry in try list(fd) { try removeTree(fd, entry.name) }
+    try Tree.removeContents(fd, makeAccessible: false) { (_, _, e) in Errno(e) }
   }
 
   /// unlink(2) and rmdir(2) of the merged tree.
@@ -595,7 +543,7 @@ final class Overlay: @unchecked Sendable {
       } else if below {
         try whiteout(upper, name)
       } else {
-        _ = try sys(unlinkat(upper, name, 0))
+        _ = try Sys.call(unlinkat(upper, name, 0))
       }
     } else {
       try whiteout(upper, name)
@@ -634,7 +582,7 @@ final class Overlay: @unchecked Sendable {
     if let st = try statIfPresent(to, newName) {
       if st.isWhiteout {
         if node.isDirectory {
-          _ = try sys(unlinkat(to, newName, 0))
+          _ = try Sys.call(unlinkat(to, newName, 0))
           opaque = true
         }
       } else if st.isDirectory {
@@ -642,7 +590,7 @@ final class Overlay: @unchecked Sendable {
       }
     }
     if opaque { try markOpaque(node.fd) }
-    _ = try sys(renameat(from, name, to, newName))
+    _ = try Sys.call(renameat(from, name, to, newName))
     if below { try whiteout(from, name) }
     nodes.detach(newParent, newName)
     nodes.move(node, from: parent, name, to: newParent, newName)
@@ -706,9 +654,9 @@ final class Overlay: @unchecked Sendable {
     // A stub (only ever opened for reading: writing copies it up): its data file.
     if let stub = lowerStub(node) { return try openData(stub, flags: flags) }
     // A removed name: reopen the file through the descriptor that pins it.
-    if node.pinned >= 0 { return try sys(shim_open("/proc/self/fd/\(node.pinned)", flags & ~O_NOFOLLOW, 0)) }
+    if node.pinned >= 0 { return try Sys.call(shim_open("/proc/self/fd/\(node.pinned)", flags & ~O_NOFOLLOW, 0)) }
     let (dirfd, name) = try location(node)
-    let fd = try sys(shim_openat(dirfd, name, flags, 0))
+    let fd = try Sys.call(shim_openat(dirfd, name, flags, 0))
     // A lower file replaced under its name since its lookup: the layer store turns a
     // committed layer's files into stubs of the same metadata (renamed over each name) while
     // it may be mounted. The name's file is then a stub, whose own bytes are no data: its
@@ -731,7 +679,7 @@ final class Overlay: @unchecked Sendable {
     try copyUp(node)
     _ = try prepareCreate(parent, name)
     let (dirfd, from) = try location(node)
-    _ = try sys(linkat(dirfd, from, parent.dirs[0].fd, name, from.isEmpty ? SHIM_AT_EMPTY_PATH : 0))
+    _ = try Sys.call(linkat(dirfd, from, parent.dirs[0].fd, name, from.isEmpty ? SHIM_AT_EMPTY_PATH : 0))
     nodes.addName(node, parent, name)
   }
 
@@ -740,11 +688,4 @@ final class Overlay: @unchecked Sendable {
     guard let parent = node.parent, !node.detached else { return nil }
     return (parent.dirs[0].fd, node.name)
   }
-}
-
-/// A thread-safe counter for temporary names.
-final class Counter: @unchecked Sendable {
-  private let mutex = Mutex()
-  private var value: UInt64 = 0
-  func next() -> UInt64 { mutex.with { value += 1; return value } }
 }

@@ -1,4 +1,5 @@
 import CFuseIO
+import SnapshotSys
 
 #if canImport(Glibc)
 import Glibc

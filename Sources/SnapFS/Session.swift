@@ -1,5 +1,6 @@
 import CFuse
 import CFuseIO
+import SnapshotSys
 
 #if canImport(Glibc)
 import Glibc
@@ -84,10 +85,10 @@ private func raiseDescriptorLimit() {
 extension String {
   /// A small /proc file's first line.
   init(contentsOfProcFile path: String) throws(Errno) {
-    let fd = try sys(open(path, O_RDONLY | O_CLOEXEC))
+    let fd = try Sys.call(open(path, O_RDONLY | O_CLOEXEC))
     defer { close(fd) }
     var buffer = [UInt8](repeating: 0, count: 64)
-    let n = try sys(read(fd, &buffer, buffer.count))
+    let n = try Sys.call(read(fd, &buffer, buffer.count))
     self = String(decoding: buffer[..<n], as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
   }
 }

@@ -1,46 +1,8 @@
+import SnapshotSys
+
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// A failed system call's errno, which is what a FUSE reply carries. A value, not a
-/// message: failures are common on hot paths (a name missing from a layer) and must not
-/// allocate.
-struct Errno: Error {
-  let code: Int32
-  init(_ code: Int32) { self.code = code }
-  static var current: Errno { Errno(errno) }
-}
-
-/// `rc` when it is not negative, else the call's errno.
-@inline(__always)
-func sys(_ rc: Int32) throws(Errno) -> Int32 {
-  if rc < 0 { throw Errno.current }
-  return rc
-}
-
-@inline(__always)
-func sys(_ rc: Int) throws(Errno) -> Int {
-  if rc < 0 { throw Errno.current }
-  return rc
-}
-
-/// A readers-writer lock over the overlay's name space: lookups, reads and listings share
-/// it, anything that changes a layer takes it alone.
-final class TreeLock: @unchecked Sendable {
-  private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
-  init() { pthread_rwlock_init(lock, nil) }
-  deinit { pthread_rwlock_destroy(lock); lock.deallocate() }
-  @inline(__always) func read<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-    pthread_rwlock_rdlock(lock)
-    defer { pthread_rwlock_unlock(lock) }
-    return try body()
-  }
-  @inline(__always) func write<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-    pthread_rwlock_wrlock(lock)
-    defer { pthread_rwlock_unlock(lock) }
-    return try body()
-  }
-}
 
 /// A plain mutex for short critical sections (the node table).
 final class Mutex: @unchecked Sendable {

@@ -164,9 +164,8 @@ final class DirectoryPool: Sendable {
   /// still mounted is deleted, as before, never handed to another snapshot. (A snapfs mount
   /// does not show its directories: the FUSE driver relies on containerd unmounting first.)
   func mountedIDs() -> Set<Int64>? {
-    guard let bytes = try? Sys.readAll("/proc/self/mountinfo"), let st = try? Sys.lstat(layout.snapshots) else { return nil }
+    guard let mounts = try? MountInfo.current(), let st = try? Sys.lstat(layout.snapshots) else { return nil }
     let dev = UInt64(st.st_dev)
-    let device = "\((dev >> 8) & 0xfff | (dev >> 32) & ~0xfff):\(dev & 0xff | (dev >> 12) & ~0xff)"
     let prefix = layout.snapshots + "/"
     var ids = Set<Int64>()
     func collect(_ text: Substring, after marker: String) {
@@ -177,22 +176,21 @@ final class DirectoryPool: Sendable {
         if let id = Int64(digits) { ids.insert(id) }
       }
     }
-    let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").map { $0.split(separator: " ") }.filter { $0.count >= 5 }
     // `s/` as a path within its file system (a bind mount's root is one): under the mount
     // point of that device holding it, nearest first.
     var within: String?, nearest = -1
-    for f in lines where f[2] == device {
-      let point = f[4] == "/" ? "" : String(f[4])
+    for m in mounts where m.isDevice(dev) {
+      let point = m.mountPoint == "/" ? "" : m.mountPoint
       guard point.count > nearest, layout.snapshots.hasPrefix(point + "/") else { continue }
       nearest = point.count
-      within = (f[3] == "/" ? "" : String(f[3])) + String(layout.snapshots.dropFirst(point.count)) + "/"
+      within = (m.root == "/" ? "" : m.root) + String(layout.snapshots.dropFirst(point.count)) + "/"
     }
     let aliased = layout.alias + "/s/"
-    for f in lines {
-      if let within, f[2] == device { collect(f[3], after: within) }
-      for option in f.dropFirst(5) {
-        collect(option, after: prefix)
-        collect(option, after: aliased)
+    for m in mounts {
+      if let within, m.isDevice(dev) { collect(m.root[...], after: within) }
+      for option in m.options + [m.source] + m.superOptions {
+        collect(option[...], after: prefix)
+        collect(option[...], after: aliased)
       }
     }
     return ids

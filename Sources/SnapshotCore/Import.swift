@@ -146,7 +146,7 @@ public final class LayerImporter: StorePart, Sendable {
     var temporary: String?
     defer { if let temporary { try? Tree.remove(temporary) } }
     if !isDirectory(path) {
-      let dir = layout.temporary + "/image-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+      let dir = layout.temporary + "/" + Sys.temporaryName("image")
       do { try Sys.mkdir(dir, mode: 0o700) } catch { throw Store.mapError(error) }
       temporary = dir
       do { try ImageArchive.extract(path, into: dir) } catch { throw Store.mapError(error) }

@@ -74,7 +74,7 @@ public struct Layout: Sendable {
     try Sys.mkdirAll(Self.aliasBase, mode: 0o755)
     let dir = try At.openDirectory(Self.aliasBase)
     defer { At.close(dir) }
-    let name = String(alias.dropFirst(Self.aliasBase.count + 1)), temp = name + ".new-" + String(getpid())
+    let name = String(alias.dropFirst(Self.aliasBase.count + 1)), temp = Sys.temporaryName(name + ".new")
     try? At.unlink(dir, temp)
     try At.symlink(root, dir, temp)
     try At.rename(dir, temp, dir, name)

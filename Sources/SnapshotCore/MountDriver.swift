@@ -20,7 +20,7 @@ public enum MountDriver: String, Sendable, CaseIterable {
   /// which stubs need) works on the file system of `root` (with its upper and work dirs
   /// there), else fuse, which implements the same. Answers the choice and why.
   public static func probe(root: String) -> (MountDriver, String) {
-    let dir = Layout(root: root).temporary + "/driver-probe-\(getpid())"
+    let dir = Layout(root: root).temporary + "/" + Sys.temporaryName("driver-probe")
     defer {
       _ = try? Sys.unmount(dir + "/m", flags: Int32(MNT_DETACH))
       try? Tree.remove(dir)

@@ -133,18 +133,16 @@ public final class Store: Sendable {
     }
   }
 
+  /// The one mapping of what the layers below throw (system calls, the layer store, the
+  /// database) to the snapshotter's error kinds: a full file system is Unavailable.
   static func mapError(_ error: any Error) -> SnapshotError {
+    func failed(_ errno: Int32?, _ message: String) -> SnapshotError {
+      errno == ENOSPC || errno == EDQUOT ? .init(.unavailable, "no space left: \(message)") : .internal(message)
+    }
     switch error {
     case let e as SnapshotError: return e
-    case let e as SystemError where e.errno == ENOSPC || e.errno == EDQUOT:
-      return .init(.unavailable, "no space left: \(e)")
-    case let e as SystemError: return .internal("\(e)")
-    case let e as LayerError:
-      switch e.kind {
-      case .invalid: return .invalid(e.message)
-      case .noSpace: return .init(.unavailable, "no space left: \(e.message)")
-      case .failed: return .internal(e.message)
-      }
+    case let e as SystemError: return failed(e.errno, "\(e)")
+    case let e as LayerError: return e.kind == .invalid ? .invalid(e.message) : failed(e.errno, e.message)
     case let e as DatabaseError where e.resultCode == .SQLITE_FULL:
       return .init(.unavailable, "no space left for the metadata database: \(e.message ?? "")")
     default: return .internal("\(error)")

@@ -63,12 +63,12 @@ enum Upgrade {
   /// Overlay and snapfs mounts of this mount namespace whose layers are under the store
   /// but that have no data-only layer of its objects.
   static func oldMounts(_ layout: Layout) -> [String] {
-    guard let bytes = try? Sys.readAll("/proc/self/mountinfo") else { return [] }
+    guard let mounts = try? MountInfo.current() else { return [] }
     var out: [String] = []
-    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-      let f = line.split(separator: " ")
-      guard f.count >= 5, line.contains("lowerdir=" + layout.root + "/") || line.contains(":" + layout.root + "/") else { continue }
-      if !line.contains("::") { out.append(String(f[4])) }
+    for m in mounts {
+      let text = ([m.source] + m.options + m.superOptions).joined(separator: ",")
+      guard text.contains("lowerdir=" + layout.root + "/") || text.contains(":" + layout.root + "/") else { continue }
+      if !text.contains("::") { out.append(m.mountPoint) }
     }
     return out
   }

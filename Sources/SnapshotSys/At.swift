@@ -167,19 +167,12 @@ public enum At {
   /// `flistxattr(2)` + `fgetxattr(2)`: every extended attribute of the open file, sorted by
   /// name.
   public static func xattrs(_ fd: Int32, _ what: String) throws(SystemError) -> [(String, [UInt8])] {
-    var size = try SystemError.check("flistxattr", what) { Int32(flistxattr(fd, nil, 0)) }
-    if size == 0 { return [] }
-    var names = [CChar](repeating: 0, count: Int(size))
-    size = try SystemError.check("flistxattr", what) { Int32(flistxattr(fd, &names, names.count)) }
+    let names: [[UInt8]]
+    do { names = try xattrNames(fd) } catch { throw SystemError("flistxattr", what, errno: error.code) }
     var out: [(String, [UInt8])] = []
-    var start = 0
-    for i in 0..<Int(size) where names[i] == 0 {
-      let name = names[start..<i].withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0), as: UTF8.self) }
-      start = i + 1
-      let n = try SystemError.check("fgetxattr", "\(what) \(name)") { Int32(fgetxattr(fd, name, nil, 0)) }
-      var value = [UInt8](repeating: 0, count: Int(n))
-      let m = try SystemError.check("fgetxattr", "\(what) \(name)") { Int32(fgetxattr(fd, name, &value, value.count)) }
-      out.append((name, Array(value.prefix(Int(m)))))
+    for bytes in names {
+      let name = String(decoding: bytes, as: UTF8.self)
+      do { out.append((name, try xattrValue(fd, name))) } catch { throw SystemError("fgetxattr", "\(what) \(name)", errno: error.code) }
     }
     return out.sorted { $0.0 < $1.0 }
   }
@@ -188,21 +181,20 @@ public enum At {
   public static func write(_ fd: Int32, _ what: String, _ buffer: UnsafeRawBufferPointer, at offset: Int64) throws(SystemError) {
     var done = 0
     while done < buffer.count {
-      let n = try SystemError.check("pwrite", what) {
-        Int32(truncatingIfNeeded: pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)))
+      done += try SystemError.check("pwrite", what) {
+        pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
       }
-      done += Int(n)
     }
   }
 
   /// `read(2)`: up to `buffer.count` bytes; 0 at the end.
   public static func read(_ fd: Int32, _ what: String, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
-    Int(try SystemError.check("read", what) { Int32(truncatingIfNeeded: Glibc.read(fd, buffer.baseAddress, buffer.count)) })
+    try SystemError.check("read", what) { Glibc.read(fd, buffer.baseAddress, buffer.count) }
   }
 
-  /// `pread(2)`: up to `buffer.count` bytes (at most 2 GiB) at `offset`; 0 at the end.
+  /// `pread(2)`: up to `buffer.count` bytes at `offset`; 0 at the end.
   public static func read(_ fd: Int32, _ what: String, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(SystemError) -> Int {
-    Int(try SystemError.check("pread", what) { Int32(truncatingIfNeeded: pread(fd, buffer.baseAddress, min(buffer.count, 1 << 30), off_t(offset))) })
+    try SystemError.check("pread", what) { pread(fd, buffer.baseAddress, buffer.count, off_t(offset)) }
   }
 
   public static func truncate(_ fd: Int32, _ what: String, size: Int64) throws(SystemError) {

@@ -82,29 +82,23 @@ public enum Sys {
 
   /// A whole file (a /proc file, whose size stat does not tell).
   public static func readAll(_ path: String) throws(SystemError) -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw SystemError("open", path, errno: errno) }
+    let fd = try SystemError.check("open", path) { open(path, O_RDONLY | O_CLOEXEC) }
     defer { close(fd) }
     var out: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65536)
     while true {
-      let n = read(fd, &buffer, buffer.count)
+      let n = try SystemError.check("read", path) { read(fd, &buffer, buffer.count) }
       if n == 0 { return out }
-      if n > 0 { out += buffer[..<n]; continue }
-      if errno != EINTR { throw SystemError("read", path, errno: errno) }
+      out += buffer[..<n]
     }
   }
 
-  /// Names in a directory (`opendir(3)`/`readdir(3)`), without "." and "..".
+  /// Names in a directory (`readdir(3)`), without "." and "..".
   public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
-    guard let dir = opendir(path) else { throw SystemError("opendir", path, errno: errno) }
-    defer { closedir(dir) }
+    let fd = try SystemError.check("open", path) { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
     var names: [String] = []
-    while let entry = readdir(dir) {
-      let name = withUnsafePointer(to: entry.pointee.d_name) {
-        $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-      }
-      if name != "." && name != ".." { names.append(name) }
+    try At.readDirectory(consuming: fd, failure: { SystemError($0, path, errno: $1) }) { (name, _) throws(SystemError) in
+      names.append(String(cString: name))
     }
     return names
   }

@@ -2,15 +2,27 @@
 import Glibc
 #endif
 
-/// Detached POSIX threads (`pthread_create(3)`), for blocking per-connection loops.
+/// POSIX threads (`pthread_create(3)`), for blocking loops: per-connection loops, and
+/// snapfs's notifier.
 public enum Threads {
   private final class Box {
     let body: () -> Void
     init(_ body: @escaping () -> Void) { self.body = body }
   }
 
-  /// Starts `body` on a new detached thread.
-  public static func spawn(_ body: @escaping @Sendable () -> Void) throws(SystemError) {
+  /// A started thread, to join or detach once.
+  public struct Handle: Sendable {
+    let thread: pthread_t
+
+    /// `pthread_join(3)`: waits for the thread to end.
+    public func join() { pthread_join(thread, nil) }
+
+    /// `pthread_detach(3)`: its resources go when it ends.
+    public func detach() { pthread_detach(thread) }
+  }
+
+  /// Starts `body` on a new joinable thread.
+  public static func start(_ body: @escaping @Sendable () -> Void) throws(SystemError) -> Handle {
     let box = Unmanaged.passRetained(Box(body)).toOpaque()
     var thread = pthread_t()
     let rc = pthread_create(&thread, nil, { arg in
@@ -22,6 +34,11 @@ public enum Threads {
       Unmanaged<Box>.fromOpaque(box).release()
       throw SystemError("pthread_create", "", errno: rc)
     }
-    pthread_detach(thread)
+    return Handle(thread: thread)
+  }
+
+  /// Starts `body` on a new detached thread.
+  public static func spawn(_ body: @escaping @Sendable () -> Void) throws(SystemError) {
+    try start(body).detach()
   }
 }

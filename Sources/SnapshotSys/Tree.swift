@@ -52,28 +52,52 @@ public enum Tree {
     }
     if (st.st_mode & 0o700) != 0o700 { _ = chmod(path, 0o700) }
     let fd = try SystemError.check("open", path) { open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
-    try removeContents(fd, path)
+    do {
+      defer { close(fd) }
+      try removeContents(fd, makeAccessible: true) { (call, name, e) in
+        SystemError(call, name.isEmpty ? path : path + "/" + name, errno: e)
+      }
+    }
     _ = try SystemError.check("rmdir", path) { rmdir(path) }
   }
 
-  /// Empties the directory open at `fd` (which this call closes).
-  private static func removeContents(_ fd: Int32, _ path: String) throws(SystemError) {
-    defer { close(fd) }
-    try forEachEntry(fd, path) { (name, type) throws(SystemError) in
-      if type != UInt8(DT_DIR) {
-        if unlinkat(fd, name, 0) == 0 { return }
-        if errno != EISDIR { throw SystemError("unlinkat", path + "/" + String(cString: name), errno: errno) }
-      }
+  /// Removes `name` from the directory `dirfd`, and everything under it if it is a
+  /// directory; `type` is its `d_type` where known. With `makeAccessible`, directories
+  /// without write or search permission for their owner are made accessible first. A
+  /// failed call is thrown as `failure(call, name of the entry, errno)` (an empty name: a
+  /// directory that could not be read).
+  public static func remove<E: Error>(
+    _ dirfd: Int32, _ name: String, type: UInt8 = UInt8(DT_UNKNOWN), makeAccessible: Bool,
+    failure: (_ call: String, _ name: String, _ errno: Int32) -> E
+  ) throws(E) {
+    if type != UInt8(DT_DIR) {
+      if unlinkat(dirfd, name, 0) == 0 { return }
+      if errno != EISDIR { throw failure("unlinkat", name, errno) }
+    }
+    if makeAccessible {
       var st = stat()
-      if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, (st.st_mode & 0o700) != 0o700 {
-        _ = fchmodat(fd, name, 0o700, 0)
+      if fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, (st.st_mode & 0o700) != 0o700 {
+        _ = fchmodat(dirfd, name, 0o700, 0)
       }
-      let child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-      if child < 0 { throw SystemError("openat", path + "/" + String(cString: name), errno: errno) }
-      try removeContents(child, path)
-      if unlinkat(fd, name, AT_REMOVEDIR) != 0 {
-        throw SystemError("unlinkat", path + "/" + String(cString: name), errno: errno)
-      }
+    }
+    let fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    if fd < 0 { throw failure("openat", name, errno) }
+    do {
+      defer { close(fd) }
+      try removeContents(fd, makeAccessible: makeAccessible, failure: failure)
+    }
+    if unlinkat(dirfd, name, AT_REMOVEDIR) != 0 { throw failure("unlinkat", name, errno) }
+  }
+
+  /// Removes everything in the directory open at `fd` (which stays open): each entry as
+  /// `remove(_:_:type:makeAccessible:failure:)`, listed first.
+  public static func removeContents<E: Error>(
+    _ fd: Int32, makeAccessible: Bool, failure: (_ call: String, _ name: String, _ errno: Int32) -> E
+  ) throws(E) {
+    let entries: [DirectoryEntry]
+    do { entries = try At.entries(fd) } catch { throw failure("readdir", "", error.code) }
+    for entry in entries {
+      try remove(fd, entry.name, type: entry.type, makeAccessible: makeAccessible, failure: failure)
     }
   }
 
@@ -102,37 +126,15 @@ public enum Tree {
     try leave(fd, st)
   }
 
-  /// `fdopendir(3)`/`readdir(3)` over the directory open at `fd` (through a duplicate: `fd`
-  /// stays open, the caller closes it): calls `body` with each entry's name and `d_type`,
-  /// skipping "." and "..".
+  /// `At.readDirectory` over the directory open at `fd` through a duplicate (`fd` stays
+  /// open, the caller closes it): calls `body` with each entry's name and `d_type`.
   private static func forEachEntry(
     _ fd: Int32, _ path: String, _ body: (UnsafePointer<CChar>, UInt8) throws(SystemError) -> Void
   ) throws(SystemError) {
     let own = try SystemError.check("dup", path) { dup(fd) }
-    guard let dir = fdopendir(own) else {
-      let e = errno
-      close(own)
-      throw SystemError("fdopendir", path, errno: e)
+    try At.readDirectory(consuming: own, failure: { SystemError($0, path, errno: $1) }) { (name, entry) throws(SystemError) in
+      try body(name, entry.pointee.d_type)
     }
-    defer { closedir(dir) }
-    while true {
-      errno = 0
-      guard let entry = readdir(dir) else {
-        if errno != 0 { throw SystemError("readdir", path, errno: errno) }
-        return
-      }
-      let type = entry.pointee.d_type
-      try withUnsafePointer(to: entry.pointee.d_name) { (p) throws(SystemError) in
-        try p.withMemoryRebound(to: CChar.self, capacity: 256) { (name) throws(SystemError) in
-          if !isDot(name) { try body(name, type) }
-        }
-      }
-    }
-  }
-
-  @inline(__always)
-  private static func isDot(_ name: UnsafePointer<CChar>) -> Bool {
-    name[0] == 0x2E && (name[1] == 0 || (name[1] == 0x2E && name[2] == 0))
   }
 }
 

@@ -1,5 +1,6 @@
 import CSysShims
 import Foundation
+import SnapshotSys
 import Testing
 
 @testable import SnapFS

@@ -1,3 +1,4 @@
+import SnapshotCore
 import SnapshotSys
 
 #if canImport(Glibc)
@@ -9,7 +10,7 @@ extension Mount {
   /// with `ro` as a bind mount remounted read-only, `fuse3.PROGRAM` by running PROGRAM
   /// (snapfs) as `mount.fuse3` would, anything else (`overlay`) with its options as the
   /// mount data.
-  public func perform(at target: String) throws(SystemError) {
+  func perform(at target: String) throws(SystemError) {
     if let dot = type.firstIndex(of: "."), ["fuse", "fuse3"].contains(type[..<dot]) {
       let name = String(type[type.index(after: dot)...])
       guard let program = Sys.findProgram(name) else {
