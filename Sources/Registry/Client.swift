@@ -304,18 +304,19 @@ struct Session: Sendable {
         throw self.error(.unreachable, ep, object: object, "\(method) \(url): \(describe(error))")
       }
       guard response.status == .unauthorized else { return response }
-      let challenges = response.headers[canonicalForm: "WWW-Authenticate"].flatMap { AuthChallenge.parse(String($0)) }
+      // Raw values: a challenge's parameters are comma-separated, so no splitting on commas.
+      let challenges = AuthChallenge.parse(response.headers["WWW-Authenticate"].joined(separator: ", "))
       let usable = challenges.first { $0.scheme == "bearer" && $0.realm != nil } ?? challenges.first { $0.scheme == "basic" }
       let hadAuth = request.headers.contains(name: "Authorization")
       // Retry once: with a new token or basic credentials, unless what we sent was just made.
       guard attempt == 0, let c = usable, !(hadAuth && fresh && client.auth.challenge(for: ep.host.host) == c) else {
         throw await statusError(response, ep, object: object, what: "request")
       }
-      _ = try? await response.body.collect(upTo: 64 << 10)  // the connection serves the retry
       client.auth.setChallenge(c, for: ep.host.host)
       guard let a = try await authorization(ep, object: object, refresh: true) else {
         throw await statusError(response, ep, object: object, what: "request")
       }
+      _ = try? await response.body.collect(upTo: 64 << 10)  // read once; the connection serves the retry
       request.headers.replaceOrAdd(name: "Authorization", value: a.header)
     }
     fatalError("unreachable")
