@@ -6,6 +6,7 @@
 //   content objects, OCI formats) → SnapshotCore (metadata, layout, mounts, imports)
 //     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl)
 //   SnapshotSys, CFuse (libfuse3), CFuseIO (passthrough hooks) → SnapFS (the FUSE overlay file system) → snapfs
+//   LayerStore → Registry (OCI distribution client: async-http-client, hosts.toml, auth)
 //   Benchmarks/snapbench times the core in-process.
 // The core never imports gRPC.
 import PackageDescription
@@ -31,6 +32,9 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+    .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+    .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+    .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
   ],
   targets: [
     .target(name: "CSysShims", path: "Sources/CSysShims"),
@@ -66,6 +70,26 @@ let package = Package(
         "SnapshotSys", "CArchive",
         .product(name: "Crypto", package: "swift-crypto"),
       ]
+    ),
+    .target(
+      name: "Registry",
+      dependencies: [
+        "LayerStore",
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "TOMLKit", package: "TOMLKit"),
+      ]
+    ),
+    .executableTarget(
+      name: "registry-probe",
+      dependencies: [
+        "Registry", "LayerStore",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ],
+      path: "Tests/registry-probe"
     ),
     .target(
       name: "SnapshotCore",
@@ -124,6 +148,10 @@ let package = Package(
     .testTarget(
       name: "LayerStoreTests",
       dependencies: ["LayerStore", "SnapshotSys"]
+    ),
+    .testTarget(
+      name: "RegistryTests",
+      dependencies: ["Registry", "LayerStore", .product(name: "NIOCore", package: "swift-nio")]
     ),
     .testTarget(
       name: "SnapshotCoreTests",
