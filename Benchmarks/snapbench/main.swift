@@ -5,7 +5,7 @@ import ArgumentParser
 import SnapshotCore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 @main

@@ -1,7 +1,7 @@
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 extension ObjectStore {
@@ -42,80 +42,84 @@ extension ObjectStore {
     let scratchFD = try At.openDirectory(scratch)
     defer { At.close(scratchFD) }
     var counted = Set<UInt64>()  // inodes with several names, each inode's bytes once
-    try Tree.walk(path, visit: { (dir, cName, st) throws(SystemError) in
-      guard st.st_mode & S_IFMT == S_IFREG else { return }
-      let name = String(cString: cName)
-      if st.st_nlink > 1 && !separateLinks {
-        if counted.insert(UInt64(st.st_ino)).inserted {
-          out.fileBytes += Int64(st.st_size)
-          out.skipped += 1
-        }
-        return
-      }
-      let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
-      defer { At.close(fd) }
-      let xattrs = try At.xattrs(fd, name).filter { $0.0 != Self.digestXattr }
-      if xattrs.contains(where: { $0.0 == Self.metacopyXattr }) {
-        if let key = try Self.stubKey(fd, name), let info = try info(recovering: key, buffer) {
-          out.objects[key] = info
-          out.fileBytes += Int64(st.st_size)
-        } else {
-          out.skipped += 1
-        }
-        return
-      }
-      if xattrs.contains(where: { $0.0.hasPrefix(OverlayXattr.trusted.prefix) }) {
-        out.skipped += 1
-        return
-      }
-      out.fileBytes += Int64(st.st_size)
-      // Gives the empty file `stub` the file's owner, mode, times and xattrs, and makes it a
-      // stub of `key` (nil: an empty file, its own stub).
-      func fill(_ stub: Int32, _ what: String, key: String?) throws(SystemError) {
-        if let key { try makeStub(stub, what, key: key, size: Int64(st.st_size)) }
-        for (x, value) in xattrs { try At.setXattr(stub, what, name: x, value: value) }
-        try At.fchown(stub, what, uid: st.st_uid, gid: st.st_gid)
-        try At.fchmod(stub, what, mode: st.st_mode & 0o7777)  // after chown, which clears setuid bits
-        try At.futimes(stub, what, atime: st.st_atim, mtime: st.st_mtim)
-      }
-      var key: String?
-      if st.st_size > 0 {
-        let sha = try Self.hash(fd, name, buffer)
-        var found = try find(sha)
-        if found == nil {
-          let made = try adopt(file: fd, dir, name, sha: sha) { (stub, what, key) throws(SystemError) in
-            try fill(stub, what, key: key)
+    try Tree.walk(
+      path,
+      visit: { (dir, cName, st) throws(SystemError) in
+        guard st.st_mode & S_IFMT == S_IFREG else { return }
+        let name = String(cString: cName)
+        if st.st_nlink > 1 && !separateLinks {
+          if counted.insert(UInt64(st.st_ino)).inserted {
+            out.fileBytes += Int64(st.st_size)
+            out.skipped += 1
           }
-          if made.new {
-            out.objects[made.key] = ObjectInfo(size: Int64(st.st_size), sha256: Digest.hexString(sha))
-            out.newBytes += Int64(st.st_size)
-            return  // the stub is in place
-          }
-          found = made.key
+          return
         }
-        key = found
-        out.objects[found!] = ObjectInfo(size: Int64(st.st_size), sha256: Digest.hexString(sha))
-      } else if st.st_nlink == 1 {
-        return  // an empty file is its own stub
-      }
-      let temp = Sys.temporaryName("absorb")
-      let stub = try At.open(scratchFD, temp, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
-      do throws(SystemError) {
-        defer { At.close(stub) }
-        try fill(stub, temp, key: key)
-      } catch {
-        try? At.unlink(scratchFD, temp)
-        throw error
-      }
-      try replace(scratchFD, temp, dir, name)
-    }, leave: { (dir, before) throws(SystemError) in
-      // Replacing names (and reading) changed the directory's times; they are part of the layer.
-      let now = try At.fstat(dir, path)
-      if now.st_mtim.tv_sec != before.st_mtim.tv_sec || now.st_mtim.tv_nsec != before.st_mtim.tv_nsec
-        || now.st_atim.tv_sec != before.st_atim.tv_sec || now.st_atim.tv_nsec != before.st_atim.tv_nsec {
-        try At.futimes(dir, path, atime: before.st_atim, mtime: before.st_mtim)
-      }
-    })
+        let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
+        defer { At.close(fd) }
+        let xattrs = try At.xattrs(fd, name).filter { $0.0 != Self.digestXattr }
+        if xattrs.contains(where: { $0.0 == Self.metacopyXattr }) {
+          if let key = try Self.stubKey(fd, name), let info = try info(recovering: key, buffer) {
+            out.objects[key] = info
+            out.fileBytes += Int64(st.st_size)
+          } else {
+            out.skipped += 1
+          }
+          return
+        }
+        if xattrs.contains(where: { $0.0.hasPrefix(OverlayXattr.trusted.prefix) }) {
+          out.skipped += 1
+          return
+        }
+        out.fileBytes += Int64(st.st_size)
+        // Gives the empty file `stub` the file's owner, mode, times and xattrs, and makes it a
+        // stub of `key` (nil: an empty file, its own stub).
+        func fill(_ stub: Int32, _ what: String, key: String?) throws(SystemError) {
+          if let key { try makeStub(stub, what, key: key, size: Int64(st.st_size)) }
+          for (x, value) in xattrs { try At.setXattr(stub, what, name: x, value: value) }
+          try At.fchown(stub, what, uid: st.st_uid, gid: st.st_gid)
+          try At.fchmod(stub, what, mode: st.st_mode & 0o7777)  // after chown, which clears setuid bits
+          try At.futimes(stub, what, atime: st.st_atim, mtime: st.st_mtim)
+        }
+        var key: String?
+        if st.st_size > 0 {
+          let sha = try Self.hash(fd, name, buffer)
+          var found = try find(sha)
+          if found == nil {
+            let made = try adopt(file: fd, dir, name, sha: sha) { (stub, what, key) throws(SystemError) in
+              try fill(stub, what, key: key)
+            }
+            if made.new {
+              out.objects[made.key] = ObjectInfo(size: Int64(st.st_size), sha256: Digest.hexString(sha))
+              out.newBytes += Int64(st.st_size)
+              return  // the stub is in place
+            }
+            found = made.key
+          }
+          key = found
+          out.objects[found!] = ObjectInfo(size: Int64(st.st_size), sha256: Digest.hexString(sha))
+        } else if st.st_nlink == 1 {
+          return  // an empty file is its own stub
+        }
+        let temp = Sys.temporaryName("absorb")
+        let stub = try At.open(scratchFD, temp, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+        do throws(SystemError) {
+          defer { At.close(stub) }
+          try fill(stub, temp, key: key)
+        } catch {
+          try? At.unlink(scratchFD, temp)
+          throw error
+        }
+        try replace(scratchFD, temp, dir, name)
+      },
+      leave: { (dir, before) throws(SystemError) in
+        // Replacing names (and reading) changed the directory's times; they are part of the layer.
+        let now = try At.fstat(dir, path)
+        if now.st_mtim.tv_sec != before.st_mtim.tv_sec || now.st_mtim.tv_nsec != before.st_mtim.tv_nsec
+          || now.st_atim.tv_sec != before.st_atim.tv_sec || now.st_atim.tv_nsec != before.st_atim.tv_nsec
+        {
+          try At.futimes(dir, path, atime: before.st_atim, mtime: before.st_mtim)
+        }
+      })
     try At.syncfs(scratchFD, scratch)
     return out
   }
@@ -133,7 +137,8 @@ extension ObjectStore {
   /// Size and digest of an object in the store (the digest as its xattr records it).
   public func info(_ key: String) throws(SystemError) -> ObjectInfo? {
     guard let value = try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64), value.count == 32,
-          let size = try size(of: key) else { return nil }
+      let size = try size(of: key)
+    else { return nil }
     return ObjectInfo(size: size, sha256: Digest.hexString(value))
   }
 

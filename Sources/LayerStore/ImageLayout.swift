@@ -66,7 +66,9 @@ public struct ImageLayout: Sendable {
     var rootfs: RootFS
   }
 
-  static let indexTypes: Set<String> = ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"]
+  static let indexTypes: Set<String> = [
+    "application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
+  ]
 
   public func blobPath(_ digest: Digest) -> String { dir + "/blobs/sha256/" + digest.hex }
 
@@ -84,7 +86,8 @@ public struct ImageLayout: Sendable {
     let m: Manifest = try decode(try blob(manifest), manifest.digest)
     let config: Config = try decode(try blob(m.config), m.config.digest)
     guard config.rootfs.diff_ids.count == m.layers.count else {
-      throw LayerError(.invalid, "image \(dir): the manifest has \(m.layers.count) layers but the config \(config.rootfs.diff_ids.count) diffIDs")
+      throw LayerError(
+        .invalid, "image \(dir): the manifest has \(m.layers.count) layers but the config \(config.rootfs.diff_ids.count) diffIDs")
     }
     var out: [ImageLayer] = []
     for (d, diff) in zip(m.layers, config.rootfs.diff_ids) {

@@ -7,15 +7,15 @@ public enum Compression: String, Sendable {
   public init?(mediaType: String) {
     switch mediaType {
     case "application/vnd.oci.image.layer.v1.tar",
-         "application/vnd.oci.image.layer.nondistributable.v1.tar":
+      "application/vnd.oci.image.layer.nondistributable.v1.tar":
       self = .none
     case "application/vnd.oci.image.layer.v1.tar+gzip",
-         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-         "application/vnd.docker.image.rootfs.diff.tar.gzip",
-         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
+      "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+      "application/vnd.docker.image.rootfs.diff.tar.gzip",
+      "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
       self = .gzip
     case "application/vnd.oci.image.layer.v1.tar+zstd",
-         "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd":
+      "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd":
       self = .zstd
     default:
       return nil

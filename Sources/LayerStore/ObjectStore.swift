@@ -1,7 +1,7 @@
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The metadata a tar entry gives a file: what `stat` and `getfattr` show inside a
@@ -148,7 +148,7 @@ public final class ObjectStore: @unchecked Sendable {
       let fd: Int32
       do {
         fd = try At.open(d, n, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o444)
-      } catch where error.errno == EEXIST {
+      } catch  where error.errno == EEXIST {
         if try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) == sha { return (key, false) }
         continue
       }
@@ -162,7 +162,8 @@ public final class ObjectStore: @unchecked Sendable {
       }
       return (key, true)
     }
-    throw SystemError("openat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
+    throw SystemError(
+      "openat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
   }
 
   /// An unnamed file to write an object's content into (then `adopt(temporary:sha:)`).
@@ -193,7 +194,7 @@ public final class ObjectStore: @unchecked Sendable {
       let made: Int32
       do {
         made = try At.open(d, n, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
-      } catch where error.errno == EEXIST {
+      } catch  where error.errno == EEXIST {
         if try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) == sha { return (key, false) }
         continue
       }
@@ -210,7 +211,8 @@ public final class ObjectStore: @unchecked Sendable {
       try At.setXattr(fd, name, name: Self.digestXattr, value: sha)
       return (key, true)
     }
-    throw SystemError("openat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
+    throw SystemError(
+      "openat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
   }
 
   /// Size and digest of the object a stub names. An object an interrupted `adopt(file:)`
@@ -236,10 +238,11 @@ public final class ObjectStore: @unchecked Sendable {
       do throws(SystemError) {
         try link(d, n)
         return (key, true)
-      } catch where error.errno == EEXIST {}
+      } catch  where error.errno == EEXIST {}
       if try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) == sha { return (key, false) }
     }
-    throw SystemError("linkat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
+    throw SystemError(
+      "linkat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
   }
 
   /// Makes the empty regular file `fd` a stub of `key` with `size` bytes (the caller sets
@@ -252,7 +255,9 @@ public final class ObjectStore: @unchecked Sendable {
 
   /// The object a file open at `fd` is a stub of; nil when it is not a stub.
   public static func stubKey(_ fd: Int32, _ what: String) throws(SystemError) -> String? {
-    guard try At.getXattr(fd, what, name: metacopyXattr) != nil, let value = try At.getXattr(fd, what, name: redirectXattr) else { return nil }
+    guard try At.getXattr(fd, what, name: metacopyXattr) != nil, let value = try At.getXattr(fd, what, name: redirectXattr) else {
+      return nil
+    }
     return key(redirect: String(decoding: value, as: UTF8.self))
   }
 
@@ -267,7 +272,7 @@ public final class ObjectStore: @unchecked Sendable {
   public func hashContent(_ key: String) throws(SystemError) -> String? {
     let (d, n) = place(key)
     let fd: Int32
-    do { fd = try At.open(d, n, flags: O_RDONLY | At.noAtime) } catch where error.errno == ENOENT { return nil }
+    do { fd = try At.open(d, n, flags: O_RDONLY | At.noAtime) } catch  where error.errno == ENOENT { return nil }
     defer { At.close(fd) }
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
     defer { buffer.deallocate() }
@@ -282,7 +287,7 @@ public final class ObjectStore: @unchecked Sendable {
   /// Unlinks the object `key` from the store.
   public func remove(_ key: String) throws(SystemError) {
     let (d, n) = place(key)
-    do { try At.unlink(d, n) } catch where error.errno == ENOENT {}
+    do { try At.unlink(d, n) } catch  where error.errno == ENOENT {}
   }
 
   /// Every name in the store (objects, and objects of a store made before stubs).

@@ -3,7 +3,7 @@ import SnapshotSys
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// A buffer handed from one thread to another through a `ChunkPipe`.

@@ -4,7 +4,7 @@ import SnapshotSys
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// A layer to unpack: how errors name it, how it is compressed, and the digests it must
@@ -174,17 +174,19 @@ final class BlobReader: @unchecked Sendable {
     }
     archive_read_support_format_raw(a)
     let me = Unmanaged.passUnretained(self).toOpaque()
-    let opened = archive_read_open(a, me, nil, { _, ctx, out in
-      let reader = Unmanaged<BlobReader>.fromOpaque(ctx!).takeUnretainedValue()
-      do throws(LayerError) {
-        let n = try reader.readBlob()
-        out!.pointee = UnsafeRawPointer(reader.input.baseAddress!)
-        return n
-      } catch {
-        reader.error = error
-        return -1
-      }
-    }, nil)
+    let opened = archive_read_open(
+      a, me, nil,
+      { _, ctx, out in
+        let reader = Unmanaged<BlobReader>.fromOpaque(ctx!).takeUnretainedValue()
+        do throws(LayerError) {
+          let n = try reader.readBlob()
+          out!.pointee = UnsafeRawPointer(reader.input.baseAddress!)
+          return n
+        } catch {
+          reader.error = error
+          return -1
+        }
+      }, nil)
     var entry: OpaquePointer?
     guard opened == ARCHIVE_OK, archive_read_next_header(a, &entry) == ARCHIVE_OK else { throw failure(a, "cannot read the blob") }
     guard archive_filter_code(a, 0) == expected else {
@@ -267,24 +269,28 @@ final class Extractor {
     defer { archive_read_free(a) }
     archive_read_support_format_tar(a)
     let me = Unmanaged.passUnretained(self).toOpaque()
-    guard archive_read_open(a, me, nil, { _, ctx, out in
-      let x = Unmanaged<Extractor>.fromOpaque(ctx!).takeUnretainedValue()
-      do throws(LayerError) {
-        // libarchive is done with the previous chunk when it asks for the next one.
-        if let done = x.current {
-          x.current = nil
-          x.pipe!.recycle(done)
-        }
-        guard let chunk = try x.pipe!.take() else { return 0 }
-        x.tarHash?.update(chunk.bytes)
-        x.current = chunk
-        out!.pointee = UnsafeRawPointer(chunk.base)
-        return chunk.count
-      } catch {
-        x.pipeError = error
-        return -1
-      }
-    }, nil) == ARCHIVE_OK else { throw tarFailure(a, entry: nil) }
+    guard
+      archive_read_open(
+        a, me, nil,
+        { _, ctx, out in
+          let x = Unmanaged<Extractor>.fromOpaque(ctx!).takeUnretainedValue()
+          do throws(LayerError) {
+            // libarchive is done with the previous chunk when it asks for the next one.
+            if let done = x.current {
+              x.current = nil
+              x.pipe!.recycle(done)
+            }
+            guard let chunk = try x.pipe!.take() else { return 0 }
+            x.tarHash?.update(chunk.bytes)
+            x.current = chunk
+            out!.pointee = UnsafeRawPointer(chunk.base)
+            return chunk.count
+          } catch {
+            x.pipeError = error
+            return -1
+          }
+        }, nil) == ARCHIVE_OK
+    else { throw tarFailure(a, entry: nil) }
 
     var entry: OpaquePointer?
     while true {
@@ -377,7 +383,7 @@ final class Extractor {
       let path = parts.joined(separator: "/")
       do {
         try At.mkdir(parent, name, mode: 0o700)
-      } catch where error.errno == EEXIST {
+      } catch  where error.errno == EEXIST {
         guard let st = try? At.lstat(parent, name), st.st_mode & S_IFMT == S_IFDIR else {
           throw fail(raw, "a directory replaces an entry that is not one")
         }
@@ -419,11 +425,13 @@ final class Extractor {
       xattrs.sort { $0.name < $1.name }
     }
     let mtime = timespec(tv_sec: archive_entry_mtime(e), tv_nsec: Int(archive_entry_mtime_nsec(e)))
-    let atime = archive_entry_atime_is_set(e) != 0 ? timespec(tv_sec: archive_entry_atime(e), tv_nsec: Int(archive_entry_atime_nsec(e))) : mtime
+    let atime =
+      archive_entry_atime_is_set(e) != 0 ? timespec(tv_sec: archive_entry_atime(e), tv_nsec: Int(archive_entry_atime_nsec(e))) : mtime
     let uid = archive_entry_uid(e)
     let gid = archive_entry_gid(e)
     guard uid >= 0, uid < Int64(UInt32.max), gid >= 0, gid < Int64(UInt32.max) else { throw fail(raw, "owner out of range") }
-    return FileMeta(mode: UInt32(archive_entry_perm(e)) & 0o7777, uid: UInt32(uid), gid: UInt32(gid), mtime: mtime, atime: atime, xattrs: xattrs)
+    return FileMeta(
+      mode: UInt32(archive_entry_perm(e)) & 0o7777, uid: UInt32(uid), gid: UInt32(gid), mtime: mtime, atime: atime, xattrs: xattrs)
   }
 
   /// The At.pathOnly descriptor of the directory at `path` (relative to the layer root),
@@ -435,10 +443,10 @@ final class Extractor {
     var fd: Int32 = -1
     do {
       fd = try At.openBeneath(root, path, flags: At.pathOnly | O_DIRECTORY)
-    } catch where error.errno == ENOENT {
-    } catch where error.errno == ELOOP || error.errno == ENOTDIR {
+    } catch  where error.errno == ENOENT {
+    } catch  where error.errno == ELOOP || error.errno == ENOTDIR {
       throw fail(raw, symlink)
-    } catch where error.errno == EXDEV {
+    } catch  where error.errno == EXDEV {
       throw fail(raw, "path leaves the layer")
     } catch {
       throw fail(raw, error)
@@ -448,10 +456,10 @@ final class Extractor {
       let parent = try directory(cut.map { String(path[..<$0]) } ?? "", raw)
       let name = cut.map { String(path[path.index(after: $0)...]) } ?? path
       do {
-        do { try At.mkdir(parent, name, mode: 0o755) } catch where error.errno == EEXIST {}
+        do { try At.mkdir(parent, name, mode: 0o755) } catch  where error.errno == EEXIST {}
         fd = try At.open(parent, name, flags: At.pathOnly | O_DIRECTORY)
         try At.chmod(parent, name, mode: 0o755)
-      } catch where error.errno == ELOOP || error.errno == ENOTDIR {
+      } catch  where error.errno == ELOOP || error.errno == ENOTDIR {
         throw fail(raw, symlink)
       } catch {
         throw fail(raw, error)
@@ -471,7 +479,7 @@ final class Extractor {
     do {
       try create()
       return
-    } catch where error.errno == EEXIST {
+    } catch  where error.errno == EEXIST {
     } catch {
       throw fail(raw, error)
     }
@@ -541,7 +549,9 @@ final class Extractor {
 
   /// A regular file: its data into the object store (unless the store has that content),
   /// then its stub in the layer.
-  private func regularFile(_ a: OpaquePointer, _ e: OpaquePointer, _ parent: Int32, _ name: String, _ raw: String, _ meta: inout FileMeta) throws(LayerError) {
+  private func regularFile(_ a: OpaquePointer, _ e: OpaquePointer, _ parent: Int32, _ name: String, _ raw: String, _ meta: inout FileMeta)
+    throws(LayerError)
+  {
     let size = archive_entry_size(e)
     guard size >= 0 else { throw fail(raw, "negative size") }
     totals.fileBytes += size
@@ -611,7 +621,7 @@ final class Extractor {
   private func create(_ parent: Int32, _ name: String, _ raw: String) throws(SystemError) -> Int32 {
     do {
       return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
-    } catch where error.errno == EEXIST {
+    } catch  where error.errno == EEXIST {
       if let st = try At.lstat(parent, name), st.st_mode & S_IFMT == S_IFDIR { throw SystemError("openat", name, errno: EISDIR) }
       try At.unlink(parent, name)  // a repeated path: the last entry wins
       return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
@@ -620,7 +630,9 @@ final class Extractor {
 
   /// Calls `body` with each block of the entry's data and its offset (sparse files skip
   /// holes).
-  private func readData(_ a: OpaquePointer, _ raw: String, _ body: (Int64, UnsafeRawBufferPointer) throws(LayerError) -> Void) throws(LayerError) {
+  private func readData(_ a: OpaquePointer, _ raw: String, _ body: (Int64, UnsafeRawBufferPointer) throws(LayerError) -> Void)
+    throws(LayerError)
+  {
     var buffer: UnsafeRawPointer?
     var size = 0
     var offset: Int64 = 0
@@ -636,7 +648,9 @@ final class Extractor {
   private func finish() throws(LayerError) {
     for (path, meta) in dirMeta {
       do {
-        let fd = path.isEmpty ? try At.openBeneath(root, ".", flags: O_RDONLY | O_DIRECTORY) : try At.openBeneath(root, path, flags: O_RDONLY | O_DIRECTORY)
+        let fd =
+          path.isEmpty
+          ? try At.openBeneath(root, ".", flags: O_RDONLY | O_DIRECTORY) : try At.openBeneath(root, path, flags: O_RDONLY | O_DIRECTORY)
         defer { At.close(fd) }
         try apply(meta, fd: fd, path)
       } catch {

@@ -42,7 +42,10 @@ struct AuthChallenge: Hashable, Sendable {
           }
           i += 1
         } else {
-          while i < s.count && s[i] != 0x2c && s[i] != 0x20 { value.append(s[i]); i += 1 }
+          while i < s.count && s[i] != 0x2c && s[i] != 0x20 {
+            value.append(s[i])
+            i += 1
+          }
         }
         out[out.count - 1].parameters[word.lowercased()] = String(decoding: value, as: UTF8.self)
       } else if !word.isEmpty {

@@ -62,7 +62,9 @@ public struct BlobStream: AsyncSequence, Sendable {
           chunk = try await body!.next()
         } catch {
           body = nil
-          if Task.isCancelled { throw session!.error(.truncated, object: object, "cancelled after \(received) of \(descriptor.size) bytes") }
+          if Task.isCancelled {
+            throw session!.error(.truncated, object: object, "cancelled after \(received) of \(descriptor.size) bytes")
+          }
           try resumeOrFail("the body broke off after \(received) of \(descriptor.size) bytes: \(describe(error))")
           continue
         }
@@ -136,7 +138,9 @@ public struct BlobStream: AsyncSequence, Sendable {
         case .partialContent:
           let range = response.headers.first(name: "Content-Range") ?? ""
           guard range.hasPrefix("bytes \(received)-") else {
-            if first == nil { first = s.error(.server, ep, object: object, "answered a Range request for bytes \(received)- with \(quote(range))") }
+            if first == nil {
+              first = s.error(.server, ep, object: object, "answered a Range request for bytes \(received)- with \(quote(range))")
+            }
             continue
           }
           skip = 0

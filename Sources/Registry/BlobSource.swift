@@ -34,7 +34,9 @@ public final class BlobSource: ByteSource, @unchecked Sendable {
       } catch let e as RegistryError {
         failure = e
       } catch {
-        failure = RegistryError(.unreachable, registry: stream.reference.registry, repository: stream.reference.repository, object: stream.descriptor.digest.description, "\(error)")
+        failure = RegistryError(
+          .unreachable, registry: stream.reference.registry, repository: stream.reference.repository,
+          object: stream.descriptor.digest.description, "\(error)")
       }
       channel.finish(failure)
     }
@@ -141,7 +143,12 @@ final class BlobChannel: Sendable {
   /// The next chunk (blocking), nil at the end, or the download's failure.
   func take() -> Result<ByteBuffer?, RegistryError> {
     while true {
-      enum Next { case chunk(ByteBuffer, CheckedContinuation<Void, Never>?), end, failed(RegistryError), wait }
+      enum Next {
+        case chunk(ByteBuffer, CheckedContinuation<Void, Never>?)
+        case end
+        case failed(RegistryError)
+        case wait
+      }
       let next = state.withLock { s -> Next in
         if s.head < s.queue.count {
           let c = s.queue[s.head]
@@ -152,7 +159,10 @@ final class BlobChannel: Sendable {
           }
           s.queued -= c.readableBytes
           var wake: CheckedContinuation<Void, Never>?
-          if s.queued < limit { wake = s.producer; s.producer = nil }
+          if s.queued < limit {
+            wake = s.producer
+            s.producer = nil
+          }
           return .chunk(c, wake)
         }
         if s.done { return s.error.map { .failed($0) } ?? .end }

@@ -67,8 +67,12 @@ public final class RegistryClient: Sendable {
         throw session.error(.badManifest, object: top.digest.description, "index without manifests")
       }
       guard let entry = selectManifest(entries, for: platform) else {
-        let offered = entries.compactMap { e in e.platform.map { "\($0.os ?? "?")/\($0.architecture ?? "?")" + ($0.variant.map { "/\($0)" } ?? "") } }
-        throw session.error(.notFound, object: reference.object, "no manifest for \(platform) in the index (it has \(offered.isEmpty ? "none with a platform" : offered.joined(separator: ", ")))")
+        let offered = entries.compactMap { e in
+          e.platform.map { "\($0.os ?? "?")/\($0.architecture ?? "?")" + ($0.variant.map { "/\($0)" } ?? "") }
+        }
+        throw session.error(
+          .notFound, object: reference.object,
+          "no manifest for \(platform) in the index (it has \(offered.isEmpty ? "none with a platform" : offered.joined(separator: ", ")))")
       }
       guard let d = Digest(entry.digest) else {
         throw session.error(.badManifest, object: top.digest.description, "index entry with malformed digest \(quote(entry.digest))")
@@ -82,10 +86,12 @@ public final class RegistryClient: Sendable {
       throw session.error(.badManifest, object: reference.object, "unsupported manifest media type \(top.mediaType)")
     }
     let object = top.digest.description
-    let layerType = top.mediaType == ManifestMediaType.dockerManifest
+    let layerType =
+      top.mediaType == ManifestMediaType.dockerManifest
       ? "application/vnd.docker.image.rootfs.diff.tar.gzip" : "application/vnd.oci.image.layer.v1.tar+gzip"
     guard let rawConfig = top.raw.config,
-          let config = rawConfig.descriptor(defaultType: "application/vnd.oci.image.config.v1+json") else {
+      let config = rawConfig.descriptor(defaultType: "application/vnd.oci.image.config.v1+json")
+    else {
       throw session.error(.badManifest, object: object, "manifest without a valid config descriptor")
     }
     var blobs: [Descriptor] = []
@@ -224,15 +230,20 @@ struct Session: Sendable {
     do { raw = try JSONDecoder().decode(RawManifest.self, from: Data(bytes)) } catch {
       throw self.error(.badManifest, ep, object: object, "manifest does not decode: \(error)")
     }
-    let header = response.headers.first(name: "Content-Type").map { String($0.split(separator: ";")[0]).trimmingCharacters(in: .whitespaces) }
+    let header = response.headers.first(name: "Content-Type").map {
+      String($0.split(separator: ";")[0]).trimmingCharacters(in: .whitespaces)
+    }
     if raw.schemaVersion == 1 || header == ManifestMediaType.dockerSchema1 || header == ManifestMediaType.dockerSchema1Signed {
       throw error(.badManifest, ep, object: object, "Docker schema 1 manifests are not supported")
     }
     var mediaType = raw.mediaType ?? ""
     if mediaType.isEmpty, let h = header, ManifestMediaType.isIndex(h) || ManifestMediaType.isManifest(h) { mediaType = h }
     if mediaType.isEmpty {
-      if raw.manifests != nil { mediaType = ManifestMediaType.ociIndex }
-      else if raw.config != nil { mediaType = ManifestMediaType.ociManifest }
+      if raw.manifests != nil {
+        mediaType = ManifestMediaType.ociIndex
+      } else if raw.config != nil {
+        mediaType = ManifestMediaType.ociManifest
+      }
     }
     guard ManifestMediaType.isIndex(mediaType) || ManifestMediaType.isManifest(mediaType) else {
       throw error(.badManifest, ep, object: object, "unsupported manifest media type \(mediaType.isEmpty ? "(none)" : mediaType)")
@@ -244,7 +255,8 @@ struct Session: Sendable {
   func smallBlob(_ d: Descriptor) async throws(RegistryError) -> [UInt8] {
     let object = d.digest.description
     guard d.size <= client.configuration.maxManifestSize else {
-      throw error(.badManifest, object: object, "config of \(d.size) bytes is larger than the limit of \(client.configuration.maxManifestSize)")
+      throw error(
+        .badManifest, object: object, "config of \(d.size) bytes is larger than the limit of \(client.configuration.maxManifestSize)")
     }
     var first: RegistryError?
     for ep in endpoints where ep.host.capabilities.contains(.pull) {
@@ -264,7 +276,8 @@ struct Session: Sendable {
     throw first ?? error(.notFound, object: object, "no configured host may pull")
   }
 
-  private func collect(_ response: HTTPClientResponse, _ ep: Endpoint, object: String, what: String) async throws(RegistryError) -> [UInt8] {
+  private func collect(_ response: HTTPClientResponse, _ ep: Endpoint, object: String, what: String) async throws(RegistryError) -> [UInt8]
+  {
     let limit = client.configuration.maxManifestSize
     if let length = response.headers.first(name: "Content-Length").flatMap({ Int($0) }), length > limit {
       throw error(.badManifest, ep, object: object, "\(what) of \(length) bytes is larger than the limit of \(limit)")
@@ -285,7 +298,9 @@ struct Session: Sendable {
   /// Sends a request with this host's headers, TLS settings and authorization; answers a
   /// 401 once by authenticating as its challenge asks (a bearer token for this
   /// repository's pull scope, or basic auth), then gives up with `unauthorized`.
-  func send(_ ep: Endpoint, _ method: HTTPMethod, _ url: String, headers: HTTPHeaders, object: String, deadline: NIODeadline? = nil) async throws(RegistryError) -> HTTPClientResponse {
+  func send(_ ep: Endpoint, _ method: HTTPMethod, _ url: String, headers: HTTPHeaders, object: String, deadline: NIODeadline? = nil)
+    async throws(RegistryError) -> HTTPClientResponse
+  {
     var request = HTTPClientRequest(url: url)
     request.method = method
     request.tlsConfiguration = ep.tls
@@ -344,7 +359,9 @@ struct Session: Sendable {
 
   /// A token from the challenge's realm (Docker's token spec, GET with the service and
   /// scopes, basic auth when there are credentials).
-  private func fetchToken(_ c: AuthChallenge, scope: String, _ ep: Endpoint, object: String) async throws(RegistryError) -> (value: String, lifetime: Duration) {
+  private func fetchToken(_ c: AuthChallenge, scope: String, _ ep: Endpoint, object: String) async throws(RegistryError) -> (
+    value: String, lifetime: Duration
+  ) {
     guard let realm = c.realm, var u = URLComponents(string: realm), u.scheme == "http" || u.scheme == "https" else {
       throw error(.unauthorized, ep, object: object, "unusable token realm \(quote(c.realm ?? ""))")
     }
@@ -364,7 +381,10 @@ struct Session: Sendable {
     }
     guard response.status == .ok else {
       let kind: RegistryError.Kind = [.unauthorized, .forbidden].contains(response.status) ? .unauthorized : .server
-      throw error(kind, ep, object: object, "token service \(realm) answered \(response.status.code) \(response.status.reasonPhrase)\(ep.credentials == nil ? " (no credentials for \(ep.host.host))" : "")")
+      throw error(
+        kind, ep, object: object,
+        "token service \(realm) answered \(response.status.code) \(response.status.reasonPhrase)\(ep.credentials == nil ? " (no credentials for \(ep.host.host))" : "")"
+      )
     }
     let bytes = try await collect(response, ep, object: object, what: "token")
     guard let t = try? JSONDecoder().decode(TokenResponse.self, from: Data(bytes)), let value = t.value else {
@@ -377,12 +397,16 @@ struct Session: Sendable {
   /// error message (`{"errors":[{"code","message"}]}`) when it sent one.
   func statusError(_ response: HTTPClientResponse, _ ep: Endpoint, object: String, what: String) async -> RegistryError {
     struct Errors: Decodable {
-      struct E: Decodable { var code: String?; var message: String? }
+      struct E: Decodable {
+        var code: String?
+        var message: String?
+      }
       var errors: [E]?
     }
     var detail = "\(response.status.code) \(response.status.reasonPhrase)"
     if var body = try? await response.body.collect(upTo: 16 << 10), let bytes = body.readBytes(length: body.readableBytes),
-       let e = try? JSONDecoder().decode(Errors.self, from: Data(bytes)), let list = e.errors, !list.isEmpty {
+      let e = try? JSONDecoder().decode(Errors.self, from: Data(bytes)), let list = e.errors, !list.isEmpty
+    {
       detail += ": " + list.map { [$0.code, $0.message].compactMap { $0 }.joined(separator: " ") }.joined(separator: "; ")
     }
     let kind: RegistryError.Kind

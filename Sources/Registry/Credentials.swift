@@ -61,7 +61,8 @@ public struct DockerConfig: Sendable {
       let host = Self.normalize(key)
       if let auth = e.auth, !auth.isEmpty {
         guard let raw = Data(base64Encoded: auth), let text = String(data: raw, encoding: .utf8),
-              let colon = text.firstIndex(of: ":") else {
+          let colon = text.firstIndex(of: ":")
+        else {
           throw .invalid("\(source): the auth of \(quote(key)) is not base64 of user:password")
         }
         auths[host] = Credentials(username: String(text[..<colon]), password: String(text[text.index(after: colon)...]))

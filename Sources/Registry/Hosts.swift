@@ -144,7 +144,9 @@ public struct HostsConfiguration: Sendable {
 
   /// A hosts.toml: its `[host."..."]` entries in file order, and the top-level entry
   /// (`server`, whose host is empty when the file names none).
-  static func parse(_ text: String, baseDir: String, file: String = "hosts.toml") throws(RegistryError) -> (hosts: [RegistryHost], server: RegistryHost) {
+  static func parse(_ text: String, baseDir: String, file: String = "hosts.toml") throws(RegistryError) -> (
+    hosts: [RegistryHost], server: RegistryHost
+  ) {
     let table: TOMLTable
     do { table = try TOMLTable(string: text) } catch {
       throw .invalid("\(file): \(error)")
@@ -194,7 +196,8 @@ public struct HostsConfiguration: Sendable {
       var s = server
       if !s.hasPrefix("http") { s = "https://" + s }
       guard let u = URLComponents(string: s), let scheme = u.scheme, scheme == "http" || scheme == "https",
-            let host = u.host, !host.isEmpty else { throw bad("unusable server URL \(quote(server))") }
+        let host = u.host, !host.isEmpty
+      else { throw bad("unusable server URL \(quote(server))") }
       h.scheme = scheme
       h.host = host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host
       if let port = u.port { h.host += ":\(port)" }

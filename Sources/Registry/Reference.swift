@@ -94,10 +94,11 @@ public struct Reference: Hashable, Sendable, CustomStringConvertible {
   }
 
   static func validHost(_ h: String) -> Bool {
-    !h.isEmpty && h.utf8.allSatisfy { c in
-      (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a)
-        || c == 0x2e || c == 0x2d || c == 0x3a || c == 0x5b || c == 0x5d || c == 0x5f
-    }
+    !h.isEmpty
+      && h.utf8.allSatisfy { c in
+        (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a)
+          || c == 0x2e || c == 0x2d || c == 0x3a || c == 0x5b || c == 0x5d || c == 0x5f
+      }
   }
 }
 
@@ -131,13 +132,13 @@ public struct Platform: Hashable, Sendable, CustomStringConvertible {
   /// This machine's platform (linux/amd64 on x86_64).
   public static var host: Platform {
     #if arch(x86_64)
-    return Platform(os: "linux", architecture: "amd64")
+      return Platform(os: "linux", architecture: "amd64")
     #elseif arch(arm64)
-    return Platform(os: "linux", architecture: "arm64")
+      return Platform(os: "linux", architecture: "arm64")
     #elseif arch(arm)
-    return Platform(os: "linux", architecture: "arm", variant: "v7")
+      return Platform(os: "linux", architecture: "arm", variant: "v7")
     #else
-    return Platform(os: "linux", architecture: "unknown")
+      return Platform(os: "linux", architecture: "unknown")
     #endif
   }
 
@@ -146,7 +147,9 @@ public struct Platform: Hashable, Sendable, CustomStringConvertible {
   /// Whether an index entry's platform serves this one: same os and architecture, and the
   /// variant asked for (any when none is asked; arm64's v8 is arm64 without one).
   func matches(os: String?, architecture: String?, variant: String?) -> Bool {
-    guard os?.lowercased() == self.os, let a = architecture.map({ Self.normalize($0.lowercased()) }), a == self.architecture else { return false }
+    guard os?.lowercased() == self.os, let a = architecture.map({ Self.normalize($0.lowercased()) }), a == self.architecture else {
+      return false
+    }
     guard let want = self.variant else { return true }
     return variant?.lowercased() == want
   }

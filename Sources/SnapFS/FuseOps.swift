@@ -4,7 +4,7 @@ import CSysShims
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The mounted overlay: libfuse calls back into C function pointers with no context of
@@ -84,8 +84,10 @@ private func layerFlags(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Int32 {
 /// Replies to OPEN or CREATE (`reply` sends it) for the open file `opened` of `node`,
 /// counted by `passthrough.open` (under the tree lock that opened it). If the reply does not
 /// reach the kernel (the caller was interrupted), no RELEASE will come: the open is undone here.
-private func replyOpen(_ node: Node, _ opened: Passthrough.Opened, _ fi: UnsafeMutablePointer<fuse_file_info>?,
-                       _ reply: () -> Int32) -> Bool {
+private func replyOpen(
+  _ node: Node, _ opened: Passthrough.Opened, _ fi: UnsafeMutablePointer<fuse_file_info>?,
+  _ reply: () -> Int32
+) -> Bool {
   let handle = FileHandle(opened)
   fi!.pointee.fh = handle.raw
   // Page caches stay across opens (the files change only through this mount), and close(2)
@@ -114,9 +116,13 @@ private func context(_ req: fuse_req_t?) -> (uid: uid_t, gid: gid_t) {
 
 /// Makes `name` in `parent` with `make` (given the upper dir's descriptor), owned by the
 /// caller, and replies with its entry. A directory made over a whiteout is opaque.
-private func create(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, mode: mode_t? = nil,
-                    directory: Bool = false, _ make: (Int32, String) throws(Errno) -> Void) {
-  let p = node(parent), n = string(name), caller = context(req)
+private func create(
+  _ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, mode: mode_t? = nil,
+  directory: Bool = false, _ make: (Int32, String) throws(Errno) -> Void
+) {
+  let p = node(parent)
+  let n = string(name)
+  let caller = context(req)
   reply(req) { () throws(Errno) in
     try overlay.tree.write { () throws(Errno) in
       let overWhiteout = try overlay.prepareCreate(p, n)
@@ -184,7 +190,7 @@ private func readDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t, _ f
             let (node, attr) = try overlay.lookup(handle.node, e.name)
             child = node
             plusEntry = entry(node, attr)
-          } catch where error.code == ENOENT {
+          } catch  where error.code == ENOENT {
             index += 1  // gone meanwhile
             continue
           } catch {
@@ -222,22 +228,30 @@ private enum Target {
   case at(Int32, String, follow: Bool)
 }
 
-private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutablePointer<stat>?, _ toSet: Int32,
-                     _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+private func setattr(
+  _ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutablePointer<stat>?, _ toSet: Int32,
+  _ fi: UnsafeMutablePointer<fuse_file_info>?
+) {
   let n = node(ino)
   let a = attr!.pointee
   reply(req) { () throws(Errno) in
     try overlay.tree.write { () throws(Errno) in
       // With the writeback cache the kernel also sends ctime-only updates (after an unlink,
       // say): nothing here to change, and no reason to copy up.
-      let changes = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME
+      let changes =
+        FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME
       guard toSet & changes != 0 else { return try replyAttr(req, n) }
       try overlay.copyUp(n)
       let target: Target
-      if let fi { target = .fd(FileHandle(fi.pointee.fh).fd) }
-      else if n.isDirectory { target = .fd(n.fd) }
-      else if let loc = overlay.upperLocation(n) { target = .at(loc.dirfd, loc.name, follow: false) }
-      else { target = .at(AT_FDCWD, "/proc/self/fd/\(n.pinned)", follow: true) }
+      if let fi {
+        target = .fd(FileHandle(fi.pointee.fh).fd)
+      } else if n.isDirectory {
+        target = .fd(n.fd)
+      } else if let loc = overlay.upperLocation(n) {
+        target = .at(loc.dirfd, loc.name, follow: false)
+      } else {
+        target = .at(AT_FDCWD, "/proc/self/fd/\(n.pinned)", follow: true)
+      }
       if toSet & FUSE_SET_ATTR_MODE != 0 {
         switch target {
         case .fd(let fd): _ = try Sys.call(fchmod(fd, a.st_mode & 0o7777))
@@ -262,7 +276,8 @@ private func setattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutabl
         }
       }
       if toSet & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME) != 0 {
-        let omit = timespec(tv_sec: 0, tv_nsec: SHIM_UTIME_OMIT), now = timespec(tv_sec: 0, tv_nsec: SHIM_UTIME_NOW)
+        let omit = timespec(tv_sec: 0, tv_nsec: SHIM_UTIME_OMIT)
+        let now = timespec(tv_sec: 0, tv_nsec: SHIM_UTIME_NOW)
         var times = [omit, omit]
         if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { times[0] = now } else if toSet & FUSE_SET_ATTR_ATIME != 0 { times[0] = a.st_atim }
         if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { times[1] = now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { times[1] = a.st_mtim }
@@ -288,7 +303,8 @@ func operations() -> fuse_lowlevel_ops {
     guard let conn else { return }
     let capable = conn.pointee.capable
     var want = conn.pointee.want
-    for cap in [FUSE_CAP_SPLICE_WRITE, FUSE_CAP_SPLICE_READ, FUSE_CAP_PARALLEL_DIROPS, FUSE_CAP_ASYNC_DIO] where capable & UInt32(cap) != 0 {
+    for cap in [FUSE_CAP_SPLICE_WRITE, FUSE_CAP_SPLICE_READ, FUSE_CAP_PARALLEL_DIROPS, FUSE_CAP_ASYNC_DIO] where capable & UInt32(cap) != 0
+    {
       want |= UInt32(cap)
     }
     // Passthrough makes the files' reads and writes the kernel's own; without it, the
@@ -308,10 +324,11 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.lookup = { req, parent, name in
-    let p = node(parent), n = string(name)
+    let p = node(parent)
+    let n = string(name)
     do throws(Errno) {
       try overlay.tree.read { () throws(Errno) in try replyLookup(req, p, n) }
-    } catch where error.code == ENOENT {
+    } catch  where error.code == ENOENT {
       var entry = fuse_entry_param()
       entry.entry_timeout = negativeTimeout
       fuse_reply_entry(req, &entry)
@@ -361,7 +378,9 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.link = { req, ino, newParent, newName in
-    let n = node(ino), p = node(newParent), name = string(newName)
+    let n = node(ino)
+    let p = node(newParent)
+    let name = string(newName)
     reply(req) { () throws(Errno) in
       try overlay.tree.write { () throws(Errno) in
         try overlay.link(n, p, name)
@@ -376,7 +395,8 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.unlink = { req, parent, name in
-    let p = node(parent), n = string(name)
+    let p = node(parent)
+    let n = string(name)
     reply(req) { () throws(Errno) in
       try overlay.tree.write { () throws(Errno) in try overlay.remove(p, n, directory: false) }
       fuse_reply_err(req, 0)
@@ -384,7 +404,8 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.rmdir = { req, parent, name in
-    let p = node(parent), n = string(name)
+    let p = node(parent)
+    let n = string(name)
     reply(req) { () throws(Errno) in
       try overlay.tree.write { () throws(Errno) in try overlay.remove(p, n, directory: true) }
       fuse_reply_err(req, 0)
@@ -392,7 +413,10 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.rename = { req, parent, name, newParent, newName, flags in
-    let p = node(parent), n = string(name), np = node(newParent), nn = string(newName)
+    let p = node(parent)
+    let n = string(name)
+    let np = node(newParent)
+    let nn = string(newName)
     reply(req) { () throws(Errno) in
       try overlay.tree.write { () throws(Errno) in try overlay.rename(p, n, np, nn, flags: flags) }
       fuse_reply_err(req, 0)
@@ -419,7 +443,9 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.create = { req, parent, name, mode, fi in
-    let p = node(parent), n = string(name), caller = context(req)
+    let p = node(parent)
+    let n = string(name)
+    let caller = context(req)
     reply(req) { () throws(Errno) in
       let flags = layerFlags(fi)
       try overlay.tree.write { () throws(Errno) in
@@ -511,7 +537,8 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.getxattr = { req, ino, name, size in
-    let n = node(ino), key = string(name)
+    let n = node(ino)
+    let key = string(name)
     reply(req) { () throws(Errno) in
       try overlay.tree.read { () throws(Errno) in
         if size == 0 {
@@ -530,14 +557,18 @@ func operations() -> fuse_lowlevel_ops {
     let n = node(ino)
     reply(req) { () throws(Errno) in
       let names = try overlay.tree.read { () throws(Errno) -> [UInt8] in try overlay.listXattrs(n) }
-      if size == 0 { fuse_reply_xattr(req, names.count); return }
+      if size == 0 {
+        fuse_reply_xattr(req, names.count)
+        return
+      }
       guard names.count <= size else { throw Errno(ERANGE) }
       names.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), names.count) }
     }
   }
 
   ops.setxattr = { req, ino, name, value, size, flags in
-    let n = node(ino), key = string(name)
+    let n = node(ino)
+    let key = string(name)
     reply(req) { () throws(Errno) in
       try overlay.tree.write { () throws(Errno) in try overlay.setXattr(n, key, value, size: size, flags: flags) }
       fuse_reply_err(req, 0)
@@ -545,7 +576,8 @@ func operations() -> fuse_lowlevel_ops {
   }
 
   ops.removexattr = { req, ino, name in
-    let n = node(ino), key = string(name)
+    let n = node(ino)
+    let key = string(name)
     reply(req) { () throws(Errno) in
       try overlay.tree.write { () throws(Errno) in try overlay.removeXattr(n, key) }
       fuse_reply_err(req, 0)

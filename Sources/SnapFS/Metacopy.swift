@@ -2,7 +2,7 @@ import CSysShims
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// A metacopy file of a lower layer, which snapshotd's layer store calls a stub: a regular

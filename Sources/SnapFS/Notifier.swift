@@ -2,7 +2,7 @@ import CFuse
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Tells the kernel to forget names (FUSE_NOTIFY_INVAL_ENTRY), from a thread of its own: the

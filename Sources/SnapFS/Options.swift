@@ -66,7 +66,9 @@ public struct Options: Equatable, Sendable {
       let arg = arguments[i]
       switch arg {
       case "-f": options.foreground = true
-      case "-d", "--debug": options.debug = true; options.foreground = true
+      case "-d", "--debug":
+        options.debug = true
+        options.foreground = true
       case "-o":
         i += 1
         guard i < arguments.count else { throw Invalid(description: "-o needs a value") }
@@ -84,7 +86,9 @@ public struct Options: Equatable, Sendable {
     }
     switch positional.count {
     case 1: options.target = positional[0]
-    case 2: options.source = positional[0]; options.target = positional[1]
+    case 2:
+      options.source = positional[0]
+      options.target = positional[1]
     default: throw Invalid(description: "expected TARGET or SOURCE TARGET, got \(positional.count) arguments")
     }
     guard !options.lowers.isEmpty else { throw Invalid(description: "lowerdir= is required") }
@@ -103,7 +107,8 @@ public struct Options: Equatable, Sendable {
 
   private mutating func apply(_ list: String) throws(Invalid) {
     for option in list.split(separator: ",", omittingEmptySubsequences: true).map(String.init) {
-      let (key, value) = option.firstIndex(of: "=").map { (String(option[..<$0]), String(option[option.index(after: $0)...])) } ?? (option, "")
+      let (key, value) =
+        option.firstIndex(of: "=").map { (String(option[..<$0]), String(option[option.index(after: $0)...])) } ?? (option, "")
       switch key {
       case "lowerdir":
         (lowers, dataLowers) = try Self.lowerdir(value)
@@ -149,7 +154,10 @@ public struct Options: Equatable, Sendable {
   static func lowerdir(_ value: String) throws(Invalid) -> (lowers: [String], data: [String]) {
     func invalid(_ why: String) -> Invalid { Invalid(description: "lowerdir=\(value): \(why)") }
     var pieces: [(path: String, data: Bool)] = []
-    var path = String.UnicodeScalarView(), escaped = false, colons = 0, data = false
+    var path = String.UnicodeScalarView()
+    var escaped = false
+    var colons = 0
+    var data = false
     for c in value.unicodeScalars {  // scalars: a combining mark must not hide a colon
       if !escaped && c == ":" {
         if colons == 0 {  // the end of a path

@@ -2,7 +2,7 @@ import CSysShims
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The merged tree: overlayfs's semantics over directory descriptors, one per layer.
@@ -84,7 +84,8 @@ final class Overlay: @unchecked Sendable {
     if let work = options.work {
       let fd = shim_open(work, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
       guard fd >= 0 else { throw Options.Invalid(description: "workdir \(work): \(String(cString: strerror(errno)))") }
-      var upper = stat(), st = stat()
+      var upper = stat()
+      var st = stat()
       fstat(dirs[0].fd, &upper)
       fstat(fd, &st)
       guard upper.st_dev == st.st_dev else {
@@ -149,8 +150,9 @@ final class Overlay: @unchecked Sendable {
       if dir.layer != parent.dirs.last!.layer && isOpaque(sub) { break }
     }
     guard let top else { throw Errno(ENOENT) }
-    let node = Node(ino: inodeNumber(UInt64(top.st.st_ino), layer: top.layer), realIno: UInt64(top.st.st_ino),
-                    type: top.st.type, parent: parent, name: name, layer: top.layer, dirs: dirs)
+    let node = Node(
+      ino: inodeNumber(UInt64(top.st.st_ino), layer: top.layer), realIno: UInt64(top.st.st_ino),
+      type: top.st.type, parent: parent, name: name, layer: top.layer, dirs: dirs)
     node.linked = hasUpper && top.layer == 0 && !top.st.isDirectory && top.st.st_nlink > 1
     if top.st.type == S_IFREG && !(hasUpper && top.layer == 0) {
       node.stub = try stub(parent, name, layer: top.layer)
@@ -415,7 +417,8 @@ final class Overlay: @unchecked Sendable {
   }
 
   func listXattrs(_ node: Node) throws(Errno) -> [UInt8] {
-    let names = try node.isDirectory
+    let names =
+      try node.isDirectory
       ? At.xattrNames(node.fd)
       : withPath(node) { (path) throws(Errno) -> [[UInt8]] in try At.xattrNames(following: path) }
     var out: [UInt8] = []
@@ -442,15 +445,21 @@ final class Overlay: @unchecked Sendable {
   func setXattr(_ node: Node, _ name: String, _ value: UnsafeRawPointer?, size: Int, flags: Int32) throws(Errno) {
     let name = stored(name)
     try copyUp(node)
-    if node.isDirectory { _ = try Sys.call(fsetxattr(node.fd, name, value, size, flags)) }
-    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try Sys.call(setxattr(path, name, value, size, flags)) } }
+    if node.isDirectory {
+      _ = try Sys.call(fsetxattr(node.fd, name, value, size, flags))
+    } else {
+      _ = try withPath(node) { (path) throws(Errno) -> Int32 in try Sys.call(setxattr(path, name, value, size, flags)) }
+    }
   }
 
   func removeXattr(_ node: Node, _ name: String) throws(Errno) {
     let name = stored(name)
     try copyUp(node)
-    if node.isDirectory { _ = try Sys.call(fremovexattr(node.fd, name)) }
-    else { _ = try withPath(node) { (path) throws(Errno) -> Int32 in try Sys.call(removexattr(path, name)) } }
+    if node.isDirectory {
+      _ = try Sys.call(fremovexattr(node.fd, name))
+    } else {
+      _ = try withPath(node) { (path) throws(Errno) -> Int32 in try Sys.call(removexattr(path, name)) }
+    }
   }
 
   // MARK: - Changing the tree (callers hold the tree lock for writing)
@@ -560,7 +569,7 @@ final class Overlay: @unchecked Sendable {
     let node = try resolve(parent, name)
     if node.isDirectory && (node.layer != 0 || node.isMerged) { throw Errno(EXDEV) }
     var target: Node?
-    do { target = try resolve(newParent, newName) } catch where error.code == ENOENT {}
+    do { target = try resolve(newParent, newName) } catch  where error.code == ENOENT {}
     var opaque = false
     if let target {
       if target === node { return }
@@ -578,7 +587,8 @@ final class Overlay: @unchecked Sendable {
     try copyUp(newParent)
     try copyUp(node)
     if let target { try pin(target) }
-    let from = parent.dirs[0].fd, to = newParent.dirs[0].fd
+    let from = parent.dirs[0].fd
+    let to = newParent.dirs[0].fd
     if let st = try statIfPresent(to, newName) {
       if st.isWhiteout {
         if node.isDirectory {
@@ -602,7 +612,9 @@ final class Overlay: @unchecked Sendable {
   /// write: `attach` gets whether the open is of the upper file and a function that opens it,
   /// and runs under the tree lock (so no copy-up comes between the open and what `attach`
   /// decides). Takes the tree lock itself.
-  func open<T>(_ node: Node, flags: Int32, _ attach: (_ upper: Bool, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> T) throws(Errno) -> T {
+  func open<T>(_ node: Node, flags: Int32, _ attach: (_ upper: Bool, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> T)
+    throws(Errno) -> T
+  {
     let writes = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
     let clean = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_NOFOLLOW | O_CLOEXEC
     if writes {
@@ -663,7 +675,8 @@ final class Overlay: @unchecked Sendable {
     // data file is opened instead, as overlayfs keeps reading the file it looked up.
     var st = stat()
     guard !isUpper(node), node.type == S_IFREG, let parent = node.parent, fstat(fd, &st) == 0,
-          UInt64(st.st_ino) != node.realIno else { return fd }
+      UInt64(st.st_ino) != node.realIno
+    else { return fd }
     let fresh: Stub?
     do { fresh = try stub(parent, name, layer: node.layer) } catch {
       close(fd)

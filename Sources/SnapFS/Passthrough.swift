@@ -2,7 +2,7 @@ import CFuseIO
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// FUSE passthrough: the kernel reads and writes an open file's backing file itself, with no
@@ -83,11 +83,13 @@ final class Passthrough: @unchecked Sendable {
   /// `close` uncounts it. Caller holds the tree lock, so no copy-up comes in between.
   func open(_ node: Node, upper: Bool, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> Opened {
     guard enabled else { return Opened(fd: try openFile(), io: .requests, shared: false) }
-    if !upper, let reused = mutex.with({ () -> Opened? in
-      guard node.backingFD >= 0, node.cachedOpens == 0 else { return nil }
-      node.passthroughOpens += 1
-      return Opened(fd: node.backingFD, io: .backing(node.backingID), shared: true)
-    }) {
+    if !upper,
+      let reused = mutex.with({ () -> Opened? in
+        guard node.backingFD >= 0, node.cachedOpens == 0 else { return nil }
+        node.passthroughOpens += 1
+        return Opened(fd: node.backingFD, io: .backing(node.backingID), shared: true)
+      })
+    {
       return reused
     }
     let fd = try openFile()

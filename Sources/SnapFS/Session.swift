@@ -3,7 +3,7 @@ import CFuseIO
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Mounts the overlay described by `options` and serves it until it is unmounted or the

@@ -1,14 +1,17 @@
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// A plain mutex for short critical sections (the node table).
 final class Mutex: @unchecked Sendable {
   private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
   init() { pthread_mutex_init(lock, nil) }
-  deinit { pthread_mutex_destroy(lock); lock.deallocate() }
+  deinit {
+    pthread_mutex_destroy(lock)
+    lock.deallocate()
+  }
   @inline(__always) func with<T>(_ body: () -> T) -> T {
     pthread_mutex_lock(lock)
     defer { pthread_mutex_unlock(lock) }

@@ -13,23 +13,26 @@ public enum SnapshotsRoutes {
       _ method: String, _ type: Request.Type, key: @escaping @Sendable (Request) -> String,
       _ body: @escaping @Sendable (Request) throws -> Response
     ) -> (String, @Sendable ([UInt8]) throws -> [[UInt8]]) {
-      (service + method, { bytes in
-        let request: Request
-        do {
-          request = try Request(serializedBytes: bytes)
-        } catch {
-          throw RPCStatus(.invalidArgument, "malformed \(method) request: \(error)")
+      (
+        service + method,
+        { bytes in
+          let request: Request
+          do {
+            request = try Request(serializedBytes: bytes)
+          } catch {
+            throw RPCStatus(.invalidArgument, "malformed \(method) request: \(error)")
+          }
+          do {
+            return [try body(request).serializedBytes()]
+          } catch let e as SnapshotError {
+            let level: Logger.Level = e.kind == .internal || e.kind == .unavailable ? .error : .debug
+            logger.log(level: level, "\(method) failed", metadata: ["key": "\(key(request).prefix(200))", "error": "\(e.message)"])
+            throw e.status
+          } catch {
+            throw RPCStatus(.internal, "\(method): encoding the response: \(error)")
+          }
         }
-        do {
-          return [try body(request).serializedBytes()]
-        } catch let e as SnapshotError {
-          let level: Logger.Level = e.kind == .internal || e.kind == .unavailable ? .error : .debug
-          logger.log(level: level, "\(method) failed", metadata: ["key": "\(key(request).prefix(200))", "error": "\(e.message)"])
-          throw e.status
-        } catch {
-          throw RPCStatus(.internal, "\(method): encoding the response: \(error)")
-        }
-      })
+      )
     }
 
     let routes: [(String, @Sendable ([UInt8]) throws -> [[UInt8]])] = [

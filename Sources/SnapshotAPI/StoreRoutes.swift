@@ -18,28 +18,37 @@ public enum StoreRoutes {
       service + "ImportImage": .streaming { call in try importImage(s, call, logger) },
       service + "Usage": .unary { _ in
         let u = try run("Usage", logger) { () throws(SnapshotError) in try s.storeUsage() }
-        return [try encode(Snapshotd_V1_StoreUsageResponse.with {
-          $0.layers = u.layers
-          $0.objects = u.objects
-          $0.storedBytes = u.storedBytes
-          $0.logicalBytes = u.logicalBytes
-        })]
+        return [
+          try encode(
+            Snapshotd_V1_StoreUsageResponse.with {
+              $0.layers = u.layers
+              $0.objects = u.objects
+              $0.storedBytes = u.storedBytes
+              $0.logicalBytes = u.logicalBytes
+            })
+        ]
       },
       service + "Info": .unary { _ in
-        [try encode(Snapshotd_V1_InfoResponse.with {
-          $0.driver = s.driver.rawValue
-          $0.driverReason = s.driverReason
-          $0.root = s.layout.root
-        })]
+        [
+          try encode(
+            Snapshotd_V1_InfoResponse.with {
+              $0.driver = s.driver.rawValue
+              $0.driverReason = s.driverReason
+              $0.root = s.layout.root
+            })
+        ]
       },
       service + "GC": .unary { _ in
         let r = try run("GC", logger) { () throws(SnapshotError) in try s.collectGarbage() }
         logger.info("gc", metadata: ["layers": "\(r.layers)", "objects": "\(r.objects)", "bytes": "\(r.bytes)"])
-        return [try encode(Snapshotd_V1_GCResponse.with {
-          $0.layers = Int64(r.layers)
-          $0.objects = Int64(r.objects)
-          $0.bytes = r.bytes
-        })]
+        return [
+          try encode(
+            Snapshotd_V1_GCResponse.with {
+              $0.layers = Int64(r.layers)
+              $0.objects = Int64(r.objects)
+              $0.bytes = r.bytes
+            })
+        ]
       },
       service + "Check": .streaming { call in try check(s, call, logger) },
     ]
@@ -161,13 +170,15 @@ public enum StoreRoutes {
     let progress = ImportProgress()
     let job = try Job { () throws -> String in try s.importImage(r.path, progress: progress) }
     func report(_ chainID: String = "") throws {
-      try call.send(try encode(Snapshotd_V1_ImportProgress.with {
-        $0.bytesDone = progress.bytesDone
-        $0.bytesTotal = progress.bytesTotal
-        $0.layersDone = Int32(progress.layersDone)
-        $0.layersTotal = Int32(progress.layersTotal)
-        $0.chainID = chainID
-      }))
+      try call.send(
+        try encode(
+          Snapshotd_V1_ImportProgress.with {
+            $0.bytesDone = progress.bytesDone
+            $0.bytesTotal = progress.bytesTotal
+            $0.layersDone = Int32(progress.layersDone)
+            $0.layersTotal = Int32(progress.layersTotal)
+            $0.chainID = chainID
+          }))
     }
     while true {
       guard let result = job.wait(seconds: 0.2) else {
@@ -194,14 +205,16 @@ public enum StoreRoutes {
     let progress = CheckProgress()
     let job = try Job { () throws -> [CheckFinding] in try s.check(repair: r.repair, progress: progress) }
     func report(_ findings: [CheckFinding]? = nil) throws {
-      try call.send(try encode(Snapshotd_V1_CheckProgress.with {
-        $0.bytesDone = progress.bytesDone
-        $0.bytesTotal = progress.bytesTotal
-        if let findings {
-          $0.findings = findings.map(Snapshotd_V1_CheckFinding.init)
-          $0.done = true
-        }
-      }))
+      try call.send(
+        try encode(
+          Snapshotd_V1_CheckProgress.with {
+            $0.bytesDone = progress.bytesDone
+            $0.bytesTotal = progress.bytesTotal
+            if let findings {
+              $0.findings = findings.map(Snapshotd_V1_CheckFinding.init)
+              $0.done = true
+            }
+          }))
     }
     while true {
       guard let result = job.wait(seconds: 0.2) else {
@@ -213,9 +226,11 @@ public enum StoreRoutes {
       }
       switch result {
       case .success(let findings):
-        logger.info("checked the store", metadata: [
-          "repair": "\(r.repair)", "findings": "\(findings.count)", "repaired": "\(findings.filter(\.repaired).count)",
-        ])
+        logger.info(
+          "checked the store",
+          metadata: [
+            "repair": "\(r.repair)", "findings": "\(findings.count)", "repaired": "\(findings.filter(\.repaired).count)",
+          ])
         try report(findings)
         return
       case .failure(let e):

@@ -4,7 +4,7 @@ import SnapshotSys
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// One thing `check` found wrong with the store.
@@ -77,38 +77,52 @@ extension ObjectCollector {
             continue
           }
           var stubs: [String: ObjectInfo] = [:]
-          try Tree.walk(path, visit: { (dir, cName, st) throws(SystemError) in
-            guard st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 else { return }
-            let name = String(cString: cName)
-            let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
-            defer { At.close(fd) }
-            guard let key = try ObjectStore.stubKey(fd, name) else { return }
-            guard let size = try objects.size(of: key) else {
-              findings.append(.init(kind: .missingObject, detail: "a stub in \(t.tree) (\(name), \(st.st_size) bytes) names object \(key), which is missing", repairable: false))
-              stubs[key] = rows[key]?.info ?? ObjectInfo(size: Int64(st.st_size), sha256: "")
-              return
-            }
-            if size != Int64(st.st_size) {
-              findings.append(.init(kind: .sizeMismatch, detail: "a stub in \(t.tree) (\(name)) has \(st.st_size) bytes, its object \(key) \(size)", repairable: false))
-            }
-            if let row = rows[key] {
-              stubs[key] = row.info
-            } else {
-              stubs[key] = try objects.info(key) ?? ObjectInfo(size: size, sha256: "")
-            }
-            used[key] = size
-          })
+          try Tree.walk(
+            path,
+            visit: { (dir, cName, st) throws(SystemError) in
+              guard st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 else { return }
+              let name = String(cString: cName)
+              let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
+              defer { At.close(fd) }
+              guard let key = try ObjectStore.stubKey(fd, name) else { return }
+              guard let size = try objects.size(of: key) else {
+                findings.append(
+                  .init(
+                    kind: .missingObject,
+                    detail: "a stub in \(t.tree) (\(name), \(st.st_size) bytes) names object \(key), which is missing", repairable: false))
+                stubs[key] = rows[key]?.info ?? ObjectInfo(size: Int64(st.st_size), sha256: "")
+                return
+              }
+              if size != Int64(st.st_size) {
+                findings.append(
+                  .init(
+                    kind: .sizeMismatch, detail: "a stub in \(t.tree) (\(name)) has \(st.st_size) bytes, its object \(key) \(size)",
+                    repairable: false))
+              }
+              if let row = rows[key] {
+                stubs[key] = row.info
+              } else {
+                stubs[key] = try objects.info(key) ?? ObjectInfo(size: size, sha256: "")
+              }
+              used[key] = size
+            })
           found[t.tree] = stubs
           let want = recorded[t.tree] ?? []
           let have = Set(stubs.keys)
           if want != have {
-            findings.append(.init(kind: .references, detail: "\(t.tree): \(want.subtracting(have).count) recorded references its stubs do not use, \(have.subtracting(want).count) used but not recorded", repairable: true))
+            findings.append(
+              .init(
+                kind: .references,
+                detail:
+                  "\(t.tree): \(want.subtracting(have).count) recorded references its stubs do not use, \(have.subtracting(want).count) used but not recorded",
+                repairable: true))
           }
         }
         let treeNames = Set(trees.map(\.tree))
         let stale = recorded.keys.filter { !treeNames.contains($0) }.sorted()
         for tree in stale {
-          findings.append(.init(kind: .references, detail: "\(tree) no longer exists but holds \(recorded[tree]!.count) references", repairable: true))
+          findings.append(
+            .init(kind: .references, detail: "\(tree) no longer exists but holds \(recorded[tree]!.count) references", repairable: true))
         }
         // Counts as the references (once repaired, as the stubs) give them.
         var counts: [String: Int64] = [:]
@@ -117,7 +131,10 @@ extension ObjectCollector {
         var recordedCounts: [String: Int64] = [:]
         for (_, keys) in recorded { for k in keys { recordedCounts[k, default: 0] += 1 } }
         for (key, row) in rows.sorted(by: { $0.key < $1.key }) where row.refs != recordedCounts[key, default: 0] {
-          findings.append(.init(kind: .referenceCount, detail: "object \(key) counts \(row.refs) references, \(recordedCounts[key, default: 0]) are recorded", repairable: true))
+          findings.append(
+            .init(
+              kind: .referenceCount, detail: "object \(key) counts \(row.refs) references, \(recordedCounts[key, default: 0]) are recorded",
+              repairable: true))
         }
         // Orphans: objects on disk no stub names, rows of objects neither on disk nor named.
         // Stubs of snapshots whose deduplication is unfinished name objects too.
@@ -170,11 +187,14 @@ extension ObjectCollector {
         progress?.add(size)
         guard let hex else { continue }  // removed meanwhile: reported by the walk if a stub needs it
         if hex != want {
-          findings.append(.init(kind: .corruptObject, detail: "object \(key) no longer has its content: sha256 \(hex), recorded \(want.isEmpty ? "nothing" : want)", repairable: false))
+          findings.append(
+            .init(
+              kind: .corruptObject,
+              detail: "object \(key) no longer has its content: sha256 \(hex), recorded \(want.isEmpty ? "nothing" : want)",
+              repairable: false))
         }
       }
     }
     return findings
   }
 }
-

@@ -4,7 +4,7 @@ import SnapshotSys
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Committed snapshots waiting for their files to become stubs of content objects, and whether a
@@ -53,7 +53,10 @@ final class BackgroundWork: Sendable {
   /// Starts the scheduled collection: whether it sweeps.
   func collecting() -> Bool {
     state.withLock { s in
-      defer { s.collectScheduled = false; s.collectSweep = false }
+      defer {
+        s.collectScheduled = false
+        s.collectSweep = false
+      }
       return s.collectSweep
     }
   }
@@ -107,7 +110,8 @@ public final class ObjectCollector: StorePart, Sendable {
     do {
       try objects.shared { () throws(SnapshotError) in
         guard let row = try read({ db in try Metadata.find(db, id: id) }), row.kind == .committed, row.layer == nil,
-              row.fileBytes == nil else { return }
+          row.fileBytes == nil
+        else { return }
         let absorbed: ObjectStore.Absorbed
         do {
           absorbed = try objects.absorb(tree: layout.fs(id), scratch: layout.temporary)
@@ -130,14 +134,17 @@ public final class ObjectCollector: StorePart, Sendable {
         }
         // Removed meanwhile: objects made from its files go once its directory has.
         if !recorded && absorbed.newBytes > 0 { scheduleCollect(sweep: true) }
-        logger.debug("deduplicated snapshot", metadata: [
-          "key": "\(row.key)", "objects": "\(absorbed.objects.count)", "bytes": "\(absorbed.fileBytes)",
-          "new": "\(absorbed.newBytes)", "skipped": "\(absorbed.skipped)",
-        ])
+        logger.debug(
+          "deduplicated snapshot",
+          metadata: [
+            "key": "\(row.key)", "objects": "\(absorbed.objects.count)", "bytes": "\(absorbed.fileBytes)",
+            "new": "\(absorbed.newBytes)", "skipped": "\(absorbed.skipped)",
+          ])
       }
     } catch {
-      logger.warning("deduplication of a committed snapshot failed; retried at the next start",
-                     metadata: ["id": "\(id)", "error": "\(error)"])
+      logger.warning(
+        "deduplication of a committed snapshot failed; retried at the next start",
+        metadata: ["id": "\(id)", "error": "\(error)"])
     }
   }
 
@@ -146,13 +153,15 @@ public final class ObjectCollector: StorePart, Sendable {
   func pendingStubKeys() throws -> Set<String> {
     var keys = Set<String>()
     for id in try read({ db in try Metadata.pendingDedup(db) }) where Sys.exists(layout.fs(id)) {
-      try Tree.walk(layout.fs(id), visit: { (dir, cName, st) throws(SystemError) in
-        guard st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 else { return }
-        let name = String(cString: cName)
-        let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
-        defer { At.close(fd) }
-        if let key = try ObjectStore.stubKey(fd, name) { keys.insert(key) }
-      })
+      try Tree.walk(
+        layout.fs(id),
+        visit: { (dir, cName, st) throws(SystemError) in
+          guard st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 else { return }
+          let name = String(cString: cName)
+          let fd = try At.open(dir, name, flags: O_RDONLY | At.noAtime)
+          defer { At.close(fd) }
+          if let key = try ObjectStore.stubKey(fd, name) { keys.insert(key) }
+        })
     }
     return keys
   }
@@ -166,14 +175,17 @@ public final class ObjectCollector: StorePart, Sendable {
   public func collectGarbage(layers: Bool = true, sweep: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {
     let layout = self.layout
     return try objects.exclusive { () throws(SnapshotError) -> (Int, Int, Int64) in
-      let freed = !layers ? [] : try write { db -> [Int64] in
-        let unused = try Metadata.unusedLayers(db)
-        for layer in unused {
-          try Metadata.releaseRefs(db, tree: Layout.tree(layer: layer))
-          try Metadata.deleteLayer(db, layer)
+      let freed =
+        !layers
+        ? []
+        : try write { db -> [Int64] in
+          let unused = try Metadata.unusedLayers(db)
+          for layer in unused {
+            try Metadata.releaseRefs(db, tree: Layout.tree(layer: layer))
+            try Metadata.deleteLayer(db, layer)
+          }
+          return unused
         }
-        return unused
-      }
       let dead = try write { db in try Metadata.takeUnreferenced(db) }
       var bytes: Int64 = 0
       do {

@@ -4,7 +4,7 @@ import SnapshotSys
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Snapshot directories made ahead of time, so that Prepare and View only write a row.
@@ -120,7 +120,8 @@ final class DirectoryPool: Sendable {
       let dir = layout.dir(old)
       let renamed = sweeping.withLock { _ -> Bool in
         guard let mounted, !mounted.contains(old),
-              state.withLock({ $0.ready.count + reused.count < 2 * Self.depth }), readyForReuse(old) else { return false }
+          state.withLock({ $0.ready.count + reused.count < 2 * Self.depth }), readyForReuse(old)
+        else { return false }
         let id = reserveID()
         do {
           // What the removed snapshot wrote and deleted in fs is gone for good before
@@ -178,7 +179,8 @@ final class DirectoryPool: Sendable {
     }
     // `s/` as a path within its file system (a bind mount's root is one): under the mount
     // point of that device holding it, nearest first.
-    var within: String?, nearest = -1
+    var within: String?
+    var nearest = -1
     for m in mounts where m.isDevice(dev) {
       let point = m.mountPoint == "/" ? "" : m.mountPoint
       guard point.count > nearest, layout.snapshots.hasPrefix(point + "/") else { continue }
@@ -200,15 +202,16 @@ final class DirectoryPool: Sendable {
   /// without parent (the `Layout` modes, ours, holding only `fs` (empty, no xattrs) and
   /// `work` (empty but for the empty `work` overlayfs leaves)); that `work/work` is removed.
   func readyForReuse(_ id: Int64) -> Bool {
-    let uid = geteuid(), gid = getegid()
+    let uid = geteuid()
+    let gid = getegid()
     func ours(_ path: String, mode: mode_t) throws(SystemError) -> Bool {
       let st = try Sys.lstat(path)
       return st.st_mode & S_IFMT == S_IFDIR && st.st_mode & 0o7777 == mode && st.st_uid == uid && st.st_gid == gid
     }
     do {
       guard try ours(layout.dir(id), mode: Layout.dirMode), try Sys.listDirectory(layout.dir(id)).sorted() == ["fs", "work"],
-            try ours(layout.fs(id), mode: Layout.fsMode), try Sys.listDirectory(layout.fs(id)).isEmpty,
-            try ours(layout.work(id), mode: Layout.workMode)
+        try ours(layout.fs(id), mode: Layout.fsMode), try Sys.listDirectory(layout.fs(id)).isEmpty,
+        try ours(layout.work(id), mode: Layout.workMode)
       else { return false }
       let fd = try At.openDirectory(layout.fs(id))
       defer { At.close(fd) }

@@ -6,7 +6,7 @@ import SnapshotSys
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// A layer blob to import.
@@ -271,15 +271,17 @@ public final class LayerImporter: StorePart, Sendable {
           let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
           var layerID = try Metadata.layer(db, diffID: diffID.description)
           if layerID == nil {
-            let id = try Metadata.insertLayer(db, diffID: diffID.description, digest: s.unpacked.digest.description,
-                                              size: s.unpacked.fileBytes, entries: s.unpacked.entries, now: Clock.nowNanos())
+            let id = try Metadata.insertLayer(
+              db, diffID: diffID.description, digest: s.unpacked.digest.description,
+              size: s.unpacked.fileBytes, entries: s.unpacked.entries, now: Clock.nowNanos())
             try Sys.rename(s.staging, layout.layer(id))
             renamed.append((layout.layer(id), s.staging))
             try Metadata.addRefs(db, tree: Layout.tree(layer: id), s.unpacked.objects)
             layerID = id
           }
           if try Metadata.find(db, key: chainID) == nil {
-            try insertLayerSnapshot(db, chainID: chainID, parent: parent, layer: layerID!, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
+            try insertLayerSnapshot(
+              db, chainID: chainID, parent: parent, layer: layerID!, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
           }
           parent = chainID
         }

@@ -2,7 +2,7 @@ import LayerStore
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Where things live under the root directory. Directory names are short on purpose:
@@ -69,12 +69,14 @@ public struct Layout: Sendable {
   /// still exists (two roots whose digests share 6 hex digits: 1 in 16 million).
   func makeAlias() throws(SystemError) {
     if let other = Sys.readLink(alias), other != root, Sys.exists(other + "/metadata.db") {
-      throw SystemError("symlink", "\(alias) names the root \(other) already; roots whose SHA-256 begin alike cannot be used at once", errno: EEXIST)
+      throw SystemError(
+        "symlink", "\(alias) names the root \(other) already; roots whose SHA-256 begin alike cannot be used at once", errno: EEXIST)
     }
     try Sys.mkdirAll(Self.aliasBase, mode: 0o755)
     let dir = try At.openDirectory(Self.aliasBase)
     defer { At.close(dir) }
-    let name = String(alias.dropFirst(Self.aliasBase.count + 1)), temp = Sys.temporaryName(name + ".new")
+    let name = String(alias.dropFirst(Self.aliasBase.count + 1))
+    let temp = Sys.temporaryName(name + ".new")
     try? At.unlink(dir, temp)
     try At.symlink(root, dir, temp)
     try At.rename(dir, temp, dir, name)

@@ -43,59 +43,61 @@ enum Metadata {
   static func migrator() -> DatabaseMigrator {
     var m = DatabaseMigrator()
     m.registerMigration("v1") { db in
-      try db.execute(sql: """
-        CREATE TABLE snapshot (
-          id INTEGER PRIMARY KEY AUTOINCREMENT,
-          key TEXT NOT NULL UNIQUE,
-          parent INTEGER REFERENCES snapshot(id),
-          kind INTEGER NOT NULL,
-          created INTEGER NOT NULL,
-          updated INTEGER NOT NULL,
-          size INTEGER NOT NULL DEFAULT 0,
-          inodes INTEGER NOT NULL DEFAULT 0
-        );
-        CREATE INDEX snapshot_parent ON snapshot(parent);
-        CREATE TABLE label (
-          snapshot INTEGER NOT NULL REFERENCES snapshot(id) ON DELETE CASCADE,
-          key TEXT NOT NULL,
-          value TEXT NOT NULL,
-          PRIMARY KEY (snapshot, key)
-        ) WITHOUT ROWID;
-        """)
+      try db.execute(
+        sql: """
+          CREATE TABLE snapshot (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL UNIQUE,
+            parent INTEGER REFERENCES snapshot(id),
+            kind INTEGER NOT NULL,
+            created INTEGER NOT NULL,
+            updated INTEGER NOT NULL,
+            size INTEGER NOT NULL DEFAULT 0,
+            inodes INTEGER NOT NULL DEFAULT 0
+          );
+          CREATE INDEX snapshot_parent ON snapshot(parent);
+          CREATE TABLE label (
+            snapshot INTEGER NOT NULL REFERENCES snapshot(id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (snapshot, key)
+          ) WITHOUT ROWID;
+          """)
     }
     // Imported layers: one directory per diffID (`l/<id>`), shared by every chain holding
     // it; content objects (`o/..`) reference-counted by the trees (`l/<id>`, `s/<id>`)
     // that link them.
     m.registerMigration("v2") { db in
-      try db.execute(sql: """
-        CREATE TABLE layer (
-          id INTEGER PRIMARY KEY AUTOINCREMENT,
-          diff_id TEXT NOT NULL UNIQUE,
-          digest TEXT,
-          size INTEGER NOT NULL,
-          entries INTEGER NOT NULL,
-          created INTEGER NOT NULL
-        );
-        CREATE INDEX layer_digest ON layer(digest);
-        ALTER TABLE snapshot ADD COLUMN layer INTEGER REFERENCES layer(id);
-        CREATE INDEX snapshot_layer ON snapshot(layer);
-        CREATE TABLE object (
-          key TEXT PRIMARY KEY,
-          size INTEGER NOT NULL,
-          refs INTEGER NOT NULL
-        ) WITHOUT ROWID;
-        CREATE TABLE chain (
-          chain_id TEXT PRIMARY KEY,
-          parent TEXT,
-          layer INTEGER NOT NULL REFERENCES layer(id)
-        ) WITHOUT ROWID;
-        CREATE INDEX chain_layer ON chain(layer);
-        CREATE TABLE object_ref (
-          tree TEXT NOT NULL,
-          key TEXT NOT NULL,
-          PRIMARY KEY (tree, key)
-        ) WITHOUT ROWID;
-        """)
+      try db.execute(
+        sql: """
+          CREATE TABLE layer (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            diff_id TEXT NOT NULL UNIQUE,
+            digest TEXT,
+            size INTEGER NOT NULL,
+            entries INTEGER NOT NULL,
+            created INTEGER NOT NULL
+          );
+          CREATE INDEX layer_digest ON layer(digest);
+          ALTER TABLE snapshot ADD COLUMN layer INTEGER REFERENCES layer(id);
+          CREATE INDEX snapshot_layer ON snapshot(layer);
+          CREATE TABLE object (
+            key TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            refs INTEGER NOT NULL
+          ) WITHOUT ROWID;
+          CREATE TABLE chain (
+            chain_id TEXT PRIMARY KEY,
+            parent TEXT,
+            layer INTEGER NOT NULL REFERENCES layer(id)
+          ) WITHOUT ROWID;
+          CREATE INDEX chain_layer ON chain(layer);
+          CREATE TABLE object_ref (
+            tree TEXT NOT NULL,
+            key TEXT NOT NULL,
+            PRIMARY KEY (tree, key)
+          ) WITHOUT ROWID;
+          """)
     }
     // Snapshots committed through Prepare/Commit, deduplicated in the background: their
     // trees (`s/<id>`) reference objects too.
@@ -141,14 +143,17 @@ enum Metadata {
 
   /// The parent chain of `id` (ids and layers), nearest parent first.
   static func parentChain(_ db: Database, of id: Int64) throws -> [(id: Int64, layer: Int64?)] {
-    try Row.fetchAll(db.cachedStatement(sql: """
-      WITH RECURSIVE chain(id, parent, layer, depth) AS (
-        SELECT id, parent, layer, 0 FROM snapshot WHERE id = ?
-        UNION ALL
-        SELECT s.id, s.parent, s.layer, c.depth + 1 FROM snapshot s JOIN chain c ON s.id = c.parent
-      )
-      SELECT id, layer FROM chain ORDER BY depth
-      """), arguments: [id]).map { ($0[0], $0[1]) }
+    try Row.fetchAll(
+      db.cachedStatement(
+        sql: """
+          WITH RECURSIVE chain(id, parent, layer, depth) AS (
+            SELECT id, parent, layer, 0 FROM snapshot WHERE id = ?
+            UNION ALL
+            SELECT s.id, s.parent, s.layer, c.depth + 1 FROM snapshot s JOIN chain c ON s.id = c.parent
+          )
+          SELECT id, layer FROM chain ORDER BY depth
+          """), arguments: [id]
+    ).map { ($0[0], $0[1]) }
   }
 
   static func hasChildren(_ db: Database, id: Int64) throws -> Bool {
@@ -156,7 +161,8 @@ enum Metadata {
   }
 
   static func insert(_ db: Database, id: Int64, key: String, parent: Int64?, kind: SnapshotKind, now: Int64) throws {
-    try db.cachedStatement(sql: "INSERT INTO snapshot (id, key, parent, kind, created, updated) VALUES (?, ?, ?, ?, ?, ?)").execute(arguments: [id, key, parent, kind.rawValue, now, now])
+    try db.cachedStatement(sql: "INSERT INTO snapshot (id, key, parent, kind, created, updated) VALUES (?, ?, ?, ?, ?, ?)").execute(
+      arguments: [id, key, parent, kind.rawValue, now, now])
   }
 
   /// The highest id any snapshot ever had (AUTOINCREMENT remembers removed ones).
@@ -167,7 +173,8 @@ enum Metadata {
   }
 
   static func commit(_ db: Database, id: Int64, name: String, usage: SnapshotUsage, now: Int64) throws {
-    try db.cachedStatement(sql: "UPDATE snapshot SET key = ?, kind = ?, created = ?, updated = ?, size = ?, inodes = ? WHERE id = ?").execute(arguments: [name, SnapshotKind.committed.rawValue, now, now, usage.size, usage.inodes, id])
+    try db.cachedStatement(sql: "UPDATE snapshot SET key = ?, kind = ?, created = ?, updated = ?, size = ?, inodes = ? WHERE id = ?")
+      .execute(arguments: [name, SnapshotKind.committed.rawValue, now, now, usage.size, usage.inodes, id])
   }
 
   static func touch(_ db: Database, id: Int64, now: Int64) throws {
@@ -217,23 +224,33 @@ enum Metadata {
   }
 
   static func insertLayer(_ db: Database, diffID: String, digest: String?, size: Int64, entries: Int, now: Int64) throws -> Int64 {
-    try db.cachedStatement(sql: "INSERT INTO layer (diff_id, digest, size, entries, created) VALUES (?, ?, ?, ?, ?)").execute(arguments: [diffID, digest, size, entries, now])
+    try db.cachedStatement(sql: "INSERT INTO layer (diff_id, digest, size, entries, created) VALUES (?, ?, ?, ?, ?)").execute(arguments: [
+      diffID, digest, size, entries, now,
+    ])
     return db.lastInsertedRowID
   }
 
-  static func insertSnapshot(_ db: Database, id: Int64, key: String, parent: Int64?, layer: Int64, size: Int64, inodes: Int64, now: Int64) throws {
-    try db.cachedStatement(sql: "INSERT INTO snapshot (id, key, parent, kind, created, updated, size, inodes, layer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-      .execute(arguments: [id, key, parent, SnapshotKind.committed.rawValue, now, now, size, inodes, layer])
+  static func insertSnapshot(_ db: Database, id: Int64, key: String, parent: Int64?, layer: Int64, size: Int64, inodes: Int64, now: Int64)
+    throws
+  {
+    try db.cachedStatement(
+      sql: "INSERT INTO snapshot (id, key, parent, kind, created, updated, size, inodes, layer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    .execute(arguments: [id, key, parent, SnapshotKind.committed.rawValue, now, now, size, inodes, layer])
   }
 
   /// Remembers that `chainID` is `layer` on top of the chain `parent`, so the snapshot can
   /// be made again after it is removed, as long as the layer is kept.
   static func recordChain(_ db: Database, chainID: String, parent: String?, layer: Int64) throws {
-    try db.cachedStatement(sql: "INSERT OR IGNORE INTO chain (chain_id, parent, layer) VALUES (?, ?, ?)").execute(arguments: [chainID, parent, layer])
+    try db.cachedStatement(sql: "INSERT OR IGNORE INTO chain (chain_id, parent, layer) VALUES (?, ?, ?)").execute(arguments: [
+      chainID, parent, layer,
+    ])
   }
 
   static func chain(_ db: Database, _ chainID: String) throws -> (parent: String?, layer: Int64)? {
-    try Row.fetchOne(db.cachedStatement(sql: "SELECT parent, layer FROM chain WHERE chain_id = ?"), arguments: [chainID]).map { ($0[0], $0[1]) }
+    try Row.fetchOne(db.cachedStatement(sql: "SELECT parent, layer FROM chain WHERE chain_id = ?"), arguments: [chainID]).map {
+      ($0[0], $0[1])
+    }
   }
 
   static func layerSize(_ db: Database, _ layer: Int64) throws -> (size: Int64, entries: Int64) {
@@ -257,10 +274,11 @@ enum Metadata {
 
   /// Counts one more reference from `tree` to each object.
   static func addRefs(_ db: Database, tree: String, _ objects: [String: ObjectInfo]) throws {
-    let upsert = try db.cachedStatement(sql: """
-      INSERT INTO object (key, size, refs, sha256) VALUES (?, ?, 1, ?)
-      ON CONFLICT (key) DO UPDATE SET refs = refs + 1, sha256 = excluded.sha256
-      """)
+    let upsert = try db.cachedStatement(
+      sql: """
+        INSERT INTO object (key, size, refs, sha256) VALUES (?, ?, 1, ?)
+        ON CONFLICT (key) DO UPDATE SET refs = refs + 1, sha256 = excluded.sha256
+        """)
     let ref = try db.cachedStatement(sql: "INSERT INTO object_ref (tree, key) VALUES (?, ?)")
     for (key, info) in objects {
       try upsert.execute(arguments: [key, info.size, info.sha256])
@@ -315,7 +333,8 @@ enum Metadata {
 
   /// Drops every reference `tree` holds.
   static func releaseRefs(_ db: Database, tree: String) throws {
-    try db.cachedStatement(sql: "UPDATE object SET refs = refs - 1 WHERE key IN (SELECT key FROM object_ref WHERE tree = ?)").execute(arguments: [tree])
+    try db.cachedStatement(sql: "UPDATE object SET refs = refs - 1 WHERE key IN (SELECT key FROM object_ref WHERE tree = ?)").execute(
+      arguments: [tree])
     try db.cachedStatement(sql: "DELETE FROM object_ref WHERE tree = ?").execute(arguments: [tree])
   }
 
@@ -328,8 +347,9 @@ enum Metadata {
 
   /// Committed snapshots of their own (not imported layers) whose files are not objects yet.
   static func pendingDedup(_ db: Database) throws -> [Int64] {
-    try Int64.fetchAll(db, sql: "SELECT id FROM snapshot WHERE kind = ? AND layer IS NULL AND file_bytes IS NULL ORDER BY id",
-                       arguments: [SnapshotKind.committed.rawValue])
+    try Int64.fetchAll(
+      db, sql: "SELECT id FROM snapshot WHERE kind = ? AND layer IS NULL AND file_bytes IS NULL ORDER BY id",
+      arguments: [SnapshotKind.committed.rawValue])
   }
 
   static func setFileBytes(_ db: Database, id: Int64, _ bytes: Int64) throws {
@@ -341,11 +361,13 @@ enum Metadata {
   }
 
   static func storeUsage(_ db: Database) throws -> StoreUsage {
-    let row = try Row.fetchOne(db, sql: """
-      SELECT (SELECT COUNT(*) FROM layer), (SELECT COUNT(*) FROM object),
-             (SELECT COALESCE(SUM(size), 0) FROM object),
-             (SELECT COALESCE(SUM(size), 0) FROM layer) + (SELECT COALESCE(SUM(file_bytes), 0) FROM snapshot)
-      """)!
+    let row = try Row.fetchOne(
+      db,
+      sql: """
+        SELECT (SELECT COUNT(*) FROM layer), (SELECT COUNT(*) FROM object),
+               (SELECT COALESCE(SUM(size), 0) FROM object),
+               (SELECT COALESCE(SUM(size), 0) FROM layer) + (SELECT COALESCE(SUM(file_bytes), 0) FROM snapshot)
+        """)!
     return StoreUsage(layers: row[0], objects: row[1], storedBytes: row[2], logicalBytes: row[3])
   }
 

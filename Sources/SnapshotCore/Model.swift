@@ -24,7 +24,8 @@ public struct SnapshotInfo: Sendable, Equatable {
   public var updated: Int64
   public var labels: [String: String]
 
-  public init(name: String, parent: String = "", kind: SnapshotKind, created: Int64 = 0, updated: Int64 = 0, labels: [String: String] = [:]) {
+  public init(name: String, parent: String = "", kind: SnapshotKind, created: Int64 = 0, updated: Int64 = 0, labels: [String: String] = [:])
+  {
     self.name = name
     self.parent = parent
     self.kind = kind
@@ -77,7 +78,7 @@ enum Clock {
 }
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// What the layer store holds: imported layers, content objects, the bytes of regular

@@ -1,7 +1,7 @@
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// How snapshots with parents are composed: kernel overlayfs, or snapfs (our FUSE overlay
@@ -28,8 +28,9 @@ public enum MountDriver: String, Sendable, CaseIterable {
     do {
       try Sys.mkdirAll(dir, mode: 0o700)
       for sub in ["l1", "l2", "d", "u", "w", "m"] { try Sys.mkdir(dir + "/" + sub, mode: 0o755) }
-      try Sys.mount(source: "overlay", target: dir + "/m", type: "overlay", flags: 0,
-                    data: "index=off,metacopy=on,lowerdir=\(dir)/l1:\(dir)/l2::\(dir)/d,upperdir=\(dir)/u,workdir=\(dir)/w")
+      try Sys.mount(
+        source: "overlay", target: dir + "/m", type: "overlay", flags: 0,
+        data: "index=off,metacopy=on,lowerdir=\(dir)/l1:\(dir)/l2::\(dir)/d,upperdir=\(dir)/u,workdir=\(dir)/w")
       return (.overlay, "overlayfs mounts on \(root) with data-only layers")
     } catch {
       return (.fuse, "overlayfs cannot be used on \(root): \(error)")

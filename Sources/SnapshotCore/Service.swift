@@ -4,7 +4,7 @@ import Logging
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// containerd's snapshotter contract over the store: one SQLite database for the metadata,
@@ -51,7 +51,8 @@ public final class SnapshotService: StorePart, Sendable {
   private func create(_ kind: SnapshotKind, key: String, parent: String, labels: [String: String]) throws(SnapshotError) -> [Mount] {
     try Validate.key(key, what: "key")
     try Validate.labels(labels, key: key)
-    let layout = self.layout, driver = self.driver
+    let layout = self.layout
+    let driver = self.driver
     // containerd's unpacker names the committed snapshot it is about to make; when that
     // layer was imported already, "already exists" tells it to use ours. Its snapshot, if
     // remade from the stored layer, commits in a transaction of its own (the error below
@@ -116,7 +117,8 @@ public final class SnapshotService: StorePart, Sendable {
 
   /// The mounts of an active snapshot or a view.
   public func mounts(key: String) throws(SnapshotError) -> [Mount] {
-    let layout = self.layout, driver = self.driver
+    let layout = self.layout
+    let driver = self.driver
     return try lookup { db in
       let row = try Metadata.get(db, key: key)
       guard row.kind != .committed else {
@@ -134,7 +136,9 @@ public final class SnapshotService: StorePart, Sendable {
   /// layer (or the same options for snapfs, with the fuse driver). Unlike containerd's, a
   /// view of one layer is an overlay too: a layer's files are stubs, whose data only an
   /// overlay with the data-only layer shows.
-  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay) -> [Mount] {
+  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay)
+    -> [Mount]
+  {
     if lowers.isEmpty {
       return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
     }
@@ -148,7 +152,8 @@ public final class SnapshotService: StorePart, Sendable {
       options.append("upperdir=" + layout.fs(id))
     }
     // The object directory as a data-only layer: stubs' data (see `ObjectStore`).
-    options.append("lowerdir=" + lowers.map { layout.lower(id: $0.id, layer: $0.layer) }.joined(separator: ":") + "::" + layout.aliasObjects)
+    options.append(
+      "lowerdir=" + lowers.map { layout.lower(id: $0.id, layer: $0.layer) }.joined(separator: ":") + "::" + layout.aliasObjects)
     return [Mount(type: driver.mountType, source: driver.mountSource, options: options)]
   }
 
@@ -330,7 +335,9 @@ public final class SnapshotService: StorePart, Sendable {
       let byID = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
       for row in rows where !Sys.exists(layout.files(id: row.id, layer: row.layer)) {
         if row.kind == .committed {
-          logger.error("committed snapshot has lost its directory", metadata: ["key": "\(row.key)", "path": "\(layout.files(id: row.id, layer: row.layer))"])
+          logger.error(
+            "committed snapshot has lost its directory",
+            metadata: ["key": "\(row.key)", "path": "\(layout.files(id: row.id, layer: row.layer))"])
         } else {
           logger.warning("recreating missing directory of snapshot", metadata: ["key": "\(row.key)"])
           let parent = row.parentID.flatMap { byID[$0] }.map { layout.files(id: $0.id, layer: $0.layer) }
@@ -366,7 +373,8 @@ enum Validate {
   static func labels(_ labels: [String: String], key: String) throws(SnapshotError) {
     for (k, v) in labels where k.utf8.count + v.utf8.count > Limits.labelPairBytes {
       let shown = k.utf8.count > 10 ? String(decoding: k.utf8.prefix(10), as: UTF8.self) + "..." : k
-      throw .invalid("snapshot \(quoted(key)): label key and value greater than maximum size (\(Limits.labelPairBytes) bytes), key: \(shown)")
+      throw .invalid(
+        "snapshot \(quoted(key)): label key and value greater than maximum size (\(Limits.labelPairBytes) bytes), key: \(shown)")
     }
   }
 }

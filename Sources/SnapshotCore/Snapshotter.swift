@@ -22,8 +22,10 @@ public final class Snapshotter: Sendable {
   public var driverReason: String { service.driverReason }
 
   /// Opens (creating when needed) the snapshotter state under `root`.
-  public init(root: String, driver: MountDriver = .overlay, driverReason: String = "default",
-              logger: Logger = Logger(label: "snapshotd.core")) throws(SnapshotError) {
+  public init(
+    root: String, driver: MountDriver = .overlay, driverReason: String = "default",
+    logger: Logger = Logger(label: "snapshotd.core")
+  ) throws(SnapshotError) {
     store = try Store(root: root, logger: logger)
     let layout = store.layout
     let lastID = try SnapshotService.sweep(layout, db: store.db, logger: logger)
@@ -37,7 +39,8 @@ public final class Snapshotter: Sendable {
     }
     importer = LayerImporter(store: store, pool: pool)
     collector = ObjectCollector(store: store, pool: pool)
-    service = SnapshotService(store: store, pool: pool, importer: importer, collector: collector, driver: driver, driverReason: driverReason)
+    service = SnapshotService(
+      store: store, pool: pool, importer: importer, collector: collector, driver: driver, driverReason: driverReason)
     // Objects of imports a crash cut short are dropped before an import can reuse them:
     // only what committed was made durable first.
     try collector.collectGarbage(layers: false, sweep: true)
@@ -67,7 +70,9 @@ public final class Snapshotter: Sendable {
   @discardableResult
   public func cleanup() throws(SnapshotError) -> [String] { try service.cleanup() }
   public func count() throws(SnapshotError) -> Int { try service.count() }
-  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay) -> [Mount] {
+  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay)
+    -> [Mount]
+  {
     SnapshotService.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver)
   }
 

@@ -4,7 +4,7 @@ import Logging
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// What the parts of the snapshotter share: the root's layout, the metadata database and its

@@ -16,7 +16,9 @@ enum Upgrade {
   /// Converts the store if it holds old objects. Refuses (with what to do) while mounts made
   /// by the earlier version use it: their overlays have no data-only layer, and would show
   /// the stubs' holes.
-  static func convertIfNeeded(_ layout: Layout, db: DatabasePool, objects: ObjectStore, names: [String], logger: Logger) throws(SnapshotError) {
+  static func convertIfNeeded(_ layout: Layout, db: DatabasePool, objects: ObjectStore, names: [String], logger: Logger)
+    throws(SnapshotError)
+  {
     let legacy = names.filter(ObjectStore.isLegacyKey)
     let legacyRows: Int
     do {
@@ -27,16 +29,20 @@ enum Upgrade {
     guard !legacy.isEmpty || legacyRows > 0 else { return }
     let inUse = oldMounts(layout)
     if !inUse.isEmpty {
-      throw .init(.unavailable, """
+      throw .init(
+        .unavailable,
+        """
         the store at \(layout.root) was made by an earlier snapshotd (hard-linked objects) and must be \
         converted, but \(inUse.count) mount(s) made by that version still use it (first: \(inUse[0])); \
         stop the containers using them (or drain the node), then start snapshotd again to convert it; \
         or remove \(layout.root) to start with an empty store
         """)
     }
-    logger.notice("converting a store made by an earlier snapshotd: layers become stubs of objects", metadata: [
-      "root": "\(layout.root)", "old objects": "\(legacy.count)",
-    ])
+    logger.notice(
+      "converting a store made by an earlier snapshotd: layers become stubs of objects",
+      metadata: [
+        "root": "\(layout.root)", "old objects": "\(legacy.count)",
+      ])
     do {
       let trees = try db.read { db in try Metadata.trees(db) }
       for t in trees {

@@ -1,7 +1,7 @@
 import CSysShims
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Descriptor-relative system calls (`*at(2)`, `f*(2)`), for building trees that untrusted
@@ -106,7 +106,9 @@ public enum At {
   public static func setTimes(_ dirfd: Int32, _ name: String, atime: timespec, mtime: timespec) throws(SystemError) {
     var times = (atime, mtime)
     _ = try SystemError.check("utimensat", name) {
-      withUnsafePointer(to: &times) { $0.withMemoryRebound(to: timespec.self, capacity: 2) { utimensat(dirfd, name, $0, AT_SYMLINK_NOFOLLOW) } }
+      withUnsafePointer(to: &times) {
+        $0.withMemoryRebound(to: timespec.self, capacity: 2) { utimensat(dirfd, name, $0, AT_SYMLINK_NOFOLLOW) }
+      }
     }
   }
 
@@ -193,7 +195,9 @@ public enum At {
   }
 
   /// `pread(2)`: up to `buffer.count` bytes at `offset`; 0 at the end.
-  public static func read(_ fd: Int32, _ what: String, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(SystemError) -> Int {
+  public static func read(_ fd: Int32, _ what: String, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(SystemError)
+    -> Int
+  {
     try SystemError.check("pread", what) { pread(fd, buffer.baseAddress, buffer.count, off_t(offset)) }
   }
 

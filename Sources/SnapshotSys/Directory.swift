@@ -1,7 +1,7 @@
 import CSysShims
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// One entry of a directory, as `readdir(3)` gives it.

@@ -1,7 +1,7 @@
 import CSysShims
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// One line of `/proc/<pid>/mountinfo` (proc(5)): a mount of the mount namespace.
@@ -64,7 +64,8 @@ public struct MountInfo: Sendable, Equatable {
     guard f.count >= 10, let separator = f[6...].firstIndex(of: "-"), f.count == separator + 4 else { return nil }
     let device = f[2].split(separator: ":", omittingEmptySubsequences: false)
     guard let id = Int(f[0]), let parent = Int(f[1]), device.count == 2,
-          let major = UInt32(device[0]), let minor = UInt32(device[1]) else { return nil }
+      let major = UInt32(device[0]), let minor = UInt32(device[1])
+    else { return nil }
     self.init(
       id: id, parent: parent, major: major, minor: minor,
       root: Self.unescape(f[3]), mountPoint: Self.unescape(f[4]), options: Self.split(f[5]),
@@ -91,7 +92,8 @@ public struct MountInfo: Sendable, Equatable {
     func octal(_ c: UInt8) -> UInt8? { c >= 0x30 && c <= 0x37 ? c - 0x30 : nil }
     while i < bytes.count {
       if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count,
-         let a = octal(bytes[i + 1]), let b = octal(bytes[i + 2]), let c = octal(bytes[i + 3]), a <= 3 {
+        let a = octal(bytes[i + 1]), let b = octal(bytes[i + 2]), let c = octal(bytes[i + 3]), a <= 3
+      {
         out.append(a << 6 | b << 3 | c)
         i += 4
       } else {

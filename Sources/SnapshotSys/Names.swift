@@ -1,7 +1,7 @@
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// overlayfs's own extended attributes, in the namespace a mount uses: `trusted.overlay.*`,

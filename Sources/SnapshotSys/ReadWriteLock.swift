@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// A readers-writer lock (a `pthread_rwlock_t` on the heap): `read` bodies share it, a

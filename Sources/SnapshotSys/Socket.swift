@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Unix stream sockets with blocking I/O, for the RPC server's thread-per-connection loop.

@@ -1,6 +1,7 @@
 import CSysShims
+
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Thin wrappers around the system calls the snapshotter uses. Each call is wrapped
@@ -14,7 +15,7 @@ public enum Sys {
 
   /// `mkdir(2)` that treats an existing directory as success.
   public static func mkdirIfMissing(_ path: String, mode: mode_t) throws(SystemError) {
-    do { try mkdir(path, mode: mode) } catch where error.errno == EEXIST {}
+    do { try mkdir(path, mode: mode) } catch  where error.errno == EEXIST {}
   }
 
   /// `mkdir -p`: creates every missing component of `path`.
@@ -185,7 +186,8 @@ extension Sys {
     let page = Int(sysconf(Int32(_SC_PAGESIZE)))
     let rounded = (max(size, 1) + page - 1) / page * page
     guard let p = mmap(nil, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
-          p != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
+      p != UnsafeMutableRawPointer(bitPattern: -1)
+    else { return nil }
     return (p, rounded)
   }
 

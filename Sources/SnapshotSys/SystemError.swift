@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// A failed system call's errno alone: a value, not a message. What the calls below fail

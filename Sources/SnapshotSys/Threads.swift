@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// POSIX threads (`pthread_create(3)`), for blocking loops: per-connection loops, and
@@ -25,11 +25,13 @@ public enum Threads {
   public static func start(_ body: @escaping @Sendable () -> Void) throws(SystemError) -> Handle {
     let box = Unmanaged.passRetained(Box(body)).toOpaque()
     var thread = pthread_t()
-    let rc = pthread_create(&thread, nil, { arg in
-      let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-      box.body()
-      return nil
-    }, box)
+    let rc = pthread_create(
+      &thread, nil,
+      { arg in
+        let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+        box.body()
+        return nil
+      }, box)
     if rc != 0 {
       Unmanaged<Box>.fromOpaque(box).release()
       throw SystemError("pthread_create", "", errno: rc)

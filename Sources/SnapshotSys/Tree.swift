@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Directory-tree walks done with descriptors and *at() calls, so they never follow a
@@ -10,11 +10,14 @@ public enum Tree {
   public static func diskUsage(_ path: String) throws(SystemError) -> (size: Int64, inodes: Int64) {
     var seen = Set<InodeKey>()
     var size: Int64 = 0
-    try walk(path, enter: { (_, st) in
-      if seen.insert(InodeKey(st)).inserted { size += Int64(st.st_blocks) * 512 }
-    }, visit: { (_, _, st) in
-      if seen.insert(InodeKey(st)).inserted { size += Int64(st.st_blocks) * 512 }
-    })
+    try walk(
+      path,
+      enter: { (_, st) in
+        if seen.insert(InodeKey(st)).inserted { size += Int64(st.st_blocks) * 512 }
+      },
+      visit: { (_, _, st) in
+        if seen.insert(InodeKey(st)).inserted { size += Int64(st.st_blocks) * 512 }
+      })
     return (size, Int64(seen.count))
   }
 

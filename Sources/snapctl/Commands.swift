@@ -142,7 +142,9 @@ struct Usage: AsyncParsableCommand {
           return
         }
         let saved = u.logicalBytes > 0 ? 100 * Double(u.logicalBytes - u.storedBytes) / Double(u.logicalBytes) : 0
-        print("layer store: \(u.layers) layers, \(u.objects) objects, \(Output.bytes(u.storedBytes)) stored, \(Output.bytes(u.logicalBytes)) unshared (\(String(format: "%.1f", saved))% saved by sharing)")
+        print(
+          "layer store: \(u.layers) layers, \(u.objects) objects, \(Output.bytes(u.storedBytes)) stored, \(Output.bytes(u.logicalBytes)) unshared (\(String(format: "%.1f", saved))% saved by sharing)"
+        )
       }
       let keys = self.keys
       let rows: [(String, Int64, Int64)] = try await client.run { c in
@@ -186,7 +188,9 @@ struct Mounts: AsyncParsableCommand {
 struct Update: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Set labels of a snapshot.",
-    discussion: "Without --field every label is replaced by the given ones; with --field labels.KEY only that label changes (removed when not given).")
+    discussion:
+      "Without --field every label is replaced by the given ones; with --field labels.KEY only that label changes (removed when not given)."
+  )
   @OptionGroup var client: ClientOptions
   @OptionGroup var labels: LabelOptions
   @Option(name: .customLong("field"), help: "Field path to update (labels or labels.KEY), repeatable.") var fields: [String] = []
@@ -217,7 +221,8 @@ struct Cleanup: AsyncParsableCommand {
 }
 
 struct MountCommand: AsyncParsableCommand {
-  static let configuration = CommandConfiguration(commandName: "mount", abstract: "Mount an active snapshot or view at TARGET (for debugging).")
+  static let configuration = CommandConfiguration(
+    commandName: "mount", abstract: "Mount an active snapshot or view at TARGET (for debugging).")
   @OptionGroup var client: ClientOptions
   @Argument(help: "Key of the snapshot.") var key: String
   @Argument(help: "Existing directory to mount on.") var target: String

@@ -132,7 +132,8 @@ struct GC: AsyncParsableCommand {
 
 struct Check: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Walk the store and report missing, corrupt and orphan objects and wrong reference counts; --repair fixes counts and orphans.",
+    abstract:
+      "Walk the store and report missing, corrupt and orphan objects and wrong reference counts; --repair fixes counts and orphans.",
     discussion: """
       Every object in use is hashed; progress goes to standard error: a bar on a terminal, plain \
       lines otherwise. Each finding is printed on its own line. Exits 1 when something is wrong \

@@ -2,7 +2,7 @@ import SnapshotCore
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 extension Mount {

@@ -65,8 +65,10 @@ enum Output {
       table(
         ["KEY", "PARENT", "KIND", "CREATED", "LABELS"],
         infos.map { i in
-          [i.name, i.parent, i.kind.name, timestamp(i.created),
-           i.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")]
+          [
+            i.name, i.parent, i.kind.name, timestamp(i.created),
+            i.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","),
+          ]
         })
     }
   }
@@ -87,7 +89,7 @@ extension String {
 }
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 extension Output {

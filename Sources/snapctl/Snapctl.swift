@@ -116,5 +116,5 @@ struct StandardError: TextOutputStream {
 }
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif

@@ -2,7 +2,7 @@
 import SnapFS
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 let arguments = Array(CommandLine.arguments.dropFirst())

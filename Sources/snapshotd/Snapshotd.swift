@@ -7,7 +7,7 @@ import SnapshotCore
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 @main
@@ -28,7 +28,10 @@ struct Snapshotd: AsyncParsableCommand {
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   var logLevel: Logger.Level = .info
 
-  @Option(help: "How to compose layers: overlay (kernel overlayfs), fuse (snapfs, mount type fuse3.snapfs), or auto (overlay if it mounts on the root's file system, else fuse).")
+  @Option(
+    help:
+      "How to compose layers: overlay (kernel overlayfs), fuse (snapfs, mount type fuse3.snapfs), or auto (overlay if it mounts on the root's file system, else fuse)."
+  )
   var driver: DriverChoice = .auto
 
   enum DriverChoice: String, ExpressibleByArgument, CaseIterable {
@@ -68,7 +71,7 @@ struct Snapshotd: AsyncParsableCommand {
     let lock: Int32
     do {
       lock = try Sys.lockFile(Layout(root: root).lockFile)
-    } catch where error.errno == EAGAIN || error.errno == EACCES {
+    } catch  where error.errno == EAGAIN || error.errno == EACCES {
       throw StartupError(message: "root \(root) is in use by another snapshotd")
     } catch {
       throw StartupError(message: "root \(root) is unusable: \(error)")

@@ -4,7 +4,7 @@ import SnapshotSys
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// `ObjectStore.absorb`: a tree of plain files becomes stubs of shared objects.
@@ -29,7 +29,9 @@ struct AbsorbTests {
     write(root + "/tree/other", "linked data")
     let before = try Sys.lstat(root + "/tree/a")
     let out = try objects.absorb(tree: root + "/tree", scratch: root + "/tmp")
-    let a = try Sys.lstat(root + "/tree/a"), z = try Sys.lstat(root + "/tree/z"), other = try Sys.lstat(root + "/tree/other")
+    let a = try Sys.lstat(root + "/tree/a")
+    let z = try Sys.lstat(root + "/tree/z")
+    let other = try Sys.lstat(root + "/tree/other")
     #expect(a.st_ino == before.st_ino && z.st_ino == before.st_ino && a.st_nlink == 2)
     #expect(other.st_ino != a.st_ino && other.st_nlink == 1 && other.st_blocks == 0)
     #expect(out.objects.count == 1 && out.skipped == 1)
@@ -50,7 +52,8 @@ struct AbsorbTests {
     let out = try objects.absorb(tree: root + "/tree", scratch: root + "/tmp")
     #expect(out.objects.count == 1 && out.newBytes == 11 && out.skipped == 0)
     let key = try #require(out.objects.keys.first)
-    let stub = try Sys.lstat(root + "/tree/f"), object = try Sys.lstat(objects.path(of: key))
+    let stub = try Sys.lstat(root + "/tree/f")
+    let object = try Sys.lstat(objects.path(of: key))
     #expect(object.st_ino == before.st_ino && object.st_nlink == 1)
     #expect(stub.st_ino != before.st_ino && stub.st_nlink == 1 && stub.st_blocks == 0 && stub.st_size == 11)
     #expect(stub.st_mode == before.st_mode && stub.st_mtim.tv_nsec == before.st_mtim.tv_nsec)

@@ -7,7 +7,9 @@ import Testing
 struct TarWriter {
   var bytes: [UInt8] = []
 
-  mutating func entry(_ name: String, type: UInt8 = 0x30, mode: Int = 0o644, data: [UInt8] = [], link: String = "", mtime: Int = 1_600_000_000) {
+  mutating func entry(
+    _ name: String, type: UInt8 = 0x30, mode: Int = 0o644, data: [UInt8] = [], link: String = "", mtime: Int = 1_600_000_000
+  ) {
     var h = [UInt8](repeating: 0, count: 512)
     func put(_ s: String, _ at: Int, _ width: Int) {
       for (i, b) in s.utf8.prefix(width).enumerated() { h[at + i] = b }
@@ -59,8 +61,9 @@ struct UnpackerTests {
   }
 
   func unpack(_ tar: TarWriter, into dir: String = "layer", diffID: Digest? = nil) throws(LayerError) -> UnpackedLayer {
-    try Unpacker.unpack(BytesSource(tar.finished), LayerDescription(name: "test", compression: .none, digest: nil, diffID: diffID),
-                        into: root + "/" + dir, objects: objects)
+    try Unpacker.unpack(
+      BytesSource(tar.finished), LayerDescription(name: "test", compression: .none, digest: nil, diffID: diffID),
+      into: root + "/" + dir, objects: objects)
   }
 
   /// The value of xattr `name` of `path`, nil when it has none.
@@ -128,7 +131,10 @@ struct UnpackerTests {
   @Test func redirectsParseOnlyObjectNames() {
     #expect(ObjectStore.key(redirect: "/3f/0a1b2c3d4e5f6a") == "3f0a1b2c3d4e5f6a")
     #expect(ObjectStore.key(redirect: "/3f/0a1b2c3d4e5f6a.2") == "3f0a1b2c3d4e5f6a.2")
-    for bad in ["", "/", "/3f", "3f/0a1b2c3d4e5f6a", "/3f/0a1b2c3d4e5f6", "/3F/0a1b2c3d4e5f6a", "/../0a1b2c3d4e5f6a", "/3f/0a1b2c3d4e5f6a.", "/3f/x/0a1b2c3d4e5f6a"] {
+    for bad in [
+      "", "/", "/3f", "3f/0a1b2c3d4e5f6a", "/3f/0a1b2c3d4e5f6", "/3F/0a1b2c3d4e5f6a", "/../0a1b2c3d4e5f6a", "/3f/0a1b2c3d4e5f6a.",
+      "/3f/x/0a1b2c3d4e5f6a",
+    ] {
       #expect(ObjectStore.key(redirect: bad) == nil, "\(bad)")
     }
   }

@@ -35,7 +35,10 @@ import Testing
     #expect(d.object == "sha256:" + String(repeating: "c", count: 64))
   }
 
-  @Test(arguments: ["", "Busybox", "busybox:", "busybox@sha256:abc", "a//b", "busybox:-x", "a b", "busybox@md5:" + String(repeating: "a", count: 32), "-a/b"])
+  @Test(arguments: [
+    "", "Busybox", "busybox:", "busybox@sha256:abc", "a//b", "busybox:-x", "a b", "busybox@md5:" + String(repeating: "a", count: 32),
+    "-a/b",
+  ])
   func refuses(_ input: String) {
     #expect(throws: RegistryError.self) { try Reference(parsing: input) }
   }
@@ -96,24 +99,24 @@ import Testing
   @Test func hostsFile() throws {
     let dir = try directory([
       "127.0.0.1_5000_/hosts.toml": """
-        server = "https://127.0.0.1:5000"
-        ca = "ca.pem"
-        skip_verify = false
+      server = "https://127.0.0.1:5000"
+      ca = "ca.pem"
+      skip_verify = false
 
-        [host."http://127.0.0.1:7000"]
-          capabilities = ["pull"]
+      [host."http://127.0.0.1:7000"]
+        capabilities = ["pull"]
 
-        [host."https://127.0.0.1:6000/custom"]
-          capabilities = ["pull", "resolve"]
-          ca = ["/etc/a.pem", "b.pem"]
-          client = [["c.pem", "k.pem"], "both.pem"]
-          skip_verify = true
-          [host."https://127.0.0.1:6000/custom".header]
-            x-custom = "1"
-        """,
+      [host."https://127.0.0.1:6000/custom"]
+        capabilities = ["pull", "resolve"]
+        ca = ["/etc/a.pem", "b.pem"]
+        client = [["c.pem", "k.pem"], "both.pem"]
+        skip_verify = true
+        [host."https://127.0.0.1:6000/custom".header]
+          x-custom = "1"
+      """,
       "_default/hosts.toml": """
-        [host."https://mirror.example:443"]
-        """,
+      [host."https://mirror.example:443"]
+      """,
     ])
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let conf = HostsConfiguration(configPath: dir)
@@ -122,10 +125,11 @@ import Testing
     #expect(hosts[0].capabilities == [.pull])
     #expect(hosts[1].capabilities == [.pull, .resolve])
     #expect(hosts[1].caFiles == ["/etc/a.pem", dir + "/127.0.0.1_5000_/b.pem"])
-    #expect(hosts[1].clientPairs == [
-      .init(certificate: dir + "/127.0.0.1_5000_/c.pem", key: dir + "/127.0.0.1_5000_/k.pem"),
-      .init(certificate: dir + "/127.0.0.1_5000_/both.pem", key: nil),
-    ])
+    #expect(
+      hosts[1].clientPairs == [
+        .init(certificate: dir + "/127.0.0.1_5000_/c.pem", key: dir + "/127.0.0.1_5000_/k.pem"),
+        .init(certificate: dir + "/127.0.0.1_5000_/both.pem", key: nil),
+      ])
     #expect(hosts[1].skipVerify == true)
     #expect(hosts[1].headers == ["x-custom": ["1"]])
     #expect(hosts[2].caFiles == [dir + "/127.0.0.1_5000_/ca.pem"])
@@ -191,7 +195,8 @@ import Testing
   }
 
   @Test func challenges() {
-    let c = AuthChallenge.parse(#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#)
+    let c = AuthChallenge.parse(
+      #"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#)
     #expect(c.count == 1)
     #expect(c[0].scheme == "bearer")
     #expect(c[0].realm == "https://auth.docker.io/token")
@@ -205,7 +210,8 @@ import Testing
   }
 
   @Test func errorMessagesNameWhatFailed() {
-    let e = RegistryError(.digestMismatch, registry: "127.0.0.1:5000", repository: "test/busybox", object: "sha256:" + String(repeating: "a", count: 64), "bad")
+    let e = RegistryError(
+      .digestMismatch, registry: "127.0.0.1:5000", repository: "test/busybox", object: "sha256:" + String(repeating: "a", count: 64), "bad")
     #expect(e.description == "127.0.0.1:5000/test/busybox@sha256:\(String(repeating: "a", count: 64)): digest mismatch: bad")
     let t = RegistryError(.unauthorized, registry: "docker.io", repository: "library/busybox", object: "latest", "401")
     #expect(t.description == "docker.io/library/busybox:latest: unauthorized: 401")

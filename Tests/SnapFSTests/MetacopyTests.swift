@@ -6,7 +6,7 @@ import Testing
 @testable import SnapFS
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// `lowerdir=` with data-only layers, and metacopy stubs looked up and opened through an

@@ -88,11 +88,12 @@ import Testing
     // 16,384 payload bytes is the limit; one more is a FRAME_SIZE_ERROR as soon as the
     // header is in, before the payload.
     #expect(try decode(H2Tests.Raw.frame(.data, [], 1, [UInt8](repeating: 7, count: 16_384))).payload.count == 16_384)
-    #expect(code {
-      var d = FrameDecoder()
-      d.append(Array(H2Tests.Raw.frame(.data, [], 1, [UInt8](repeating: 7, count: 16_385)).prefix(Frame.headerSize)))
-      _ = try d.next()
-    } == .frameSizeError)
+    #expect(
+      code {
+        var d = FrameDecoder()
+        d.append(Array(H2Tests.Raw.frame(.data, [], 1, [UInt8](repeating: 7, count: 16_385)).prefix(Frame.headerSize)))
+        _ = try d.next()
+      } == .frameSizeError)
 
     // Many frames at once, more than the buffer first holds, come out whole and in order.
     var many = FrameDecoder()
@@ -114,11 +115,12 @@ import Testing
     #expect(try decoder.preface() == true)
     #expect(try decoder.next() == Frame(type: .settings, flags: [], stream: 0, payload: []))
 
-    #expect(code {
-      var d = FrameDecoder()
-      d.append(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
-      _ = try d.preface()
-    } == .protocolError)
+    #expect(
+      code {
+        var d = FrameDecoder()
+        d.append(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        _ = try d.preface()
+      } == .protocolError)
   }
 
   @Test func dataFrames() throws {
@@ -151,26 +153,30 @@ import Testing
 
     // Too short for the priority fields, counted after the padding: FRAME_SIZE_ERROR.
     #expect(code { _ = try decode(H2Tests.Raw.frame(.headers, .priority, 3, [0, 0, 0, 1])).headerBlockFragment() } == .frameSizeError)
-    #expect(code {
-      _ = try decode(H2Tests.Raw.frame(.headers, [.padded, .priority], 3, [2, 0, 0, 0, 1, 0, 0])).headerBlockFragment()
-    } == .frameSizeError)
+    #expect(
+      code {
+        _ = try decode(H2Tests.Raw.frame(.headers, [.padded, .priority], 3, [2, 0, 0, 0, 1, 0, 0])).headerBlockFragment()
+      } == .frameSizeError)
     // Bad padding, checked first: PROTOCOL_ERROR.
-    #expect(code { _ = try decode(H2Tests.Raw.frame(.headers, [.padded, .priority], 3, [4, 0, 0, 0])).headerBlockFragment() } == .protocolError)
+    #expect(
+      code { _ = try decode(H2Tests.Raw.frame(.headers, [.padded, .priority], 3, [4, 0, 0, 0])).headerBlockFragment() } == .protocolError)
 
     // As the server sends a block that fits in a frame: one HEADERS frame with END_HEADERS,
     // and END_STREAM when asked for.
     let response = HeaderBlock.literal([(":status", "200"), ("content-type", "application/grpc")])
     let trailers = HeaderBlock.literal([("grpc-status", "0")])
     #expect(literalFields(response) == [":status: 200", "content-type: application/grpc"])
-    #expect(response == [0, 7] + Array(":status".utf8) + [3] + Array("200".utf8)
-      + [0, 12] + Array("content-type".utf8) + [16] + Array("application/grpc".utf8))
+    #expect(
+      response == [0, 7] + Array(":status".utf8) + [3] + Array("200".utf8)
+        + [0, 12] + Array("content-type".utf8) + [16] + Array("application/grpc".utf8))
     var e = FrameEncoder()
     e.headers(stream: 7, block: response, endStream: false, maxFrameSize: 16_384)
     e.headers(stream: 7, block: trailers, endStream: true, maxFrameSize: 16_384)
-    #expect(try decode(e) == [
-      Frame(type: .headers, flags: .endHeaders, stream: 7, payload: response[...]),
-      Frame(type: .headers, flags: [.endHeaders, .endStream], stream: 7, payload: trailers[...]),
-    ])
+    #expect(
+      try decode(e) == [
+        Frame(type: .headers, flags: .endHeaders, stream: 7, payload: response[...]),
+        Frame(type: .headers, flags: [.endHeaders, .endStream], stream: 7, payload: trailers[...]),
+      ])
   }
 
   @Test func priorityFrames() throws {
@@ -189,10 +195,11 @@ import Testing
     var e = FrameEncoder()
     e.rstStream(stream: 5, code: .noError)
     e.rstStream(stream: 7, code: .enhanceYourCalm)
-    #expect(try decode(e) == [
-      Frame(type: .rstStream, flags: [], stream: 5, payload: [0, 0, 0, 0]),
-      Frame(type: .rstStream, flags: [], stream: 7, payload: [0, 0, 0, 0xb]),
-    ])
+    #expect(
+      try decode(e) == [
+        Frame(type: .rstStream, flags: [], stream: 5, payload: [0, 0, 0, 0]),
+        Frame(type: .rstStream, flags: [], stream: 7, payload: [0, 0, 0, 0xb]),
+      ])
   }
 
   @Test func settingsFrames() throws {
@@ -206,11 +213,12 @@ import Testing
     ]
     let f = try decode(H2Tests.Raw.frame(.settings, [], 0, payload))
     #expect(f.type == .settings && f.flags.isEmpty)
-    #expect(try f.settings() == [
-      Setting(id: .maxConcurrentStreams, value: 100), Setting(id: .initialWindowSize, value: 0x7fff_ffff),
-      Setting(id: .maxFrameSize, value: 16_384), Setting(id: .maxFrameSize, value: 16_777_215),
-      Setting(id: .headerTableSize, value: 4096),
-    ])
+    #expect(
+      try f.settings() == [
+        Setting(id: .maxConcurrentStreams, value: 100), Setting(id: .initialWindowSize, value: 0x7fff_ffff),
+        Setting(id: .maxFrameSize, value: 16_384), Setting(id: .maxFrameSize, value: 16_777_215),
+        Setting(id: .headerTableSize, value: 4096),
+      ])
     #expect(try decode(H2Tests.Raw.frame(.settings, [], 0, [])).settings().isEmpty)
     let ack = try decode(H2Tests.Raw.frame(.settings, .ack, 0, []))
     #expect(ack.flags.contains(.ack))
@@ -223,9 +231,10 @@ import Testing
     #expect(code { _ = try decode(H2Tests.Raw.frame(.settings, [], 0, [0, 4, 0x80, 0, 0, 0])).settings() } == .flowControlError)
     #expect(code { _ = try decode(H2Tests.Raw.frame(.settings, [], 0, [0, 5, 0, 0, 0x3f, 0xff])).settings() } == .protocolError)
     #expect(code { _ = try decode(H2Tests.Raw.frame(.settings, [], 0, [0, 5, 1, 0, 0, 0])).settings() } == .protocolError)
-    #expect(code {
-      _ = try decode(H2Tests.Raw.frame(.settings, [], 0, [0, 5, 0, 0, 0, 1, 0, 4, 0x80, 0, 0, 0])).settings()
-    } == .protocolError)
+    #expect(
+      code {
+        _ = try decode(H2Tests.Raw.frame(.settings, [], 0, [0, 5, 0, 0, 0, 1, 0, 4, 0x80, 0, 0, 0])).settings()
+      } == .protocolError)
 
     // As the server sends them.
     let ours = [
@@ -268,10 +277,14 @@ import Testing
       return nil
     }
     #expect(shape(.ping, [], 0, 8) == nil && shape(.ping, [], 0, 7) == .frameSizeError && shape(.ping, [], 1, 8) == .protocolError)
-    #expect(shape(.rstStream, [], 1, 4) == nil && shape(.rstStream, [], 1, 5) == .frameSizeError && shape(.rstStream, [], 0, 4) == .protocolError)
-    #expect(shape(.priority, [], 1, 5) == nil && shape(.priority, [], 1, 4) == .frameSizeError && shape(.priority, [], 0, 5) == .protocolError)
+    #expect(
+      shape(.rstStream, [], 1, 4) == nil && shape(.rstStream, [], 1, 5) == .frameSizeError && shape(.rstStream, [], 0, 4) == .protocolError)
+    #expect(
+      shape(.priority, [], 1, 5) == nil && shape(.priority, [], 1, 4) == .frameSizeError && shape(.priority, [], 0, 5) == .protocolError)
     #expect(shape(.goAway, [], 0, 8) == nil && shape(.goAway, [], 0, 7) == .frameSizeError && shape(.goAway, [], 3, 8) == .protocolError)
-    #expect(shape(.settings, .ack, 0, 0) == nil && shape(.settings, .ack, 0, 6) == .frameSizeError && shape(.settings, [], 1, 6) == .protocolError)
+    #expect(
+      shape(.settings, .ack, 0, 0) == nil && shape(.settings, .ack, 0, 6) == .frameSizeError && shape(.settings, [], 1, 6) == .protocolError
+    )
     #expect(shape(.data, [], 0, 1) == .protocolError && shape(.continuation, [], 0, 1) == .protocolError)
     #expect(shape(.windowUpdate, [], 0, 4) == nil && shape(.windowUpdate, [], 0, 3) == .frameSizeError)
   }
@@ -330,8 +343,11 @@ import Testing
     var wide = FrameEncoder()
     wide.headers(stream: 3, block: block, endStream: false, maxFrameSize: 65_536)
     let n = block.count
-    #expect(wide.bytes == [UInt8(n >> 16), UInt8(n >> 8 & 0xff), UInt8(n & 0xff), FrameType.headers.rawValue,
-                           FrameFlags.endHeaders.rawValue, 0, 0, 0, 3] + block)
+    #expect(
+      wide.bytes == [
+        UInt8(n >> 16), UInt8(n >> 8 & 0xff), UInt8(n & 0xff), FrameType.headers.rawValue,
+        FrameFlags.endHeaders.rawValue, 0, 0, 0, 3,
+      ] + block)
     // An empty block: one empty HEADERS frame.
     var empty = FrameEncoder()
     empty.headers(stream: 5, block: [], endStream: true, maxFrameSize: 16_384)

@@ -1,11 +1,12 @@
 import Logging
-@testable import SnapshotAPI
 import SnapshotCore
 import SnapshotSys
 import Testing
 
+@testable import SnapshotAPI
+
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The HTTP/2 server against raw, hand-made frames: malformed input gets an error or a
@@ -33,8 +34,10 @@ struct H2Tests {
     /// A frame of any type code, known or not.
     static func frame(_ type: UInt8, _ flags: FrameFlags, _ stream: UInt32, _ payload: [UInt8]) -> [UInt8] {
       let n = payload.count
-      return [UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff), type, flags.rawValue,
-              UInt8(stream >> 24), UInt8(stream >> 16 & 0xff), UInt8(stream >> 8 & 0xff), UInt8(stream & 0xff)] + payload
+      return [
+        UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff), type, flags.rawValue,
+        UInt8(stream >> 24), UInt8(stream >> 16 & 0xff), UInt8(stream >> 8 & 0xff), UInt8(stream & 0xff),
+      ] + payload
     }
 
     /// A header block of literal fields without indexing (names and values under 127 bytes).
@@ -42,15 +45,19 @@ struct H2Tests {
       var out: [UInt8] = []
       for (n, v) in fields {
         out.append(0)
-        out.append(UInt8(n.utf8.count)); out += Array(n.utf8)
-        out.append(UInt8(v.utf8.count)); out += Array(v.utf8)
+        out.append(UInt8(n.utf8.count))
+        out += Array(n.utf8)
+        out.append(UInt8(v.utf8.count))
+        out += Array(v.utf8)
       }
       return out
     }
 
     static func request(_ stream: UInt32, path: String, body: [UInt8], compressed: Bool = false) -> [UInt8] {
-      let h = headers([(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
-                       ("content-type", "application/grpc"), ("te", "trailers")])
+      let h = headers([
+        (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
+        ("content-type", "application/grpc"), ("te", "trailers"),
+      ])
       let n = body.count
       let message = [compressed ? 1 : 0, UInt8(n >> 24), UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)] + body
       return frame(.headers, .endHeaders, stream, h) + frame(.data, .endStream, stream, message)
@@ -63,7 +70,8 @@ struct H2Tests {
         while input.count >= 9 {
           let n = Int(input[0]) << 16 | Int(input[1]) << 8 | Int(input[2])
           guard input.count >= 9 + n else { break }
-          let t = input[3], f = input[4]
+          let t = input[3]
+          let f = input[4]
           let s = UInt32(input[5] & 0x7f) << 24 | UInt32(input[6]) << 16 | UInt32(input[7]) << 8 | UInt32(input[8])
           let p = Array(input[9..<9 + n])
           input.removeFirst(9 + n)
@@ -87,7 +95,9 @@ struct H2Tests {
   /// The server still answers a well-formed Stat.
   func stillServes(_ socket: String) throws {
     let c = try Raw(socket)
-    try c.send(Raw.preface + Raw.frame(.settings, [], 0, []) + Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Stat", body: [0x12, 1, 0x78]))
+    try c.send(
+      Raw.preface + Raw.frame(.settings, [], 0, [])
+        + Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Stat", body: [0x12, 1, 0x78]))
     let trailers = try #require(try c.next(type: .headers, stream: 1))
     #expect(String(decoding: trailers.payload, as: UTF8.self).contains("grpc-status\u{1}5"))  // NotFound: "x"
   }
@@ -140,8 +150,10 @@ struct H2Tests {
 
   @Test func framesOutOfPlaceCloseTheConnection() async throws {
     try await withTestServer { socket, _ in
-      let h = Raw.headers([(":method", "POST"), (":path", "/containerd.services.snapshots.v1.Snapshots/Stat"),
-                           ("content-type", "application/grpc")])
+      let h = Raw.headers([
+        (":method", "POST"), (":path", "/containerd.services.snapshots.v1.Snapshots/Stat"),
+        ("content-type", "application/grpc"),
+      ])
       let cases: [(String, [UInt8], ErrorCode)] = [
         ("DATA on stream 0", Raw.frame(.data, [], 0, [0]), .protocolError),
         ("HEADERS on an even stream", Raw.frame(.headers, .endHeaders, 2, h), .protocolError),
@@ -149,8 +161,10 @@ struct H2Tests {
         ("a stream reused", Raw.frame(.headers, .endHeaders, 3, h) + Raw.frame(.headers, .endHeaders, 1, h), .protocolError),
         ("PUSH_PROMISE", Raw.frame(.pushPromise, .endHeaders, 1, [0, 0, 0, 2] + h), .protocolError),
         ("CONTINUATION without HEADERS", Raw.frame(.continuation, .endHeaders, 1, h), .protocolError),
-        ("another frame inside a header block",
-         Raw.frame(.headers, [], 1, Array(h.prefix(4))) + Raw.frame(.ping, [], 0, [0, 0, 0, 0, 0, 0, 0, 0]), .protocolError),
+        (
+          "another frame inside a header block",
+          Raw.frame(.headers, [], 1, Array(h.prefix(4))) + Raw.frame(.ping, [], 0, [0, 0, 0, 0, 0, 0, 0, 0]), .protocolError
+        ),
         ("SETTINGS of a bad length", Raw.frame(.settings, [], 0, [0, 4, 0, 0, 1]), .frameSizeError),
         ("MAX_FRAME_SIZE too small", Raw.frame(.settings, [], 0, [0, 5, 0, 0, 0, 1]), .protocolError),
         ("INITIAL_WINDOW_SIZE too large", Raw.frame(.settings, [], 0, [0, 4, 0x80, 0, 0, 0]), .flowControlError),
@@ -166,9 +180,10 @@ struct H2Tests {
 
       // PRIORITY frames and frames of unknown types are ignored.
       let c = try Raw(socket)
-      try c.send(Raw.preface + Raw.frame(.settings, [], 0, []) + Raw.frame(.priority, [], 1, [0, 0, 0, 0, 15])
-                 + Raw.frame(0xfa, [], 0, [1, 2, 3])
-                 + Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Stat", body: [0x12, 1, 0x78]))
+      try c.send(
+        Raw.preface + Raw.frame(.settings, [], 0, []) + Raw.frame(.priority, [], 1, [0, 0, 0, 0, 15])
+          + Raw.frame(0xfa, [], 0, [1, 2, 3])
+          + Raw.request(1, path: "/containerd.services.snapshots.v1.Snapshots/Stat", body: [0x12, 1, 0x78]))
       let trailers = try #require(try c.next(type: .headers, stream: 1))
       #expect(String(decoding: trailers.payload, as: UTF8.self).contains("grpc-status\u{1}5"))
       try stillServes(socket)
@@ -177,19 +192,19 @@ struct H2Tests {
 
   @Test func largeListRespectsFlowControl() async throws {
     try await withTestServer { socket, s in
-    // 1,500 snapshots with 300-byte labels: a List response of about half a megabyte, far
-    // over the 64 KiB initial window, so the server must wait for WINDOW_UPDATEs.
-    let label = String(repeating: "l", count: 300)
-    for i in 0..<1500 { _ = try s.prepare(key: "k\(i)", parent: "", labels: ["x": label]) }
-    let names = try await withSnapshotsClient(socketPath: socket) { c in
-      try await c.list(.init()) { r in
-        var all: [String] = []
-        for try await batch in r.messages { all += batch.info.map(\.name) }
-        return all
+      // 1,500 snapshots with 300-byte labels: a List response of about half a megabyte, far
+      // over the 64 KiB initial window, so the server must wait for WINDOW_UPDATEs.
+      let label = String(repeating: "l", count: 300)
+      for i in 0..<1500 { _ = try s.prepare(key: "k\(i)", parent: "", labels: ["x": label]) }
+      let names = try await withSnapshotsClient(socketPath: socket) { c in
+        try await c.list(.init()) { r in
+          var all: [String] = []
+          for try await batch in r.messages { all += batch.info.map(\.name) }
+          return all
+        }
       }
-    }
-    #expect(names.count == 1500)
-    #expect(Set(names).count == 1500)
+      #expect(names.count == 1500)
+      #expect(Set(names).count == 1500)
     }
   }
 
@@ -227,10 +242,13 @@ struct H2Tests {
     try await withTestServer { socket, _ in
       // A request declaring 32 MiB is refused on its first DATA frame, with RST_STREAM.
       let c = try Raw(socket)
-      let h = Raw.headers([(":method", "POST"), (":path", "/containerd.services.snapshots.v1.Snapshots/Prepare"),
-                           ("content-type", "application/grpc")])
-      try c.send(Raw.preface + Raw.frame(.settings, [], 0, []) + Raw.frame(.headers, .endHeaders, 1, h)
-                 + Raw.frame(.data, [], 1, [0, 2, 0, 0, 0] + [UInt8](repeating: 0, count: 1000)))
+      let h = Raw.headers([
+        (":method", "POST"), (":path", "/containerd.services.snapshots.v1.Snapshots/Prepare"),
+        ("content-type", "application/grpc"),
+      ])
+      try c.send(
+        Raw.preface + Raw.frame(.settings, [], 0, []) + Raw.frame(.headers, .endHeaders, 1, h)
+          + Raw.frame(.data, [], 1, [0, 2, 0, 0, 0] + [UInt8](repeating: 0, count: 1000)))
       let t = try #require(try c.next(type: .headers, stream: 1))
       #expect(String(decoding: t.payload, as: UTF8.self).contains("grpc-status\u{1}8"))
       #expect(try c.next(type: .rstStream, stream: 1) != nil)

@@ -6,7 +6,7 @@ import SnapshotSys
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Bad requests over the real unix socket and gRPC stack: each gets containerd's gRPC code
@@ -34,23 +34,59 @@ struct SocketTests {
         await expectCode(.invalidArgument, naming: "xxxxxxxx") { _ = try await c.prepare(.with { $0.key = long }) }
         _ = try await c.prepare(.with { $0.key = "active" })
         await expectCode(.invalidArgument, naming: "\"active\"") {
-          _ = try await c.prepare(.with { $0.key = "child"; $0.parent = "active" })
+          _ = try await c.prepare(
+            .with {
+              $0.key = "child"
+              $0.parent = "active"
+            })
         }
         await expectCode(.notFound, naming: "\"missing\"") {
-          _ = try await c.prepare(.with { $0.key = "child"; $0.parent = "missing" })
+          _ = try await c.prepare(
+            .with {
+              $0.key = "child"
+              $0.parent = "missing"
+            })
         }
-        _ = try await c.commit(.with { $0.name = "base"; $0.key = "active" })
-        _ = try await c.view(.with { $0.key = "view"; $0.parent = "base" })
-        await expectCode(.failedPrecondition, naming: "\"view\"") { _ = try await c.commit(.with { $0.name = "n"; $0.key = "view" }) }
+        _ = try await c.commit(
+          .with {
+            $0.name = "base"
+            $0.key = "active"
+          })
+        _ = try await c.view(
+          .with {
+            $0.key = "view"
+            $0.parent = "base"
+          })
+        await expectCode(.failedPrecondition, naming: "\"view\"") {
+          _ = try await c.commit(
+            .with {
+              $0.name = "n"
+              $0.key = "view"
+            })
+        }
         await expectCode(.failedPrecondition, naming: "\"base\"") { _ = try await c.remove(.with { $0.key = "base" }) }
-        await expectCode(.alreadyExists, naming: "\"view\"") { _ = try await c.view(.with { $0.key = "view"; $0.parent = "base" }) }
+        await expectCode(.alreadyExists, naming: "\"view\"") {
+          _ = try await c.view(
+            .with {
+              $0.key = "view"
+              $0.parent = "base"
+            })
+        }
         await expectCode(.notFound, naming: "\"nothing\"") { _ = try await c.stat(.with { $0.key = "nothing" }) }
         let big = String(repeating: "v", count: 4096)
         await expectCode(.invalidArgument, naming: "\"labelled\"") {
-          _ = try await c.prepare(.with { $0.key = "labelled"; $0.labels = ["key": big] })
+          _ = try await c.prepare(
+            .with {
+              $0.key = "labelled"
+              $0.labels = ["key": big]
+            })
         }
         await expectCode(.invalidArgument, naming: "\"base\"") {
-          _ = try await c.update(.with { $0.info.name = "base"; $0.updateMask.paths = ["parent"] })
+          _ = try await c.update(
+            .with {
+              $0.info.name = "base"
+              $0.updateMask.paths = ["parent"]
+            })
         }
         await expectCode(.invalidArgument, naming: "invalid filter") {
           _ = try await c.list(.with { $0.filters = ["kind=="] }) { r in for try await _ in r.messages {} }

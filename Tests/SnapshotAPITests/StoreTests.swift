@@ -4,7 +4,7 @@ import SwiftProtobuf
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The store service over the real unix socket and gRPC stack.
@@ -33,8 +33,16 @@ struct StoreTests {
       $0.bytesDone = 3
       $0.bytesTotal = 1 << 40
       $0.findings = [
-        .with { $0.kind = "orphan object"; $0.detail = "object x is not used by any layer"; $0.repairable = true; $0.repaired = true },
-        .with { $0.kind = "corrupt object"; $0.detail = "object y no longer has its content" },
+        .with {
+          $0.kind = "orphan object"
+          $0.detail = "object x is not used by any layer"
+          $0.repairable = true
+          $0.repaired = true
+        },
+        .with {
+          $0.kind = "corrupt object"
+          $0.detail = "object y no longer has its content"
+        },
       ]
       $0.done = true
     }
@@ -52,9 +60,10 @@ struct StoreTests {
     #expect(try Snapshotd_V1_CheckProgress(jsonString: #"{"bytes_total":"7","done":true}"#).bytesTotal == 7)
     let request = Snapshotd_V1_CheckRequest.with { $0.repair = true }
     #expect(try Snapshotd_V1_CheckRequest(serializedBytes: try request.serializedBytes() as [UInt8]).repair)
-    #expect(p.findings.map(\.line) == [
-      "orphan object: object x is not used by any layer (repaired)",
-      "corrupt object: object y no longer has its content (cannot be repaired)",
-    ])
+    #expect(
+      p.findings.map(\.line) == [
+        "orphan object: object x is not used by any layer (repaired)",
+        "corrupt object: object y no longer has its content (cannot be repaired)",
+      ])
   }
 }

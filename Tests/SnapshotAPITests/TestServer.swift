@@ -4,7 +4,7 @@ import SnapshotCore
 import SnapshotSys
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Runs `body` with the socket path and snapshotter of a server on a fresh root; the server

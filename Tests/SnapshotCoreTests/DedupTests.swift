@@ -5,7 +5,7 @@ import Testing
 @testable import SnapshotCore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Background deduplication of snapshots committed through Prepare/Commit (containerd's
@@ -33,7 +33,10 @@ struct DedupTests {
 
   /// What `stat` shows that must survive deduplication.
   func shown(_ s: stat) -> [Int] {
-    [Int(s.st_mode), Int(s.st_uid), Int(s.st_gid), Int(s.st_size), s.st_mtim.tv_sec, s.st_mtim.tv_nsec, s.st_atim.tv_sec, s.st_atim.tv_nsec]
+    [
+      Int(s.st_mode), Int(s.st_uid), Int(s.st_gid), Int(s.st_size), s.st_mtim.tv_sec, s.st_mtim.tv_nsec, s.st_atim.tv_sec,
+      s.st_atim.tv_nsec,
+    ]
   }
 
   /// Prepares `key`, lets `fill` write into its upper dir, commits it as `name`.
@@ -163,7 +166,8 @@ struct DedupTests {
     s.drain()
     #expect(try s.check().isEmpty)
     // Damage of every kind: a missing object, a corrupt one, an orphan, wrong counts.
-    let missing = try object(a + "/one")!, corrupt = try object(a + "/two")!
+    let missing = try object(a + "/one")!
+    let corrupt = try object(a + "/two")!
     try Sys.unlink(s.layout.objects + ObjectStore.redirect(of: missing))
     let fd = open(s.layout.objects + ObjectStore.redirect(of: corrupt), O_WRONLY)
     #expect(fd >= 0 && pwrite(fd, "X", 1, 0) == 1)

@@ -4,7 +4,7 @@ import Testing
 @testable import SnapshotCore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// A fresh snapshotter on a temporary root, removed afterwards. No root privileges needed:
@@ -60,7 +60,10 @@ struct SnapshotterTests {
     let objects = s.layout.alias + "/o"
     // Mounts name lower layers through the root's short alias, a symlink to the root.
     let aLower = s.layout.alias + aFS.dropFirst(s.layout.root.count)
-    #expect(try s.view(key: "v", parent: "a") == [Mount(type: "overlay", source: "overlay", options: ["index=off", "metacopy=on", "lowerdir=\(aLower)::\(objects)"])])
+    #expect(
+      try s.view(key: "v", parent: "a") == [
+        Mount(type: "overlay", source: "overlay", options: ["index=off", "metacopy=on", "lowerdir=\(aLower)::\(objects)"])
+      ])
 
     let mb = try s.prepare(key: "b-active", parent: "a")
     #expect(mb.count == 1 && mb[0].type == "overlay")
@@ -69,14 +72,19 @@ struct SnapshotterTests {
     let m = try s.prepare(key: "c", parent: "b")
     #expect(m.count == 1 && m[0].type == "overlay" && m[0].source == "overlay")
     let opts = m[0].options
-    #expect(opts.count == 5 && opts[0] == "index=off" && opts[1] == "metacopy=on" && opts[2].hasPrefix("workdir=") && opts[3].hasPrefix("upperdir="))
+    #expect(
+      opts.count == 5 && opts[0] == "index=off" && opts[1] == "metacopy=on" && opts[2].hasPrefix("workdir=")
+        && opts[3].hasPrefix("upperdir="))
     #expect(opts[4] == "lowerdir=\(bUpper):\(aLower)::\(objects)")
     let upper = String(opts[3].dropFirst("upperdir=".count))
     let work = String(opts[2].dropFirst("workdir=".count))
     #expect(Sys.exists(upper) && Sys.exists(work))
     #expect(try s.mounts(key: "c") == m)
     let view2 = try s.view(key: "v2", parent: "b")
-    #expect(view2 == [Mount(type: "overlay", source: "overlay", options: ["index=off", "metacopy=on", "lowerdir=\(bUpper):\(aLower)::\(objects)"])])
+    #expect(
+      view2 == [
+        Mount(type: "overlay", source: "overlay", options: ["index=off", "metacopy=on", "lowerdir=\(bUpper):\(aLower)::\(objects)"])
+      ])
     #expect(try s.stat(key: "c").parent == "b")
   }
 
@@ -116,7 +124,8 @@ struct SnapshotterTests {
   }
 
   @Test func anAliasNamingAnotherLiveRootIsNotTaken() throws {
-    let tmp = TempRoot(), other = TempRoot()
+    let tmp = TempRoot()
+    let other = TempRoot()
     _ = try tmp.open()
     let layout = Layout(root: tmp.path + "/root")
     #expect(Sys.readLink(layout.alias) == layout.root)
@@ -256,7 +265,9 @@ struct SnapshotterTests {
       #expect(try Sys.lstat(r).st_mode & 0o7777 == 0o755)
     }
     // Written into: deleted, never handed out again.
-    let b = try prepareMarked("b"), c = try prepareMarked("c"), d = try prepareMarked("d")
+    let b = try prepareMarked("b")
+    let c = try prepareMarked("c")
+    let d = try prepareMarked("d")
     try Sys.mkdir(b + "/file", mode: 0o755)
     try Sys.chmod(c, mode: 0o700)
     try At.setXattr(path: d, name: "user.x", value: [1])
@@ -292,7 +303,9 @@ struct SnapshotterTests {
     try s.remove(key: "a")
     s.pool.waitIdle()
     #expect(!Sys.exists(fs))
-    let handedOut = try (0..<40).map { try Sys.lstat(String(try s.prepare(key: "n\($0)", parent: "")[0].source.dropLast(3))).st_mtim.tv_sec }
+    let handedOut = try (0..<40).map {
+      try Sys.lstat(String(try s.prepare(key: "n\($0)", parent: "")[0].source.dropLast(3))).st_mtim.tv_sec
+    }
     #expect(!handedOut.contains(mark.tv_sec))
   }
 

@@ -12,9 +12,11 @@ import Testing
       """
     let mounts = MountInfo.parse(text)
     #expect(mounts.count == 3)
-    #expect(mounts[0] == MountInfo(
-      id: 22, parent: 1, major: 8, minor: 1, root: "/", mountPoint: "/", options: ["rw", "relatime"],
-      optionalFields: ["shared:1"], fsType: "ext4", source: "/dev/sda1", superOptions: ["rw", "errors=remount-ro"]))
+    #expect(
+      mounts[0]
+        == MountInfo(
+          id: 22, parent: 1, major: 8, minor: 1, root: "/", mountPoint: "/", options: ["rw", "relatime"],
+          optionalFields: ["shared:1"], fsType: "ext4", source: "/dev/sda1", superOptions: ["rw", "errors=remount-ro"]))
     #expect(mounts[1].root == "/mnt1")
     #expect(mounts[1].mountPoint == "/mnt2")
     #expect(mounts[1].optionalFields == ["master:1", "shared:7"])

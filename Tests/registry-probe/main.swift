@@ -69,7 +69,9 @@ struct Resolve: AsyncParsableCommand {
         "manifest": ["digest": image.manifest.digest.description, "mediaType": image.manifest.mediaType, "size": image.manifest.size],
         "config": image.config.digest.description,
         "platform": image.platform.description,
-        "layers": image.layers.map { ["digest": $0.digest.description, "size": $0.size, "mediaType": $0.mediaType, "diffID": $0.diffID.description] },
+        "layers": image.layers.map {
+          ["digest": $0.digest.description, "size": $0.size, "mediaType": $0.mediaType, "diffID": $0.diffID.description]
+        },
         "chainIDs": image.chainIDs.map(\.description),
       ]
       if let i = image.index { out["index"] = ["digest": i.digest.description, "mediaType": i.mediaType] }

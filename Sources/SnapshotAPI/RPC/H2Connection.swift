@@ -200,7 +200,9 @@ final class H2Connection {
     guard let stream = streams[f.stream], !stream.endStream else { return }  // reset or answered
     let held = stream.data.count + p.count
     buffered += p.count
-    guard buffered <= Self.maxBuffered else { throw ConnectionError(.enhanceYourCalm, "more than \(Self.maxBuffered) bytes of requests held") }
+    guard buffered <= Self.maxBuffered else {
+      throw ConnectionError(.enhanceYourCalm, "more than \(Self.maxBuffered) bytes of requests held")
+    }
     streams[f.stream]!.data.append(contentsOf: p)  // in place: no copy of what is held
     if held >= 5 {
       let d = streams[f.stream]!.data
@@ -374,8 +376,10 @@ final class H2Connection {
   private func errorResponse(_ id: UInt32, _ status: RPCStatus) {
     headerFrames(
       id,
-      [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", String(status.code.rawValue)),
-       ("grpc-message", Self.message(of: status))],
+      [
+        (":status", "200"), ("content-type", "application/grpc"), ("grpc-status", String(status.code.rawValue)),
+        ("grpc-message", Self.message(of: status)),
+      ],
       endStream: true)
   }
 

@@ -110,5 +110,5 @@ public final class RPCServer: Sendable {
 }
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif

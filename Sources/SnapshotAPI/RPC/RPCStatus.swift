@@ -2,7 +2,8 @@
 /// trailers.
 public struct RPCStatus: Error, Sendable, Equatable {
   public enum Code: Int, Sendable {
-    case ok = 0, cancelled, unknown, invalidArgument, deadlineExceeded, notFound, alreadyExists,
+    case ok = 0
+    case cancelled, unknown, invalidArgument, deadlineExceeded, notFound, alreadyExists,
       permissionDenied, resourceExhausted, failedPrecondition, aborted, outOfRange, unimplemented,
       `internal`, unavailable, dataLoss, unauthenticated
   }
