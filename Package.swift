@@ -7,6 +7,7 @@
 //     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl)
 //   SnapshotSys, CFuse (libfuse3), CFuseIO (passthrough hooks) → SnapFS (the FUSE overlay file system) → snapfs
 //   LayerStore → Registry (OCI distribution client: async-http-client, hosts.toml, auth)
+//   Registry, SnapshotCore → Pull (layers containerd's CRI names, fetched on Prepare) → snapshotd
 //   Benchmarks/snapbench times the core in-process.
 // The core never imports gRPC.
 import PackageDescription
@@ -83,6 +84,13 @@ let package = Package(
         .product(name: "TOMLKit", package: "TOMLKit"),
       ]
     ),
+    .target(
+      name: "Pull",
+      dependencies: [
+        "Registry", "SnapshotCore", "LayerStore", "SnapshotSys",
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
     .executableTarget(
       name: "registry-probe",
       dependencies: [
@@ -115,7 +123,7 @@ let package = Package(
     .executableTarget(
       name: "snapshotd",
       dependencies: [
-        "SnapshotAPI", "SnapshotCore", "SnapshotSys",
+        "SnapshotAPI", "SnapshotCore", "SnapshotSys", "Pull", "Registry",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

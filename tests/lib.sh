@@ -31,7 +31,7 @@ test_cleanup() {
 
 # unmount_under DIR: lazily unmounts everything mounted at or below DIR, deepest first.
 unmount_under() {
-  grep -o " $1[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
+  { grep -o " $1[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m"; done
 }
 
 # fail MESSAGE: ends the test. Outside a $(...) subshell it also prints the logs' tails.

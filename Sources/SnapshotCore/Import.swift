@@ -138,6 +138,46 @@ public final class LayerImporter: StorePart, Sendable {
     }
   }
 
+  /// Unpacks a layer into the store without a snapshot of it: a later `importLayer`, or a
+  /// Prepare naming its chainID, makes the snapshot on top of its parent without unpacking.
+  /// A pull does this for an image's layers all at once, before containerd asks for them
+  /// one by one. Returns false when the store has the layer (by diffID or blob digest);
+  /// `source` is then not called (nothing is downloaded). Two calls for one layer at once
+  /// unpack it once.
+  public func unpackLayer(_ request: LayerImport, source: () throws -> ByteSource) throws(SnapshotError) -> Bool {
+    guard let compression = Compression(mediaType: request.mediaType) else {
+      throw .invalid("layer \(request.name): unsupported media type \(quoted(request.mediaType))")
+    }
+    func known() throws(SnapshotError) -> Bool {
+      try read { db in
+        if let d = request.diffID, try Metadata.layer(db, diffID: d.description) != nil { return true }
+        if let d = request.digest, try Metadata.layer(db, digest: d.description) != nil { return true }
+        return false
+      }
+    }
+    while true {
+      if try known() { return false }
+      var unpacked = false
+      let ran = try inflight.run(request.diffID?.hex ?? request.digest?.hex) { () throws(SnapshotError) in
+        try objects.shared { () throws(SnapshotError) in
+          if try known() { return }
+          let blob: ByteSource
+          do { blob = try source() } catch { throw Store.mapError(error) }
+          let layer = LayerDescription(name: request.name, compression: compression, digest: request.digest, diffID: request.diffID)
+          _ = try commitChain(parent: nil, [try stage(blob, layer, progress: nil)], snapshots: false)
+          unpacked = true
+        }
+      }
+      if ran { return unpacked }
+    }
+  }
+
+  /// The committed snapshot of a layer the store has (`unpackLayer`) on top of `parent`
+  /// ("" for none): its chainID. Throws not found when the layer is not in the store.
+  public func snapshotOfLayer(diffID: Digest, parent: String) throws(SnapshotError) -> String {
+    try commitKnown(parent: try parentChainID(parent, layer: diffID.description), diffID: diffID)
+  }
+
   /// Imports an OCI image (layout directory or archive): every layer not yet present is
   /// unpacked, all at once, each into its own directory; then the chain is committed in
   /// order. Returns the top chainID.
@@ -260,7 +300,9 @@ public final class LayerImporter: StorePart, Sendable {
   /// Commits staged layers bottom first, each as the snapshot named by its chainID on top
   /// of the previous one: the layer row, its directory renamed into place, its object
   /// references and the snapshot, in one transaction. Returns the top chainID.
-  private func commitChain(parent: String?, _ staged: [StagedLayer]) throws(SnapshotError) -> String {
+  /// With `snapshots` false, only the layers are committed (no snapshot names them yet) and
+  /// the result is "".
+  private func commitChain(parent: String?, _ staged: [StagedLayer], snapshots: Bool = true) throws(SnapshotError) -> String {
     let layout = self.layout
     var renamed: [(String, String)] = []
     do {
@@ -279,14 +321,14 @@ public final class LayerImporter: StorePart, Sendable {
             try Metadata.addRefs(db, tree: Layout.tree(layer: id), s.unpacked.objects)
             layerID = id
           }
-          if try Metadata.find(db, key: chainID) == nil {
+          if snapshots, try Metadata.find(db, key: chainID) == nil {
             try insertLayerSnapshot(
               db, chainID: chainID, parent: parent, layer: layerID!, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
           }
           parent = chainID
         }
         if !renamed.isEmpty { try Sys.fsyncDirectory(layout.layers) }
-        return parent!
+        return snapshots ? parent! : ""
       }
       // Staging dirs of layers another import committed first.
       for s in staged where Sys.exists(s.staging) { reaper.remove(s.staging) }

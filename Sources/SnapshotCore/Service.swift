@@ -26,6 +26,9 @@ public final class SnapshotService: StorePart, Sendable {
   public let driver: MountDriver
   /// Why: configured, or what probing found.
   public let driverReason: String
+  /// Where layers come from when containerd's CRI plugin names them on Prepare (none: the
+  /// unpacker makes them).
+  let remote = FetcherSlot()
 
   init(store: Store, pool: DirectoryPool, importer: LayerImporter, collector: ObjectCollector, driver: MountDriver, driverReason: String) {
     self.store = store
@@ -41,6 +44,20 @@ public final class SnapshotService: StorePart, Sendable {
   /// Prepare: an active snapshot on top of the committed `parent` ("" for none).
   public func prepare(key: String, parent: String, labels: [String: String] = [:]) throws(SnapshotError) -> [Mount] {
     try create(.active, key: key, parent: parent, labels: labels)
+  }
+
+  /// Whether `remote`'s fetcher made the snapshot `request` names.
+  private func fetched(_ request: RemoteLayerRequest) throws(SnapshotError) -> Bool {
+    guard let fetcher = remote.fetcher else { return false }
+    do {
+      try fetcher.fetch(request)
+    } catch {
+      logger.warning(
+        "fetching a layer failed; containerd unpacks it",
+        metadata: ["layer": "\(request.layerDigest)", "image": "\(request.imageRef)", "error": "\(error)"])
+      return false
+    }
+    return try write { db in try importer.layerSnapshot(db, request.chainID, parent: request.parent) }
   }
 
   /// View: a read-only snapshot of the committed `parent`.
@@ -59,6 +76,12 @@ public final class SnapshotService: StorePart, Sendable {
     // would roll it back).
     if let target = labels[LayerImporter.snapshotRef], try write({ db in try importer.layerSnapshot(db, target, parent: parent) }) {
       throw .exists("target snapshot \(quoted(target)) already exists")
+    }
+    // A layer of an image CRI pulls: fetched by us (with the image's later layers at once),
+    // so containerd neither downloads nor applies it. Any failure falls back to what
+    // containerd does without us: an active snapshot it unpacks into.
+    if kind == .active, let request = RemoteLayerRequest(labels: labels, parent: parent), try fetched(request) {
+      throw .exists("target snapshot \(quoted(request.chainID)) already exists")
     }
     return try write { db in
       var parentID: Int64?

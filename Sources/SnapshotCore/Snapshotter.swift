@@ -48,6 +48,12 @@ public final class Snapshotter: Sendable {
     collector.scheduleDedup(try store.read { db in try Metadata.pendingDedup(db) })
   }
 
+  /// Where layers come from when containerd's CRI plugin names them on Prepare.
+  public var fetcher: (any LayerFetcher)? {
+    get { service.remote.fetcher }
+    set { service.remote.fetcher = newValue }
+  }
+
   // MARK: - containerd's calls (SnapshotService)
 
   public func prepare(key: String, parent: String, labels: [String: String] = [:]) throws(SnapshotError) -> [Mount] {

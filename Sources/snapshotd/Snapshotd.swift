@@ -1,6 +1,8 @@
 import ArgumentParser
 import Dispatch
 import Logging
+import Pull
+import Registry
 import ServiceLifecycle
 import SnapshotAPI
 import SnapshotCore
@@ -34,6 +36,24 @@ struct Snapshotd: AsyncParsableCommand {
   )
   var driver: DriverChoice = .auto
 
+  @Option(
+    help:
+      "Registry hosts, configured as containerd's: DIR/<host>/hosts.toml (mirrors, server, ca, client, skip_verify, capabilities)."
+  )
+  var registryConfigPath: String = HostsConfiguration.defaultConfigPath
+
+  @Option(
+    help:
+      "Docker's config.json, whose `auths` hold registry credentials (default: $DOCKER_CONFIG/config.json, else /root/.docker/config.json)."
+  )
+  var dockerConfig: String?
+
+  @Option(help: "Layers fetched from registries at once when containerd's CRI plugin names an image's layers on Prepare.")
+  var fetchConcurrency: Int = 4
+
+  @Flag(help: "Do not fetch layers CRI names: containerd downloads and unpacks every layer itself.")
+  var noFetch = false
+
   enum DriverChoice: String, ExpressibleByArgument, CaseIterable {
     case overlay, fuse, auto
   }
@@ -42,6 +62,7 @@ struct Snapshotd: AsyncParsableCommand {
     guard root.hasPrefix("/") else { throw ValidationError("--root must be an absolute path, got \(root)") }
     guard !address.isEmpty else { throw ValidationError("--address must not be empty") }
     if let group, Sys.groupID(group) == nil { throw ValidationError("--group \(group): no such group") }
+    guard (1...64).contains(fetchConcurrency) else { throw ValidationError("--fetch-concurrency must be 1 to 64, got \(fetchConcurrency)") }
   }
 
   func run() async throws {
@@ -89,6 +110,16 @@ struct Snapshotd: AsyncParsableCommand {
       logger.warning("snapfs is not installed beside snapshotd or on PATH: fuse3.snapfs mounts will fail")
     }
     let snapshotter = try Snapshotter(root: root, driver: chosen, driverReason: reason, logger: logger)
+    var registry: RegistryClient?
+    if !noFetch {
+      var configuration = RegistryConfiguration()
+      configuration.hosts = HostsConfiguration(configPath: registryConfigPath)
+      if let dockerConfig { configuration.dockerConfigPath = dockerConfig }
+      let client = RegistryClient(configuration: configuration)
+      snapshotter.fetcher = RegistryFetcher(client: client, importer: snapshotter.importer, concurrency: fetchConcurrency, logger: logger)
+      registry = client
+    }
+    defer { if let registry { Task { try? await registry.shutdown() } } }
     try prepareSocket()
 
     // The socket is created with mode 0600 (0660 with --group): no moment where others can connect.

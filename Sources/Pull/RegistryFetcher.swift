@@ -1,0 +1,154 @@
+import Dispatch
+import LayerStore
+import Logging
+import Registry
+import SnapshotCore
+import SnapshotSys
+import Synchronization
+
+/// snapshotd as a remote snapshotter: the layers containerd's CRI plugin names on Prepare
+/// come from their registry (`RegistryClient`), the asked one and the image's later ones
+/// at once (at most `concurrency` downloads), each streamed download → digest check →
+/// decompress → unpack into the store with dedup, without a copy of the blob. A layer the
+/// store has (by diffID or blob digest, from any import or pull) is not downloaded; two
+/// pulls of one image at once download each layer once.
+public final class RegistryFetcher: LayerFetcher {
+  let client: RegistryClient
+  let importer: LayerImporter
+  let logger: Logger
+  private let slots: DispatchSemaphore
+  /// Downloads under way, by blob digest: a second request for one waits for it.
+  private let jobs = Mutex<[Digest: Job]>([:])
+  /// Images resolved lately, by manifest digest (containerd asks once per layer).
+  private let images = Mutex<[Digest: ResolvedImage]>([:])
+  private let fetched = Atomic<Int>(0)
+
+  public init(client: RegistryClient, importer: LayerImporter, concurrency: Int = 4, logger: Logger) {
+    self.client = client
+    self.importer = importer
+    self.logger = logger
+    slots = DispatchSemaphore(value: max(1, concurrency))
+  }
+
+  /// Layers downloaded and unpacked so far (not those the store had).
+  public var layersFetched: Int { fetched.load(ordering: .relaxed) }
+
+  public func fetch(_ request: RemoteLayerRequest) throws {
+    let image = try resolve(request)
+    guard let i = image.layers.firstIndex(where: { $0.digest == request.layerDigest }) else {
+      throw FetchError("image \(request.imageRef)@\(request.manifestDigest) has no layer \(request.layerDigest)")
+    }
+    guard image.chainIDs[i].description == request.chainID else {
+      throw FetchError(
+        "layer \(request.layerDigest) of \(request.imageRef): chainID \(image.chainIDs[i]), containerd asks for \(request.chainID)")
+    }
+    // This layer and the later ones containerd listed, all under way before waiting.
+    let listed = Set(request.imageLayers)
+    let asked = try start(image, i)
+    for j in (i + 1)..<image.layers.count where listed.contains(image.layers[j].digest) {
+      _ = try start(image, j)
+    }
+    try asked.wait()
+    _ = try importer.snapshotOfLayer(diffID: image.layers[i].diffID, parent: request.parent)
+  }
+
+  /// The image as its manifest (by digest) describes it.
+  private func resolve(_ request: RemoteLayerRequest) throws -> ResolvedImage {
+    if let image = images.withLock({ $0[request.manifestDigest] }) { return image }
+    let reference = try Reference(parsing: request.imageRef).with(digest: request.manifestDigest)
+    let image = try Self.blocking { [client] in try await client.resolve(reference) }
+    images.withLock {
+      if $0.count >= 32 { $0.removeAll() }
+      $0[request.manifestDigest] = image
+    }
+    return image
+  }
+
+  /// The download of layer `i` of `image`: under way already, or started now.
+  private func start(_ image: ResolvedImage, _ i: Int) throws -> Job {
+    let layer = image.layers[i]
+    let (job, isNew) = jobs.withLock { jobs -> (Job, Bool) in
+      if let job = jobs[layer.digest] { return (job, false) }
+      let job = Job()
+      jobs[layer.digest] = job
+      return (job, true)
+    }
+    guard isNew else { return job }
+    do {
+      try Threads.spawn { [self] in
+        let result = Result<Void, any Error> { try unpack(image, layer) }
+        jobs.withLock { $0[layer.digest] = nil }
+        job.finish(result)
+      }
+    } catch {
+      jobs.withLock { $0[layer.digest] = nil }
+      job.finish(.failure(error))
+    }
+    return job
+  }
+
+  /// Downloads and unpacks one layer (on a thread of its own, once a slot is free).
+  private func unpack(_ image: ResolvedImage, _ layer: RemoteLayer) throws {
+    slots.wait()
+    defer { slots.signal() }
+    let name = "\(image.reference.registry)/\(image.reference.repository)@\(layer.digest)"
+    let request = LayerImport(mediaType: layer.mediaType, digest: layer.digest, diffID: layer.diffID, parent: "", name: name)
+    var source: BlobSource?
+    do {
+      let unpacked = try importer.unpackLayer(request) { [client] in
+        let blob = client.blobSource(image.reference, layer.blob)
+        source = blob
+        return blob
+      }
+      if unpacked {
+        fetched.add(1, ordering: .relaxed)
+        logger.info("layer fetched", metadata: ["layer": "\(name)", "bytes": "\(source?.bytesRead ?? 0)"])
+      }
+    } catch {
+      // The registry's own error says more than the importer's view of a cut stream.
+      if let failure = source?.failure { throw failure }
+      throw error
+    }
+  }
+
+  /// Runs async `body` from a thread that may block (a call's thread), and waits for it.
+  static func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let result = Mutex<Result<T, any Error>?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    Task {
+      do {
+        let value = try await body()
+        result.withLock { $0 = .success(value) }
+      } catch {
+        result.withLock { $0 = .failure(error) }
+      }
+      done.signal()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
+  }
+}
+
+/// One layer's download and unpack, waited for by every request that needs it.
+final class Job: Sendable {
+  private let group = DispatchGroup()
+  private let result = Mutex<Result<Void, any Error>?>(nil)
+
+  init() { group.enter() }
+
+  func finish(_ outcome: Result<Void, any Error>) {
+    result.withLock { $0 = outcome }
+    group.leave()
+  }
+
+  func wait() throws {
+    group.wait()
+    try result.withLock { $0! }.get()
+  }
+}
+
+/// A request the fetcher cannot serve (containerd then unpacks the layer itself).
+struct FetchError: Error, CustomStringConvertible {
+  let description: String
+  init(_ description: String) { self.description = description }
+}
