@@ -142,20 +142,31 @@ public final class ObjectStore: @unchecked Sendable {
   /// removed at the next start. Cheaper than `makeTemporary` for small files: ext4 puts an
   /// O_TMPFILE on its orphan list and takes it off again, under a lock of the whole file system.
   public func make(_ sha: [UInt8], _ write: (Int32) throws(SystemError) -> Void) throws(SystemError) -> (key: String, new: Bool) {
+    try create(sha, mode: 0o444) { (fd, _, n, _) throws(SystemError) in
+      try write(fd)
+      try At.setXattr(fd, n, name: Self.digestXattr, value: sha)
+    }
+  }
+
+  /// Creates the object file for content `sha` under the first free name that is not
+  /// another content's (O_EXCL) and runs `fill` on it (descriptor, directory, name, key);
+  /// a failure removes the file. Stops at a name holding the same content: `new` false.
+  private func create(
+    _ sha: [UInt8], mode: mode_t, _ fill: (Int32, Int32, String, String) throws(SystemError) -> Void
+  ) throws(SystemError) -> (key: String, new: Bool) {
     for attempt in 0..<Self.maxAttempts {
       let key = Self.candidate(sha, attempt: attempt)
       let (d, n) = place(key)
       let fd: Int32
       do {
-        fd = try At.open(d, n, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o444)
+        fd = try At.open(d, n, flags: O_WRONLY | O_CREAT | O_EXCL, mode: mode)
       } catch  where error.errno == EEXIST {
         if try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) == sha { return (key, false) }
         continue
       }
       do throws(SystemError) {
         defer { At.close(fd) }
-        try write(fd)
-        try At.setXattr(fd, n, name: Self.digestXattr, value: sha)
+        try fill(fd, d, n, key)
       } catch {
         try? At.unlink(d, n)
         throw error
@@ -188,31 +199,14 @@ public final class ObjectStore: @unchecked Sendable {
     file fd: Int32, _ dir: Int32, _ name: String, sha: [UInt8],
     stub: (_ fd: Int32, _ what: String, _ key: String) throws(SystemError) -> Void
   ) throws(SystemError) -> (key: String, new: Bool) {
-    for attempt in 0..<Self.maxAttempts {
-      let key = Self.candidate(sha, attempt: attempt)
-      let (d, n) = place(key)
-      let made: Int32
-      do {
-        made = try At.open(d, n, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
-      } catch  where error.errno == EEXIST {
-        if try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) == sha { return (key, false) }
-        continue
-      }
-      do throws(SystemError) {
-        defer { At.close(made) }
-        try stub(made, n, key)
-        try At.exchange(dir, name, d, n)
-      } catch {
-        try? At.unlink(d, n)
-        throw error
-      }
-      // After the exchange: a crash before this leaves an object without its digest, which
-      // `digest(recovering:)` restores from the stub that names it.
-      try At.setXattr(fd, name, name: Self.digestXattr, value: sha)
-      return (key, true)
+    let made = try create(sha, mode: 0o600) { (made, d, n, key) throws(SystemError) in
+      try stub(made, n, key)
+      try At.exchange(dir, name, d, n)
     }
-    throw SystemError(
-      "openat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
+    // After the exchange: a crash before this leaves an object without its digest, which
+    // `info(recovering:)` restores from the stub that names it.
+    if made.new { try At.setXattr(fd, name, name: Self.digestXattr, value: sha) }
+    return made
   }
 
   /// Size and digest of the object a stub names. An object an interrupted `adopt(file:)`
