@@ -52,6 +52,42 @@ public final class RegistryFetcher: LayerFetcher {
     _ = try importer.snapshotOfLayer(diffID: image.layers[i].diffID, parent: request.parent)
   }
 
+  public func pull(_ reference: String, platform: String, progress: ImportProgress) throws(SnapshotError) -> String {
+    do {
+      let ref = try Reference(parsing: reference)
+      let wanted = platform.isEmpty ? Platform.host : try Platform(parsing: platform)
+      let image = try Self.blocking { [client] in try await client.resolve(ref, platform: wanted) }
+      progress.start(layers: image.layers.count, bytes: image.layers.reduce(0) { $0 + $1.size })
+      let jobs = try image.layers.indices.map { try start(image, $0, progress: progress.counter()) }
+      for job in jobs {
+        try job.wait()
+        progress.layerDone()
+      }
+      var parent = ""
+      for layer in image.layers { parent = try importer.snapshotOfLayer(diffID: layer.diffID, parent: parent) }
+      logger.info("pulled image", metadata: ["image": "\(reference)", "chainID": "\(parent)"])
+      return parent
+    } catch {
+      throw Self.mapError(error)
+    }
+  }
+
+  /// The core's error for what a pull ran into: the registry's named by kind, the message
+  /// kept whole.
+  static func mapError(_ error: any Error) -> SnapshotError {
+    switch error {
+    case let e as SnapshotError: return e
+    case let e as RegistryError:
+      switch e.kind {
+      case .invalid: return SnapshotError(.invalidArgument, "\(e)")
+      case .notFound: return SnapshotError(.notFound, "\(e)")
+      case .unauthorized: return SnapshotError(.failedPrecondition, "\(e)")
+      default: return SnapshotError(.internal, "\(e)")
+      }
+    default: return SnapshotError(.internal, "\(error)")
+    }
+  }
+
   /// The image as its manifest (by digest) describes it.
   private func resolve(_ request: RemoteLayerRequest) throws -> ResolvedImage {
     if let image = images.withLock({ $0[request.manifestDigest] }) { return image }
@@ -65,7 +101,7 @@ public final class RegistryFetcher: LayerFetcher {
   }
 
   /// The download of layer `i` of `image`: under way already, or started now.
-  private func start(_ image: ResolvedImage, _ i: Int) throws -> Job {
+  private func start(_ image: ResolvedImage, _ i: Int, progress: ProgressCounter? = nil) throws -> Job {
     let layer = image.layers[i]
     let (job, isNew) = jobs.withLock { jobs -> (Job, Bool) in
       if let job = jobs[layer.digest] { return (job, false) }
@@ -76,7 +112,7 @@ public final class RegistryFetcher: LayerFetcher {
     guard isNew else { return job }
     do {
       try Threads.spawn { [self] in
-        let result = Result<Void, any Error> { try unpack(image, layer) }
+        let result = Result<Void, any Error> { try unpack(image, layer, progress: progress) }
         jobs.withLock { $0[layer.digest] = nil }
         job.finish(result)
       }
@@ -88,14 +124,14 @@ public final class RegistryFetcher: LayerFetcher {
   }
 
   /// Downloads and unpacks one layer (on a thread of its own, once a slot is free).
-  private func unpack(_ image: ResolvedImage, _ layer: RemoteLayer) throws {
+  private func unpack(_ image: ResolvedImage, _ layer: RemoteLayer, progress: ProgressCounter?) throws {
     slots.wait()
     defer { slots.signal() }
     let name = "\(image.reference.registry)/\(image.reference.repository)@\(layer.digest)"
     let request = LayerImport(mediaType: layer.mediaType, digest: layer.digest, diffID: layer.diffID, parent: "", name: name)
     var source: BlobSource?
     do {
-      let unpacked = try importer.unpackLayer(request) { [client] in
+      let unpacked = try importer.unpackLayer(request, progress: progress) { [client] in
         let blob = client.blobSource(image.reference, layer.blob)
         source = blob
         return blob
@@ -105,8 +141,12 @@ public final class RegistryFetcher: LayerFetcher {
         logger.info("layer fetched", metadata: ["layer": "\(name)", "bytes": "\(source?.bytesRead ?? 0)"])
       }
     } catch {
-      // The registry's own error says more than the importer's view of a cut stream.
+      // The registry's own error says more than the importer's view of a cut stream; a
+      // blob the importer refuses is the registry's bad data, not the caller's mistake.
       if let failure = source?.failure { throw failure }
+      if error.kind == .invalidArgument {
+        throw SnapshotError(.internal, "\(error.message) (as \(image.reference.registry) served it)")
+      }
       throw error
     }
   }

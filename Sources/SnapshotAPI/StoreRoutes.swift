@@ -16,6 +16,7 @@ public enum StoreRoutes {
     [
       service + "ImportLayer": .streaming { call in try importLayer(s, call, logger) },
       service + "ImportImage": .streaming { call in try importImage(s, call, logger) },
+      service + "Pull": .streaming { call in try pull(s, call, logger) },
       service + "Usage": .unary { _ in
         let u = try run("Usage", logger) { () throws(SnapshotError) in try s.storeUsage() }
         return [
@@ -167,8 +168,26 @@ public enum StoreRoutes {
   private static func importImage(_ s: Snapshotter, _ call: RPCStream, _ logger: Logger) throws {
     let r: Snapshotd_V1_ImportImageRequest = try decode(try call.receive(), "ImportImage")
     guard !r.path.isEmpty else { throw RPCStatus(.invalidArgument, "ImportImage: no path") }
+    try streamProgress(call, logger, "ImportImage", of: r.path) { progress in try s.importImage(r.path, progress: progress) }
+  }
+
+  private static func pull(_ s: Snapshotter, _ call: RPCStream, _ logger: Logger) throws {
+    let r: Snapshotd_V1_PullRequest = try decode(try call.receive(), "Pull")
+    guard !r.reference.isEmpty else { throw RPCStatus(.invalidArgument, "Pull: no image reference") }
+    try streamProgress(call, logger, "Pull", of: r.reference) { progress in
+      try s.pull(r.reference, platform: r.platform, progress: progress)
+    }
+  }
+
+  /// Runs `body` (an image import or pull) on a thread of its own and streams its progress
+  /// every 0.2 s; the last message carries the top chainID. A client that leaves does not
+  /// stop the work: it finishes or fails cleanly.
+  private static func streamProgress(
+    _ call: RPCStream, _ logger: Logger, _ method: String, of subject: String,
+    _ body: @escaping @Sendable (ImportProgress) throws -> String
+  ) throws {
     let progress = ImportProgress()
-    let job = try Job { () throws -> String in try s.importImage(r.path, progress: progress) }
+    let job = try Job { () throws -> String in try body(progress) }
     func report(_ chainID: String = "") throws {
       try call.send(
         try encode(
@@ -183,18 +202,18 @@ public enum StoreRoutes {
     while true {
       guard let result = job.wait(seconds: 0.2) else {
         do { try report() } catch {
-          _ = job.wait()  // the client left: the import still finishes or fails cleanly
+          _ = job.wait()
           throw error
         }
         continue
       }
       switch result {
       case .success(let chainID):
-        logger.info("imported image", metadata: ["path": "\(r.path)", "chainID": "\(chainID)"])
+        logger.info("\(method) done", metadata: ["image": "\(subject)", "chainID": "\(chainID)"])
         try report(chainID)
         return
       case .failure(let e):
-        logger.info("ImportImage failed", metadata: ["path": "\(r.path)", "error": "\(e.message)"])
+        logger.info("\(method) failed", metadata: ["image": "\(subject)", "error": "\(e.message)"])
         throw e.status
       }
     }

@@ -37,18 +37,18 @@ public final class ImportProgress: Sendable {
 
   public init() {}
 
-  func start(layers: Int, bytes: Int64) {
+  public func start(layers: Int, bytes: Int64) {
     total.store(layers, ordering: .relaxed)
     totalBytes.store(bytes, ordering: .relaxed)
   }
 
-  func counter() -> ProgressCounter {
+  public func counter() -> ProgressCounter {
     let c = ProgressCounter()
     counters.withLock { $0.append(c) }
     return c
   }
 
-  func layerDone() { done.add(1, ordering: .relaxed) }
+  public func layerDone() { done.add(1, ordering: .relaxed) }
 
   public var bytesDone: Int64 { counters.withLock { $0.reduce(0) { $0 + $1.bytes } } }
   public var bytesTotal: Int64 { totalBytes.load(ordering: .relaxed) }
@@ -144,7 +144,9 @@ public final class LayerImporter: StorePart, Sendable {
   /// one by one. Returns false when the store has the layer (by diffID or blob digest);
   /// `source` is then not called (nothing is downloaded). Two calls for one layer at once
   /// unpack it once.
-  public func unpackLayer(_ request: LayerImport, source: () throws -> ByteSource) throws(SnapshotError) -> Bool {
+  public func unpackLayer(
+    _ request: LayerImport, progress: ProgressCounter? = nil, source: () throws -> ByteSource
+  ) throws(SnapshotError) -> Bool {
     guard let compression = Compression(mediaType: request.mediaType) else {
       throw .invalid("layer \(request.name): unsupported media type \(quoted(request.mediaType))")
     }
@@ -164,7 +166,7 @@ public final class LayerImporter: StorePart, Sendable {
           let blob: ByteSource
           do { blob = try source() } catch { throw Store.mapError(error) }
           let layer = LayerDescription(name: request.name, compression: compression, digest: request.digest, diffID: request.diffID)
-          _ = try commitChain(parent: nil, [try stage(blob, layer, progress: nil)], snapshots: false)
+          _ = try commitChain(parent: nil, [try stage(blob, layer, progress: progress)], snapshots: false)
           unpacked = true
         }
       }

@@ -51,6 +51,11 @@ public protocol LayerFetcher: Sendable {
   /// layer's blob, fetched (unless the store has the layer), and starts fetching the
   /// image's later layers. Throws when it cannot; nothing half-made is committed then.
   func fetch(_ request: RemoteLayerRequest) throws
+
+  /// Pulls image `reference` for `platform` ("os/arch[/variant]", "" for this machine's)
+  /// into the store: every layer the store lacks fetched and unpacked, several at once,
+  /// then the chain committed. Returns the top chainID.
+  func pull(_ reference: String, platform: String, progress: ImportProgress) throws(SnapshotError) -> String
 }
 
 /// The fetcher a service uses, set once snapshotd has made it (it needs the importer).

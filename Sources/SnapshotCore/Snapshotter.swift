@@ -54,6 +54,13 @@ public final class Snapshotter: Sendable {
     set { service.remote.fetcher = newValue }
   }
 
+  /// Pulls an image from its registry into the store (`LayerFetcher.pull`).
+  public func pull(_ reference: String, platform: String = "", progress: ImportProgress = ImportProgress()) throws(SnapshotError) -> String
+  {
+    guard let fetcher else { throw SnapshotError(.failedPrecondition, "pulling is turned off (snapshotd --no-fetch)") }
+    return try fetcher.pull(reference, platform: platform, progress: progress)
+  }
+
   // MARK: - containerd's calls (SnapshotService)
 
   public func prepare(key: String, parent: String, labels: [String: String] = [:]) throws(SnapshotError) -> [Mount] {

@@ -63,24 +63,40 @@ struct ImportImage: AsyncParsableCommand {
   func run() async throws {
     try await reporting {
       let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-      let terminal = isatty(2) != 0
       let chainID: String = try await client.store { c in
         try await c.importImage(request: .init(message: .with { $0.path = absolute })) { response in
-          var shownLayers = -1
-          for try await p in response.messages {
-            if !p.chainID.isEmpty {
-              if terminal { printError("\r" + Progress.bar(p) + "\u{1B}[K") }
-              return p.chainID
-            }
-            if terminal {
-              var err = StandardError()
-              print("\r" + Progress.bar(p) + "\u{1B}[K", terminator: "", to: &err)
-            } else if p.layersDone != shownLayers {
-              shownLayers = Int(p.layersDone)
-              printError(Progress.line(p))
-            }
-          }
-          throw Failure("the import ended without a result")
+          try await Progress.follow(response.messages, "the import")
+        }
+      }
+      print(chainID)
+    }
+  }
+}
+
+struct Pull: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "pull",
+    abstract: "Pull an image from its registry into the store and print its top chainID.",
+    discussion: """
+      The daemon fetches the layers the store lacks, several at once, each streamed into the \
+      store (registry hosts and credentials as snapshotd is configured: hosts.toml, \
+      config.json). Progress goes to standard error: a bar on a terminal, plain lines otherwise.
+      """)
+  @OptionGroup var client: ClientOptions
+  @Argument(help: "The image: registry/repository[:tag][@digest] (docker.io and latest by default).")
+  var reference: String
+  @Option(help: "The platform of an image index to pull: os/arch[/variant] (default: the daemon's).")
+  var platform: String = ""
+
+  func run() async throws {
+    try await reporting {
+      let request = Snapshotd_V1_PullRequest.with {
+        $0.reference = reference
+        $0.platform = platform
+      }
+      let chainID: String = try await client.store { c in
+        try await c.pull(request: .init(message: request)) { response in
+          try await Progress.follow(response.messages, "the pull")
         }
       }
       print(chainID)
@@ -89,6 +105,31 @@ struct ImportImage: AsyncParsableCommand {
 }
 
 enum Progress {
+  /// Shows an import's or pull's progress on standard error (a bar on a terminal, a line per
+  /// finished layer otherwise) and returns the top chainID its last message carries.
+  static func follow(_ messages: some AsyncSequence<Snapshotd_V1_ImportProgress, any Error>, _ what: String) async throws -> String {
+    let terminal = isatty(2) != 0
+    var shownLayers = -1
+    for try await p in messages {
+      if !p.chainID.isEmpty {
+        if terminal {
+          printError("\r" + bar(p) + "\u{1B}[K")
+        } else if p.layersDone != shownLayers {
+          printError(line(p))
+        }
+        return p.chainID
+      }
+      if terminal {
+        var err = StandardError()
+        print("\r" + bar(p) + "\u{1B}[K", terminator: "", to: &err)
+      } else if p.layersDone != shownLayers {
+        shownLayers = Int(p.layersDone)
+        printError(line(p))
+      }
+    }
+    throw Failure("\(what) ended without a result")
+  }
+
   static func bar(_ p: Snapshotd_V1_ImportProgress) -> String { bar(p.bytesDone, of: p.bytesTotal) + line(p) }
   static func bar(_ p: Snapshotd_V1_CheckProgress) -> String { bar(p.bytesDone, of: p.bytesTotal) + line(p) }
 

@@ -35,7 +35,7 @@ struct Snapctl: AsyncParsableCommand {
     subcommands: [
       Prepare.self, View.self, Commit.self, Remove.self, Stat.self, List.self, Usage.self,
       Mounts.self, Update.self, Cleanup.self, MountCommand.self, Umount.self,
-      ImportLayer.self, ImportImage.self, GC.self, Check.self, Info.self,
+      ImportLayer.self, ImportImage.self, Pull.self, GC.self, Check.self, Info.self,
     ])
 }
 

@@ -58,6 +58,16 @@ struct StoreTests {
     #expect(json.contains("\"bytesDone\"") && json.contains("\"repairable\":true"), "\(json)")
     #expect(try Snapshotd_V1_CheckProgress(jsonString: json) == p)
     #expect(try Snapshotd_V1_CheckProgress(jsonString: #"{"bytes_total":"7","done":true}"#).bytesTotal == 7)
+
+    // Pull's request, also written by hand: what `protoc --encode=snapshotd.v1.PullRequest` writes.
+    let pull = Snapshotd_V1_PullRequest.with {
+      $0.reference = "127.0.0.1:5000/test/busybox:1"
+      $0.platform = "linux/arm64/v8"
+    }
+    let pullBytes: [UInt8] = try pull.serializedBytes()
+    #expect(pullBytes == [10, 29] + Array("127.0.0.1:5000/test/busybox:1".utf8) + [18, 14] + Array("linux/arm64/v8".utf8))
+    #expect(try Snapshotd_V1_PullRequest(serializedBytes: pullBytes) == pull)
+    #expect(try Snapshotd_V1_PullRequest(jsonString: #"{"reference":"r","platform":"p"}"#).platform == "p")
     let request = Snapshotd_V1_CheckRequest.with { $0.repair = true }
     #expect(try Snapshotd_V1_CheckRequest(serializedBytes: try request.serializedBytes() as [UInt8]).repair)
     #expect(

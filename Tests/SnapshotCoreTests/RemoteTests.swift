@@ -59,6 +59,9 @@ final class FakeFetcher: LayerFetcher {
     _ = try snapshotter.prepare(key: "fetching", parent: request.parent)
     try snapshotter.commit(name: request.chainID, key: "fetching")
   }
+  func pull(_ reference: String, platform: String, progress: ImportProgress) throws(SnapshotError) -> String {
+    throw SnapshotError(.unavailable, "not in these tests")
+  }
 }
 
 /// Prepare with CRI's labels: the fetcher's snapshot answers "already exists"; a failed

@@ -49,6 +49,20 @@ public enum Snapshotd_V1_Store: Sendable {
                 type: .serverStreaming
             )
         }
+
+        /// Namespace for "Pull" metadata.
+        public enum Pull: Sendable {
+            /// Request type for "Pull".
+            public typealias Input = Snapshotd_V1_PullRequest
+            /// Response type for "Pull".
+            public typealias Output = Snapshotd_V1_ImportProgress
+            /// Descriptor for "Pull".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "snapshotd.v1.Store"),
+                method: "Pull",
+                type: .serverStreaming
+            )
+        }
         /// Namespace for "Usage" metadata.
         public enum Usage: Sendable {
             /// Request type for "Usage".
@@ -105,6 +119,7 @@ public enum Snapshotd_V1_Store: Sendable {
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             ImportLayer.descriptor,
             ImportImage.descriptor,
+            Pull.descriptor,
             Usage.descriptor,
             GC.descriptor,
             Check.descriptor,
@@ -172,6 +187,30 @@ extension Snapshotd_V1_Store {
         func importImage<Result>(
             request: GRPCCore.ClientRequest<Snapshotd_V1_ImportImageRequest>,
             serializer: some GRPCCore.MessageSerializer<Snapshotd_V1_ImportImageRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_ImportProgress>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Snapshotd_V1_ImportProgress>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Pull" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > An OCI image layout directory or OCI archive on the daemon's host. Streams progress;
+        /// > the last message carries the top chainID.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Snapshotd_V1_PullRequest` message.
+        ///   - serializer: A serializer for `Snapshotd_V1_PullRequest` messages.
+        ///   - deserializer: A deserializer for `Snapshotd_V1_ImportProgress` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func pull<Result>(
+            request: GRPCCore.ClientRequest<Snapshotd_V1_PullRequest>,
+            serializer: some GRPCCore.MessageSerializer<Snapshotd_V1_PullRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_ImportProgress>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Snapshotd_V1_ImportProgress>) async throws -> Result
@@ -346,6 +385,39 @@ extension Snapshotd_V1_Store {
             try await self.client.serverStreaming(
                 request: request,
                 descriptor: Snapshotd_V1_Store.Method.ImportImage.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "Pull" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > An OCI image layout directory or OCI archive on the daemon's host. Streams progress;
+        /// > the last message carries the top chainID.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Snapshotd_V1_PullRequest` message.
+        ///   - serializer: A serializer for `Snapshotd_V1_PullRequest` messages.
+        ///   - deserializer: A deserializer for `Snapshotd_V1_ImportProgress` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func pull<Result>(
+            request: GRPCCore.ClientRequest<Snapshotd_V1_PullRequest>,
+            serializer: some GRPCCore.MessageSerializer<Snapshotd_V1_PullRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_ImportProgress>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Snapshotd_V1_ImportProgress>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Snapshotd_V1_Store.Method.Pull.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -549,6 +621,34 @@ extension Snapshotd_V1_Store.ClientProtocol {
         )
     }
 
+    /// Call the "Pull" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > An OCI image layout directory or OCI archive on the daemon's host. Streams progress;
+    /// > the last message carries the top chainID.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Snapshotd_V1_PullRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func pull<Result>(
+        request: GRPCCore.ClientRequest<Snapshotd_V1_PullRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Snapshotd_V1_ImportProgress>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.pull(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Snapshotd_V1_PullRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Snapshotd_V1_ImportProgress>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Usage" method.
     ///
     /// - Parameters:
@@ -727,6 +827,38 @@ extension Snapshotd_V1_Store.ClientProtocol {
             metadata: metadata
         )
         return try await self.importImage(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Pull" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > An OCI image layout directory or OCI archive on the daemon's host. Streams progress;
+    /// > the last message carries the top chainID.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func pull<Result>(
+        _ message: Snapshotd_V1_PullRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Snapshotd_V1_ImportProgress>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Snapshotd_V1_PullRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.pull(
             request: request,
             options: options,
             onResponse: handleResponse
