@@ -33,6 +33,8 @@ const long SHIM_UTIME_NOW = UTIME_NOW;
 const long SHIM_UTIME_OMIT = UTIME_OMIT;
 const unsigned int SHIM_RENAME_NOREPLACE = RENAME_NOREPLACE;
 
+int shim_pipe_nonblocking(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK); }
+
 int shim_rename_exchange(int fromdir, const char *from, int todir, const char *to) {
   return renameat2(fromdir, from, todir, to, RENAME_EXCHANGE);
 }

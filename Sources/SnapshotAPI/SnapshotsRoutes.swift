@@ -78,6 +78,8 @@ public enum SnapshotsRoutes {
       },
     ]
     var table = RPCRoutes(uniqueKeysWithValues: routes.map { ($0.0, RPCHandler.unary($0.1)) })
+    // A Prepare may wait for a layer's download (CRI's labels): off the connection's thread.
+    if case .unary(let prepare) = table[service + "Prepare"] { table[service + "Prepare"] = .unaryOffThread(prepare) }
     // List streams its results in batches of 100, as containerd's service does.
     table[service + "List"] = .unary { bytes in
       let request: Containerd_Services_Snapshots_V1_ListSnapshotsRequest

@@ -1,3 +1,5 @@
+import CSysShims
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -100,6 +102,55 @@ extension Socket {
     var tv = timeval(tv_sec: seconds, tv_usec: 0)
     _ = try SystemError.check("setsockopt", "SO_SNDTIMEO") {
       setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+  }
+}
+
+/// A pipe one thread writes to wake another that waits in `Socket.waitReadable`: how a
+/// call finished on another thread gets the connection's reading thread to answer it.
+public final class Wakeup: Sendable {
+  private let readEnd: Int32
+  private let writeEnd: Int32
+
+  public init() throws(SystemError) {
+    var fds: [Int32] = [-1, -1]
+    _ = try SystemError.check("pipe2", "wakeup") { shim_pipe_nonblocking(&fds) }
+    readEnd = fds[0]
+    writeEnd = fds[1]
+  }
+
+  deinit {
+    close(readEnd)
+    close(writeEnd)
+  }
+
+  /// Wakes the waiter (a full pipe already does).
+  public func signal() {
+    var byte: UInt8 = 1
+    _ = write(writeEnd, &byte, 1)
+  }
+
+  /// Empties the pipe: the wakes so far are seen.
+  public func drain() {
+    var bytes = [UInt8](repeating: 0, count: 64)
+    while read(readEnd, &bytes, bytes.count) > 0 {}
+  }
+
+  fileprivate var fd: Int32 { readEnd }
+}
+
+extension Socket {
+  /// `poll(2)` until `fd` is readable (true) or `wakeup` is signalled (false).
+  public static func waitReadable(_ fd: Int32, or wakeup: Wakeup) throws(SystemError) -> Bool {
+    var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeup.fd, events: Int16(POLLIN), revents: 0)]
+    while true {
+      let n = poll(&fds, 2, -1)
+      if n < 0 {
+        if errno == EINTR { continue }
+        throw SystemError("poll", "socket", errno: errno)
+      }
+      if fds[0].revents != 0 { return true }
+      if fds[1].revents != 0 { return false }
     }
   }
 }

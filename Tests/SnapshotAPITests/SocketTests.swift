@@ -1,3 +1,4 @@
+import Dispatch
 import GRPCCore
 import Logging
 import SnapshotAPI
@@ -125,5 +126,66 @@ struct SocketTests {
         #expect(outcomes.filter { $0 == "exists" }.count == 11, "\(outcomes)")
       }
     }
+  }
+
+  /// A Prepare that waits for its layer's download (CRI's labels, a fetcher that blocks)
+  /// runs off the connection's thread: a Stat on the same connection is answered meanwhile.
+  /// (Calls on one connection used to run one at a time; the Stat would then wait forever.)
+  @Test func aPrepareWaitingForItsLayerDoesNotHoldUpTheConnection() async throws {
+    try await withTestServer { socket, s in
+      let fetcher = BlockingFetcher()
+      s.fetcher = fetcher
+      _ = try s.prepare(key: "other", parent: "")
+      try await withSnapshotsClient(socketPath: socket) { c in
+        let labels = [
+          "containerd.io/snapshot.ref": "sha256:" + String(repeating: "d", count: 64),
+          "containerd.io/snapshot/cri.image-ref": "registry.test/app:1",
+          "containerd.io/snapshot/cri.manifest-digest": "sha256:" + String(repeating: "c", count: 64),
+          "containerd.io/snapshot/cri.layer-digest": "sha256:" + String(repeating: "a", count: 64),
+        ]
+        let slow = Task {
+          try await c.prepare(
+            .with {
+              $0.key = "extract-1"
+              $0.labels = labels
+            })
+        }
+        fetcher.waitEntered()
+        let stat = Task { try await c.stat(.with { $0.key = "other" }).info.name }
+        // Bounded only so that a regression fails instead of hanging the suite.
+        let answered = await withTaskGroup(of: String?.self) { group in
+          group.addTask { try? await stat.value }
+          group.addTask {
+            try? await Task.sleep(for: .seconds(30))
+            fetcher.release()  // the Stat is answered once the Prepare is done
+            return nil
+          }
+          let first = await group.next()!
+          group.cancelAll()
+          return first
+        }
+        fetcher.release()
+        #expect(answered == "other", "Stat was not answered while a Prepare waited for its layer")
+        // The fetcher fails: Prepare falls back to an active snapshot.
+        let mounts = try await slow.value.mounts
+        #expect(!mounts.isEmpty)
+      }
+    }
+  }
+}
+
+/// A fetcher that blocks until released, then fails (Prepare then falls back).
+final class BlockingFetcher: LayerFetcher {
+  private let entered = DispatchSemaphore(value: 0)
+  private let released = DispatchSemaphore(value: 0)
+  func waitEntered() { entered.wait() }
+  func release() { released.signal() }
+  func fetch(_ request: RemoteLayerRequest) throws {
+    entered.signal()
+    released.wait()
+    throw SnapshotError(.unavailable, "registry.test is unreachable")
+  }
+  func pull(_ reference: String, platform: String, progress: ImportProgress) throws(SnapshotError) -> String {
+    throw SnapshotError(.unavailable, "not in this test")
   }
 }

@@ -28,6 +28,8 @@ extern const int SHIM_AT_EMPTY_PATH;
 extern const long SHIM_UTIME_NOW;
 extern const long SHIM_UTIME_OMIT;
 extern const unsigned int SHIM_RENAME_NOREPLACE;
+/// pipe2(2) with O_CLOEXEC | O_NONBLOCK.
+int shim_pipe_nonblocking(int fds[2]);
 /// renameat2(2) with RENAME_EXCHANGE: two names swap their files in one step.
 int shim_rename_exchange(int fromdir, const char *from, int todir, const char *to);
 int shim_fallocate(int fd, int mode, long long offset, long long length);

@@ -2,12 +2,17 @@ import Logging
 import NIOCore
 import NIOHPACK
 import SnapshotSys
+import Synchronization
 
 /// One HTTP/2 connection carrying gRPC calls (RFC 9113, gRPC over HTTP/2), served on its
 /// own thread with blocking reads. Calls are run in the order their requests complete, one
 /// at a time: the snapshotter serializes its metadata transactions anyway, and running a
 /// call on the thread that read it avoids every thread hand-off on the way (with
 /// grpc-swift's general-purpose stack those hand-offs, not the work, dominated latency).
+/// The exception is a route marked `unaryOffThread` (a Prepare that may wait for a
+/// download): it runs on a thread of its own and posts its result to `mailbox`, whose
+/// wakeup ends the connection thread's wait for input; that thread alone reads and writes
+/// the socket.
 ///
 /// What it implements: the connection preface, SETTINGS (with ACK), PING (ACK), flow control
 /// both ways (WINDOW_UPDATE), HEADERS/CONTINUATION decoded with NIOHPACK, DATA, RST_STREAM
@@ -39,6 +44,31 @@ final class H2Connection {
 
   private var buffered = 0  // request bytes held across all streams
 
+  // Calls running on threads of their own.
+  private let mailbox: Mailbox
+  private var working = 0  // how many
+  private var wakeable = false  // run()'s loop is waiting for input: a wakeup ends the wait
+
+  /// Results of calls run off the connection's thread, with the wakeup that tells it.
+  final class Mailbox: Sendable {
+    let wakeup: Wakeup
+    private let results = Mutex<[(UInt32, Result<[[UInt8]], RPCStatus>)]>([])
+    init() throws { wakeup = try Wakeup() }
+    func post(_ id: UInt32, _ result: Result<[[UInt8]], RPCStatus>) {
+      results.withLock { $0.append((id, result)) }
+      wakeup.signal()
+    }
+    func take() -> [(UInt32, Result<[[UInt8]], RPCStatus>)] {
+      wakeup.drain()
+      return results.withLock { r in
+        defer { r.removeAll() }
+        return r
+      }
+    }
+  }
+  /// Ends `fill`'s wait when a call run elsewhere finished.
+  private struct Woken: Error {}
+
   private struct Stream {
     var block: [UInt8] = []
     var path: String?
@@ -62,10 +92,11 @@ final class H2Connection {
   /// Every flow-control window's size until SETTINGS or WINDOW_UPDATE change it.
   static let defaultWindow = 65_535
 
-  init(fd: Int32, routes: RPCRoutes, logger: Logger) {
+  init(fd: Int32, routes: RPCRoutes, logger: Logger) throws {
     self.fd = fd
     self.routes = routes
     self.logger = logger
+    mailbox = try Mailbox()
   }
 
   /// Serves until the peer closes, a GOAWAY, or a protocol error; closes nothing itself.
@@ -81,12 +112,24 @@ final class H2Connection {
       ])
       output.windowUpdate(stream: 0, increment: UInt32(Self.connectionWindow - Self.defaultWindow))
       try flush()
-      while let f = try readFrame() {
+      while true {
+        let frame: Frame?
+        do {
+          wakeable = working > 0
+          defer { wakeable = false }
+          frame = try readFrame()
+        } catch is Woken {
+          try deliver()
+          try flush()
+          continue
+        }
+        guard let f = frame else { break }
         try handle(f)
         while !ready.isEmpty {
           let id = ready.removeFirst()
           try respond(id)
         }
+        if working > 0 { try deliver() }
         try flush()
         if peerGoingAway && streams.isEmpty { break }
       }
@@ -107,7 +150,10 @@ final class H2Connection {
 
   /// Reads until `count` bytes are buffered; false at the end of input.
   private func fill(_ count: Int) throws -> Bool {
-    try frames.fill(count) { space in try Socket.read(fd, into: space) }
+    try frames.fill(count) { space in
+      if wakeable, try !Socket.waitReadable(fd, or: mailbox.wakeup) { throw Woken() }
+      return try Socket.read(fd, into: space)
+    }
   }
 
   /// False when the peer closed without sending anything.
@@ -266,23 +312,50 @@ final class H2Connection {
     }
     buffered -= stream.data.count
     streams[id]!.data = []  // counted out; a reset while sending must not count it again
-    let result: Result<[[UInt8]], RPCStatus>
-    if let path = stream.path, case .unary(let route) = routes[path] {
-      switch Self.message(stream.data) {
-      case .success(let request):
-        do {
-          result = .success(try route(request))
-        } catch let status as RPCStatus {
-          result = .failure(status)
-        } catch {
-          result = .failure(RPCStatus(.internal, "\(error)"))
-        }
-      case .failure(let e):
-        result = .failure(e)
+    switch stream.path.flatMap({ routes[$0] }) {
+    case .unary(let route):
+      try answer(id, Self.run(route, stream.data))
+    case .unaryOffThread(let route):
+      let body = stream.data
+      let mailbox = self.mailbox
+      working += 1
+      do {
+        try Threads.spawn { mailbox.post(id, Self.run(route, body)) }
+      } catch {
+        working -= 1
+        try answer(id, .failure(RPCStatus(.internal, "no thread for the call: \(error)")))
       }
-    } else {
-      result = .failure(RPCStatus(.unimplemented, "unknown method \(stream.path ?? "(none)")"))
+    default:
+      try answer(id, .failure(RPCStatus(.unimplemented, "unknown method \(stream.path ?? "(none)")")))
     }
+  }
+
+  /// Runs a unary route on a request body (a length-prefixed message).
+  private static func run(_ route: @Sendable ([UInt8]) throws -> [[UInt8]], _ body: [UInt8]) -> Result<[[UInt8]], RPCStatus> {
+    switch message(body) {
+    case .success(let request):
+      do {
+        return .success(try route(request))
+      } catch let status as RPCStatus {
+        return .failure(status)
+      } catch {
+        return .failure(RPCStatus(.internal, "\(error)"))
+      }
+    case .failure(let e):
+      return .failure(e)
+    }
+  }
+
+  /// Answers the calls run elsewhere that finished (those whose streams are still open).
+  private func deliver() throws {
+    for (id, result) in mailbox.take() {
+      working -= 1
+      if streams[id] != nil { try answer(id, result) }
+    }
+  }
+
+  /// Sends a unary call's response: its messages and OK, or its error status.
+  private func answer(_ id: UInt32, _ result: Result<[[UInt8]], RPCStatus>) throws {
     switch result {
     case .success(let messages):
       headerFrames(id, [(":status", "200"), ("content-type", "application/grpc")], endStream: false)

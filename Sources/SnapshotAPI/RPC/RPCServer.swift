@@ -85,7 +85,11 @@ public final class RPCServer: Sendable {
   }
 
   private func serve(_ fd: Int32) {
-    H2Connection(fd: fd, routes: routes, logger: logger).run()
+    do {
+      try H2Connection(fd: fd, routes: routes, logger: logger).run()
+    } catch {
+      logger.warning("connection refused: no wakeup pipe", metadata: ["error": "\(error)"])
+    }
     // Removed and closed under the lock, so stop() never shuts down a reused number.
     state.withLock { s in
       s.connections.remove(fd)

@@ -34,6 +34,9 @@ public protocol RPCStream: AnyObject {
 /// INTERNAL.
 public enum RPCHandler: Sendable {
   case unary(@Sendable ([UInt8]) throws -> [[UInt8]])
+  /// A unary call that may wait long (a Prepare that fetches a layer from a registry): it
+  /// runs on a thread of its own, so the connection's other calls go on meanwhile.
+  case unaryOffThread(@Sendable ([UInt8]) throws -> [[UInt8]])
   case streaming(@Sendable (RPCStream) throws -> Void)
 }
 
