@@ -136,6 +136,12 @@ public final class Wakeup: Sendable {
     while read(readEnd, &bytes, bytes.count) > 0 {}
   }
 
+  /// Blocks until signalled (a wake not drained yet counts).
+  public func wait() {
+    var fds = [pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)]
+    while poll(&fds, 1, -1) < 0 && errno == EINTR {}
+  }
+
   fileprivate var fd: Int32 { readEnd }
 }
 

@@ -150,7 +150,7 @@ struct SocketTests {
               $0.labels = labels
             })
         }
-        fetcher.waitEntered()
+        await fetcher.waitEntered()
         let stat = Task { try await c.stat(.with { $0.key = "other" }).info.name }
         // Bounded only so that a regression fails instead of hanging the suite.
         let answered = await withTaskGroup(of: String?.self) { group in
@@ -178,7 +178,15 @@ struct SocketTests {
 final class BlockingFetcher: LayerFetcher {
   private let entered = DispatchSemaphore(value: 0)
   private let released = DispatchSemaphore(value: 0)
-  func waitEntered() { entered.wait() }
+  /// Waits, without holding one of the few threads async tests share, until `fetch` runs.
+  func waitEntered() async {
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+      DispatchQueue.global().async { [entered] in
+        entered.wait()
+        done.resume()
+      }
+    }
+  }
   func release() { released.signal() }
   func fetch(_ request: RemoteLayerRequest) throws {
     entered.signal()

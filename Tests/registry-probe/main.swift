@@ -61,9 +61,7 @@ struct Resolve: AsyncParsableCommand {
 
   func run() async throws {
     try await withClient(options) { client in
-      let ref = try Reference(parsing: reference)
-      let p = try platform.map { try Platform(parsing: $0) } ?? .host
-      let image = try await client.resolve(ref, platform: p)
+      let image = try await resolve(client, reference, platform)
       var out: [String: Any] = [
         "reference": image.reference.description,
         "manifest": ["digest": image.manifest.digest.description, "mediaType": image.manifest.mediaType, "size": image.manifest.size],
@@ -144,9 +142,8 @@ struct Layers: AsyncParsableCommand {
 
   func run() async throws {
     try await withClient(options) { client in
-      let ref = try Reference(parsing: reference)
-      let p = try platform.map { try Platform(parsing: $0) } ?? .host
-      let image = try await client.resolve(ref, platform: p)
+      let image = try await resolve(client, reference, platform)
+      let ref = image.reference
       try await withThrowingTaskGroup(of: String.self) { group in
         for l in image.layers {
           group.addTask {
@@ -159,4 +156,9 @@ struct Layers: AsyncParsableCommand {
       }
     }
   }
+}
+
+/// REF resolved for PLATFORM (this machine's when nil).
+func resolve(_ client: RegistryClient, _ reference: String, _ platform: String?) async throws -> ResolvedImage {
+  try await client.resolve(Reference(parsing: reference), platform: platform.map { try Platform(parsing: $0) } ?? .host)
 }

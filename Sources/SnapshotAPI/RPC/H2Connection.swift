@@ -133,6 +133,13 @@ final class H2Connection {
         try flush()
         if peerGoingAway && streams.isEmpty { break }
       }
+      // Calls still running elsewhere are answered first: a peer that stopped sending may
+      // still read (and a stopping server lets calls in progress finish).
+      while working > 0 {
+        mailbox.wakeup.wait()
+        try deliver()
+        try flush()
+      }
       // End of input (the peer closed, or the server is stopping): say which streams were
       // answered, so a client can retry the others elsewhere.
       output.goAway(lastStream: lastStream, code: .noError)
