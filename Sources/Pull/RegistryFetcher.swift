@@ -35,12 +35,15 @@ public final class RegistryFetcher: LayerFetcher {
 
   public func fetch(_ request: RemoteLayerRequest) throws {
     let image = try resolve(request)
-    guard let i = image.layers.firstIndex(where: { $0.digest == request.layerDigest }) else {
-      throw FetchError("image \(request.imageRef)@\(request.manifestDigest) has no layer \(request.layerDigest)")
-    }
-    guard image.chainIDs[i].description == request.chainID else {
+    // By digest and chainID: an image may hold one blob twice (empty layers).
+    let chainIDs = image.chainIDs
+    guard
+      let i = image.layers.indices.first(where: {
+        image.layers[$0].digest == request.layerDigest && chainIDs[$0].description == request.chainID
+      })
+    else {
       throw FetchError(
-        "layer \(request.layerDigest) of \(request.imageRef): chainID \(image.chainIDs[i]), containerd asks for \(request.chainID)")
+        "image \(request.imageRef)@\(request.manifestDigest) has no layer \(request.layerDigest) with chainID \(request.chainID)")
     }
     // This layer and the later ones containerd listed, all under way before waiting.
     let listed = Set(request.imageLayers)
@@ -125,10 +128,12 @@ public final class RegistryFetcher: LayerFetcher {
 
   /// Downloads and unpacks one layer (on a thread of its own, once a slot is free).
   private func unpack(_ image: ResolvedImage, _ layer: RemoteLayer, progress: ProgressCounter?) throws {
-    slots.wait()
-    defer { slots.signal() }
     let name = "\(image.reference.registry)/\(image.reference.repository)@\(layer.digest)"
     let request = LayerImport(mediaType: layer.mediaType, digest: layer.digest, diffID: layer.diffID, parent: "", name: name)
+    // A layer the store has does not wait behind downloads for a slot.
+    if try importer.hasLayer(request) { return }
+    slots.wait()
+    defer { slots.signal() }
     var source: BlobSource?
     do {
       let unpacked = try importer.unpackLayer(request, progress: progress) { [client] in

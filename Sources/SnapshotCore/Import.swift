@@ -150,13 +150,7 @@ public final class LayerImporter: StorePart, Sendable {
     guard let compression = Compression(mediaType: request.mediaType) else {
       throw .invalid("layer \(request.name): unsupported media type \(quoted(request.mediaType))")
     }
-    func known() throws(SnapshotError) -> Bool {
-      try read { db in
-        if let d = request.diffID, try Metadata.layer(db, diffID: d.description) != nil { return true }
-        if let d = request.digest, try Metadata.layer(db, digest: d.description) != nil { return true }
-        return false
-      }
-    }
+    func known() throws(SnapshotError) -> Bool { try hasLayer(request) }
     while true {
       if try known() { return false }
       var unpacked = false
@@ -171,6 +165,15 @@ public final class LayerImporter: StorePart, Sendable {
         }
       }
       if ran { return unpacked }
+    }
+  }
+
+  /// Whether the store has the layer `request` names (by diffID or blob digest).
+  public func hasLayer(_ request: LayerImport) throws(SnapshotError) -> Bool {
+    try read { db in
+      if let d = request.diffID, try Metadata.layer(db, diffID: d.description) != nil { return true }
+      if let d = request.digest, try Metadata.layer(db, digest: d.description) != nil { return true }
+      return false
     }
   }
 

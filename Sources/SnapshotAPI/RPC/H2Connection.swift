@@ -113,23 +113,24 @@ final class H2Connection {
       output.windowUpdate(stream: 0, increment: UInt32(Self.connectionWindow - Self.defaultWindow))
       try flush()
       while true {
-        let frame: Frame?
+        var frame: Frame?
+        var woken = false
         do {
           wakeable = working > 0
           defer { wakeable = false }
           frame = try readFrame()
         } catch is Woken {
-          try deliver()
-          try flush()
-          continue
+          woken = true
         }
-        guard let f = frame else { break }
-        try handle(f)
-        while !ready.isEmpty {
-          let id = ready.removeFirst()
-          try respond(id)
+        if !woken {
+          guard let f = frame else { break }
+          try handle(f)
         }
-        if working > 0 { try deliver() }
+        // Answering may read frames (waiting for a send window) that complete more requests.
+        repeat {
+          while !ready.isEmpty { try respond(ready.removeFirst()) }
+          if working > 0 { try deliver() }
+        } while !ready.isEmpty
         try flush()
         if peerGoingAway && streams.isEmpty { break }
       }
@@ -209,6 +210,10 @@ final class H2Connection {
   private func headers(_ f: Frame) throws {
     guard f.stream != 0, f.stream & 1 == 1 else { throw ConnectionError(.protocolError, "HEADERS on stream \(f.stream)") }
     let fragment = try f.headerBlockFragment()
+    if let open = streams[f.stream], open.endStream {
+      // Its request is complete (its call may be running elsewhere): nothing more may come.
+      throw ConnectionError(.streamClosed, "HEADERS on half-closed stream \(f.stream)")
+    }
     if streams[f.stream] == nil {
       guard f.stream > lastStream else { throw ConnectionError(.protocolError, "stream \(f.stream) reused") }
       lastStream = f.stream
@@ -323,6 +328,11 @@ final class H2Connection {
     case .unary(let route):
       try answer(id, Self.run(route, stream.data))
     case .unaryOffThread(let route):
+      // Reset streams leave their calls running: bounded all the same.
+      guard working < Self.maxStreams else {
+        try answer(id, .failure(RPCStatus(.resourceExhausted, "more than \(Self.maxStreams) calls running")))
+        return
+      }
       let body = stream.data
       let mailbox = self.mailbox
       working += 1
