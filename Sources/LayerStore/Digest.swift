@@ -44,10 +44,12 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// SHA-256 over a stream of buffers.
-struct Hasher {
+public struct Hasher {
   private var state = SHA256()
 
-  mutating func update(_ buffer: UnsafeRawBufferPointer) {
+  public init() {}
+
+  public mutating func update(_ buffer: UnsafeRawBufferPointer) {
     state.update(bufferPointer: buffer)
   }
 
@@ -61,7 +63,7 @@ struct Hasher {
     }
   }
 
-  func finalize() -> Digest { Digest(bytes: state.finalize()) }
+  public func finalize() -> Digest { Digest(bytes: state.finalize()) }
 
   /// The raw 32 bytes.
   func finalizeBytes() -> [UInt8] { Array(state.finalize()) }

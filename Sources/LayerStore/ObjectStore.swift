@@ -154,16 +154,8 @@ public final class ObjectStore: @unchecked Sendable {
   private func create(
     _ sha: [UInt8], mode: mode_t, _ fill: (Int32, Int32, String, String) throws(SystemError) -> Void
   ) throws(SystemError) -> (key: String, new: Bool) {
-    for attempt in 0..<Self.maxAttempts {
-      let key = Self.candidate(sha, attempt: attempt)
-      let (d, n) = place(key)
-      let fd: Int32
-      do {
-        fd = try At.open(d, n, flags: O_WRONLY | O_CREAT | O_EXCL, mode: mode)
-      } catch  where error.errno == EEXIST {
-        if try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) == sha { return (key, false) }
-        continue
-      }
+    try name(sha) { (d, n, key) throws(SystemError) in
+      let fd = try At.open(d, n, flags: O_WRONLY | O_CREAT | O_EXCL, mode: mode)  // EEXIST: the name is taken
       do throws(SystemError) {
         defer { At.close(fd) }
         try fill(fd, d, n, key)
@@ -171,10 +163,7 @@ public final class ObjectStore: @unchecked Sendable {
         try? At.unlink(d, n)
         throw error
       }
-      return (key, true)
     }
-    throw SystemError(
-      "openat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
   }
 
   /// An unnamed file to write an object's content into (then `adopt(temporary:sha:)`).
@@ -186,7 +175,7 @@ public final class ObjectStore: @unchecked Sendable {
   /// object, unless another import made it meanwhile. Returns its key and whether it is new.
   public func adopt(temporary fd: Int32, sha: [UInt8]) throws(SystemError) -> (key: String, new: Bool) {
     try At.setXattr(fd, "object", name: Self.digestXattr, value: sha)
-    return try name(sha) { (dir, name) throws(SystemError) in try At.linkTemporary(fd, dir, name) }
+    return try name(sha) { (dir, name, _) throws(SystemError) in try At.linkTemporary(fd, dir, name) }
   }
 
   /// Makes the finished file `name` in `dir` (open as `fd`, with content digest `sha`) an
@@ -223,20 +212,23 @@ public final class ObjectStore: @unchecked Sendable {
     return try info(key)
   }
 
-  /// Runs `link` under the first free name for `sha` that is not another content's; stops
-  /// at a name holding the same content.
-  private func name(_ sha: [UInt8], _ link: (Int32, String) throws(SystemError) -> Void) throws(SystemError) -> (key: String, new: Bool) {
+  /// Runs `claim` (directory, name, key) under the first free name for `sha` that is not
+  /// another content's, moving on while it fails with EEXIST; stops at a name holding the
+  /// same content (`new` false).
+  private func name(
+    _ sha: [UInt8], _ claim: (Int32, String, String) throws(SystemError) -> Void
+  ) throws(SystemError) -> (key: String, new: Bool) {
     for attempt in 0..<Self.maxAttempts {
       let key = Self.candidate(sha, attempt: attempt)
       let (d, n) = place(key)
       do throws(SystemError) {
-        try link(d, n)
+        try claim(d, n, key)
         return (key, true)
       } catch  where error.errno == EEXIST {}
       if try At.getXattr(path: path(of: key), name: Self.digestXattr, maxSize: 64) == sha { return (key, false) }
     }
     throw SystemError(
-      "linkat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
+      "openat", "object \(Self.candidate(sha, attempt: 0)): \(Self.maxAttempts) other contents share its name", errno: EEXIST)
   }
 
   /// Makes the empty regular file `fd` a stub of `key` with `size` bytes (the caller sets

@@ -21,7 +21,6 @@ public final class RegistryFetcher: LayerFetcher {
   private let jobs = Mutex<[Digest: Job]>([:])
   /// Images resolved lately, by manifest digest (containerd asks once per layer).
   private let images = Mutex<[Digest: ResolvedImage]>([:])
-  private let fetched = Atomic<Int>(0)
 
   public init(client: RegistryClient, importer: LayerImporter, concurrency: Int = 4, logger: Logger) {
     self.client = client
@@ -29,9 +28,6 @@ public final class RegistryFetcher: LayerFetcher {
     self.logger = logger
     slots = DispatchSemaphore(value: max(1, concurrency))
   }
-
-  /// Layers downloaded and unpacked so far (not those the store had).
-  public var layersFetched: Int { fetched.load(ordering: .relaxed) }
 
   public func fetch(_ request: RemoteLayerRequest) throws {
     let image = try resolve(request)
@@ -137,12 +133,12 @@ public final class RegistryFetcher: LayerFetcher {
     var source: BlobSource?
     do {
       let unpacked = try importer.unpackLayer(request, progress: progress) { [client] in
-        let blob = client.blobSource(image.reference, layer.blob)
+        // The importer checks the blob's digest (`request.digest`) as it hashes it anyway.
+        let blob = client.blobSource(image.reference, layer.blob, verifyDigest: false)
         source = blob
         return blob
       }
       if unpacked {
-        fetched.add(1, ordering: .relaxed)
         logger.info("layer fetched", metadata: ["layer": "\(name)", "bytes": "\(source?.bytesRead ?? 0)"])
       }
     } catch {

@@ -14,9 +14,12 @@ public struct BlobStream: AsyncSequence, Sendable {
   let client: RegistryClient
   let reference: Reference
   public let descriptor: Descriptor
+  /// Whether the bytes are hashed and checked against the descriptor's digest (the size is
+  /// checked always). Off for a consumer that hashes them itself (the layer importer).
+  var verifyDigest = true
 
   public func makeAsyncIterator() -> Iterator {
-    Iterator(client: client, reference: reference, descriptor: descriptor)
+    Iterator(client: client, reference: reference, descriptor: descriptor, verifyDigest: verifyDigest)
   }
 
   public struct Iterator: AsyncIteratorProtocol {
@@ -25,9 +28,10 @@ public struct BlobStream: AsyncSequence, Sendable {
     let descriptor: Descriptor
     private var session: Session?
     private var body: HTTPClientResponse.Body.AsyncIterator?
-    private var hasher = BlobHasher()
-    /// Bytes received and hashed so far.
-    public private(set) var received: Int64 = 0
+    let verifyDigest: Bool
+    private var hasher = LayerStore.Hasher()
+    /// Bytes received so far.
+    private var received: Int64 = 0
     /// Bytes of the current body to drop: what a server that ignored Range sends again.
     private var skip: Int64 = 0
     private var resumes = 0
@@ -36,10 +40,11 @@ public struct BlobStream: AsyncSequence, Sendable {
     private var finished = false
     private var lastEndpoint = 0
 
-    init(client: RegistryClient, reference: Reference, descriptor: Descriptor) {
+    init(client: RegistryClient, reference: Reference, descriptor: Descriptor, verifyDigest: Bool) {
       self.client = client
       self.reference = reference
       self.descriptor = descriptor
+      self.verifyDigest = verifyDigest
     }
 
     private var object: String { descriptor.digest.description }
@@ -74,8 +79,8 @@ public struct BlobStream: AsyncSequence, Sendable {
             try resumeOrFail("the body ended after \(received) of \(descriptor.size) bytes")
             continue
           }
-          let digest = hasher.finalize()
           finished = true
+          let digest = verifyDigest ? hasher.finalize() : descriptor.digest
           guard digest == descriptor.digest else {
             throw session!.error(.digestMismatch, object: object, "the blob's \(received) bytes have digest \(digest)")
           }
@@ -92,7 +97,7 @@ public struct BlobStream: AsyncSequence, Sendable {
           body = nil
           throw session!.error(.digestMismatch, object: object, "the blob is longer than its \(descriptor.size) bytes")
         }
-        chunk.withUnsafeReadableBytes { hasher.update($0) }
+        if verifyDigest { chunk.withUnsafeReadableBytes { hasher.update($0) } }
         received += Int64(chunk.readableBytes)
         return chunk
       }

@@ -50,7 +50,7 @@ public final class BlobSource: ByteSource, @unchecked Sendable {
   public var failure: RegistryError? { channel.failure }
 
   /// Stops the download; `read` then reports the end.
-  public func abandon() {
+  func abandon() {
     channel.abandon()
     task.cancel()
   }

@@ -135,9 +135,15 @@ public final class RegistryClient: Sendable {
   }
 
   /// The blob as a `ByteSource` for the layer importer: a task downloads it, up to
-  /// `buffer` bytes ahead of the reader.
-  public func blobSource(_ reference: Reference, _ descriptor: Descriptor, buffer: Int = 4 << 20) -> BlobSource {
-    BlobSource(blob(reference, descriptor), limit: buffer)
+  /// `buffer` bytes ahead of the reader. With `verifyDigest` false only its size is checked:
+  /// the importer hashes every byte itself and refuses a blob whose digest differs
+  /// (`LayerImport.digest`), so hashing here too would do that work twice.
+  public func blobSource(
+    _ reference: Reference, _ descriptor: Descriptor, buffer: Int = 4 << 20, verifyDigest: Bool = true
+  ) -> BlobSource {
+    var stream = blob(reference, descriptor)
+    stream.verifyDigest = verifyDigest
+    return BlobSource(stream, limit: buffer)
   }
 
   func credentials() throws(RegistryError) -> DockerConfig {
@@ -222,7 +228,7 @@ struct Session: Sendable {
     let response = try await send(ep, .GET, url(ep, "manifests", object), headers: headers, object: object)
     guard response.status == .ok else { throw await statusError(response, ep, object: object, what: "manifest") }
     let bytes = try await collect(response, ep, object: object, what: "manifest")
-    let actual = Registry.digest(of: bytes)
+    let actual = LayerStore.Digest.of(bytes)
     if let expected, actual != expected {
       throw error(.digestMismatch, ep, object: object, "manifest content has digest \(actual)")
     }
@@ -264,7 +270,7 @@ struct Session: Sendable {
         let response = try await send(ep, .GET, url(ep, "blobs", object), headers: HTTPHeaders(), object: object)
         guard response.status == .ok else { throw await statusError(response, ep, object: object, what: "blob") }
         let bytes = try await collect(response, ep, object: object, what: "config")
-        let actual = Registry.digest(of: bytes)
+        let actual = LayerStore.Digest.of(bytes)
         guard actual == d.digest, bytes.count == d.size else {
           throw error(.digestMismatch, ep, object: object, "config blob has \(bytes.count) bytes of digest \(actual), \(d.size) expected")
         }

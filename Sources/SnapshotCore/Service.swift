@@ -46,6 +46,11 @@ public final class SnapshotService: StorePart, Sendable {
     try create(.active, key: key, parent: parent, labels: labels)
   }
 
+  /// View: a read-only snapshot of the committed `parent`.
+  public func view(key: String, parent: String, labels: [String: String] = [:]) throws(SnapshotError) -> [Mount] {
+    try create(.view, key: key, parent: parent, labels: labels)
+  }
+
   /// Whether `remote`'s fetcher made the snapshot `request` names.
   private func fetched(_ request: RemoteLayerRequest) throws(SnapshotError) -> Bool {
     guard let fetcher = remote.fetcher else { return false }
@@ -58,11 +63,6 @@ public final class SnapshotService: StorePart, Sendable {
       return false
     }
     return try write { db in try importer.layerSnapshot(db, request.chainID, parent: request.parent) }
-  }
-
-  /// View: a read-only snapshot of the committed `parent`.
-  public func view(key: String, parent: String, labels: [String: String] = [:]) throws(SnapshotError) -> [Mount] {
-    try create(.view, key: key, parent: parent, labels: labels)
   }
 
   private func create(_ kind: SnapshotKind, key: String, parent: String, labels: [String: String]) throws(SnapshotError) -> [Mount] {

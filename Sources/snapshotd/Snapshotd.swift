@@ -44,7 +44,7 @@ struct Snapshotd: AsyncParsableCommand {
 
   @Option(
     help:
-      "Docker's config.json, whose `auths` hold registry credentials (default: $DOCKER_CONFIG/config.json, else /root/.docker/config.json)."
+      "Docker's config.json, whose `auths` hold registry credentials (default: $DOCKER_CONFIG/config.json, else $HOME/.docker/config.json)."
   )
   var dockerConfig: String?
 
