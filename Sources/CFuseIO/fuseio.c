@@ -23,24 +23,20 @@ struct snapfs_backing_map {
 #define INIT_OUT_FLAGS2 32
 #define INIT_OUT_MAX_STACK_DEPTH 36
 
-static int offered = 0;      // written once while reading INIT, before any other request
-static int init_seen = 0;
-static int want = 0;         // 1: set by the init callback; 2: the INIT reply carries it
-static uint32_t stack_depth = 0;
 static __thread int32_t armed = 0;
 
 ssize_t fuseio_read(int fd, void *buf, size_t len, void *userdata) {
-  (void)userdata;
+  struct fuseio_session *s = userdata;
   ssize_t n = read(fd, buf, len);
-  if (!__atomic_load_n(&init_seen, __ATOMIC_ACQUIRE) && n >= (ssize_t)(sizeof(struct fuse_in_header) + 24)) {
+  if (!__atomic_load_n(&s->init_seen, __ATOMIC_ACQUIRE) && n >= (ssize_t)(sizeof(struct fuse_in_header) + 24)) {
     struct fuse_in_header h;
     memcpy(&h, buf, sizeof h);
     if (h.opcode == FUSE_INIT) {
       uint32_t flags, flags2;
       memcpy(&flags, (char *)buf + sizeof h + 12, 4);
       memcpy(&flags2, (char *)buf + sizeof h + 16, 4);
-      offered = (flags & FUSE_INIT_EXT) && (flags2 & SNAPFS_FUSE_PASSTHROUGH_FLAGS2);
-      __atomic_store_n(&init_seen, 1, __ATOMIC_RELEASE);
+      s->offered = (flags & FUSE_INIT_EXT) && (flags2 & SNAPFS_FUSE_PASSTHROUGH_FLAGS2);
+      __atomic_store_n(&s->init_seen, 1, __ATOMIC_RELEASE);
     }
   }
   return n;
@@ -54,7 +50,7 @@ static void patch_u32(void *base, size_t offset, uint32_t set) {
 }
 
 ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata) {
-  (void)userdata;
+  struct fuseio_session *s = userdata;
   if (count >= 2) {
     if (armed != 0) {
       // fuse_open_out ends the reply (CREATE: after fuse_entry_out): fh, open_flags, backing_id.
@@ -67,12 +63,12 @@ ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata) {
         memcpy(open_out + 12, &armed, 4);
       }
       armed = 0;
-    } else if (__atomic_load_n(&want, __ATOMIC_RELAXED) == 1 && iov[1].iov_len >= INIT_OUT_MAX_STACK_DEPTH + 4) {
+    } else if (__atomic_load_n(&s->want, __ATOMIC_RELAXED) == 1 && iov[1].iov_len >= INIT_OUT_MAX_STACK_DEPTH + 4) {
       // The INIT reply: the first reply after the init callback, on the same thread.
-      __atomic_store_n(&want, 2, __ATOMIC_RELAXED);
+      __atomic_store_n(&s->want, 2, __ATOMIC_RELAXED);
       patch_u32(iov[1].iov_base, INIT_OUT_FLAGS, FUSE_INIT_EXT);
       patch_u32(iov[1].iov_base, INIT_OUT_FLAGS2, SNAPFS_FUSE_PASSTHROUGH_FLAGS2);
-      memcpy((char *)iov[1].iov_base + INIT_OUT_MAX_STACK_DEPTH, &stack_depth, 4);
+      memcpy((char *)iov[1].iov_base + INIT_OUT_MAX_STACK_DEPTH, &s->stack_depth, 4);
     }
   }
   return writev(fd, iov, count);
@@ -83,11 +79,11 @@ ssize_t fuseio_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t l
   return splice(fdin, offin, fdout, offout, len, flags);
 }
 
-int fuseio_kernel_offers_passthrough(void) { return offered; }
+int fuseio_kernel_offers_passthrough(const struct fuseio_session *session) { return session->offered; }
 
-void fuseio_want_passthrough(uint32_t max_stack_depth) {
-  stack_depth = max_stack_depth;
-  want = 1;
+void fuseio_want_passthrough(struct fuseio_session *session, uint32_t max_stack_depth) {
+  session->stack_depth = max_stack_depth;
+  session->want = 1;
 }
 
 void fuseio_arm_open(int32_t backing_id) { armed = backing_id; }

@@ -58,8 +58,11 @@ final class Node: @unchecked Sendable {
   /// life), and whether it is the upper file (else a lower one, which a copy-up leaves behind).
   var backingID: Int32 = 0
   var backingUpper = false
-  /// A lower file's registered descriptor, which serves all its opens; else -1.
+  /// A lower file's registered descriptor, which serves all its opens (on a read-only
+  /// mount, the descriptor its reads go through); else -1.
   var backingFD: Int32 = -1
+  /// Who registered `backingID` or kept `backingFD`: it drops them when the node goes.
+  var backingOwner: Passthrough?
 
   init(ino: UInt64, realIno: UInt64, type: mode_t, parent: Node?, name: String, layer: Int, dirs: [LayerDir]) {
     self.ino = ino
@@ -72,7 +75,7 @@ final class Node: @unchecked Sendable {
   }
 
   deinit {
-    if backingID > 0 || backingFD >= 0 { passthrough?.release(self) }
+    if backingID > 0 || backingFD >= 0 { backingOwner?.release(self) }
     if type == S_IFDIR {
       for dir in dirs { close(dir.fd) }
     } else if pinned >= 0 {

@@ -37,6 +37,9 @@ public struct Options: Equatable, Sendable {
   /// it off: every read and write of an open file is then a request, with the writeback cache).
   public var passthrough = true
 
+  /// Mounted read-only: `ro` (unless a later `rw` undoes it).
+  public var readOnly: Bool { mountOptions.last(where: { $0 == "ro" || $0 == "rw" }) == "ro" }
+
   public static let usage = "usage: snapfs [SOURCE] TARGET -o lowerdir=A:B[::DATA][,upperdir=U,workdir=W] [-f] [-d]"
 
   /// `redirect_dir=` as given (snapfs creates no redirects: only checked against metacopy).

@@ -28,6 +28,10 @@ import SnapshotSys
 ///
 /// libfuse 3.14 does not know passthrough; CFuseIO's session hooks negotiate it and mark the
 /// open replies.
+///
+/// On a read-only mount, where the kernel reads by node with no open file (see `FileSystem`),
+/// it keeps the descriptor each node's reads go through instead (`readFile`), with the same
+/// limit.
 final class Passthrough: @unchecked Sendable {
   /// How an open file is served.
   enum IO: Equatable {
@@ -54,6 +58,8 @@ final class Passthrough: @unchecked Sendable {
 
   /// The FUSE device (the session's descriptor): backing files are registered on it.
   private let devfd: Int32
+  /// CFuseIO's state of the session, which negotiates passthrough at INIT.
+  private let session: UnsafeMutablePointer<fuseio_session>
   /// The `passthrough` option.
   private let wanted: Bool
   private let mutex = Mutex()
@@ -63,18 +69,19 @@ final class Passthrough: @unchecked Sendable {
   /// Whether INIT negotiated it; set once by the init callback, before any open.
   private(set) var enabled = false
 
-  init(devfd: Int32, wanted: Bool) {
+  init(devfd: Int32, wanted: Bool, session: UnsafeMutablePointer<fuseio_session>) {
     self.devfd = devfd
     self.wanted = wanted
+    self.session = session
   }
 
   /// From the init callback: passthrough if wanted and the kernel offers it. Returns whether
   /// it is on (the writeback cache must then be off: the kernel refuses both).
   func negotiate() -> Bool {
-    enabled = wanted && fuseio_kernel_offers_passthrough() != 0
+    enabled = wanted && fuseio_kernel_offers_passthrough(session) != 0
     // Backing files on ordinary file systems (stack depth 0); layers on another stacked
     // file system get request-served files instead (registration fails).
-    if enabled { fuseio_want_passthrough(1) }
+    if enabled { fuseio_want_passthrough(session, 1) }
     return enabled
   }
 
@@ -104,13 +111,11 @@ final class Passthrough: @unchecked Sendable {
         let id = fuseio_backing_open(devfd, fd)
         if id > 0 {
           node.backingID = id
+          node.backingOwner = self
           node.backingUpper = upper
           node.passthroughOpens = 1
           let keep = !upper && retained < Self.retainedLimit
-          if keep {
-            node.backingFD = fd
-            retained += 1
-          }
+          if keep { retain(node, fd) }
           return Opened(fd: fd, io: .backing(id), shared: keep)
         }
       }
@@ -132,6 +137,32 @@ final class Passthrough: @unchecked Sendable {
         node.cachedOpens -= 1
       }
     }
+  }
+
+  /// The descriptor `node`'s reads go through when the kernel reads by node (no open files):
+  /// opened by `openFile` at the first read and kept with the node (up to `retainedLimit`
+  /// nodes at once; past that, each read opens its own, which the returned handle closes).
+  func readFile(_ node: Node, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> FileHandle {
+    if let fd = mutex.with({ node.backingFD >= 0 ? node.backingFD : nil }) {
+      return FileHandle(Opened(fd: fd, io: .requests, shared: true))
+    }
+    let fd = try openFile()
+    return mutex.with {
+      if node.backingFD >= 0 {  // another thread's read was first
+        Glibc.close(fd)
+        return FileHandle(Opened(fd: node.backingFD, io: .requests, shared: true))
+      }
+      guard retained < Self.retainedLimit else { return FileHandle(Opened(fd: fd, io: .requests, shared: false)) }
+      retain(node, fd)
+      return FileHandle(Opened(fd: fd, io: .requests, shared: true))
+    }
+  }
+
+  /// Keeps `fd` as `node`'s own descriptor until the node goes. Under the mutex.
+  private func retain(_ node: Node, _ fd: Int32) {
+    node.backingFD = fd
+    node.backingOwner = self
+    retained += 1
   }
 
   /// A new descriptor of `node`'s lower file if it is registered (see `Overlay.split`).

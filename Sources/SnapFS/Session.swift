@@ -20,6 +20,7 @@ public func serve(_ options: Options) -> Int32 {
   }
   umask(0)  // modes come from the kernel with the caller's umask applied
   raiseDescriptorLimit()
+  let overlay: Overlay
   do {
     overlay = try Overlay(options)
   } catch {
@@ -29,14 +30,15 @@ public func serve(_ options: Options) -> Int32 {
   if !options.mountOptions.contains(where: { $0.hasPrefix("fsname=") }) { mountOptions.append("fsname=" + options.source) }
   mountOptions += options.mountOptions
   if !overlay.hasUpper && !mountOptions.contains("ro") { mountOptions.append("ro") }
+  let fs = FileSystem(overlay, readOnly: options.readOnly || !overlay.hasUpper)
   var arguments = ["snapfs", "-o", mountOptions.joined(separator: ",")]
   if options.debug { arguments.append("-d") }
   var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }
   defer { for p in argv { free(p) } }
-  var ops = operations()
+  var ops = FileSystem.operations()
   return argv.withUnsafeMutableBufferPointer { argvBuffer -> Int32 in
     var args = fuse_args(argc: Int32(arguments.count), argv: argvBuffer.baseAddress, allocated: 0)
-    guard let session = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, nil) else {
+    guard let session = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, fs.session) else {
       return fail("cannot start a FUSE session with options \(mountOptions.joined(separator: ","))")
     }
     var notifierStopped = true
@@ -48,20 +50,28 @@ public func serve(_ options: Options) -> Int32 {
     // The notifier (started below, after the fork into the background) is stopped after the
     // unmount (deferred below, so run first), which ends the requests a notification could be
     // waiting behind.
-    defer { if let notifier { notifierStopped = notifier.stop() } }
+    defer { if let notifier = fs.notifier { notifierStopped = notifier.stop() } }
     guard fuse_session_mount(session, options.target) == 0 else {
       return fail("cannot mount on \(options.target)")
     }
     defer { fuse_session_unmount(session) }
+    // libfuse mounts through fusermount3 for auto_unmount, which adds nosuid and nodev
+    // whatever the options say; overlayfs (and so a container's root) has neither unless
+    // asked. The mount point's flags are set again as asked.
+    do {
+      try Sys.setMountFlags(options.target, nosuid: options.mountOptions.contains("nosuid"), nodev: options.mountOptions.contains("nodev"))
+    } catch {
+      return fail("cannot set the mount flags of \(options.target): \(error)")
+    }
     // Requests and replies through CFuseIO's hooks, which negotiate passthrough.
     let devfd = fuse_session_fd(session)
-    passthrough = Passthrough(devfd: devfd, wanted: options.passthrough)
+    fs.attach(devfd: devfd, passthrough: options.passthrough)
     var io = fuse_custom_io(writev: fuseio_writev, read: fuseio_read, splice_receive: fuseio_splice, splice_send: fuseio_splice)
     guard fuse_session_custom_io(session, &io, devfd) == 0 else {
       return fail("cannot install the session's I/O hooks")
     }
     if !options.foreground { fuse_daemonize(0) }
-    notifier = Notifier(session: session)
+    fs.notifier = Notifier(session: session)
     let rc = snapfs_loop_mt(session, UInt32(options.threads), UInt32(options.threads))
     // libfuse's signal handlers end the loop with the signal's number: a clean stop.
     return rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? 0 : 1

@@ -202,3 +202,32 @@ extension Sys {
     return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
   }
 }
+
+extension Sys {
+  /// The per-mount flags `mount(2)` takes, by their names in mountinfo.
+  private static let perMountFlags: [(name: String, flag: UInt)] = [
+    ("ro", UInt(MS_RDONLY)), ("nosuid", UInt(MS_NOSUID)), ("nodev", UInt(MS_NODEV)), ("noexec", UInt(MS_NOEXEC)),
+    ("noatime", UInt(MS_NOATIME)), ("nodiratime", UInt(MS_NODIRATIME)), ("relatime", UInt(MS_RELATIME)),
+    ("nosymfollow", 256),  // MS_NOSYMFOLLOW, Linux 5.10
+  ]
+
+  /// Gives the topmost mount on `target` the `nosuid` and `nodev` flags asked, keeping its
+  /// other per-mount flags: a bind remount, which leaves the file system itself alone (and
+  /// sends it no request, so a FUSE daemon may do this before serving). Nothing is done when
+  /// the flags are already so.
+  public static func setMountFlags(_ target: String, nosuid: Bool, nodev: Bool) throws(SystemError) {
+    guard let resolved = realpath(target, nil) else { throw SystemError("realpath", target, errno: errno) }
+    let path = String(cString: resolved)
+    free(resolved)
+    guard let mount = try MountInfo.current().last(where: { $0.mountPoint == path }) else {
+      throw SystemError("mountinfo", path, errno: EINVAL)
+    }
+    var flags: UInt = 0
+    for (name, flag) in perMountFlags where mount.options.contains(name) { flags |= flag }
+    var wanted = flags & ~UInt(MS_NOSUID | MS_NODEV)
+    if nosuid { wanted |= UInt(MS_NOSUID) }
+    if nodev { wanted |= UInt(MS_NODEV) }
+    guard wanted != flags else { return }
+    try Sys.mount(source: "none", target: path, type: "", flags: UInt(MS_REMOUNT | MS_BIND) | wanted, data: nil)
+  }
+}

@@ -13,19 +13,31 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+/// One session's state for the hooks. The session's userdata (fuse_session_new's last
+/// argument) points at it, so the hooks get it as their `userdata`; `owner` is the file
+/// system the session's operations serve (the ops find it through fuse_req_userdata).
+struct fuseio_session {
+  void *owner;
+  int offered;            // the kernel's INIT offered FUSE_PASSTHROUGH (written once)
+  int init_seen;          // INIT was read
+  int want;               // 1: set by the init callback; 2: the INIT reply carries it
+  uint32_t stack_depth;
+};
+
 ssize_t fuseio_read(int fd, void *buf, size_t len, void *userdata);
 ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata);
 ssize_t fuseio_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags, void *userdata);
 
 /// Whether the kernel's INIT request offered FUSE_PASSTHROUGH (valid once INIT was read).
-int fuseio_kernel_offers_passthrough(void);
+int fuseio_kernel_offers_passthrough(const struct fuseio_session *session);
 /// Asks for passthrough in the INIT reply, with backing files at most `max_stack_depth - 1`
 /// file systems deep. Call from the init callback; the kernel refuses it with the writeback
 /// cache.
-void fuseio_want_passthrough(uint32_t max_stack_depth);
+void fuseio_want_passthrough(struct fuseio_session *session, uint32_t max_stack_depth);
 
 /// The next reply this thread sends (an OPEN or CREATE reply) hands the kernel the backing
-/// file `backing_id`. Disarm after the reply call in every case.
+/// file `backing_id`. Disarm after the reply call in every case. (Per thread, not per
+/// session: it marks the reply the calling thread is about to send.)
 void fuseio_arm_open(int32_t backing_id);
 void fuseio_disarm(void);
 

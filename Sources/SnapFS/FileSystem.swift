@@ -1,0 +1,701 @@
+import CFuse
+import CFuseIO
+import CSysShims
+import SnapshotSys
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// One mounted snapfs: the overlay and the state of its FUSE session. libfuse hands every
+/// operation the session's userdata (`fuse_req_userdata`), CFuseIO's `fuseio_session`,
+/// whose `owner` is this object; `operations()` is the table of the ops, each a method here.
+///
+/// Read-only mounts (no upper dir, or `ro`) answer OPEN with ENOSYS, libfuse's "no open":
+/// from then on the kernel opens and closes files of the mount without a request, keeps
+/// their page cache (nothing under a read-only mount changes), and reads by node (`read`
+/// with no file handle). FLUSH is not implemented on any mount (every open asks for none,
+/// and the first ENOSYS stops the writeback cache's). So a warm read of a file on a view
+/// costs no round trip, where a passthrough open costs an OPEN and, after the read
+/// invalidated the inode's atime, a GETATTR; a read-only mount has no atime to invalidate.
+/// The price: the mount's page cache is its own, not the layer file's (as with
+/// passthrough), so a file read through a view and another mount is cached twice.
+final class FileSystem: @unchecked Sendable {
+  let overlay: Overlay
+  /// CFuseIO's state of the session, and the session's userdata.
+  let session: UnsafeMutablePointer<fuseio_session>
+  /// Opens and files' descriptors; set once the session's device is open, before the loop.
+  private(set) var passthrough: Passthrough!
+  /// Set once the process is in the background (its thread would not survive the fork).
+  var notifier: Notifier?
+  /// The writeback cache is on (INIT, when passthrough is not).
+  private(set) var writeback = false
+  /// OPEN is answered ENOSYS (see above).
+  let noOpen: Bool
+  /// Serializes reads per open file (per node with `noOpen`), striped wide enough that
+  /// unrelated files rarely share a lock: the kernel's readahead sends a file's reads in
+  /// order, and served in parallel they reach the layer's file out of order, which defeats
+  /// its readahead.
+  private let readLocks = (0..<1024).map { _ in Mutex() }
+
+  init(_ overlay: Overlay, readOnly: Bool) {
+    self.overlay = overlay
+    noOpen = readOnly
+    session = .allocate(capacity: 1)
+    session.initialize(to: fuseio_session())
+    session.pointee.owner = Unmanaged.passUnretained(self).toOpaque()
+  }
+
+  deinit { session.deallocate() }
+
+  /// The session's device is `devfd`: backing files are registered on it.
+  func attach(devfd: Int32, passthrough wanted: Bool) {
+    passthrough = Passthrough(devfd: devfd, wanted: wanted && !noOpen, session: session)
+  }
+
+  /// The file system a request is for.
+  @inline(__always)
+  static func of(_ req: fuse_req_t?) -> FileSystem { from(fuse_req_userdata(req)) }
+
+  @inline(__always)
+  static func from(_ userdata: UnsafeMutableRawPointer?) -> FileSystem {
+    let session = userdata!.assumingMemoryBound(to: fuseio_session.self)
+    return Unmanaged<FileSystem>.fromOpaque(session.pointee.owner!).takeUnretainedValue()
+  }
+
+  // MARK: - The operations table
+
+  /// The FUSE low-level operations of snapfs: each entry finds its file system and calls
+  /// the method of the same name. FLUSH is left out on purpose (see the type's comment).
+  static func operations() -> fuse_lowlevel_ops {
+    var ops = fuse_lowlevel_ops()
+    ops.`init` = { userdata, conn in FileSystem.from(userdata).initialize(conn) }
+    ops.lookup = { req, parent, name in FileSystem.of(req).lookup(req, parent, name) }
+    ops.forget = { req, ino, count in FileSystem.of(req).forget(req, ino, count) }
+    ops.forget_multi = { req, count, forgets in FileSystem.of(req).forgetMulti(req, count, forgets) }
+    ops.getattr = { req, ino, _ in FileSystem.of(req).getattr(req, ino) }
+    ops.setattr = { req, ino, attr, toSet, fi in FileSystem.of(req).setattr(req, ino, attr, toSet, fi) }
+    ops.readlink = { req, ino in FileSystem.of(req).readlink(req, ino) }
+    ops.mknod = { req, parent, name, mode, rdev in FileSystem.of(req).mknod(req, parent, name, mode, rdev) }
+    ops.mkdir = { req, parent, name, mode in FileSystem.of(req).mkdir(req, parent, name, mode) }
+    ops.symlink = { req, link, parent, name in FileSystem.of(req).symlink(req, link, parent, name) }
+    ops.link = { req, ino, newParent, newName in FileSystem.of(req).link(req, ino, newParent, newName) }
+    ops.unlink = { req, parent, name in FileSystem.of(req).unlink(req, parent, name) }
+    ops.rmdir = { req, parent, name in FileSystem.of(req).rmdir(req, parent, name) }
+    ops.rename = { req, parent, name, newParent, newName, flags in
+      FileSystem.of(req).rename(req, parent, name, newParent, newName, flags)
+    }
+    ops.open = { req, ino, fi in FileSystem.of(req).open(req, ino, fi) }
+    ops.create = { req, parent, name, mode, fi in FileSystem.of(req).create(req, parent, name, mode, fi) }
+    ops.read = { req, ino, size, offset, fi in FileSystem.of(req).read(req, ino, size, offset, fi) }
+    ops.write_buf = { req, _, buffers, offset, fi in FileSystem.of(req).writeBuf(req, buffers, offset, fi) }
+    ops.release = { req, ino, fi in FileSystem.of(req).release(req, ino, fi) }
+    ops.fsync = { req, _, datasync, fi in FileSystem.of(req).fsync(req, datasync, fi) }
+    ops.fallocate = { req, _, mode, offset, length, fi in FileSystem.of(req).fallocate(req, mode, offset, length, fi) }
+    ops.lseek = { req, _, offset, whence, fi in FileSystem.of(req).lseek(req, offset, whence, fi) }
+    ops.opendir = { req, ino, fi in FileSystem.of(req).opendir(req, ino, fi) }
+    ops.readdir = { req, _, size, offset, fi in FileSystem.of(req).readDirectory(req, size, offset, fi, plus: false) }
+    ops.readdirplus = { req, _, size, offset, fi in FileSystem.of(req).readDirectory(req, size, offset, fi, plus: true) }
+    ops.releasedir = { req, _, fi in FileSystem.of(req).releasedir(req, fi) }
+    ops.fsyncdir = { req, ino, _, _ in FileSystem.of(req).fsyncdir(req, ino) }
+    ops.statfs = { req, _ in FileSystem.of(req).statfs(req) }
+    ops.getxattr = { req, ino, name, size in FileSystem.of(req).getxattr(req, ino, name, size) }
+    ops.listxattr = { req, ino, size in FileSystem.of(req).listxattr(req, ino, size) }
+    ops.setxattr = { req, ino, name, value, size, flags in FileSystem.of(req).setxattr(req, ino, name, value, size, flags) }
+    ops.removexattr = { req, ino, name in FileSystem.of(req).removexattr(req, ino, name) }
+    return ops
+  }
+
+  // MARK: - Helpers
+
+  @inline(__always)
+  private func node(_ ino: fuse_ino_t) -> Node {
+    if ino == FUSE_ROOT_ID { return overlay.root }
+    return Unmanaged<Node>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(ino))!).takeUnretainedValue()
+  }
+
+  /// The id the kernel knows `node` by.
+  private func kernelID(_ node: Node) -> fuse_ino_t { node === overlay.root ? fuse_ino_t(FUSE_ROOT_ID) : node.id }
+
+  /// How long the kernel may trust what it is told. Lower layers never change, and the upper
+  /// one changes only through this mount, so names and attributes are cached long; except a
+  /// file with several links in the upper dir, whose link count changes through other names.
+  private func timeout(_ node: Node, _ st: stat) -> Double {
+    if !overlay.hasUpper || node.layer != 0 { return 86400 }
+    if st.type == S_IFREG && st.st_nlink > 1 { return 0 }
+    return 1
+  }
+
+  private var negativeTimeout: Double { overlay.hasUpper ? 1 : 86400 }
+
+  /// The entry the kernel is told for `node` with attributes `st`.
+  private func entry(_ node: Node, _ st: stat) -> fuse_entry_param {
+    var entry = fuse_entry_param()
+    entry.attr = st
+    entry.ino = node.id
+    entry.attr_timeout = timeout(node, st)
+    entry.entry_timeout = entry.attr_timeout
+    return entry
+  }
+
+  /// Looks `name` up in `parent` (counted for the kernel) and replies with its entry. Caller
+  /// holds the tree lock.
+  private func replyLookup(_ req: fuse_req_t?, _ parent: Node, _ name: String) throws(Errno) {
+    let (node, st) = try overlay.lookup(parent, name)
+    var e = entry(node, st)
+    fuse_reply_entry(req, &e)
+  }
+
+  /// Open flags as passed to the layer: with the writeback cache the kernel reads pages it
+  /// caches for writing, and handles O_APPEND itself.
+  private func layerFlags(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Int32 {
+    var flags = fi!.pointee.flags
+    if writeback {
+      if flags & O_ACCMODE == O_WRONLY { flags = (flags & ~O_ACCMODE) | O_RDWR }
+      flags &= ~O_APPEND
+    }
+    return flags
+  }
+
+  /// Replies to OPEN or CREATE (`reply` sends it) for the open file `opened` of `node`,
+  /// counted by `passthrough.open` (under the tree lock that opened it). If the reply does not
+  /// reach the kernel (the caller was interrupted), no RELEASE will come: the open is undone here.
+  private func replyOpen(
+    _ node: Node, _ opened: Passthrough.Opened, _ fi: UnsafeMutablePointer<fuse_file_info>?,
+    _ reply: () -> Int32
+  ) -> Bool {
+    let handle = FileHandle(opened)
+    fi!.pointee.fh = handle.raw
+    // Page caches stay across opens (the files change only through this mount), and close(2)
+    // does not wait for a FLUSH round trip. A passthrough file's page cache is its backing
+    // file's: the kernel refuses keep_cache with it.
+    snapfs_fi_set(fi, handle.passthrough ? 0 : 1, 0, 1)
+    if let backing = opened.io.backingID { fuseio_arm_open(backing) }
+    let rc = reply()
+    fuseio_disarm()
+    if rc != 0 {
+      passthrough.close(node, passthrough: handle.passthrough)
+      handle.close()
+    }
+    return rc == 0
+  }
+
+  private func replyAttr(_ req: fuse_req_t?, _ node: Node) throws(Errno) {
+    var st = try overlay.attributes(node)
+    fuse_reply_attr(req, &st, timeout(node, st))
+  }
+
+  private func context(_ req: fuse_req_t?) -> (uid: uid_t, gid: gid_t) {
+    let ctx = fuse_req_ctx(req)!.pointee
+    return (ctx.uid, ctx.gid)
+  }
+
+  /// Makes `name` in `parent` with `make` (given the upper dir's descriptor), owned by the
+  /// caller, and replies with its entry. A directory made over a whiteout is opaque.
+  private func make(
+    _ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, mode: mode_t? = nil,
+    directory: Bool = false, _ body: (Int32, String) throws(Errno) -> Void
+  ) {
+    let p = node(parent)
+    let n = string(name)
+    let caller = context(req)
+    let overlay = self.overlay
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in
+        let overWhiteout = try overlay.prepareCreate(p, n)
+        let upper = p.dirs[0].fd
+        try body(upper, n)
+        do throws(Errno) {
+          if directory && overWhiteout {
+            let fd = try Sys.call(shim_openat(upper, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+            defer { close(fd) }
+            try overlay.markOpaque(fd)
+          }
+          try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
+          try replyLookup(req, p, n)
+        } catch {
+          _ = unlinkat(upper, n, directory ? AT_REMOVEDIR : 0)
+          throw error
+        }
+      }
+    }
+  }
+
+  private func directoryHandle(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> DirHandle {
+    Unmanaged<DirHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).takeUnretainedValue()
+  }
+
+  // MARK: - Operations
+
+  func initialize(_ conn: UnsafeMutablePointer<fuse_conn_info>?) {
+    guard let conn else { return }
+    let capable = conn.pointee.capable
+    var want = conn.pointee.want
+    for cap in [FUSE_CAP_SPLICE_WRITE, FUSE_CAP_SPLICE_READ, FUSE_CAP_PARALLEL_DIROPS, FUSE_CAP_ASYNC_DIO] where capable & UInt32(cap) != 0
+    {
+      want |= UInt32(cap)
+    }
+    // Passthrough makes the files' reads and writes the kernel's own; without it, the
+    // writeback cache batches writes into big requests. The kernel refuses the two together.
+    if passthrough.negotiate() {
+      want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
+    } else if overlay.hasUpper && !noOpen && capable & UInt32(FUSE_CAP_WRITEBACK_CACHE) != 0 {
+      want |= UInt32(FUSE_CAP_WRITEBACK_CACHE)
+      writeback = true
+    }
+    // readdirplus for every listing, not only the first call of each: otherwise the kernel
+    // looks up the rest of a big directory one LOOKUP request per name.
+    want &= ~UInt32(FUSE_CAP_READDIRPLUS_AUTO)
+    conn.pointee.want = want
+    conn.pointee.max_write = 1 << 20
+    conn.pointee.max_readahead = 1 << 20
+  }
+
+  func lookup(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
+    let p = node(parent)
+    let n = string(name)
+    do throws(Errno) {
+      try overlay.tree.read { () throws(Errno) in try replyLookup(req, p, n) }
+    } catch  where error.code == ENOENT {
+      var entry = fuse_entry_param()
+      entry.entry_timeout = negativeTimeout
+      fuse_reply_entry(req, &entry)
+    } catch {
+      fuse_reply_err(req, error.code)
+    }
+  }
+
+  func forget(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ count: UInt64) {
+    if ino != FUSE_ROOT_ID { overlay.nodes.forget(node(ino), count) }
+    fuse_reply_none(req)
+  }
+
+  func forgetMulti(_ req: fuse_req_t?, _ count: Int, _ forgets: UnsafeMutablePointer<fuse_forget_data>?) {
+    for i in 0..<count {
+      let f = forgets![i]
+      if f.ino != FUSE_ROOT_ID { overlay.nodes.forget(node(f.ino), f.nlookup) }
+    }
+    fuse_reply_none(req)
+  }
+
+  func getattr(_ req: fuse_req_t?, _ ino: fuse_ino_t) {
+    let n = node(ino)
+    reply(req) { () throws(Errno) in try overlay.tree.read { () throws(Errno) in try replyAttr(req, n) } }
+  }
+
+  /// The descriptor to change attributes through: the open file's, the directory's own, or
+  /// a path to the file (O_PATH descriptors refuse fchmod and futimens): a name in its
+  /// directory, not followed, or for a removed file the /proc path of the descriptor that pins
+  /// it, a link that must be followed to reach the file.
+  private enum Target {
+    case fd(Int32)
+    case at(Int32, String, follow: Bool)
+  }
+
+  func setattr(
+    _ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutablePointer<stat>?, _ toSet: Int32,
+    _ fi: UnsafeMutablePointer<fuse_file_info>?
+  ) {
+    let n = node(ino)
+    let a = attr!.pointee
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in
+        // With the writeback cache the kernel also sends ctime-only updates (after an unlink,
+        // say): nothing here to change, and no reason to copy up.
+        let changes =
+          FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME
+        guard toSet & changes != 0 else { return try replyAttr(req, n) }
+        try overlay.copyUp(n)
+        let target: Target
+        if let fi, fi.pointee.fh != 0 {
+          target = .fd(FileHandle(fi.pointee.fh).fd)
+        } else if n.isDirectory {
+          target = .fd(n.fd)
+        } else if let loc = overlay.upperLocation(n) {
+          target = .at(loc.dirfd, loc.name, follow: false)
+        } else {
+          target = .at(AT_FDCWD, "/proc/self/fd/\(n.pinned)", follow: true)
+        }
+        if toSet & FUSE_SET_ATTR_MODE != 0 {
+          switch target {
+          case .fd(let fd): _ = try Sys.call(fchmod(fd, a.st_mode & 0o7777))
+          case .at(let dir, let name, _): _ = try Sys.call(fchmodat(dir, name, a.st_mode & 0o7777, 0))
+          }
+        }
+        if toSet & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
+          let uid = toSet & FUSE_SET_ATTR_UID != 0 ? a.st_uid : uid_t.max
+          let gid = toSet & FUSE_SET_ATTR_GID != 0 ? a.st_gid : gid_t.max
+          switch target {
+          case .fd(let fd): _ = try Sys.call(fchown(fd, uid, gid))
+          case .at(let dir, let name, let follow): _ = try Sys.call(fchownat(dir, name, uid, gid, follow ? 0 : AT_SYMLINK_NOFOLLOW))
+          }
+        }
+        if toSet & FUSE_SET_ATTR_SIZE != 0 {
+          switch target {
+          case .fd(let fd): _ = try Sys.call(ftruncate(fd, a.st_size))
+          case .at(let dir, let name, let follow):
+            let fd = try Sys.call(shim_openat(dir, name, O_WRONLY | (follow ? 0 : O_NOFOLLOW) | O_CLOEXEC, 0))
+            defer { close(fd) }
+            _ = try Sys.call(ftruncate(fd, a.st_size))
+          }
+        }
+        if toSet & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME) != 0 {
+          let omit = timespec(tv_sec: 0, tv_nsec: SHIM_UTIME_OMIT)
+          let now = timespec(tv_sec: 0, tv_nsec: SHIM_UTIME_NOW)
+          var times = [omit, omit]
+          if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { times[0] = now } else if toSet & FUSE_SET_ATTR_ATIME != 0 { times[0] = a.st_atim }
+          if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { times[1] = now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { times[1] = a.st_mtim }
+          switch target {
+          case .fd(let fd): _ = try Sys.call(futimens(fd, &times))
+          case .at(let dir, let name, let follow): _ = try Sys.call(utimensat(dir, name, &times, follow ? 0 : AT_SYMLINK_NOFOLLOW))
+          }
+        }
+        try replyAttr(req, n)
+      }
+    }
+  }
+
+  func readlink(_ req: fuse_req_t?, _ ino: fuse_ino_t) {
+    let n = node(ino)
+    reply(req) { () throws(Errno) in
+      fuse_reply_readlink(req, try overlay.tree.read { () throws(Errno) -> [CChar] in try overlay.readlink(n) })
+    }
+  }
+
+  func mknod(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ mode: mode_t, _ rdev: dev_t) {
+    make(req, parent, name, mode: mode) { (dir, n) throws(Errno) in _ = try Sys.call(mknodat(dir, n, mode, rdev)) }
+  }
+
+  func mkdir(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ mode: mode_t) {
+    make(req, parent, name, directory: true) { (dir, n) throws(Errno) in _ = try Sys.call(mkdirat(dir, n, mode)) }
+  }
+
+  func symlink(_ req: fuse_req_t?, _ link: UnsafePointer<CChar>?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
+    let target = string(link)
+    make(req, parent, name) { (dir, n) throws(Errno) in _ = try Sys.call(symlinkat(target, dir, n)) }
+  }
+
+  func link(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ newParent: fuse_ino_t, _ newName: UnsafePointer<CChar>?) {
+    let n = node(ino)
+    let p = node(newParent)
+    let name = string(newName)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in
+        try overlay.link(n, p, name)
+        var e: fuse_entry_param
+        do throws(Errno) { e = entry(n, try overlay.attributes(n)) } catch {
+          overlay.nodes.forget(n, 1)
+          throw error
+        }
+        fuse_reply_entry(req, &e)
+      }
+    }
+  }
+
+  func unlink(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
+    remove(req, parent, name, directory: false)
+  }
+
+  func rmdir(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
+    remove(req, parent, name, directory: true)
+  }
+
+  private func remove(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, directory: Bool) {
+    let p = node(parent)
+    let n = string(name)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in try overlay.remove(p, n, directory: directory) }
+      fuse_reply_err(req, 0)
+    }
+  }
+
+  func rename(
+    _ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ newParent: fuse_ino_t,
+    _ newName: UnsafePointer<CChar>?, _ flags: UInt32
+  ) {
+    let p = node(parent)
+    let n = string(name)
+    let np = node(newParent)
+    let nn = string(newName)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in try overlay.rename(p, n, np, nn, flags: flags) }
+      fuse_reply_err(req, 0)
+    }
+  }
+
+  func open(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    // No open on a read-only mount: the kernel stops sending OPEN and RELEASE, and reads by
+    // node (see the type's comment).
+    if noOpen {
+      fuse_reply_err(req, ENOSYS)
+      return
+    }
+    let n = node(ino)
+    let passthrough = self.passthrough!
+    reply(req) { () throws(Errno) in
+      let opened = try overlay.open(n, flags: layerFlags(fi)) { (upper, openFile) throws(Errno) in
+        try passthrough.open(n, upper: upper, openFile)
+      }
+      if opened.io == .stale {
+        // The kernel retries the open once with a fresh lookup, which finds the split's new
+        // node; other processes' cached entries for the name are dropped too.
+        FileHandle(opened).close()
+        if let gone = try overlay.split(n, lower: passthrough.lowerFile(n)) {
+          notifier?.forget(parent: kernelID(gone.parent), name: gone.name)
+        }
+        throw Errno(ESTALE)
+      }
+      _ = replyOpen(n, opened, fi) { fuse_reply_open(req, fi) }
+    }
+  }
+
+  func create(
+    _ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ mode: mode_t,
+    _ fi: UnsafeMutablePointer<fuse_file_info>?
+  ) {
+    let p = node(parent)
+    let n = string(name)
+    let caller = context(req)
+    let passthrough = self.passthrough!
+    reply(req) { () throws(Errno) in
+      let flags = layerFlags(fi)
+      try overlay.tree.write { () throws(Errno) in
+        _ = try overlay.prepareCreate(p, n)
+        let upper = p.dirs[0].fd
+        let fd = try Sys.call(shim_openat(upper, n, flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, UInt32(mode)))
+        do throws(Errno) {
+          try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
+          let (child, st) = try overlay.lookup(p, n)
+          var e = entry(child, st)
+          let opened = try passthrough.open(child, upper: true) { fd }
+          if opened.io == .stale {  // a node of a name that was not there: cannot be, but undo and retry
+            overlay.nodes.forget(child, 1)
+            throw Errno(ESTALE)
+          }
+          if !replyOpen(child, opened, fi, { fuse_reply_create(req, &e, fi) }) { overlay.nodes.forget(child, 1) }
+        } catch {
+          close(fd)
+          unlinkat(upper, n, 0)
+          throw error
+        }
+      }
+    }
+  }
+
+  func read(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ offset: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    // One read of a file at a time (see `readLocks`).
+    let fh = fi?.pointee.fh ?? 0
+    guard fh == 0 else {
+      let fd = FileHandle(fh).fd
+      return readLocks[Int(fd) & (readLocks.count - 1)].with { _ = snapfs_reply_fd(req, fd, size, offset) }
+    }
+    // No open file (a read-only mount): the node's file, kept open for its reads.
+    let n = node(ino)
+    let passthrough = self.passthrough!
+    readLocks[Int(truncatingIfNeeded: n.id >> 4) & (readLocks.count - 1)].with {
+      do throws(Errno) {
+        let file = try overlay.open(n, flags: O_RDONLY) { (_, openFile) throws(Errno) in try passthrough.readFile(n, openFile) }
+        _ = snapfs_reply_fd(req, file.fd, size, offset)
+        file.close()
+      } catch {
+        // The open the kernel did not ask for failed: a read error. (A stub whose object is
+        // missing: the open succeeded, unlike overlayfs's, which fails with ENOENT.)
+        fuse_reply_err(req, error.code == ENOENT ? EIO : error.code)
+      }
+    }
+  }
+
+  func writeBuf(
+    _ req: fuse_req_t?, _ buffers: UnsafeMutablePointer<fuse_bufvec>?, _ offset: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?
+  ) {
+    let n = snapfs_write_buf(FileHandle(fi!.pointee.fh).fd, buffers, offset)
+    if n < 0 { fuse_reply_err(req, Int32(-n)) } else { fuse_reply_write(req, n) }
+  }
+
+  func release(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    let handle = FileHandle(fi!.pointee.fh)
+    passthrough.close(node(ino), passthrough: handle.passthrough)
+    handle.close()
+    fuse_reply_err(req, 0)
+  }
+
+  func fsync(_ req: fuse_req_t?, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    let fd = FileHandle(fi!.pointee.fh).fd
+    fuse_reply_err(req, (datasync != 0 ? fdatasync(fd) : Glibc.fsync(fd)) == 0 ? 0 : errno)
+  }
+
+  func fallocate(_ req: fuse_req_t?, _ mode: Int32, _ offset: off_t, _ length: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    fuse_reply_err(req, shim_fallocate(FileHandle(fi!.pointee.fh).fd, mode, Int64(offset), Int64(length)) == 0 ? 0 : errno)
+  }
+
+  func lseek(_ req: fuse_req_t?, _ offset: off_t, _ whence: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    let r = Glibc.lseek(FileHandle(fi!.pointee.fh).fd, offset, whence)
+    if r < 0 { fuse_reply_err(req, errno) } else { fuse_reply_lseek(req, r) }
+  }
+
+  func opendir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    let n = node(ino)
+    fi!.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(DirHandle(node: n)).toOpaque()))
+    // The kernel may keep listings: a directory changes only through this mount, and the
+    // kernel drops its cached listing when it changes one.
+    snapfs_fi_set(fi, 1, 1, 0)
+    fuse_reply_open(req, fi)
+  }
+
+  func readDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
+    let handle = directoryHandle(fi)
+    let overlay = self.overlay
+    if handle.entries == nil || offset == 0 {
+      do {
+        handle.entries = try overlay.tree.read { () throws(Errno) -> [Overlay.Entry] in try overlay.entries(handle.node) }
+      } catch {
+        fuse_reply_err(req, error.code)
+        return
+      }
+    }
+    let entries = handle.entries!
+    let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
+    defer { buffer.deallocate() }
+    var used = 0
+    // Offsets 1 and 2 are "." and ".."; entry i of the listing is offset i + 3.
+    var index = Int(offset)
+    overlay.tree.read {
+      while index < entries.count + 2 {
+        let next = off_t(index + 1)
+        var added = 0
+        if index < 2 {
+          var st = stat()
+          st.st_mode = S_IFDIR
+          st.st_ino = ino_t(index == 0 ? handle.node.ino : (handle.node.parent ?? handle.node).ino)
+          let name = index == 0 ? "." : ".."
+          if plus {
+            var entry = fuse_entry_param()
+            entry.attr = st
+            added = fuse_add_direntry_plus(req, buffer + used, size - used, name, &entry, next)
+          } else {
+            added = fuse_add_direntry(req, buffer + used, size - used, name, &st, next)
+          }
+          if added > size - used { break }
+        } else {
+          let e = entries[index - 2]
+          if plus {
+            var child: Node?
+            var plusEntry = fuse_entry_param()
+            do throws(Errno) {
+              let (node, attr) = try overlay.lookup(handle.node, e.name)
+              child = node
+              plusEntry = entry(node, attr)
+            } catch  where error.code == ENOENT {
+              index += 1  // gone meanwhile
+              continue
+            } catch {
+              // Listed, but its attributes cannot be had now: a plain entry (node id 0), which
+              // the kernel looks up itself when it is used, and gets the error then.
+              plusEntry.attr.st_ino = ino_t(e.ino)
+              plusEntry.attr.st_mode = mode_t(e.type) << 12
+            }
+            added = fuse_add_direntry_plus(req, buffer + used, size - used, e.name, &plusEntry, next)
+            if added > size - used {
+              if let child { overlay.nodes.forget(child, 1) }
+              break
+            }
+          } else {
+            var st = stat()
+            st.st_ino = ino_t(e.ino)
+            st.st_mode = mode_t(e.type) << 12
+            added = fuse_add_direntry(req, buffer + used, size - used, e.name, &st, next)
+            if added > size - used { break }
+          }
+        }
+        used += added
+        index += 1
+      }
+    }
+    fuse_reply_buf(req, buffer, used)
+  }
+
+  func releasedir(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    Unmanaged<DirHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).release()
+    fuse_reply_err(req, 0)
+  }
+
+  func fsyncdir(_ req: fuse_req_t?, _ ino: fuse_ino_t) {
+    let n = node(ino)
+    let rc = overlay.tree.read { n.dirs[0].layer == 0 ? Glibc.fsync(n.dirs[0].fd) : 0 }
+    fuse_reply_err(req, rc == 0 ? 0 : errno)
+  }
+
+  func statfs(_ req: fuse_req_t?) {
+    var st = statvfs()
+    if fstatvfs(overlay.root.dirs[0].fd, &st) != 0 { fuse_reply_err(req, errno) } else { fuse_reply_statfs(req, &st) }
+  }
+
+  func getxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ size: Int) {
+    let n = node(ino)
+    let key = string(name)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.read { () throws(Errno) in
+        if size == 0 {
+          fuse_reply_xattr(req, try overlay.getXattr(n, key, into: nil, size: 0))
+          return
+        }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
+        defer { buffer.deallocate() }
+        let count = try overlay.getXattr(n, key, into: buffer, size: size)
+        fuse_reply_buf(req, buffer, count)
+      }
+    }
+  }
+
+  func listxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int) {
+    let n = node(ino)
+    reply(req) { () throws(Errno) in
+      let names = try overlay.tree.read { () throws(Errno) -> [UInt8] in try overlay.listXattrs(n) }
+      if size == 0 {
+        fuse_reply_xattr(req, names.count)
+        return
+      }
+      guard names.count <= size else { throw Errno(ERANGE) }
+      names.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), names.count) }
+    }
+  }
+
+  func setxattr(
+    _ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ value: UnsafePointer<CChar>?, _ size: Int,
+    _ flags: Int32
+  ) {
+    let n = node(ino)
+    let key = string(name)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in try overlay.setXattr(n, key, value, size: size, flags: flags) }
+      fuse_reply_err(req, 0)
+    }
+  }
+
+  func removexattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
+    let n = node(ino)
+    let key = string(name)
+    reply(req) { () throws(Errno) in
+      try overlay.tree.write { () throws(Errno) in try overlay.removeXattr(n, key) }
+      fuse_reply_err(req, 0)
+    }
+  }
+}
+
+/// An open directory: its merged listing, taken at the first read (the kernel may answer
+/// from its cached listing and never read) and kept until it is closed, as overlayfs does.
+/// The kernel serializes reads of one open directory.
+final class DirHandle {
+  let node: Node
+  var entries: [Overlay.Entry]?
+  init(node: Node) { self.node = node }
+}
+
+@inline(__always)
+private func string(_ name: UnsafePointer<CChar>?) -> String { String(cString: name!) }
+
+/// Runs `body`, which replies on success; a thrown errno becomes the reply.
+@inline(__always)
+private func reply(_ req: fuse_req_t?, _ body: () throws(Errno) -> Void) {
+  do { try body() } catch { fuse_reply_err(req, error.code) }
+}
