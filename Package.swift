@@ -39,7 +39,9 @@ let package = Package(
   ],
   targets: [
     .target(name: "CSysShims", path: "Sources/CSysShims"),
-    .target(name: "CFuseIO"),
+    // liburing (Debian's liburing-dev) for FUSE over io_uring; libfuse's headers from
+    // /usr/include/fuse3 (fuse_session_process_buf).
+    .target(name: "CFuseIO", linkerSettings: [.linkedLibrary("uring")]),
     .systemLibrary(
       name: "CArchive",
       path: "Sources/CArchive",
