@@ -11,6 +11,7 @@ Every timed case is measured with time.perf_counter_ns (CLOCK_MONOTONIC) around 
 system calls only; setup (dropping caches, listing, checks) is outside the timed span.
 """
 import argparse
+import errno
 import html
 import json
 import os
@@ -32,6 +33,8 @@ CASES = [
     ("walk-warm", "entries/s", "entries", "the same walk again right after"),
     ("small-read", "files/s", "files", "open+read+close of every small file after the cold walk (metadata warm, data cold)"),
     ("small-read-warm", "files/s", "files", "the same reads again (data warm)"),
+    ("round-trip", "requests/s", "requests", "getxattr of a name the file lacks, 20,000 times: one request each, which "
+     "no cache answers (the kernel: none)"),
     ("view-read", "files/s", "files", "read-only mount of the same layers (a view): open+read+close of every small file, "
      "fresh mount, caches dropped, after a walk"),
     ("view-read-warm", "files/s", "files", "the same reads again on the view (data warm)"),
@@ -45,7 +48,7 @@ CASES = [
     ("seq-write-fsync", "MiB/s", "MiB", "the same with fsync before close"),
 ]
 CASE_INFO = {c[0]: c for c in CASES}
-DRIVERS = ["kernel", "snapfs", "fuse-overlayfs"]
+DRIVERS = ["kernel", "snapfs", "snapfs-uring", "fuse-overlayfs"]  # snapfs-uring: with --uring
 
 
 def small_name(i, dirs):
@@ -179,6 +182,19 @@ def cmd_session(a):
             if n != expect:
                 sys.exit(f"{a.driver}: read {n} bytes of small files, their sizes add up to {expect}")
             emit(case, s, len(small), bytes=n, entries=entries)
+    elif a.name == "roundtrip":
+        path = os.path.join(mnt, BIG)
+        n = 20000
+
+        def getxattrs():
+            for _ in range(n):
+                try:
+                    os.getxattr(path, "user.snapfs-bench-none")
+                except OSError as e:
+                    if e.errno != errno.ENODATA:
+                        raise
+        s, _ = timed(getxattrs)
+        emit("round-trip", s, n)
     elif a.name == "view":
         drop_caches()
         _, files = walk(mnt)
@@ -267,8 +283,9 @@ def ratio(a, b):
 
 def svg_chart(rows, meta, path):
     """Grouped horizontal bars per case, each driver's median rate over the kernel's."""
-    colors = {"kernel": "#9e9e9e", "snapfs": "#1f77b4", "fuse-overlayfs": "#ff7f0e"}
-    names = {"kernel": "kernel overlayfs", "snapfs": "snapfs", "fuse-overlayfs": "fuse-overlayfs"}
+    colors = {"kernel": "#9e9e9e", "snapfs": "#1f77b4", "snapfs-uring": "#2ca02c", "fuse-overlayfs": "#ff7f0e"}
+    names = {"kernel": "kernel overlayfs", "snapfs": "snapfs", "snapfs-uring": "snapfs -o uring",
+             "fuse-overlayfs": "fuse-overlayfs"}
     vals = [r["norm"][d] for r in rows for d in DRIVERS if r["norm"][d] is not None]
     top = max([1.2] + [v * 1.1 for v in vals])
     step = next(s for s in (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50) if top / s <= 10)
@@ -358,11 +375,17 @@ def cmd_report(a):
     consistent = len({frozenset(v) for v in seen.values()}) <= 1 and all(len(v) == 1 for v in seen.values())
     g = goals(med)
 
+    uring = any(r["n"]["snapfs-uring"] for r in rows)
     head = ["case", "unit", "kernel", "snapfs", "fuse-overlayfs", "snapfs/fuse-overlayfs", "snapfs/kernel"]
     table = [[r["case"], r["unit"], fmt_rate(r["rate"]["kernel"]), fmt_rate(r["rate"]["snapfs"]),
               fmt_rate(r["rate"]["fuse-overlayfs"]),
               fmt_ratio(ratio(r["rate"]["snapfs"], r["rate"]["fuse-overlayfs"])),
               fmt_ratio(r["norm"]["snapfs"])] for r in rows]
+    if uring:
+        head += ["snapfs -o uring", "uring/snapfs", "uring/fuse-overlayfs"]
+        for t, r in zip(table, rows):
+            t += [fmt_rate(r["rate"]["snapfs-uring"]), fmt_ratio(ratio(r["rate"]["snapfs-uring"], r["rate"]["snapfs"])),
+                  fmt_ratio(ratio(r["rate"]["snapfs-uring"], r["rate"]["fuse-overlayfs"]))]
     widths = [max(len(x[i]) for x in [head] + table) for i in range(len(head))]
     line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     verdict = lambda h: "n/a " if h is None else ("PASS" if h else "FAIL")
@@ -390,9 +413,9 @@ def cmd_report(a):
     md = ["# snapfs against kernel overlayfs and fuse-overlayfs", "",
           f"`{meta.get('command', 'scripts/bench-fuse')}` on {meta.get('cores', '?')} cores, kernel "
           f"{meta.get('kernel', '?')}, {meta.get('fs', '?')}, {meta.get('date', '?')}. "
-          f"Median of {meta.get('rounds', '?')} rounds; the three drivers one after the other for each case, "
-          f"their order turning each round; every case on a fresh mount of the same container snapshot "
-          f"(two committed layers made through snapshotd) with its own empty upper and work dirs.", ""]
+          f"Median of {meta.get('rounds', '?')} rounds; the drivers one after the other for each case, "
+          f"their order turning each round; every case on a fresh mount of the same two plain layers "
+          f"with its own empty upper and work dirs (none for the view).", ""]
     if standin:
         md += [f"**snapfs is a stand-in here: `{meta.get('snapfs')}`.** Its snapfs/fuse-overlayfs column "
                "shows the run's noise (1.00x if there were none).", ""]
@@ -411,7 +434,7 @@ def cmd_report(a):
            "(CLOCK_MONOTONIC, python worker); mounting, dropping caches and checks are not timed. "
            "Cold cases: `sync; echo 3 > /proc/sys/vm/drop_caches` right after a fresh mount.", "",
            "## Spread (min - max over rounds)", "",
-           "| case | kernel | snapfs | fuse-overlayfs |", "|---|---:|---:|---:|"]
+           "| case | " + " | ".join(DRIVERS) + " |", "|---|" + "---:|" * len(DRIVERS)]
     md += [f"| {r['case']} | " + " | ".join(
         f"{fmt_rate(r['min'][d])} - {fmt_rate(r['max'][d])}" if r["n"][d] else "-" for d in DRIVERS) + " |"
         for r in rows]

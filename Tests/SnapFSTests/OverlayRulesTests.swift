@@ -1,3 +1,4 @@
+import CSysShims
 import Foundation
 import SnapshotSys
 import Testing
