@@ -3,7 +3,10 @@
 //
 // One queue per possible CPU (the kernel sends a request to the queue of the CPU its caller
 // runs on, and uses the rings only once every queue has an entry), each with its own ring
-// (SQE128, for the 80-byte command) and a thread pinned to that CPU. Each entry is a header
+// (SQE128, for the 80-byte command) and thread. The threads are not pinned to their CPUs as
+// libfuse pins them: on the 2-core test machine a pinned queue thread made the scheduler move
+// the calling process to the other CPU on almost every request (56,000 migrations in 60,000
+// round trips, against 50 unpinned), and round trips took 22.3 us against 20.3 us unpinned. Each entry is a header
 // buffer (struct fuse_uring_req_header) and a payload buffer, registered with
 // FUSE_IO_URING_CMD_REGISTER; its completion brings a request, and
 // FUSE_IO_URING_CMD_COMMIT_AND_FETCH sends the reply and waits for the next one.
@@ -21,7 +24,6 @@
 #include <linux/fuse.h>
 #include <liburing.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,12 +143,6 @@ static void *queue_main(void *arg) {
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);  // signals are the session's main thread's
-  if (q->qid < (unsigned)get_nprocs_conf()) {
-    cpu_set_t cpus;
-    CPU_ZERO(&cpus);
-    CPU_SET(q->qid, &cpus);
-    (void)sched_setaffinity(0, sizeof cpus, &cpus);  // best effort: an offline CPU refuses
-  }
   // Task work (a request's copy into an entry) runs when this thread waits for completions,
   // not by interrupting it; this thread is the ring's only submitter.
   struct io_uring_params params = {.flags = IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN};
