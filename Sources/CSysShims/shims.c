@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <malloc.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -52,3 +53,34 @@ int shim_malloc_trim(void) { return malloc_trim(0); }
 unsigned long shim_makedev(unsigned int major, unsigned int minor) { return makedev(major, minor); }
 unsigned int shim_major(unsigned long dev) { return major(dev); }
 unsigned int shim_minor(unsigned long dev) { return minor(dev); }
+
+// Linux 6.13's numbers, the same on x86_64 and aarch64 (glibc 2.36 does not know them).
+#ifndef SYS_setxattrat
+#define SYS_setxattrat 463
+#define SYS_getxattrat 464
+#define SYS_listxattrat 465
+#define SYS_removexattrat 466
+#endif
+struct shim_xattr_args {
+  unsigned long long value;
+  unsigned int size;
+  unsigned int flags;
+};
+
+long shim_getxattrat(int dirfd, const char *path, int at_flags, const char *name, void *value, unsigned long size) {
+  struct shim_xattr_args args = {.value = (unsigned long long)(uintptr_t)value, .size = (unsigned int)size, .flags = 0};
+  return syscall(SYS_getxattrat, dirfd, path, at_flags, name, &args, sizeof args);
+}
+
+long shim_listxattrat(int dirfd, const char *path, int at_flags, char *list, unsigned long size) {
+  return syscall(SYS_listxattrat, dirfd, path, at_flags, list, size);
+}
+
+int shim_setxattrat(int dirfd, const char *path, int at_flags, const char *name, const void *value, unsigned long size, int flags) {
+  struct shim_xattr_args args = {.value = (unsigned long long)(uintptr_t)value, .size = (unsigned int)size, .flags = (unsigned int)flags};
+  return (int)syscall(SYS_setxattrat, dirfd, path, at_flags, name, &args, sizeof args);
+}
+
+int shim_removexattrat(int dirfd, const char *path, int at_flags, const char *name) {
+  return (int)syscall(SYS_removexattrat, dirfd, path, at_flags, name);
+}

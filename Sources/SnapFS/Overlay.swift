@@ -406,21 +406,42 @@ final class Overlay: @unchecked Sendable {
     return rest.hasPrefix("overlay.") ? privatePrefix + rest.dropFirst("overlay.".count) : nil
   }
 
-  /// Runs `body` with a path naming the node's topmost non-directory for the path-only
-  /// xattr calls (O_PATH descriptors refuse the f*xattr ones, and *at() forms do not exist).
-  private func withPath<T>(_ node: Node, _ body: (String) throws(Errno) -> T) throws(Errno) -> T {
-    if node.pinned >= 0 { return try body("/proc/self/fd/\(node.pinned)") }
+  /// Runs `call` (an *xattrat(2) call, Linux 6.13) on the node's topmost non-directory: its
+  /// name in its layer's directory, not followed. `fallback` gets a path naming the file
+  /// instead (O_PATH descriptors refuse the f*xattr calls, and the *xattrat calls with an
+  /// empty path, EBADF): its O_PATH descriptor's /proc/self/fd link. That is the way for a
+  /// removed file, which only the descriptor that pins it reaches, and on older kernels.
+  private func xattrCall<T>(
+    _ node: Node, _ call: (Int32, String, Int32) -> T, _ fallback: (String) -> T, failed: (T) -> Bool
+  ) throws(Errno) -> T {
+    func viaPath(_ fd: Int32) throws(Errno) -> T {
+      let r = fallback("/proc/self/fd/\(fd)")
+      if failed(r) { throw Errno(errno) }
+      return r
+    }
+    if node.pinned >= 0 { return try viaPath(node.pinned) }
     let (dirfd, name) = try location(node)
+    let result = call(dirfd, name, AT_SYMLINK_NOFOLLOW)
+    guard failed(result) else { return result }
+    guard errno == ENOSYS else { throw Errno(errno) }
     let fd = try Sys.call(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
     defer { close(fd) }
-    return try body("/proc/self/fd/\(fd)")
+    return try viaPath(fd)
   }
 
   func listXattrs(_ node: Node) throws(Errno) -> [UInt8] {
     let names =
       try node.isDirectory
       ? At.xattrNames(node.fd)
-      : withPath(node) { (path) throws(Errno) -> [[UInt8]] in try At.xattrNames(following: path) }
+      : At.xattrNames { (list, size) -> Int in
+        do throws(Errno) {
+          return try xattrCall(
+            node, { Int(shim_listxattrat($0, $1, $2, list, UInt(size))) }, { listxattr($0, list, size) }, failed: { $0 < 0 })
+        } catch {
+          errno = error.code  // as a list call answers: -1 and errno (ERANGE is tried again)
+          return -1
+        }
+      }
     var out: [UInt8] = []
     for bytes in names {
       if !bytes.starts(with: privatePrefix.utf8) {
@@ -439,7 +460,9 @@ final class Overlay: @unchecked Sendable {
   func getXattr(_ node: Node, _ name: String, into buffer: UnsafeMutableRawPointer?, size: Int) throws(Errno) -> Int {
     let name = stored(name)
     if node.isDirectory { return try Sys.call(fgetxattr(node.fd, name, buffer, size)) }
-    return try withPath(node) { (path) throws(Errno) -> Int in try Sys.call(getxattr(path, name, buffer, size)) }
+    return try xattrCall(
+      node, { Int(shim_getxattrat($0, $1, $2, name, buffer, UInt(size))) }, { getxattr($0, name, buffer, size) },
+      failed: { $0 < 0 })
   }
 
   func setXattr(_ node: Node, _ name: String, _ value: UnsafeRawPointer?, size: Int, flags: Int32) throws(Errno) {
@@ -448,7 +471,9 @@ final class Overlay: @unchecked Sendable {
     if node.isDirectory {
       _ = try Sys.call(fsetxattr(node.fd, name, value, size, flags))
     } else {
-      _ = try withPath(node) { (path) throws(Errno) -> Int32 in try Sys.call(setxattr(path, name, value, size, flags)) }
+      _ = try xattrCall(
+        node, { shim_setxattrat($0, $1, $2, name, value, UInt(size), flags) }, { setxattr($0, name, value, size, flags) },
+        failed: { $0 < 0 })
     }
   }
 
@@ -458,7 +483,7 @@ final class Overlay: @unchecked Sendable {
     if node.isDirectory {
       _ = try Sys.call(fremovexattr(node.fd, name))
     } else {
-      _ = try withPath(node) { (path) throws(Errno) -> Int32 in try Sys.call(removexattr(path, name)) }
+      _ = try xattrCall(node, { shim_removexattrat($0, $1, $2, name) }, { removexattr($0, name) }, failed: { $0 < 0 })
     }
   }
 

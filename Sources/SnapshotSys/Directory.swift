@@ -63,7 +63,7 @@ extension At {
   /// The names `list` (a `listxattr(2)` form, given a buffer and its size) answers, each
   /// name's bytes; ERANGE (the list grew between the two calls) is tried again.
   @inline(__always)
-  static func xattrNames(_ list: (UnsafeMutablePointer<CChar>?, Int) -> Int) throws(Errno) -> [[UInt8]] {
+  public static func xattrNames(_ list: (UnsafeMutablePointer<CChar>?, Int) -> Int) throws(Errno) -> [[UInt8]] {
     while true {
       let size = try Sys.call(list(nil, 0))
       if size == 0 { return [] }
@@ -78,12 +78,6 @@ extension At {
   /// `flistxattr(2)`: the names of the open file's extended attributes, as bytes.
   public static func xattrNames(_ fd: Int32) throws(Errno) -> [[UInt8]] {
     try xattrNames { flistxattr(fd, $0, $1) }
-  }
-
-  /// `listxattr(2)` (which follows a symlink, such as a /proc/self/fd link): the names of
-  /// the file's extended attributes, as bytes.
-  public static func xattrNames(following path: String) throws(Errno) -> [[UInt8]] {
-    try xattrNames { listxattr(path, $0, $1) }
   }
 
   /// `fgetxattr(2)`: the whole value of `name` (ERANGE, a value that grew, tried again).
