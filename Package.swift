@@ -39,9 +39,7 @@ let package = Package(
   ],
   targets: [
     .target(name: "CSysShims", path: "Sources/CSysShims"),
-    // liburing (Debian's liburing-dev) for FUSE over io_uring; libfuse's headers from
-    // /usr/include/fuse3 (fuse_session_process_buf).
-    .target(name: "CFuseIO", linkerSettings: [.linkedLibrary("uring")]),
+    .target(name: "CFuseIO"),
     .systemLibrary(
       name: "CArchive",
       path: "Sources/CArchive",

@@ -48,7 +48,7 @@ CASES = [
     ("seq-write-fsync", "MiB/s", "MiB", "the same with fsync before close"),
 ]
 CASE_INFO = {c[0]: c for c in CASES}
-DRIVERS = ["kernel", "snapfs", "snapfs-uring", "fuse-overlayfs"]  # snapfs-uring: with --uring
+DRIVERS = ["kernel", "snapfs", "fuse-overlayfs"]
 
 
 def small_name(i, dirs):
@@ -158,6 +158,17 @@ def cmd_session(a):
         out.append({"round": a.round, "driver": a.driver, "case": case, "seconds": seconds,
                     "amount": amount, "amount_unit": unit, "rate": amount / seconds, **extra})
 
+    def read_small(files, cases, **extra):
+        """Reads every small file of a walk's (path, size) list once per case, checking the bytes."""
+        small = [p for p, _ in files if os.path.basename(p) != BIG]
+        expect = sum(sz for p, sz in files if os.path.basename(p) != BIG)
+        sbuf = bytearray(65536)
+        for case in cases:
+            s, n = timed(lambda: sum(read_file(p, sbuf) for p in small))
+            if n != expect:
+                sys.exit(f"{a.driver}: {case}: read {n} bytes of small files, their sizes add up to {expect}")
+            emit(case, s, len(small), bytes=n, **extra)
+
     buf = bytearray(MiB)
     big = os.path.join(mnt, BIG)
     if a.name == "bigread":
@@ -174,14 +185,7 @@ def cmd_session(a):
             s, (entries, files) = timed(lambda: walk(mnt))
             emit(case, s, entries)
             listing = listing or files
-        small = [p for p, _ in listing if os.path.basename(p) != BIG]
-        expect = sum(sz for p, sz in listing if os.path.basename(p) != BIG)
-        sbuf = bytearray(65536)
-        for case in ("small-read", "small-read-warm"):
-            s, n = timed(lambda: sum(read_file(p, sbuf) for p in small))
-            if n != expect:
-                sys.exit(f"{a.driver}: read {n} bytes of small files, their sizes add up to {expect}")
-            emit(case, s, len(small), bytes=n, entries=entries)
+        read_small(listing, ("small-read", "small-read-warm"), entries=entries)
     elif a.name == "roundtrip":
         path = os.path.join(mnt, BIG)
         n = 20000
@@ -198,14 +202,7 @@ def cmd_session(a):
     elif a.name == "view":
         drop_caches()
         _, files = walk(mnt)
-        small = [p for p, _ in files if os.path.basename(p) != BIG]
-        expect = sum(sz for p, sz in files if os.path.basename(p) != BIG)
-        sbuf = bytearray(65536)
-        for case in ("view-read", "view-read-warm"):
-            s, n = timed(lambda: sum(read_file(p, sbuf) for p in small))
-            if n != expect:
-                sys.exit(f"{a.driver}: read {n} bytes of small files on the view, their sizes add up to {expect}")
-            emit(case, s, len(small), bytes=n)
+        read_small(files, ("view-read", "view-read-warm"))
     elif a.name in ("create", "create-trunc"):
         data = os.urandom(MiB)
         dirs = (a.create + 99) // 100
@@ -283,9 +280,8 @@ def ratio(a, b):
 
 def svg_chart(rows, meta, path):
     """Grouped horizontal bars per case, each driver's median rate over the kernel's."""
-    colors = {"kernel": "#9e9e9e", "snapfs": "#1f77b4", "snapfs-uring": "#2ca02c", "fuse-overlayfs": "#ff7f0e"}
-    names = {"kernel": "kernel overlayfs", "snapfs": "snapfs", "snapfs-uring": "snapfs -o uring",
-             "fuse-overlayfs": "fuse-overlayfs"}
+    colors = {"kernel": "#9e9e9e", "snapfs": "#1f77b4", "fuse-overlayfs": "#ff7f0e"}
+    names = {"kernel": "kernel overlayfs", "snapfs": "snapfs", "fuse-overlayfs": "fuse-overlayfs"}
     vals = [r["norm"][d] for r in rows for d in DRIVERS if r["norm"][d] is not None]
     top = max([1.2] + [v * 1.1 for v in vals])
     step = next(s for s in (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50) if top / s <= 10)
@@ -375,17 +371,11 @@ def cmd_report(a):
     consistent = len({frozenset(v) for v in seen.values()}) <= 1 and all(len(v) == 1 for v in seen.values())
     g = goals(med)
 
-    uring = any(r["n"]["snapfs-uring"] for r in rows)
     head = ["case", "unit", "kernel", "snapfs", "fuse-overlayfs", "snapfs/fuse-overlayfs", "snapfs/kernel"]
     table = [[r["case"], r["unit"], fmt_rate(r["rate"]["kernel"]), fmt_rate(r["rate"]["snapfs"]),
               fmt_rate(r["rate"]["fuse-overlayfs"]),
               fmt_ratio(ratio(r["rate"]["snapfs"], r["rate"]["fuse-overlayfs"])),
               fmt_ratio(r["norm"]["snapfs"])] for r in rows]
-    if uring:
-        head += ["snapfs -o uring", "uring/snapfs", "uring/fuse-overlayfs"]
-        for t, r in zip(table, rows):
-            t += [fmt_rate(r["rate"]["snapfs-uring"]), fmt_ratio(ratio(r["rate"]["snapfs-uring"], r["rate"]["snapfs"])),
-                  fmt_ratio(ratio(r["rate"]["snapfs-uring"], r["rate"]["fuse-overlayfs"]))]
     widths = [max(len(x[i]) for x in [head] + table) for i in range(len(head))]
     line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     verdict = lambda h: "n/a " if h is None else ("PASS" if h else "FAIL")

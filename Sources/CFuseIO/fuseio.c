@@ -9,7 +9,6 @@
 
 // Protocol 7.40 names that Debian 12's <linux/fuse.h> (7.38) lacks.
 #define SNAPFS_FUSE_PASSTHROUGH_FLAGS2 (1u << (37 - 32))
-#define SNAPFS_FUSE_OVER_IO_URING_FLAGS2 (1u << (41 - 32))
 #define SNAPFS_FOPEN_PASSTHROUGH (1u << 7)
 struct snapfs_backing_map {
   int32_t fd;
@@ -37,7 +36,6 @@ ssize_t fuseio_read(int fd, void *buf, size_t len, void *userdata) {
       memcpy(&flags, (char *)buf + sizeof h + 12, 4);
       memcpy(&flags2, (char *)buf + sizeof h + 16, 4);
       s->offered = (flags & FUSE_INIT_EXT) && (flags2 & SNAPFS_FUSE_PASSTHROUGH_FLAGS2);
-      s->offered_uring = (flags & FUSE_INIT_EXT) && (flags2 & SNAPFS_FUSE_OVER_IO_URING_FLAGS2);
       __atomic_store_n(&s->init_seen, 1, __ATOMIC_RELEASE);
     }
   }
@@ -53,7 +51,6 @@ static void patch_u32(void *base, size_t offset, uint32_t set) {
 
 ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata) {
   struct fuseio_session *s = userdata;
-  int init_reply = 0;
   if (count >= 2) {
     if (armed != 0) {
       // fuse_open_out ends the reply (CREATE: after fuse_entry_out): fh, open_flags, backing_id.
@@ -74,14 +71,9 @@ ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata) {
       if (s->flags2 & SNAPFS_FUSE_PASSTHROUGH_FLAGS2) {
         memcpy((char *)iov[1].iov_base + INIT_OUT_MAX_STACK_DEPTH, &s->stack_depth, 4);
       }
-      init_reply = 1;
     }
   }
-  ssize_t diverted = fuseio_uring_take_reply(iov, count);
-  if (diverted >= 0) return diverted;
-  ssize_t n = writev(fd, iov, count);
-  if (init_reply && n >= 0 && (s->flags2 & SNAPFS_FUSE_OVER_IO_URING_FLAGS2)) fuseio_uring_go(s);
-  return n;
+  return writev(fd, iov, count);
 }
 
 ssize_t fuseio_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags, void *userdata) {
@@ -94,11 +86,6 @@ int fuseio_kernel_offers_passthrough(const struct fuseio_session *session) { ret
 void fuseio_want_passthrough(struct fuseio_session *session, uint32_t max_stack_depth) {
   session->stack_depth = max_stack_depth;
   session->flags2 |= SNAPFS_FUSE_PASSTHROUGH_FLAGS2;
-  session->want = 1;
-}
-
-void fuseio_want_uring(struct fuseio_session *session) {
-  session->flags2 |= SNAPFS_FUSE_OVER_IO_URING_FLAGS2;
   session->want = 1;
 }
 

@@ -32,22 +32,15 @@ final class FileSystem: @unchecked Sendable {
   private(set) var writeback = false
   /// OPEN is answered ENOSYS (see above).
   let noOpen: Bool
-  /// Asked for FUSE over io_uring (`-o uring`), and the session to serve through it (set
-  /// before the loop runs).
-  let uring: Bool
-  var fuseSession: OpaquePointer?
-  /// io_uring was set up: requests come through the rings (CFuseIO's uring.c).
-  private(set) var uringActive = false
   /// Serializes reads per open file (per node with `noOpen`), striped wide enough that
   /// unrelated files rarely share a lock: the kernel's readahead sends a file's reads in
   /// order, and served in parallel they reach the layer's file out of order, which defeats
   /// its readahead.
   private let readLocks = (0..<1024).map { _ in Mutex() }
 
-  init(_ overlay: Overlay, readOnly: Bool, uring: Bool = false) {
+  init(_ overlay: Overlay, readOnly: Bool) {
     self.overlay = overlay
     noOpen = readOnly
-    self.uring = uring
     session = .allocate(capacity: 1)
     session.initialize(to: fuseio_session())
     session.pointee.owner = Unmanaged.passUnretained(self).toOpaque()
@@ -253,17 +246,9 @@ final class FileSystem: @unchecked Sendable {
     // readdirplus for every listing, not only the first call of each: otherwise the kernel
     // looks up the rest of a big directory one LOOKUP request per name.
     want &= ~UInt32(FUSE_CAP_READDIRPLUS_AUTO)
+    conn.pointee.want = want
     conn.pointee.max_write = 1 << 20
     conn.pointee.max_readahead = 1 << 20
-    // io_uring: one ring per CPU, entries of max_write (the kernel's payload size, as
-    // max_pages follows it); replies go into the ring's buffers, so none is spliced.
-    if uring, let fuseSession, fuseio_uring_kernel_offers(session) != 0,
-      fuseio_uring_setup(session, fuseSession, 4, Int(conn.pointee.max_write)) == 0
-    {
-      uringActive = true
-      want &= ~UInt32(FUSE_CAP_SPLICE_WRITE)
-    }
-    conn.pointee.want = want
   }
 
   func lookup(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {

@@ -36,15 +36,11 @@ public struct Options: Equatable, Sendable {
   /// FUSE passthrough of regular files where the kernel offers it (`passthrough=off` turns
   /// it off: every read and write of an open file is then a request, with the writeback cache).
   public var passthrough = true
-  /// FUSE over io_uring (`uring`): requests come through one ring per CPU instead of reads
-  /// of /dev/fuse, where the kernel offers it (the fuse module's `enable_uring` was on when
-  /// the mount was made); otherwise the option is ignored.
-  public var uring = false
 
   /// Mounted read-only: `ro` (unless a later `rw` undoes it).
   public var readOnly: Bool { mountOptions.last(where: { $0 == "ro" || $0 == "rw" }) == "ro" }
 
-  public static let usage = "usage: snapfs [SOURCE] TARGET -o lowerdir=A:B[::DATA][,upperdir=U,workdir=W][,uring] [-f] [-d]"
+  public static let usage = "usage: snapfs [SOURCE] TARGET -o lowerdir=A:B[::DATA][,upperdir=U,workdir=W] [-f] [-d]"
 
   /// `redirect_dir=` as given (snapfs creates no redirects: only checked against metacopy).
   var redirectDir: String?
@@ -128,7 +124,6 @@ public struct Options: Equatable, Sendable {
         case "off": passthrough = false
         default: throw Invalid(description: "passthrough=\(value): expected on or off")
         }
-      case "uring": uring = true
       case "threads":
         guard let n = Int(value), n > 0, n <= 256 else { throw Invalid(description: "threads=\(value): expected 1...256") }
         threads = n

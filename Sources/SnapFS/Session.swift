@@ -30,7 +30,7 @@ public func serve(_ options: Options) -> Int32 {
   if !options.mountOptions.contains(where: { $0.hasPrefix("fsname=") }) { mountOptions.append("fsname=" + options.source) }
   mountOptions += options.mountOptions
   if !overlay.hasUpper && !mountOptions.contains("ro") { mountOptions.append("ro") }
-  let fs = FileSystem(overlay, readOnly: options.readOnly || !overlay.hasUpper, uring: options.uring)
+  let fs = FileSystem(overlay, readOnly: options.readOnly || !overlay.hasUpper)
   var arguments = ["snapfs", "-o", mountOptions.joined(separator: ",")]
   if options.debug { arguments.append("-d") }
   var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }
@@ -41,21 +41,16 @@ public func serve(_ options: Options) -> Int32 {
     guard let session = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, fs.session) else {
       return fail("cannot start a FUSE session with options \(mountOptions.joined(separator: ","))")
     }
-    fs.fuseSession = session
     var threadsStopped = true
     defer { if threadsStopped { fuse_session_destroy(session) } }
     guard fuse_set_signal_handlers(session) == 0 else {
       return fail("cannot install signal handlers")
     }
     defer { fuse_remove_signal_handlers(session) }
-    // The notifier (started below, after the fork into the background) and the io_uring
-    // queues are stopped after the unmount (deferred below, so run first), which ends the
-    // requests a notification could be waiting behind, and every ring entry. If a thread does
-    // not end, the session is left to the process's exit.
-    defer {
-      if let notifier = fs.notifier, !notifier.stop() { threadsStopped = false }
-      if fuseio_uring_stop(fs.session) == 0 { threadsStopped = false }
-    }
+    // The notifier (started below, after the fork into the background) is stopped after the
+    // unmount (deferred below, so run first), which ends the requests a notification could be
+    // waiting behind. If its thread does not end, the session is left to the process's exit.
+    defer { if let notifier = fs.notifier, !notifier.stop() { threadsStopped = false } }
     guard fuse_session_mount(session, options.target) == 0 else {
       return fail("cannot mount on \(options.target)")
     }

@@ -26,17 +26,11 @@ public final class SnapshotService: StorePart, Sendable {
   public let driver: MountDriver
   /// Why: configured, or what probing found.
   public let driverReason: String
-  /// Options added to every fuse3.snapfs mount (`uring`).
-  public let fuseOptions: [String]
   /// Where layers come from when containerd's CRI plugin names them on Prepare (none: the
   /// unpacker makes them).
   let remote = FetcherSlot()
 
-  init(
-    store: Store, pool: DirectoryPool, importer: LayerImporter, collector: ObjectCollector, driver: MountDriver, driverReason: String,
-    fuseOptions: [String] = []
-  ) {
-    self.fuseOptions = fuseOptions
+  init(store: Store, pool: DirectoryPool, importer: LayerImporter, collector: ObjectCollector, driver: MountDriver, driverReason: String) {
     self.store = store
     self.pool = pool
     self.importer = importer
@@ -123,7 +117,7 @@ public final class SnapshotService: StorePart, Sendable {
       } else {
         try Self.adopt(layout, id: id, kind: kind, parent: parentFiles)
       }
-      return Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver, fuseOptions: fuseOptions)
+      return Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver)
     }
   }
 
@@ -148,14 +142,13 @@ public final class SnapshotService: StorePart, Sendable {
   public func mounts(key: String) throws(SnapshotError) -> [Mount] {
     let layout = self.layout
     let driver = self.driver
-    let fuseOptions = self.fuseOptions
     return try lookup { db in
       let row = try Metadata.get(db, key: key)
       guard row.kind != .committed else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
       }
       let lowers = try row.parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
-      return Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver, fuseOptions: fuseOptions)
+      return Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver)
     }
   }
 
@@ -166,10 +159,9 @@ public final class SnapshotService: StorePart, Sendable {
   /// layer (or the same options for snapfs, with the fuse driver). Unlike containerd's, a
   /// view of one layer is an overlay too: a layer's files are stubs, whose data only an
   /// overlay with the data-only layer shows.
-  static func mounts(
-    _ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay,
-    fuseOptions: [String] = []
-  ) -> [Mount] {
+  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay)
+    -> [Mount]
+  {
     if lowers.isEmpty {
       return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
     }
@@ -177,7 +169,7 @@ public final class SnapshotService: StorePart, Sendable {
     // only when the stub is in the lowest layer; from any layer above it answers EPERM
     // ("refusing to follow metacopy origin"). With it, a chmod or chown in a container
     // copies up metadata only, as on any overlay with metacopy, and redirect_dir is on.
-    var options = ["index=off", "metacopy=on"] + (driver == .fuse ? fuseOptions : [])
+    var options = ["index=off", "metacopy=on"]
     if kind == .active {
       options.append("workdir=" + layout.work(id))
       options.append("upperdir=" + layout.fs(id))

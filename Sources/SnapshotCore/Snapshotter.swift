@@ -23,7 +23,7 @@ public final class Snapshotter: Sendable {
 
   /// Opens (creating when needed) the snapshotter state under `root`.
   public init(
-    root: String, driver: MountDriver = .overlay, driverReason: String = "default", fuseOptions: [String] = [],
+    root: String, driver: MountDriver = .overlay, driverReason: String = "default",
     logger: Logger = Logger(label: "snapshotd.core")
   ) throws(SnapshotError) {
     store = try Store(root: root, logger: logger)
@@ -40,8 +40,7 @@ public final class Snapshotter: Sendable {
     importer = LayerImporter(store: store, pool: pool)
     collector = ObjectCollector(store: store, pool: pool)
     service = SnapshotService(
-      store: store, pool: pool, importer: importer, collector: collector, driver: driver, driverReason: driverReason,
-      fuseOptions: fuseOptions)
+      store: store, pool: pool, importer: importer, collector: collector, driver: driver, driverReason: driverReason)
     // Objects of imports a crash cut short are dropped before an import can reuse them:
     // only what committed was made durable first.
     try collector.collectGarbage(layers: false, sweep: true)

@@ -94,19 +94,6 @@ public enum Sys {
     }
   }
 
-  /// Writes `text` to an existing file (a /sys or /proc setting) in one write.
-  public static func writeSetting(_ path: String, _ text: String) throws(SystemError) {
-    let fd = try SystemError.check("open", path) { open(path, O_WRONLY | O_CLOEXEC) }
-    defer { close(fd) }
-    var text = text
-    let n = try SystemError.check("write", path) { text.withUTF8 { write(fd, $0.baseAddress, $0.count) } }
-    guard n == text.utf8.count else { throw SystemError("write", path, errno: EIO) }
-  }
-
-  /// The fuse module's switch for FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING):
-  /// mounts made while it is on may serve requests through io_uring.
-  public static let fuseEnableUring = "/sys/module/fuse/parameters/enable_uring"
-
   /// Names in a directory (`readdir(3)`), without "." and "..".
   public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
     let fd = try SystemError.check("open", path) { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }

@@ -54,12 +54,6 @@ struct Snapshotd: AsyncParsableCommand {
   @Flag(help: "Do not fetch layers CRI names: containerd downloads and unpacks every layer itself.")
   var noFetch = false
 
-  @Flag(
-    help:
-      "snapfs mounts serve requests over io_uring (Linux 6.14+): turns the fuse module's enable_uring parameter on and adds `uring` to fuse3.snapfs mounts."
-  )
-  var fuseUring = false
-
   enum DriverChoice: String, ExpressibleByArgument, CaseIterable {
     case overlay, fuse, auto
   }
@@ -115,16 +109,7 @@ struct Snapshotd: AsyncParsableCommand {
     if chosen == .fuse && Sys.findProgram("snapfs") == nil {
       logger.warning("snapfs is not installed beside snapshotd or on PATH: fuse3.snapfs mounts will fail")
     }
-    var fuseOptions: [String] = []
-    if fuseUring {
-      do {
-        try Sys.writeSetting(Sys.fuseEnableUring, "Y\n")
-        fuseOptions.append("uring")
-      } catch {
-        throw StartupError(message: "--fuse-uring: cannot turn FUSE over io_uring on (\(Sys.fuseEnableUring)): \(error)")
-      }
-    }
-    let snapshotter = try Snapshotter(root: root, driver: chosen, driverReason: reason, fuseOptions: fuseOptions, logger: logger)
+    let snapshotter = try Snapshotter(root: root, driver: chosen, driverReason: reason, logger: logger)
     var registry: RegistryClient?
     if !noFetch {
       var configuration = RegistryConfiguration()

@@ -26,8 +26,7 @@ with --metacopy, metacopy=on, under which every stub is followed. metacopy=on im
 redirect_dir=on, where overlayfs renames such directories and snapfs does not (EXDEV):
 renames of directories are left out (Skip) of that run.
 
-The program under test is $SNAPFS, else $SNAPFS_BIN_DIR/snapfs, else snapfs on PATH;
-$SNAPFS_EXTRA_OPTS (",uring", say) is added to its mount options.
+The program under test is $SNAPFS, else $SNAPFS_BIN_DIR/snapfs, else snapfs on PATH.
 --self-check mounts kernel overlayfs in its place: it must report no difference, which
 shows that whatever the harness reports is a real difference, not its own noise.
 
@@ -832,8 +831,7 @@ def mount_snapfs(snapfs, lowerdir, upper, work, target):
     """Mounts in daemon mode, with the kernel mount's options: the program returns once the
     mount is in place (its stderr goes to a file: a pipe would be held open by the daemon)."""
     with tempfile.TemporaryFile() as err:
-        extra = os.environ.get('SNAPFS_EXTRA_OPTS', '')  # e.g. ",uring": snapfs's own options
-        r = subprocess.run([snapfs, '-o', f'{OPTS}{extra},lowerdir={lowerdir},upperdir={upper},workdir={work}', target],
+        r = subprocess.run([snapfs, '-o', f'{OPTS},lowerdir={lowerdir},upperdir={upper},workdir={work}', target],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=60)
         err.seek(0)
         if r.returncode != 0:

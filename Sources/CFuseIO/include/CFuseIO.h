@@ -19,12 +19,10 @@
 struct fuseio_session {
   void *owner;
   int offered;            // the kernel's INIT offered FUSE_PASSTHROUGH (written once)
-  int offered_uring;      // ... and FUSE_OVER_IO_URING
   int init_seen;          // INIT was read
   int want;               // 1: the init callback asked for flags2 bits; 2: the INIT reply carries them
   uint32_t flags2;        // the bits the INIT reply adds to flags2
   uint32_t stack_depth;
-  struct fuseio_uring *uring;  // FUSE over io_uring, when set up
 };
 
 ssize_t fuseio_read(int fd, void *buf, size_t len, void *userdata);
@@ -37,24 +35,6 @@ int fuseio_kernel_offers_passthrough(const struct fuseio_session *session);
 /// file systems deep. Call from the init callback; the kernel refuses it with the writeback
 /// cache.
 void fuseio_want_passthrough(struct fuseio_session *session, uint32_t max_stack_depth);
-
-/// FUSE over io_uring (uring.c). Whether the kernel's INIT offered it (the fuse module's
-/// enable_uring was on at mount time).
-int fuseio_uring_kernel_offers(const struct fuseio_session *session);
-struct fuse_session;
-/// From the init callback: makes one ring per possible CPU with `depth` entries of
-/// `payload` bytes (at least the connection's max_write) and their threads, and asks for
-/// io_uring in the INIT reply, after which the threads register their entries and serve.
-/// 0, or -errno with nothing left behind (the session then stays on /dev/fuse).
-int fuseio_uring_setup(struct fuseio_session *session, struct fuse_session *se, unsigned depth, size_t payload);
-/// After the unmount: waits (two seconds at most) for the queue threads to end and frees
-/// the rings. Answers 0 if a thread did not end (then nothing is freed).
-int fuseio_uring_stop(struct fuseio_session *session);
-/// Internal to CFuseIO: the INIT reply is out (register now); the reply being written,
-/// diverted into the ring entry of the request this thread serves (-1 when there is none).
-void fuseio_uring_go(struct fuseio_session *session);
-void fuseio_want_uring(struct fuseio_session *session);
-ssize_t fuseio_uring_take_reply(struct iovec *iov, int count);
 
 /// The next reply this thread sends (an OPEN or CREATE reply) hands the kernel the backing
 /// file `backing_id`. Disarm after the reply call in every case. (Per thread, not per
