@@ -50,6 +50,8 @@ public final class ObjectStore: @unchecked Sendable {
   private let root: Int32
   private let dirs: [Int32]
   private let gate = ReadWriteLock()
+  /// Unpacks into this store's file system write their files back while they run.
+  let writeback: EarlyWriteback
 
   /// overlayfs's xattrs that make a stub (the only `trusted.overlay.*` names the store writes).
   public static let metacopyXattr = OverlayXattr.trusted.metacopy
@@ -72,6 +74,7 @@ public final class ObjectStore: @unchecked Sendable {
     }
     dirs = fds
     root = try At.openDirectory(path)
+    writeback = EarlyWriteback(fd: try At.openDirectory(path))
   }
 
   deinit {

@@ -54,8 +54,9 @@ public final class ProgressCounter: Sendable {
 /// Nothing is written outside `dir`: every path is resolved beneath it with
 /// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so `..`, absolute paths, and writes
 /// through symlinks (even ones pointing inside the layer) are refused, as are hard links
-/// leaving the layer and `*.overlay.*` xattrs. The files are made durable with one
-/// `syncfs(2)` at the end. On error the caller removes `dir`.
+/// leaving the layer and `*.overlay.*` xattrs. The files are made durable with a
+/// `syncfs(2)` at the end, which `EarlyWriteback`'s earlier ones leave little to do. On error
+/// the caller removes `dir`.
 public enum Unpacker {
   public static func unpack(
     _ source: ByteSource, _ layer: LayerDescription, into dir: String, objects: ObjectStore,
@@ -69,14 +70,14 @@ public enum Unpacker {
       throw LayerError(.failed, "layer \(layer.name): cannot start a thread: \(error)")
     }
     let extracted: Result<Extractor.Totals, LayerError>
-    let writeback = EarlyWriteback(dir)
+    objects.writeback.begin()
     do {
       let x = try Extractor(dir: dir, layer: layer, objects: objects)
       extracted = .success(try x.extract(from: pipe))
     } catch {
       extracted = .failure(error)
     }
-    writeback?.stop()
+    objects.writeback.end()
     if case .failure = extracted { pipe.abandon() }
     reader.done.wait()
     // A failure reading or decompressing explains a tar error that follows from it.
@@ -94,34 +95,47 @@ public enum Unpacker {
   }
 }
 
-/// Writes an unpack's files to disk while it runs, so that the syncfs that ends it waits for
-/// little: the disk is otherwise idle while a layer is inflated. A thread of its own calls
-/// syncfs(2) on the layer's file system every quarter second until `stop`. Measured on the
-/// benchmark's 126 MB gzip layer (a fresh ext4, 3 imports each way): see docs/benchmarks.md,
-/// "Layer import".
-final class EarlyWriteback: @unchecked Sendable {
+/// Writes unpacks' files to disk while they run, so that the syncfs that ends each waits for
+/// little: the disk is otherwise idle while a layer is inflated. One thread per store, while
+/// at least one unpack runs, calls syncfs(2) on the store's file system every quarter
+/// second, however many unpacks run at once. Measured on the benchmark's 126 MB gzip layer
+/// (the final syncfs took 0.32 s of a 2.5 s import before): docs/benchmarks.md, "Layer import".
+public final class EarlyWriteback: @unchecked Sendable {
   private let fd: Int32
-  private let stopped = DispatchSemaphore(value: 0)
+  private let state = Mutex<(running: Int, stop: DispatchSemaphore?)>((0, nil))
 
-  /// nil when the directory cannot be opened or the thread cannot start: the final syncfs
-  /// then does it all.
-  init?(_ dir: String) {
-    guard let fd = try? At.openDirectory(dir) else { return nil }
-    self.fd = fd
-    do { try Threads.spawn { self.run() } } catch {
-      At.close(fd)
-      return nil
+  /// `fd`: a directory of the file system to write back; the writeback keeps it open.
+  init(fd: Int32) { self.fd = fd }
+  deinit { At.close(fd) }
+
+  /// An unpack begins: the thread runs while any does (if it cannot start, the final
+  /// syncfs does it all).
+  func begin() {
+    state.withLock { s in
+      s.running += 1
+      guard s.running == 1 else { return }
+      let stop = DispatchSemaphore(value: 0)
+      do {
+        try Threads.spawn { [self] in
+          while stop.wait(timeout: .now() + .milliseconds(250)) == .timedOut { _ = try? At.syncfs(fd, "") }
+        }
+        s.stop = stop
+      } catch {
+        s.stop = nil
+      }
     }
   }
 
-  private func run() {
-    while stopped.wait(timeout: .now() + .milliseconds(250)) == .timedOut {
-      _ = try? At.syncfs(fd, "")
+  /// An unpack ended; the last one stops the thread.
+  func end() {
+    state.withLock { s in
+      s.running -= 1
+      if s.running == 0 {
+        s.stop?.signal()
+        s.stop = nil
+      }
     }
-    At.close(fd)
   }
-
-  func stop() { stopped.signal() }
 }
 
 // MARK: - Reading and decompressing

@@ -14,8 +14,10 @@ import SnapshotSys
 /// Read-only mounts (no upper dir, or `ro`) answer OPEN with ENOSYS, libfuse's "no open":
 /// from then on the kernel opens and closes files of the mount without a request, keeps
 /// their page cache (nothing under a read-only mount changes), and reads by node (`read`
-/// with no file handle). FLUSH is not implemented on any mount (every open asks for none,
-/// and the first ENOSYS stops the writeback cache's). So a warm read of a file on a view
+/// with no file handle; FSYNC and LSEEK come without one too). FLUSH is not implemented on
+/// any mount: every open snapfs answers asks for none, and the first ENOSYS (the first close
+/// on a read-only mount, whose opens are the kernel's own, or the writeback cache's) stops
+/// the kernel sending it. So a warm read of a file on a view
 /// costs no round trip, where a passthrough open costs an OPEN and, after the read
 /// invalidated the inode's atime, a GETATTR; a read-only mount has no atime to invalidate.
 /// The price: the mount's page cache is its own, not the layer file's (as with
@@ -92,7 +94,7 @@ final class FileSystem: @unchecked Sendable {
     ops.release = { req, ino, fi in FileSystem.of(req).release(req, ino, fi) }
     ops.fsync = { req, _, datasync, fi in FileSystem.of(req).fsync(req, datasync, fi) }
     ops.fallocate = { req, _, mode, offset, length, fi in FileSystem.of(req).fallocate(req, mode, offset, length, fi) }
-    ops.lseek = { req, _, offset, whence, fi in FileSystem.of(req).lseek(req, offset, whence, fi) }
+    ops.lseek = { req, ino, offset, whence, fi in FileSystem.of(req).lseek(req, ino, offset, whence, fi) }
     ops.opendir = { req, ino, fi in FileSystem.of(req).opendir(req, ino, fi) }
     ops.readdir = { req, _, size, offset, fi in FileSystem.of(req).readDirectory(req, size, offset, fi, plus: false) }
     ops.readdirplus = { req, _, size, offset, fi in FileSystem.of(req).readDirectory(req, size, offset, fi, plus: true) }
@@ -484,24 +486,32 @@ final class FileSystem: @unchecked Sendable {
 
   func read(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ offset: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
     // One read of a file at a time (see `readLocks`).
-    let fh = fi?.pointee.fh ?? 0
-    guard fh == 0 else {
-      let fd = FileHandle(fh).fd
+    guard noOpen else {
+      let fd = FileHandle(fi!.pointee.fh).fd
       return readLocks[Int(fd) & (readLocks.count - 1)].with { _ = snapfs_reply_fd(req, fd, size, offset) }
     }
-    // No open file (a read-only mount): the node's file, kept open for its reads.
     let n = node(ino)
-    let passthrough = self.passthrough!
     readLocks[Int(truncatingIfNeeded: n.id >> 4) & (readLocks.count - 1)].with {
       do throws(Errno) {
-        let file = try overlay.open(n, flags: O_RDONLY) { (_, openFile) throws(Errno) in try passthrough.readFile(n, openFile) }
+        let file = try nodeFile(n)
         _ = snapfs_reply_fd(req, file.fd, size, offset)
         file.close()
       } catch {
-        // The open the kernel did not ask for failed: a read error. (A stub whose object is
-        // missing: the open succeeded, unlike overlayfs's, which fails with ENOENT.)
-        fuse_reply_err(req, error.code == ENOENT ? EIO : error.code)
+        fuse_reply_err(req, error.code)
       }
+    }
+  }
+
+  /// No open file (a read-only mount): the node's file, kept open for its reads (a stub's
+  /// object). Its open is not one the kernel asked for, so a failure is a read error: EIO
+  /// for a stub whose object is missing (the open succeeded, unlike overlayfs's, which
+  /// fails with ENOENT).
+  private func nodeFile(_ n: Node) throws(Errno) -> FileHandle {
+    let passthrough = self.passthrough!
+    do {
+      return try overlay.open(n, flags: O_RDONLY) { (_, openFile) throws(Errno) in try passthrough.readFile(n, openFile) }
+    } catch  where error.code == ENOENT {
+      throw Errno(EIO)
     }
   }
 
@@ -520,17 +530,39 @@ final class FileSystem: @unchecked Sendable {
   }
 
   func fsync(_ req: fuse_req_t?, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    // A read-only mount has nothing to write back (overlayfs: 0 for a lower file).
+    if noOpen {
+      fuse_reply_err(req, 0)
+      return
+    }
     let fd = FileHandle(fi!.pointee.fh).fd
     fuse_reply_err(req, (datasync != 0 ? fdatasync(fd) : Glibc.fsync(fd)) == 0 ? 0 : errno)
   }
 
   func fallocate(_ req: fuse_req_t?, _ mode: Int32, _ offset: off_t, _ length: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    if noOpen {  // no file open for writing can exist on a read-only mount
+      fuse_reply_err(req, EBADF)
+      return
+    }
     fuse_reply_err(req, shim_fallocate(FileHandle(fi!.pointee.fh).fd, mode, Int64(offset), Int64(length)) == 0 ? 0 : errno)
   }
 
-  func lseek(_ req: fuse_req_t?, _ offset: off_t, _ whence: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    let r = Glibc.lseek(FileHandle(fi!.pointee.fh).fd, offset, whence)
-    if r < 0 { fuse_reply_err(req, errno) } else { fuse_reply_lseek(req, r) }
+  func lseek(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ offset: off_t, _ whence: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    // SEEK_DATA and SEEK_HOLE: answered by the file in its layer (the node's on a read-only
+    // mount), so holes show as overlayfs shows them.
+    let file: FileHandle
+    if noOpen {
+      do throws(Errno) { file = try nodeFile(node(ino)) } catch {
+        fuse_reply_err(req, error.code)
+        return
+      }
+    } else {
+      file = FileHandle(fi!.pointee.fh)
+    }
+    let r = Glibc.lseek(file.fd, offset, whence)
+    let e = errno
+    if noOpen { file.close() }
+    if r < 0 { fuse_reply_err(req, e) } else { fuse_reply_lseek(req, r) }
   }
 
   func opendir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {

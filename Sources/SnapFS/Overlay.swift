@@ -50,6 +50,9 @@ final class Overlay: @unchecked Sendable {
   let stubs = Mutex()
   private let work: Int32
   private let sameDevice: Bool
+  /// The *xattrat calls (Linux 6.13) answer here: probed once on the top layer, since an
+  /// older kernel says ENOSYS and a seccomp filter that does not know them often EPERM.
+  private let xattrAt: Bool
   private let euid = geteuid(), egid = getegid()
 
   /// Opens the layers; throws a message naming the layer that cannot be used.
@@ -97,6 +100,8 @@ final class Overlay: @unchecked Sendable {
     }
     hasUpper = options.upper != nil
     sameDevice = devices.count == 1
+    let probe = shim_getxattrat(dirs[0].fd, "", SHIM_AT_EMPTY_PATH, "user.snapfs-probe", nil, 0)
+    xattrAt = probe >= 0 || (errno != ENOSYS && errno != EPERM)
     let xattrs = options.userXattr ? OverlayXattr.user : OverlayXattr.trusted
     privatePrefix = xattrs.prefix
     opaqueName = xattrs.opaque
@@ -410,7 +415,8 @@ final class Overlay: @unchecked Sendable {
   /// name in its layer's directory, not followed. `fallback` gets a path naming the file
   /// instead (O_PATH descriptors refuse the f*xattr calls, and the *xattrat calls with an
   /// empty path, EBADF): its O_PATH descriptor's /proc/self/fd link. That is the way for a
-  /// removed file, which only the descriptor that pins it reaches, and on older kernels.
+  /// removed file, which only the descriptor that pins it reaches, and where the calls are
+  /// missing (`xattrAt`).
   private func xattrCall<T>(
     _ node: Node, _ call: (Int32, String, Int32) -> T, _ fallback: (String) -> T, failed: (T) -> Bool
   ) throws(Errno) -> T {
@@ -421,9 +427,11 @@ final class Overlay: @unchecked Sendable {
     }
     if node.pinned >= 0 { return try viaPath(node.pinned) }
     let (dirfd, name) = try location(node)
-    let result = call(dirfd, name, AT_SYMLINK_NOFOLLOW)
-    guard failed(result) else { return result }
-    guard errno == ENOSYS else { throw Errno(errno) }
+    if xattrAt {
+      let result = call(dirfd, name, AT_SYMLINK_NOFOLLOW)
+      guard failed(result) else { return result }
+      guard errno == ENOSYS else { throw Errno(errno) }
+    }
     let fd = try Sys.call(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
     defer { close(fd) }
     return try viaPath(fd)

@@ -51,17 +51,21 @@ public func serve(_ options: Options) -> Int32 {
     // unmount (deferred below, so run first), which ends the requests a notification could be
     // waiting behind. If its thread does not end, the session is left to the process's exit.
     defer { if let notifier = fs.notifier, !notifier.stop() { threadsStopped = false } }
-    guard fuse_session_mount(session, options.target) == 0 else {
+    // Resolved before mounting: once mounted, a lookup in it waits for this process to serve.
+    let target: String
+    do { target = try Sys.realPath(options.target) } catch { return fail("mount point \(options.target): \(error)") }
+    guard fuse_session_mount(session, target) == 0 else {
       return fail("cannot mount on \(options.target)")
     }
     defer { fuse_session_unmount(session) }
     // libfuse mounts through fusermount3 for auto_unmount, which adds nosuid and nodev
     // whatever the options say; overlayfs (and so a container's root) has neither unless
-    // asked. The mount point's flags are set again as asked.
+    // asked. The mount point's flags are set again as asked; if that fails the mount stays
+    // as fusermount3 made it, the safe side, and says so.
     do {
-      try Sys.setMountFlags(options.target, nosuid: options.mountOptions.contains("nosuid"), nodev: options.mountOptions.contains("nodev"))
+      try Sys.setMountFlags(target, nosuid: options.mountOptions.contains("nosuid"), nodev: options.mountOptions.contains("nodev"))
     } catch {
-      return fail("cannot set the mount flags of \(options.target): \(error)")
+      FileHandleStderr.write("snapfs: warning: the mount stays nosuid,nodev: cannot set its flags: \(error)\n")
     }
     // Requests and replies through CFuseIO's hooks, which negotiate passthrough.
     let devfd = fuse_session_fd(session)

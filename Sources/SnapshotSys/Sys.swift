@@ -211,14 +211,20 @@ extension Sys {
     ("nosymfollow", 256),  // MS_NOSYMFOLLOW, Linux 5.10
   ]
 
-  /// Gives the topmost mount on `target` the `nosuid` and `nodev` flags asked, keeping its
-  /// other per-mount flags: a bind remount, which leaves the file system itself alone (and
-  /// sends it no request, so a FUSE daemon may do this before serving). Nothing is done when
-  /// the flags are already so.
-  public static func setMountFlags(_ target: String, nosuid: Bool, nodev: Bool) throws(SystemError) {
-    guard let resolved = realpath(target, nil) else { throw SystemError("realpath", target, errno: errno) }
-    let path = String(cString: resolved)
-    free(resolved)
+  /// `realpath(3)`: the absolute path without symlinks, `.` or `..`.
+  public static func realPath(_ path: String) throws(SystemError) -> String {
+    guard let resolved = realpath(path, nil) else { throw SystemError("realpath", path, errno: errno) }
+    defer { free(resolved) }
+    return String(cString: resolved)
+  }
+
+  /// Gives the topmost mount on `path` (absolute and resolved, as mountinfo names it) the
+  /// `nosuid` and `nodev` flags asked, keeping its other per-mount flags: a bind remount,
+  /// which leaves the file system itself alone. Nothing here looks at the mount's own files,
+  /// so a FUSE daemon may call it before it serves (resolve the path before mounting: a
+  /// lookup in the new mount would wait for the daemon). Nothing is done when the flags are
+  /// already so.
+  public static func setMountFlags(_ path: String, nosuid: Bool, nodev: Bool) throws(SystemError) {
     guard let mount = try MountInfo.current().last(where: { $0.mountPoint == path }) else {
       throw SystemError("mountinfo", path, errno: EINVAL)
     }

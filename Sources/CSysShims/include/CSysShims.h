@@ -36,9 +36,10 @@ int shim_fallocate(int fd, int mode, long long offset, long long length);
 long long shim_copy_file_range(int in, int out, unsigned long long length);
 
 /// The *xattrat(2) calls (Linux 6.13): extended attributes of `path` beneath `dirfd`, with
-/// AT_SYMLINK_NOFOLLOW and AT_EMPTY_PATH ("" names `dirfd` itself, an O_PATH descriptor
-/// included), where the older calls need a path (through /proc/self/fd for an O_PATH
-/// descriptor). -1 with errno ENOSYS on older kernels. `flags` of setxattrat are XATTR_*.
+/// AT_SYMLINK_NOFOLLOW and AT_EMPTY_PATH ("" names `dirfd` itself, which must then not be
+/// an O_PATH descriptor: EBADF), where the older calls need a path (through /proc/self/fd
+/// for an O_PATH descriptor). -1 with errno ENOSYS on older kernels. `flags` of setxattrat
+/// are XATTR_*.
 long shim_getxattrat(int dirfd, const char *path, int at_flags, const char *name, void *value, unsigned long size);
 long shim_listxattrat(int dirfd, const char *path, int at_flags, char *list, unsigned long size);
 int shim_setxattrat(int dirfd, const char *path, int at_flags, const char *name, const void *value, unsigned long size, int flags);
