@@ -75,12 +75,11 @@ let package = Package(
     .target(
       name: "Registry",
       dependencies: [
-        "LayerStore",
+        "LayerStore", "SnapshotSys",
         .product(name: "AsyncHTTPClient", package: "async-http-client"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
-        .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "TOMLKit", package: "TOMLKit"),
       ]
     ),

@@ -68,9 +68,7 @@ ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata) {
       __atomic_store_n(&s->want, 2, __ATOMIC_RELAXED);
       patch_u32(iov[1].iov_base, INIT_OUT_FLAGS, FUSE_INIT_EXT);
       patch_u32(iov[1].iov_base, INIT_OUT_FLAGS2, s->flags2);
-      if (s->flags2 & SNAPFS_FUSE_PASSTHROUGH_FLAGS2) {
-        memcpy((char *)iov[1].iov_base + INIT_OUT_MAX_STACK_DEPTH, &s->stack_depth, 4);
-      }
+      memcpy((char *)iov[1].iov_base + INIT_OUT_MAX_STACK_DEPTH, &s->stack_depth, 4);
     }
   }
   return writev(fd, iov, count);

@@ -56,8 +56,7 @@ public final class ChunkPipe: Sendable {
   private let depth: Int
 
   private struct State {
-    var chunks: [Chunk] = []
-    var head = 0
+    var chunks = Fifo<Chunk>()
     var spare: [Chunk] = []  // given back by the consumer, to be filled again
     var closed = false
     var error: LayerError?
@@ -97,7 +96,7 @@ public final class ChunkPipe: Sendable {
     slots.wait()
     let ok = state.withLock { s -> Bool in
       if s.closed { return false }
-      s.chunks.append(chunk)
+      s.chunks.push(chunk)
       return true
     }
     if ok { items.signal() } else { slots.signal() }
@@ -109,15 +108,7 @@ public final class ChunkPipe: Sendable {
   public func take() throws(LayerError) -> Chunk? {
     items.wait()
     let r = state.withLock { s -> Result<Chunk?, LayerError> in
-      if s.head < s.chunks.count {
-        let c = s.chunks[s.head]
-        s.head += 1
-        if s.head == s.chunks.count {
-          s.chunks.removeAll(keepingCapacity: true)
-          s.head = 0
-        }
-        return .success(c)
-      }
+      if let c = s.chunks.pop() { return .success(c) }
       if let e = s.error { return .failure(e) }
       return .success(nil)
     }
@@ -150,9 +141,8 @@ public final class ChunkPipe: Sendable {
   public func abandon() {
     close()
     let dropped = state.withLock { s -> Int in
-      let n = s.chunks.count - s.head
+      let n = s.chunks.count
       s.chunks.removeAll()
-      s.head = 0
       s.spare.removeAll()
       return n
     }

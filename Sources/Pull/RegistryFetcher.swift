@@ -102,6 +102,12 @@ public final class RegistryFetcher: LayerFetcher {
   /// The download of layer `i` of `image`: under way already, or started now.
   private func start(_ image: ResolvedImage, _ i: Int, progress: ProgressCounter? = nil) throws -> Job {
     let layer = image.layers[i]
+    // A layer the store has needs no thread (every Prepare starts the image's later layers).
+    if try importer.hasLayer(Self.request(image, layer)) {
+      let done = Job()
+      done.finish(.success(()))
+      return done
+    }
     let (job, isNew) = jobs.withLock { jobs -> (Job, Bool) in
       if let job = jobs[layer.digest] { return (job, false) }
       let job = Job()
@@ -124,9 +130,8 @@ public final class RegistryFetcher: LayerFetcher {
 
   /// Downloads and unpacks one layer (on a thread of its own, once a slot is free).
   private func unpack(_ image: ResolvedImage, _ layer: RemoteLayer, progress: ProgressCounter?) throws {
-    let name = "\(image.reference.registry)/\(image.reference.repository)@\(layer.digest)"
-    let request = LayerImport(mediaType: layer.mediaType, digest: layer.digest, diffID: layer.diffID, parent: "", name: name)
-    // A layer the store has does not wait behind downloads for a slot.
+    let request = Self.request(image, layer)
+    // A layer the store got meanwhile does not wait behind downloads for a slot.
     if try importer.hasLayer(request) { return }
     slots.wait()
     defer { slots.signal() }
@@ -139,7 +144,7 @@ public final class RegistryFetcher: LayerFetcher {
         return blob
       }
       if unpacked {
-        logger.info("layer fetched", metadata: ["layer": "\(name)", "bytes": "\(source?.bytesRead ?? 0)"])
+        logger.info("layer fetched", metadata: ["layer": "\(request.name)", "bytes": "\(source?.bytesRead ?? 0)"])
       }
     } catch {
       // The registry's own error says more than the importer's view of a cut stream; a
@@ -150,6 +155,12 @@ public final class RegistryFetcher: LayerFetcher {
       }
       throw error
     }
+  }
+
+  /// The import of `layer` of `image`, named for messages by registry, repository and digest.
+  static func request(_ image: ResolvedImage, _ layer: RemoteLayer) -> LayerImport {
+    let name = "\(image.reference.registry)/\(image.reference.repository)@\(layer.digest)"
+    return LayerImport(mediaType: layer.mediaType, digest: layer.digest, diffID: layer.diffID, parent: "", name: name)
   }
 
   /// Runs async `body` from a thread that may block (a call's thread), and waits for it.

@@ -1,6 +1,7 @@
 import Dispatch
 import LayerStore
 import NIOCore
+import SnapshotSys
 import Synchronization
 
 /// A blob download as a `ByteSource`, the input of `LayerImporter.importLayer`: a task
@@ -81,8 +82,7 @@ public final class BlobSource: ByteSource, @unchecked Sendable {
 /// The bounded queue between the downloading task and the reading thread.
 final class BlobChannel: Sendable {
   private struct State {
-    var queue: [ByteBuffer] = []
-    var head = 0
+    var queue = Fifo<ByteBuffer>()
     var queued = 0
     var done = false
     var error: RegistryError?
@@ -102,7 +102,6 @@ final class BlobChannel: Sendable {
     let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
       s.abandoned = true
       s.queue.removeAll()
-      s.head = 0
       s.queued = 0
       defer { s.producer = nil }
       return s.producer
@@ -113,14 +112,16 @@ final class BlobChannel: Sendable {
   /// Queues a chunk, then waits while `limit` bytes or more are queued; false once the
   /// reader is gone.
   func put(_ chunk: ByteBuffer) async -> Bool {
-    let ok = state.withLock { s -> Bool in
-      if s.abandoned { return false }
-      s.queue.append(chunk)
+    enum Queued { case gone, below, full }
+    let queued = state.withLock { s -> Queued in
+      if s.abandoned { return .gone }
+      s.queue.push(chunk)
       s.queued += chunk.readableBytes
-      return true
+      return s.queued < limit ? .below : .full
     }
-    guard ok else { return false }
+    if queued == .gone { return false }
     arrived.signal()
+    guard queued == .full else { return true }  // one lock per chunk unless the queue is full
     await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
       let wait = state.withLock { s -> Bool in
         if s.queued < limit || s.abandoned { return false }
@@ -150,13 +151,7 @@ final class BlobChannel: Sendable {
         case wait
       }
       let next = state.withLock { s -> Next in
-        if s.head < s.queue.count {
-          let c = s.queue[s.head]
-          s.head += 1
-          if s.head == s.queue.count {
-            s.queue.removeAll(keepingCapacity: true)
-            s.head = 0
-          }
+        if let c = s.queue.pop() {
           s.queued -= c.readableBytes
           var wake: CheckedContinuation<Void, Never>?
           if s.queued < limit {

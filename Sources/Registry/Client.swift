@@ -173,8 +173,8 @@ struct Session: Sendable {
     let creds = try client.credentials()
     var eps: [Endpoint] = []
     for h in try client.configuration.hosts.hosts(for: reference.registry) {
-      let c = creds.credentials(for: h.host) ?? (h.host == "registry-1.docker.io" ? creds.credentials(for: "docker.io") : nil)
-      eps.append(Endpoint(host: h, tls: try h.tlsConfiguration(), credentials: c))
+      // (config.json's registry-1.docker.io and docker.io are one entry: DockerConfig.normalize)
+      eps.append(Endpoint(host: h, tls: try h.tlsConfiguration(), credentials: creds.credentials(for: h.host)))
     }
     endpoints = eps
   }
@@ -291,8 +291,7 @@ struct Session: Sendable {
     do {
       var buffer = try await response.body.collect(upTo: limit)
       return buffer.readBytes(length: buffer.readableBytes) ?? []
-    } catch let e as NIOTooManyBytesError {
-      _ = e
+    } catch is NIOTooManyBytesError {
       throw error(.badManifest, ep, object: object, "\(what) is larger than the limit of \(limit) bytes")
     } catch {
       throw self.error(.truncated, ep, object: object, "reading the \(what): \(describe(error))")

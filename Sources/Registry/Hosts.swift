@@ -1,5 +1,6 @@
 import Foundation
 import NIOSSL
+import SnapshotSys
 import TOMLKit
 
 /// One endpoint a registry's content is fetched from: the registry itself or a mirror, as
@@ -101,12 +102,18 @@ public struct HostsConfiguration: Sendable {
     var lastTemplate = RegistryHost(scheme: "", host: "")  // settings for the default server
     if let dir = hostDirectory(for: registry) {
       let file = dir + "/hosts.toml"
-      if let text = try? String(contentsOfFile: file, encoding: .utf8), !text.isEmpty {
+      // No hosts.toml is Docker's certs.d layout; one that cannot be read is an error, not
+      // that layout (its mirrors and CA would silently be skipped).
+      let text: String
+      do { text = String(decoding: try Sys.readAll(file), as: UTF8.self) } catch  where error.errno == ENOENT { text = "" } catch {
+        throw .invalid("registry hosts \(file): \(error)")
+      }
+      if !text.isEmpty {
         let parsed = try Self.parse(text, baseDir: dir, file: file)
         hosts = parsed.hosts
         if parsed.server.host.isEmpty { lastTemplate = parsed.server } else { last = parsed.server }
       } else {
-        lastTemplate = Self.certFiles(dir)
+        lastTemplate = try Self.certFiles(dir)
       }
     }
     if last == nil {
@@ -281,9 +288,10 @@ public struct HostsConfiguration: Sendable {
   }
 
   /// Docker's certs.d layout: `*.crt` files are CAs, `X.cert` with `X.key` client pairs.
-  static func certFiles(_ dir: String) -> RegistryHost {
+  static func certFiles(_ dir: String) throws(RegistryError) -> RegistryHost {
     var h = RegistryHost(scheme: "", host: "")
-    let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted()
+    let names: [String]
+    do { names = try Sys.listDirectory(dir).sorted() } catch { throw .invalid("registry certificates \(dir): \(error)") }
     for n in names {
       if n.hasSuffix(".crt") { h.caFiles.append(dir + "/" + n) }
       if n.hasSuffix(".cert") {

@@ -52,7 +52,7 @@ final class FileSystem: @unchecked Sendable {
 
   /// The session's device is `devfd`: backing files are registered on it.
   func attach(devfd: Int32, passthrough wanted: Bool) {
-    passthrough = Passthrough(devfd: devfd, wanted: wanted && !noOpen, session: session)
+    passthrough = Passthrough(devfd: devfd, wanted: wanted && !noOpen)
   }
 
   /// The file system a request is for.
@@ -239,7 +239,7 @@ final class FileSystem: @unchecked Sendable {
     }
     // Passthrough makes the files' reads and writes the kernel's own; without it, the
     // writeback cache batches writes into big requests. The kernel refuses the two together.
-    if passthrough.negotiate() {
+    if passthrough.negotiate(session) {
       want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
     } else if overlay.hasUpper && !noOpen && capable & UInt32(FUSE_CAP_WRITEBACK_CACHE) != 0 {
       want |= UInt32(FUSE_CAP_WRITEBACK_CACHE)
@@ -507,9 +507,13 @@ final class FileSystem: @unchecked Sendable {
   /// for a stub whose object is missing (the open succeeded, unlike overlayfs's, which
   /// fails with ENOENT).
   private func nodeFile(_ n: Node) throws(Errno) -> FileHandle {
-    let passthrough = self.passthrough!
+    // The kept descriptor first: the tree lock only for the open (nothing under a read-only
+    // mount is copied up or split).
+    let overlay = self.overlay
     do {
-      return try overlay.open(n, flags: O_RDONLY) { (_, openFile) throws(Errno) in try passthrough.readFile(n, openFile) }
+      return try passthrough.readFile(n) { () throws(Errno) -> Int32 in
+        try overlay.open(n, flags: O_RDONLY) { (_, openFile) throws(Errno) -> Int32 in try openFile() }
+      }
     } catch  where error.code == ENOENT {
       throw Errno(EIO)
     }

@@ -38,7 +38,13 @@ public struct Options: Equatable, Sendable {
   public var passthrough = true
 
   /// Mounted read-only: `ro` (unless a later `rw` undoes it).
-  public var readOnly: Bool { mountOptions.last(where: { $0 == "ro" || $0 == "rw" }) == "ro" }
+  public var readOnly: Bool { flag("ro", off: "rw") }
+  /// `nosuid` and `nodev` (the mount gets them only when asked: see `serve`).
+  public var nosuid: Bool { flag("nosuid", off: "suid") }
+  public var nodev: Bool { flag("nodev", off: "dev") }
+
+  /// A mount flag given as `on` or `off`: the last one given wins; neither is off.
+  private func flag(_ on: String, off: String) -> Bool { mountOptions.last(where: { $0 == on || $0 == off }) == on }
 
   public static let usage = "usage: snapfs [SOURCE] TARGET -o lowerdir=A:B[::DATA][,upperdir=U,workdir=W] [-f] [-d]"
 

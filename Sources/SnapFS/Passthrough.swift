@@ -58,8 +58,6 @@ final class Passthrough: @unchecked Sendable {
 
   /// The FUSE device (the session's descriptor): backing files are registered on it.
   private let devfd: Int32
-  /// CFuseIO's state of the session, which negotiates passthrough at INIT.
-  private let session: UnsafeMutablePointer<fuseio_session>
   /// The `passthrough` option.
   private let wanted: Bool
   private let mutex = Mutex()
@@ -69,15 +67,14 @@ final class Passthrough: @unchecked Sendable {
   /// Whether INIT negotiated it; set once by the init callback, before any open.
   private(set) var enabled = false
 
-  init(devfd: Int32, wanted: Bool, session: UnsafeMutablePointer<fuseio_session>) {
+  init(devfd: Int32, wanted: Bool) {
     self.devfd = devfd
     self.wanted = wanted
-    self.session = session
   }
 
   /// From the init callback: passthrough if wanted and the kernel offers it. Returns whether
   /// it is on (the writeback cache must then be off: the kernel refuses both).
-  func negotiate() -> Bool {
+  func negotiate(_ session: UnsafeMutablePointer<fuseio_session>) -> Bool {
     enabled = wanted && fuseio_kernel_offers_passthrough(session) != 0
     // Backing files on ordinary file systems (stack depth 0); layers on another stacked
     // file system get request-served files instead (registration fails).
@@ -144,17 +141,17 @@ final class Passthrough: @unchecked Sendable {
   /// nodes at once; past that, each read opens its own, which the returned handle closes).
   func readFile(_ node: Node, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> FileHandle {
     if let fd = mutex.with({ node.backingFD >= 0 ? node.backingFD : nil }) {
-      return FileHandle(Opened(fd: fd, io: .requests, shared: true))
+      return FileHandle(fd: fd, shared: true)
     }
     let fd = try openFile()
     return mutex.with {
       if node.backingFD >= 0 {  // another thread's read was first
         Glibc.close(fd)
-        return FileHandle(Opened(fd: node.backingFD, io: .requests, shared: true))
+        return FileHandle(fd: node.backingFD, shared: true)
       }
-      guard retained < Self.retainedLimit else { return FileHandle(Opened(fd: fd, io: .requests, shared: false)) }
+      guard retained < Self.retainedLimit else { return FileHandle(fd: fd, shared: false) }
       retain(node, fd)
-      return FileHandle(Opened(fd: fd, io: .requests, shared: true))
+      return FileHandle(fd: fd, shared: true)
     }
   }
 
@@ -200,6 +197,12 @@ struct FileHandle {
     fd = opened.fd
     passthrough = opened.io.backingID != nil
     shared = opened.shared
+  }
+  /// A descriptor served by requests.
+  init(fd: Int32, shared: Bool) {
+    self.fd = fd
+    passthrough = false
+    self.shared = shared
   }
   init(_ fh: UInt64) {
     fd = Int32(truncatingIfNeeded: fh)

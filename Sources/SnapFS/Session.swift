@@ -29,7 +29,7 @@ public func serve(_ options: Options) -> Int32 {
   var mountOptions = ["subtype=snapfs", "default_permissions", "allow_other", "auto_unmount"]
   if !options.mountOptions.contains(where: { $0.hasPrefix("fsname=") }) { mountOptions.append("fsname=" + options.source) }
   mountOptions += options.mountOptions
-  if !overlay.hasUpper && !mountOptions.contains("ro") { mountOptions.append("ro") }
+  if !overlay.hasUpper && !options.readOnly { mountOptions.append("ro") }
   let fs = FileSystem(overlay, readOnly: options.readOnly || !overlay.hasUpper)
   var arguments = ["snapfs", "-o", mountOptions.joined(separator: ",")]
   if options.debug { arguments.append("-d") }
@@ -63,7 +63,7 @@ public func serve(_ options: Options) -> Int32 {
     // asked. The mount point's flags are set again as asked; if that fails the mount stays
     // as fusermount3 made it, the safe side, and says so.
     do {
-      try Sys.setMountFlags(target, nosuid: options.mountOptions.contains("nosuid"), nodev: options.mountOptions.contains("nodev"))
+      try Sys.setMountFlags(target, nosuid: options.nosuid, nodev: options.nodev)
     } catch {
       FileHandleStderr.write("snapfs: warning: the mount stays nosuid,nodev: cannot set its flags: \(error)\n")
     }

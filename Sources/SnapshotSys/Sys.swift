@@ -204,6 +204,9 @@ extension Sys {
 }
 
 extension Sys {
+  /// The flag of a per-mount option (`ro`, `nosuid`, `noatime`, ...), nil for any other.
+  public static func mountFlag(named name: String) -> UInt? { perMountFlags.first { $0.name == name }?.flag }
+
   /// The per-mount flags `mount(2)` takes, by their names in mountinfo.
   private static let perMountFlags: [(name: String, flag: UInt)] = [
     ("ro", UInt(MS_RDONLY)), ("nosuid", UInt(MS_NOSUID)), ("nodev", UInt(MS_NODEV)), ("noexec", UInt(MS_NOEXEC)),

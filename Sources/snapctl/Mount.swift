@@ -24,14 +24,11 @@ extension Mount {
     var data: [String] = []
     for option in options {
       switch option {
-      case "ro": flags |= UInt(MS_RDONLY)
       case "rw": break
       case "bind": flags |= UInt(MS_BIND)
       case "rbind": flags |= UInt(MS_BIND) | UInt(MS_REC)
-      case "nosuid": flags |= UInt(MS_NOSUID)
-      case "nodev": flags |= UInt(MS_NODEV)
-      case "noexec": flags |= UInt(MS_NOEXEC)
-      default: data.append(option)
+      default:
+        if let flag = Sys.mountFlag(named: option) { flags |= flag } else { data.append(option) }
       }
     }
     let joined = data.joined(separator: ",")

@@ -119,7 +119,6 @@ struct Snapshotd: AsyncParsableCommand {
       snapshotter.fetcher = RegistryFetcher(client: client, importer: snapshotter.importer, concurrency: fetchConcurrency, logger: logger)
       registry = client
     }
-    defer { if let registry { Task { try? await registry.shutdown() } } }
     try prepareSocket()
 
     // The socket is created with mode 0600 (0660 with --group): no moment where others can connect.
@@ -134,6 +133,7 @@ struct Snapshotd: AsyncParsableCommand {
     let count = try snapshotter.count()
     logger.info("snapshotd starting", metadata: ["root": "\(root)", "address": "\(address)", "snapshots": "\(count)"])
     try await group.run()
+    try? await registry?.shutdown()
     try? Sys.unlink(address)
     logger.info("snapshotd stopped")
   }

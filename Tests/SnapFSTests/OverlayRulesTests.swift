@@ -170,10 +170,11 @@ struct WhiteoutOpaqueTests {
         _ = FileManager.default.createFile(atPath: root + "/" + file, contents: Data(file.utf8))
       }
       _ = FileManager.default.createFile(atPath: root + "/top/replaced", contents: Data("a file over a directory".utf8))
-      mknod(root + "/top/d/a", S_IFCHR | 0o600, 0)  // whiteout of a file
-      mknod(root + "/top/gone", S_IFCHR | 0o600, 0)  // whiteout of a directory
-      setxattr(root + "/top/opaque", "user.overlay.opaque", "y", 1, 0)
-      setxattr(root + "/bottom/d", "user.overlay.opaque", "y", 1, 0)  // the bottom layer's: hides nothing
+      // (a layer not made as meant would make the tests below pass for the wrong reason)
+      precondition(mknod(root + "/top/d/a", S_IFCHR | 0o600, 0) == 0)  // whiteout of a file
+      precondition(mknod(root + "/top/gone", S_IFCHR | 0o600, 0) == 0)  // whiteout of a directory
+      precondition(setxattr(root + "/top/opaque", "user.overlay.opaque", "y", 1, 0) == 0)
+      precondition(setxattr(root + "/bottom/d", "user.overlay.opaque", "y", 1, 0) == 0)  // the bottom layer's: hides nothing
     }
     deinit { try? FileManager.default.removeItem(atPath: root) }
 

@@ -58,8 +58,10 @@ final class H2Connection {
       results.withLock { $0.append((id, result)) }
       wakeup.signal()
     }
-    func take() -> [(UInt32, Result<[[UInt8]], RPCStatus>)] {
-      wakeup.drain()
+    /// What was posted. `drain` (after a wake-up) empties the pipe too; without it, a frame
+    /// costs no read(2), and a signal left in the pipe wakes the next wait, which drains it.
+    func take(drain: Bool) -> [(UInt32, Result<[[UInt8]], RPCStatus>)] {
+      if drain { wakeup.drain() }
       return results.withLock { r in
         defer { r.removeAll() }
         return r
@@ -129,7 +131,8 @@ final class H2Connection {
         // Answering may read frames (waiting for a send window) that complete more requests.
         repeat {
           while !ready.isEmpty { try respond(ready.removeFirst()) }
-          if working > 0 { try deliver() }
+          if working > 0 { try deliver(drain: woken) }
+          woken = false
         } while !ready.isEmpty
         try flush()
         if peerGoingAway && streams.isEmpty { break }
@@ -138,7 +141,7 @@ final class H2Connection {
       // still read (and a stopping server lets calls in progress finish).
       while working > 0 {
         mailbox.wakeup.wait()
-        try deliver()
+        try deliver(drain: true)
         try flush()
       }
       // End of input (the peer closed, or the server is stopping): say which streams were
@@ -364,8 +367,8 @@ final class H2Connection {
   }
 
   /// Answers the calls run elsewhere that finished (those whose streams are still open).
-  private func deliver() throws {
-    for (id, result) in mailbox.take() {
+  private func deliver(drain: Bool) throws {
+    for (id, result) in mailbox.take(drain: drain) {
       working -= 1
       if streams[id] != nil { try answer(id, result) }
     }
@@ -399,8 +402,7 @@ final class H2Connection {
       status = s
     } catch let e as ConnectionError {
       throw e
-    } catch let e as StreamGone {
-      _ = e
+    } catch is StreamGone {
       streams[id] = nil
       return
     } catch {

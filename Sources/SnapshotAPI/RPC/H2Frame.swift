@@ -196,7 +196,7 @@ extension Frame {
   /// be sent on (PROTOCOL_ERROR) and its length (FRAME_SIZE_ERROR). Unknown types pass.
   func checkShape() throws(ConnectionError) {
     guard let type else { return }
-    let name = "\(type)".uppercased()
+    var name: String { "\(type)".uppercased() }  // for the errors only: not built per frame
     switch type {
     case .data, .headers, .priority, .rstStream, .continuation:
       guard stream != 0 else { throw ConnectionError(.protocolError, "\(name) on stream 0") }
