@@ -110,15 +110,6 @@ struct Snapshotd: AsyncParsableCommand {
       logger.warning("snapfs is not installed beside snapshotd or on PATH: fuse3.snapfs mounts will fail")
     }
     let snapshotter = try Snapshotter(root: root, driver: chosen, driverReason: reason, logger: logger)
-    var registry: RegistryClient?
-    if !noFetch {
-      var configuration = RegistryConfiguration()
-      configuration.hosts = HostsConfiguration(configPath: registryConfigPath)
-      if let dockerConfig { configuration.dockerConfigPath = dockerConfig }
-      let client = RegistryClient(configuration: configuration)
-      snapshotter.fetcher = RegistryFetcher(client: client, importer: snapshotter.importer, concurrency: fetchConcurrency, logger: logger)
-      registry = client
-    }
     try prepareSocket()
 
     // The socket is created with mode 0600 (0660 with --group): no moment where others can connect.
@@ -132,8 +123,26 @@ struct Snapshotd: AsyncParsableCommand {
         logger: logger))
     let count = try snapshotter.count()
     logger.info("snapshotd starting", metadata: ["root": "\(root)", "address": "\(address)", "snapshots": "\(count)"])
-    try await group.run()
+    // The registry client last, right before serving: once made, it must be shut down
+    // (awaited) whatever happens next.
+    var registry: RegistryClient?
+    if !noFetch {
+      var configuration = RegistryConfiguration()
+      configuration.hosts = HostsConfiguration(configPath: registryConfigPath)
+      if let dockerConfig { configuration.dockerConfigPath = dockerConfig }
+      let client = RegistryClient(configuration: configuration)
+      snapshotter.fetcher = RegistryFetcher(client: client, importer: snapshotter.importer, concurrency: fetchConcurrency, logger: logger)
+      registry = client
+    }
+    let served: Result<Void, any Error>
+    do {
+      try await group.run()
+      served = .success(())
+    } catch {
+      served = .failure(error)
+    }
     try? await registry?.shutdown()
+    try served.get()
     try? Sys.unlink(address)
     logger.info("snapshotd stopped")
   }
