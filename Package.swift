@@ -2,7 +2,7 @@
 // snapshotd: a layered filesystem snapshotter service for containerd.
 //
 // Dependencies point one way:
-//   CSysShims, CArchive (C) → SnapshotSys (system calls) → LayerStore (layer unpacking,
+//   CSysShims, CArchive, CIsal (C) → SnapshotSys (system calls) → LayerStore (layer unpacking,
 //   content objects, OCI formats) → SnapshotCore (metadata, layout, mounts, imports)
 //     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl)
 //   SnapshotSys, CFuse (libfuse3), CFuseIO (passthrough hooks) → SnapFS (the FUSE overlay file system) → snapfs
@@ -47,6 +47,12 @@ let package = Package(
       providers: [.apt(["libarchive-dev"])]
     ),
     .systemLibrary(
+      name: "CIsal",
+      path: "Sources/CIsal",
+      pkgConfig: "libisal",
+      providers: [.apt(["libisal-dev"])]
+    ),
+    .systemLibrary(
       name: "CFuse",
       path: "Sources/CFuse",
       pkgConfig: "fuse3",
@@ -68,7 +74,7 @@ let package = Package(
     .target(
       name: "LayerStore",
       dependencies: [
-        "SnapshotSys", "CArchive",
+        "SnapshotSys", "CArchive", "CIsal",
         .product(name: "Crypto", package: "swift-crypto"),
       ]
     ),
