@@ -39,6 +39,8 @@ final class FileSystem: @unchecked Sendable {
   /// order, and served in parallel they reach the layer's file out of order, which defeats
   /// its readahead.
   private let readLocks = (0..<1024).map { _ in Mutex() }
+  /// Listings of directories being read (no OPENDIR: see `Listings`).
+  let listings = Listings()
 
   init(_ overlay: Overlay, readOnly: Bool) {
     self.overlay = overlay
@@ -96,9 +98,8 @@ final class FileSystem: @unchecked Sendable {
     ops.fallocate = { req, _, mode, offset, length, fi in FileSystem.of(req).fallocate(req, mode, offset, length, fi) }
     ops.lseek = { req, ino, offset, whence, fi in FileSystem.of(req).lseek(req, ino, offset, whence, fi) }
     ops.opendir = { req, ino, fi in FileSystem.of(req).opendir(req, ino, fi) }
-    ops.readdir = { req, _, size, offset, fi in FileSystem.of(req).readDirectory(req, size, offset, fi, plus: false) }
-    ops.readdirplus = { req, _, size, offset, fi in FileSystem.of(req).readDirectory(req, size, offset, fi, plus: true) }
-    ops.releasedir = { req, _, fi in FileSystem.of(req).releasedir(req, fi) }
+    ops.readdir = { req, ino, size, offset, _ in FileSystem.of(req).readDirectory(req, ino, size, offset, plus: false) }
+    ops.readdirplus = { req, ino, size, offset, _ in FileSystem.of(req).readDirectory(req, ino, size, offset, plus: true) }
     ops.fsyncdir = { req, ino, _, _ in FileSystem.of(req).fsyncdir(req, ino) }
     ops.statfs = { req, _ in FileSystem.of(req).statfs(req) }
     ops.getxattr = { req, ino, name, size in FileSystem.of(req).getxattr(req, ino, name, size) }
@@ -221,10 +222,6 @@ final class FileSystem: @unchecked Sendable {
         }
       }
     }
-  }
-
-  private func directoryHandle(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> DirHandle {
-    Unmanaged<DirHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).takeUnretainedValue()
   }
 
   // MARK: - Operations
@@ -569,40 +566,42 @@ final class FileSystem: @unchecked Sendable {
     if r < 0 { fuse_reply_err(req, e) } else { fuse_reply_lseek(req, r) }
   }
 
+  /// No OPENDIR (ENOSYS): the kernel then opens directories itself and may keep their
+  /// listings, which is right here: a directory changes only through this mount, and the
+  /// kernel drops its cached listing when it changes one. See `Listings`.
   func opendir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    let n = node(ino)
-    fi!.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(DirHandle(node: n)).toOpaque()))
-    // The kernel may keep listings: a directory changes only through this mount, and the
-    // kernel drops its cached listing when it changes one.
-    snapfs_fi_set(fi, 1, 1, 0)
-    fuse_reply_open(req, fi)
+    fuse_reply_err(req, ENOSYS)
   }
 
-  func readDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
-    let handle = directoryHandle(fi)
+  func readDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ offset: off_t, plus: Bool) {
+    let dir = node(ino)
     let overlay = self.overlay
-    if handle.entries == nil || offset == 0 {
+    var listed = offset == 0 ? nil : listings.find(dir)
+    if listed == nil {
       do {
-        handle.entries = try overlay.tree.read { () throws(Errno) -> [Overlay.Entry] in try overlay.entries(handle.node) }
+        listed = Listings.Listing(try overlay.tree.read { () throws(Errno) -> [Overlay.Entry] in try overlay.entries(dir) })
+        listings.keep(dir, listed!)
       } catch {
         fuse_reply_err(req, error.code)
         return
       }
     }
-    let entries = handle.entries!
+    let listing = listed!
+    let entries = listing.entries
     let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
     defer { buffer.deallocate() }
     var used = 0
-    // Offsets 1 and 2 are "." and ".."; entry i of the listing is offset i + 3.
-    var index = Int(offset)
+    // Indexes 0 and 1 are "." and ".."; entry i of the listing is index i + 2. An entry's
+    // offset is where the next one resumes (see `Listings`).
+    var index = offset <= 2 ? max(0, Int(offset)) : listing.index(of: offset) + 2
     overlay.tree.read {
       while index < entries.count + 2 {
-        let next = off_t(index + 1)
+        let next = index < 2 ? off_t(index + 1) : listing.offset(after: index - 2)
         var added = 0
         if index < 2 {
           var st = stat()
           st.st_mode = S_IFDIR
-          st.st_ino = ino_t(index == 0 ? handle.node.ino : (handle.node.parent ?? handle.node).ino)
+          st.st_ino = ino_t(index == 0 ? dir.ino : (dir.parent ?? dir).ino)
           let name = index == 0 ? "." : ".."
           if plus {
             var entry = fuse_entry_param()
@@ -618,7 +617,7 @@ final class FileSystem: @unchecked Sendable {
             var child: Node?
             var plusEntry = fuse_entry_param()
             do throws(Errno) {
-              let (node, attr) = try overlay.lookup(handle.node, e.name)
+              let (node, attr) = try overlay.lookup(dir, e.name)
               child = node
               plusEntry = entry(node, attr)
             } catch  where error.code == ENOENT {
@@ -647,12 +646,8 @@ final class FileSystem: @unchecked Sendable {
         index += 1
       }
     }
+    if index >= entries.count + 2 { listings.finish(dir) }
     fuse_reply_buf(req, buffer, used)
-  }
-
-  func releasedir(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    Unmanaged<DirHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).release()
-    fuse_reply_err(req, 0)
   }
 
   func fsyncdir(_ req: fuse_req_t?, _ ino: fuse_ino_t) {
@@ -716,15 +711,6 @@ final class FileSystem: @unchecked Sendable {
       fuse_reply_err(req, 0)
     }
   }
-}
-
-/// An open directory: its merged listing, taken at the first read (the kernel may answer
-/// from its cached listing and never read) and kept until it is closed, as overlayfs does.
-/// The kernel serializes reads of one open directory.
-final class DirHandle {
-  let node: Node
-  var entries: [Overlay.Entry]?
-  init(node: Node) { self.node = node }
 }
 
 @inline(__always)

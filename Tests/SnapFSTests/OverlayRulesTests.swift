@@ -244,3 +244,59 @@ struct WhiteoutOpaqueTests {
     #expect(try overlay.entries(overlay.root).map(\.name).sorted() == ["d", "opaque", "replaced"])
   }
 }
+
+/// Directory offsets are name hashes, so a read resumes in any listing of the directory.
+@Suite struct ListingsTests {
+  static func listing(_ names: [String]) -> Listings.Listing {
+    Listings.Listing(names.enumerated().map { Overlay.Entry(name: $1, ino: UInt64($0 + 10), type: UInt8(DT_REG)) })
+  }
+
+  /// The names of `listing` from `offset` to the end, resuming after each as READDIRs do.
+  static func names(_ listing: Listings.Listing, from offset: off_t) -> [String] {
+    var out: [String] = []
+    var i = listing.index(of: offset)
+    while i < listing.entries.count {
+      out.append(listing.entries[i].name)
+      i = listing.index(of: listing.offset(after: i))
+    }
+    return out
+  }
+
+  @Test func keysAscendAboveTheDots() {
+    let l = Self.listing((0..<5000).map { "name-\($0)" })
+    #expect(l.keys.count == 5000)
+    #expect(l.keys.first! > 2)
+    #expect(zip(l.keys, l.keys.dropFirst()).allSatisfy { $0 < $1 })
+    #expect(l.offset(after: 4999) == off_t.max && l.index(of: off_t.max) == 5000)
+    #expect(Set(Self.names(l, from: 3)) == Set((0..<5000).map { "name-\($0)" }))
+  }
+
+  /// A reader stops part way, the directory changes (a name added, one removed), and it
+  /// resumes in the new listing: every name that stayed comes once, none twice.
+  @Test func resumingInAChangedListing() {
+    let before = (0..<3000).map { "file-\($0)" }
+    let old = Self.listing(before)
+    var seen = (0..<1000).map { old.entries[$0].name }
+    let resume = old.offset(after: 999)
+    let new = Self.listing(["added"] + before.filter { $0 != old.entries[2000].name && $0 != old.entries[10].name })
+    seen += Self.names(new, from: resume)
+    #expect(seen.count == Set(seen).count)
+    #expect(Set(before).subtracting([old.entries[2000].name]).isSubset(of: Set(seen)))
+  }
+
+  @Test func keptPerDirectoryAndDroppedAtTheEnd() {
+    let root = Node(ino: 1, realIno: 1, type: S_IFDIR, parent: nil, name: "", layer: 0, dirs: [])
+    let dirs = (0...Listings.limit).map {
+      Node(ino: UInt64($0 + 2), realIno: UInt64($0 + 2), type: S_IFDIR, parent: root, name: "d\($0)", layer: 0, dirs: [])
+    }
+    let l = Listings()
+    l.keep(dirs[0], Self.listing(["a"]))
+    #expect(l.find(dirs[0])?.entries.map(\.name) == ["a"])
+    #expect(l.find(dirs[1]) == nil)
+    l.finish(dirs[0])
+    #expect(l.find(dirs[0]) == nil)
+    for d in dirs { l.keep(d, Self.listing([d.name])) }  // one more than the limit
+    #expect(l.find(dirs[0]) == nil)  // the oldest went
+    #expect(l.find(dirs[Listings.limit])?.entries.map(\.name) == ["d\(Listings.limit)"])
+  }
+}
