@@ -22,6 +22,12 @@ final class Gunzip {
   }
 
   private let state = UnsafeMutablePointer<inflate_state>.allocate(capacity: 1)
+  /// The current member's header, parsed by `isal_read_gzip_header` before `isal_inflate`
+  /// runs: left to `isal_inflate`, a header split between two pieces of input is parsed
+  /// with a header record of its own call's stack, whose flags the next call no longer has
+  /// (ISA-L 2.30), and a valid member fails its checksum.
+  private let header = UnsafeMutablePointer<isal_gzip_header>.allocate(capacity: 1)
+  private var headerRead = false
   /// The current member ended: new input starts the next one.
   private var memberEnded = false
   private var members = 0
@@ -29,9 +35,13 @@ final class Gunzip {
   init() {
     isal_inflate_init(state)
     state.pointee.crc_flag = UInt32(ISAL_GZIP)
+    isal_gzip_header_init(header)
   }
 
-  deinit { state.deallocate() }
+  deinit {
+    state.deallocate()
+    header.deallocate()
+  }
 
   /// Hands over the next piece of input, which must stay valid until `inflate` has used it
   /// up. Only call it when the previous piece is used up.
@@ -53,6 +63,12 @@ final class Gunzip {
       if memberEnded {
         guard state.pointee.avail_in > 0 else { break }
         startMember()
+      }
+      if !headerRead {
+        let rc = isal_read_gzip_header(state, header)
+        if rc == ISAL_END_INPUT { break }  // the rest of the header comes with more input
+        if rc != ISAL_DECOMP_OK { throw members == 0 && rc == ISAL_INVALID_WRAPPER ? .notGzip : .corrupt(rc) }
+        headerRead = true
       }
       let before = (state.pointee.avail_in, state.pointee.avail_out)
       let rc = isal_inflate(state)
@@ -82,6 +98,8 @@ final class Gunzip {
     isal_inflate_reset(state)
     state.pointee.crc_flag = UInt32(ISAL_GZIP)
     (state.pointee.next_in, state.pointee.avail_in) = input
+    isal_gzip_header_init(header)
+    headerRead = false
     memberEnded = false
   }
 }
@@ -95,7 +113,8 @@ extension Gunzip.Failure: CustomStringConvertible {
       switch rc {
       case ISAL_INVALID_WRAPPER: "a gzip member's header is invalid (or data follows the last member)"
       case ISAL_UNSUPPORTED_METHOD: "a gzip member is not deflate-compressed"
-      case ISAL_INCORRECT_CHECKSUM: "a gzip member's checksum does not match its data"
+      case ISAL_INCORRECT_CHECKSUM: "a gzip member's checksum (of its data or its header) does not match"
+      case ISAL_INVALID_BLOCK: "invalid deflate data (an invalid block)"
       case ISAL_INVALID_LOOKBACK: "invalid deflate data (a distance beyond the window)"
       case ISAL_INVALID_SYMBOL: "invalid deflate data (an invalid symbol)"
       default: "invalid deflate data (igzip error \(rc))"

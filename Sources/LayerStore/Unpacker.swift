@@ -256,17 +256,7 @@ final class BlobReader: @unchecked Sendable {
   private func inflate() throws(LayerError) {
     guard let a = archive_read_new() else { throw LayerError(.failed, "layer \(layer.name): libarchive: out of memory") }
     defer { archive_read_free(a) }
-    let expected: Int32
-    switch layer.compression {
-    case .gzip:
-      archive_read_support_filter_gzip(a)
-      expected = ARCHIVE_FILTER_GZIP
-    case .zstd:
-      archive_read_support_filter_zstd(a)
-      expected = ARCHIVE_FILTER_ZSTD
-    case .none:
-      expected = ARCHIVE_FILTER_NONE
-    }
+    archive_read_support_filter_zstd(a)
     archive_read_support_format_raw(a)
     let me = Unmanaged.passUnretained(self).toOpaque()
     let opened = archive_read_open(
@@ -284,7 +274,7 @@ final class BlobReader: @unchecked Sendable {
       }, nil)
     var entry: OpaquePointer?
     guard opened == ARCHIVE_OK, archive_read_next_header(a, &entry) == ARCHIVE_OK else { throw failure(a, "cannot read the blob") }
-    guard archive_filter_code(a, 0) == expected else {
+    guard archive_filter_code(a, 0) == ARCHIVE_FILTER_ZSTD else {
       throw LayerError(.invalid, "layer \(layer.name): the blob is not \(layer.compression.rawValue)-compressed, as its media type says")
     }
     while true {
