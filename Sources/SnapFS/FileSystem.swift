@@ -41,6 +41,8 @@ final class FileSystem: @unchecked Sendable {
   private let readLocks = (0..<1024).map { _ in Mutex() }
   /// Listings of directories being read (no OPENDIR: see `Listings`).
   let listings = Listings()
+  /// OPENDIR is answered ENOSYS (the kernel offers "no opendir"; set at INIT).
+  private(set) var noOpendir = false
 
   init(_ overlay: Overlay, readOnly: Bool) {
     self.overlay = overlay
@@ -245,6 +247,7 @@ final class FileSystem: @unchecked Sendable {
     // readdirplus for every listing, not only the first call of each: otherwise the kernel
     // looks up the rest of a big directory one LOOKUP request per name.
     want &= ~UInt32(FUSE_CAP_READDIRPLUS_AUTO)
+    noOpendir = capable & UInt32(FUSE_CAP_NO_OPENDIR_SUPPORT) != 0
     conn.pointee.want = want
     conn.pointee.max_write = 1 << 20
     conn.pointee.max_readahead = 1 << 20
@@ -569,11 +572,23 @@ final class FileSystem: @unchecked Sendable {
   /// No OPENDIR (ENOSYS): the kernel then opens directories itself and may keep their
   /// listings, which is right here: a directory changes only through this mount, and the
   /// kernel drops its cached listing when it changes one. See `Listings`.
+  /// On a kernel without "no opendir" (before Linux 5.1) directories open with a request,
+  /// still keeping their listings (readdir needs no handle).
   func opendir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    fuse_reply_err(req, ENOSYS)
+    if noOpendir {
+      fuse_reply_err(req, ENOSYS)
+    } else {
+      snapfs_fi_set(fi, 1, 1, 0)
+      fuse_reply_open(req, fi)
+    }
   }
 
   func readDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ offset: off_t, plus: Bool) {
+    // Past the last name: the kernel asks once more after a listing ends.
+    if offset == off_t.max {
+      fuse_reply_buf(req, nil, 0)
+      return
+    }
     let dir = node(ino)
     let overlay = self.overlay
     var listed = offset == 0 ? nil : listings.find(dir)
@@ -596,7 +611,12 @@ final class FileSystem: @unchecked Sendable {
     var index = offset <= 2 ? max(0, Int(offset)) : listing.index(of: offset) + 2
     overlay.tree.read {
       while index < entries.count + 2 {
-        let next = index < 2 ? off_t(index + 1) : listing.offset(after: index - 2)
+        let next =
+          switch index {
+          case 0: off_t(1)
+          case 1: entries.isEmpty ? off_t.max : off_t(2)
+          default: listing.offset(after: index - 2)
+          }
         var added = 0
         if index < 2 {
           var st = stat()

@@ -26,7 +26,11 @@ final class Listings: @unchecked Sendable {
     let keys: [off_t]
 
     init(_ unsorted: [Overlay.Entry]) {
-      let hashed = unsorted.map { (Listings.hash($0.name), $0) }.sorted { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1.name < $1.1.name) }
+      // Ties (two names of one hash) in byte order: a String's `<` would take two
+      // spellings of one Unicode name (NFC, NFD), which are two names here, as equal.
+      let hashed = unsorted.map { (Listings.hash($0.name), $0) }.sorted {
+        $0.0 < $1.0 || ($0.0 == $1.0 && $0.1.name.utf8.lexicographicallyPrecedes($1.1.name.utf8))
+      }
       var keys = [off_t]()
       keys.reserveCapacity(hashed.count)
       for (h, _) in hashed { keys.append(max(h, (keys.last ?? 2) + 1)) }
@@ -50,14 +54,22 @@ final class Listings: @unchecked Sendable {
   }
 
   private let mutex = Mutex()
-  private var lists: [ObjectIdentifier: (node: Node, listing: Listing, age: UInt64)] = [:]
+  /// The node is held weakly: a kept listing must not keep a forgotten or removed
+  /// directory (and its descriptors) alive.
+  private struct Kept {
+    weak var node: Node?
+    let listing: Listing
+    let age: UInt64
+  }
+  private var lists: [ObjectIdentifier: Kept] = [:]
   private var clock: UInt64 = 0
   static let limit = 64
 
-  /// A name's offset: a hash (stable while the process runs) above 2, below `off_t.max`.
+  /// A name's offset: a hash of its bytes (stable while the process runs) above 2, below
+  /// `off_t.max`.
   static func hash(_ name: String) -> off_t {
     var h = Hasher()
-    h.combine(name)
+    for byte in name.utf8 { h.combine(byte) }
     return off_t(UInt64(UInt(bitPattern: h.finalize())) >> 2) + 3
   }
 
@@ -73,7 +85,7 @@ final class Listings: @unchecked Sendable {
   func keep(_ node: Node, _ listing: Listing) {
     mutex.with {
       clock += 1
-      lists[ObjectIdentifier(node)] = (node, listing, clock)
+      lists[ObjectIdentifier(node)] = Kept(node: node, listing: listing, age: clock)
       if lists.count > Self.limit, let oldest = lists.min(by: { $0.value.age < $1.value.age })?.key {
         lists[oldest] = nil
       }
