@@ -659,7 +659,9 @@ def converted_pending():
 
 
 def cmd_converted():
-    for _ in range(100):
+    # Up to a minute: after the last restart the daemon converts every snapshot a crash left
+    # unconverted, one after another (a debug build on a busy 2-core machine took over 10 s).
+    for _ in range(600):
         pending = converted_pending()
         if not pending:
             return
