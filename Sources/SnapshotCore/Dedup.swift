@@ -67,7 +67,7 @@ final class BackgroundWork: Sendable {
 public final class ObjectCollector: StorePart, Sendable {
   let store: Store
   let pool: DirectoryPool
-  let background = BackgroundWork()
+  let waiting = BackgroundWork()
 
   init(store: Store, pool: DirectoryPool) {
     self.store = store
@@ -79,26 +79,33 @@ public final class ObjectCollector: StorePart, Sendable {
 
   /// Queues committed snapshots for deduplication in the background.
   func scheduleDedup(_ ids: [Int64]) {
-    if background.add(ids) { reaper.run(after: Self.dedupDelay) { [self] in runDedup() } }
+    if waiting.add(ids) { jobs.submit(.dedup, after: Self.dedupDelay) }
   }
 
   /// Queues a collection of objects no tree references any more (after removes); with
   /// `sweep`, also of objects no row knows and no layer links.
   func scheduleCollect(sweep: Bool = false) {
-    if background.needCollect(sweep: sweep) {
-      reaper.run { [self] in
-        // Directories of removed snapshots go first: their links to objects count.
-        pool.waitIdle()
-        let sweep = background.collecting()
-        do { try collectGarbage(layers: false, sweep: sweep) } catch {
-          logger.warning("collecting unreferenced objects failed", metadata: ["error": "\(error)"])
-        }
-      }
-    }
+    if waiting.needCollect(sweep: sweep) { jobs.submit(.collect) }
   }
 
+  /// The `dedup` job.
   func runDedup() {
-    for id in background.take() { dedup(id) }
+    for id in waiting.take() { dedup(id) }
+  }
+
+  /// The `collect` job. Directories of removed snapshots go first, since their links to
+  /// objects count: the pool's are taken back now, and the removals that queues (behind
+  /// this job, on the same lane) run before the collection, which queues itself again.
+  func runCollect() {
+    jobs.run(.recyclePool)
+    if jobs.removing {
+      jobs.submit(.collect)
+      return
+    }
+    let sweep = waiting.collecting()
+    do { try collectGarbage(layers: false, sweep: sweep) } catch {
+      logger.warning("collecting unreferenced objects failed", metadata: ["error": "\(error)"])
+    }
   }
 
   /// Makes the files of snapshot `id`, committed through Prepare/Commit, stubs of content
@@ -218,7 +225,7 @@ public final class ObjectCollector: StorePart, Sendable {
   /// (directory removals, deduplication, collections).
   public func drain() {
     pool.waitIdle()
-    reaper.sync { runDedup() }
-    reaper.drain()
+    jobs.run(.dedup)
+    jobs.drain()
   }
 }

@@ -22,9 +22,9 @@ import Synchronization
 final class DirectoryPool: Sendable {
   private let layout: Layout
   private let logger: Logger
-  private let queue = DispatchQueue(label: "snapshotd.directory-pool", qos: .userInitiated)
-  /// Deletes the directories not reused, off the pool's queue (a big tree takes a while).
-  private let removals = DispatchQueue(label: "snapshotd.directory-removal", qos: .utility)
+  /// Where its work runs: `fillPool` and `recyclePool` jobs (see `fill`, `takeBack`), and
+  /// `removeTree` for directories not reused (a big tree takes a while).
+  private let jobs: BackgroundQueue
   private let state: Mutex<State>
   /// Held while directories are renamed back into the pool, and by `Snapshotter.cleanup()`
   /// while it lists and removes orphans: a directory is either renamed (and then reserved)
@@ -46,12 +46,15 @@ final class DirectoryPool: Sendable {
     var batch: [Int64] = []
   }
 
-  init(layout: Layout, firstID: Int64, logger: Logger) {
+  /// `start` makes the first directories, once `jobs` runs the pool's jobs.
+  init(layout: Layout, firstID: Int64, jobs: BackgroundQueue, logger: Logger) {
     self.layout = layout
+    self.jobs = jobs
     self.logger = logger
     state = Mutex(State(nextID: firstID))
-    refill()
   }
+
+  func start() { refill() }
 
   /// The id of a ready, durable directory, or nil when none is ready (the caller then makes
   /// one itself with ``reserveID()``). Call inside the write transaction that inserts the
@@ -85,10 +88,11 @@ final class DirectoryPool: Sendable {
   }
 
   /// Waits for a fill in progress, takes back the removed snapshots' directories that wait
-  /// for their batch now, and waits for the deletion of those not reused.
+  /// for their batch now, and waits for the deletion of those not reused (and for the rest
+  /// of the background work queued before). Not from a background job.
   func waitIdle() {
-    queue.sync { takeBack() }
-    removals.sync {}
+    jobs.run(.recyclePool)
+    jobs.drain()
   }
 
   /// Directories are taken back in batches, one flush of `s/` for all of them: a batch waits
@@ -102,11 +106,11 @@ final class DirectoryPool: Sendable {
       s.recycling.append(old)
       return s.recycling.count == 1
     }
-    if first { queue.asyncAfter(deadline: .now() + Self.recycleDelay) { [self] in takeBack() } }
+    if first { jobs.submit(.recyclePool, after: Self.recycleDelay) }
   }
 
-  /// The batch of ``recycle(_:)``; on the pool's queue.
-  private func takeBack() {
+  /// The batch of ``recycle(_:)``: the `recyclePool` job.
+  func takeBack() {
     let batch = state.withLock { s -> [Int64] in
       s.batch = s.recycling
       s.recycling = []
@@ -137,12 +141,7 @@ final class DirectoryPool: Sendable {
         }
       }
       if renamed { continue }
-      removals.async { [logger] in
-        guard Sys.exists(dir) else { return }
-        do { try Tree.remove(dir) } catch {
-          logger.warning("failed to remove snapshot directory", metadata: ["path": "\(dir)", "error": "\(error)"])
-        }
-      }
+      jobs.submit(.removeTree(dir))
     }
     guard !reused.isEmpty else { return }
     do {
@@ -238,27 +237,29 @@ final class DirectoryPool: Sendable {
       s.filling = true
       return true
     }
-    guard start else { return }
-    queue.async { [self] in
-      var made: [Int64] = []
-      let want = max(0, Self.depth - state.withLock { $0.ready.count })
-      do {
-        for _ in 0..<want {
-          let id = reserveID()
-          try Self.makeDirectory(layout, id: id, kind: .active, parent: nil)
-          try Sys.fsyncDirectory(layout.dir(id))
-          made.append(id)
-        }
-        try Sys.fsyncDirectory(layout.snapshots)
-      } catch {
-        logger.warning("cannot make snapshot directories ahead of time", metadata: ["error": "\(error)"])
-        for id in made { try? Tree.remove(layout.dir(id)) }
-        made = []
+    if start { jobs.submit(.fillPool) }
+  }
+
+  /// The `fillPool` job: makes directories until the pool holds `depth`.
+  func fill() {
+    var made: [Int64] = []
+    let want = max(0, Self.depth - state.withLock { $0.ready.count })
+    do {
+      for _ in 0..<want {
+        let id = reserveID()
+        try Self.makeDirectory(layout, id: id, kind: .active, parent: nil)
+        try Sys.fsyncDirectory(layout.dir(id))
+        made.append(id)
       }
-      state.withLock { s in
-        s.ready += made
-        s.filling = false
-      }
+      try Sys.fsyncDirectory(layout.snapshots)
+    } catch {
+      logger.warning("cannot make snapshot directories ahead of time", metadata: ["error": "\(error)"])
+      for id in made { try? Tree.remove(layout.dir(id)) }
+      made = []
+    }
+    state.withLock { s in
+      s.ready += made
+      s.filling = false
     }
   }
 

@@ -336,7 +336,7 @@ public final class LayerImporter: StorePart, Sendable {
         return snapshots ? parent! : ""
       }
       // Staging dirs of layers another import committed first.
-      for s in staged where Sys.exists(s.staging) { reaper.remove(s.staging) }
+      for s in staged where Sys.exists(s.staging) { jobs.submit(.removeTree(s.staging)) }
       return top
     } catch {
       for (final, staging) in renamed { try? Sys.rename(final, staging) }

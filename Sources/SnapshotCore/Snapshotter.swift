@@ -29,7 +29,7 @@ public final class Snapshotter: Sendable {
     store = try Store(root: root, logger: logger)
     let layout = store.layout
     let lastID = try SnapshotService.sweep(layout, db: store.db, logger: logger)
-    pool = DirectoryPool(layout: layout, firstID: lastID + 1, logger: logger)
+    pool = DirectoryPool(layout: layout, firstID: lastID + 1, jobs: store.jobs, logger: logger)
     do {
       try Upgrade.convertIfNeeded(layout, db: store.db, objects: store.objects, names: try store.objects.list(), logger: logger)
     } catch let e as SnapshotError {
@@ -41,6 +41,18 @@ public final class Snapshotter: Sendable {
     collector = ObjectCollector(store: store, pool: pool)
     service = SnapshotService(
       store: store, pool: pool, importer: importer, collector: collector, driver: driver, driverReason: driverReason)
+    // The background queue's jobs, each to the part that owns the work (held weakly: a
+    // job queued when the snapshotter goes does nothing).
+    store.jobs.attach { [weak pool, weak collector] job in
+      switch job {
+      case .fillPool: pool?.fill()
+      case .recyclePool: pool?.takeBack()
+      case .dedup: collector?.runDedup()
+      case .collect: collector?.runCollect()
+      case .removeTree: break  // the queue's own
+      }
+    }
+    pool.start()
     // Objects of imports a crash cut short are dropped before an import can reuse them:
     // only what committed was made durable first.
     try collector.collectGarbage(layers: false, sweep: true)

@@ -9,7 +9,7 @@ import SnapshotSys
 
 /// What the parts of the snapshotter share: the root's layout, the metadata database and its
 /// transactions, the one mapping of errors to `SnapshotError`, the object store, and the
-/// background queue (`Reaper`). The parts are `SnapshotService` (containerd's calls),
+/// background queue of typed jobs (`BackgroundQueue`). The parts are `SnapshotService` (containerd's calls),
 /// `LayerImporter` (layers and images into the layer store) and `ObjectCollector` (dedup of
 /// committed snapshots, garbage collection, `check`); `Snapshotter` wires them together.
 ///
@@ -20,8 +20,9 @@ import SnapshotSys
 ///   3. the SQLite writer (`write`: BEGIN IMMEDIATE); reads (`read`, `lookup`) take no lock
 ///      a writer waits for;
 ///   4. the directory pool's locks (`DirectoryPool`), taken inside transactions;
-///   5. the background queue runs one task at a time and takes any of the above, so nothing
-///      waits for it while holding them (`drain` is called with none held).
+///   5. the background queue's jobs take any of the above, so nothing waits for a job while
+///      holding them (`drain`, `run` are called with none held); an upkeep job may wait for
+///      the pool's lane, never the reverse (`BackgroundQueue`).
 public final class Store: Sendable {
   public let layout: Layout
   let db: DatabasePool
@@ -29,8 +30,8 @@ public final class Store: Sendable {
   let lookups: DatabaseQueue
   let logger: Logger
   let objects: ObjectStore
-  /// The background queue: directory removals, dedup, collections.
-  let reaper: Reaper
+  /// The background queue: the directory pool's work, removals, dedup, collections.
+  let jobs: BackgroundQueue
 
   /// Opens (creating when needed) the root's directories, the object store and the database.
   init(root: String, logger: Logger) throws(SnapshotError) {
@@ -63,7 +64,7 @@ public final class Store: Sendable {
     } catch {
       throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
     }
-    reaper = Reaper(logger: logger)
+    jobs = BackgroundQueue(logger: logger)
   }
 
   /// SQLite's `PRAGMA synchronous` of the connection that writes (2 is FULL).
@@ -159,7 +160,7 @@ extension StorePart {
   var layout: Layout { store.layout }
   var logger: Logger { store.logger }
   var objects: ObjectStore { store.objects }
-  var reaper: Reaper { store.reaper }
+  var jobs: BackgroundQueue { store.jobs }
   func write<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T { try store.write(body) }
   func read<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T { try store.read(body) }
   func lookup<T>(isolated: Bool = true, _ body: (Database) throws -> T) throws(SnapshotError) -> T {
