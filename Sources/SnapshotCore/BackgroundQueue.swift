@@ -7,13 +7,15 @@ import Synchronization
 /// logged: `SnapshotService.cleanup()` sweeps directories left behind, a restart retries
 /// deduplication, and a later collection finds what an earlier one left.
 ///
-/// Two lanes, each running one job at a time in the order given:
+/// Three lanes, each running one job at a time in the order given:
 /// - the pool's jobs (`fillPool`, `recyclePool`) ahead of the rest, since a Prepare may be
 ///   making its own directory for want of one;
-/// - the upkeep (`removeTree`, `dedup`, `collect`), which may take seconds.
-/// A job on the upkeep lane may wait for the pool's lane (a collection takes removed
-/// snapshots' directories back first), never the reverse, and nothing waits for either
-/// while it holds a lock a job takes (`Store`'s lock order).
+/// - removals (`removeTree`), which the queue runs itself;
+/// - the upkeep (`dedup`, `collect`), which may take seconds.
+/// An upkeep job may wait for the other two lanes (a collection takes removed snapshots'
+/// directories back and waits for their removal first, since their links to objects
+/// count), never the reverse, and nothing waits for any lane while it holds a lock a job
+/// takes (`Store`'s lock order).
 ///
 /// The parts that own the work attach its handler (`attach`) before any job is queued.
 final class BackgroundQueue: Sendable {
@@ -30,30 +32,22 @@ final class BackgroundQueue: Sendable {
     /// Delete objects nothing references (`ObjectCollector.runCollect`).
     case collect
 
-    var forPool: Bool {
-      switch self {
-      case .fillPool, .recyclePool: true
-      case .removeTree, .dedup, .collect: false
-      }
-    }
   }
 
   private let pool = DispatchQueue(label: "snapshotd.background.pool", qos: .userInitiated)
+  private let removals = DispatchQueue(label: "snapshotd.background.removals", qos: .utility)
   private let upkeep = DispatchQueue(label: "snapshotd.background", qos: .utility)
   private let logger: Logger
   private let handler = Mutex<(@Sendable (Job) -> Void)?>(nil)
-  /// `removeTree` jobs queued and not done.
-  private let removals = Atomic<Int>(0)
 
   init(logger: Logger) { self.logger = logger }
 
-  /// Sets what runs the jobs other than `removeTree`.
+  /// Sets what runs the jobs other than `removeTree` (the queue's own).
   func attach(_ handler: @escaping @Sendable (Job) -> Void) { self.handler.withLock { $0 = handler } }
 
   /// Queues `job`, to run after `delay` seconds (at once when 0).
   func submit(_ job: Job, after delay: Double = 0) {
-    if case .removeTree = job { removals.add(1, ordering: .relaxed) }
-    let lane = job.forPool ? pool : upkeep
+    let lane = self.lane(job)
     if delay > 0 {
       lane.asyncAfter(deadline: .now() + delay) { [self] in perform(job) }
     } else {
@@ -62,24 +56,29 @@ final class BackgroundQueue: Sendable {
   }
 
   /// Runs `job` on its lane now and waits for it (never from a job of the same lane).
-  func run(_ job: Job) {
-    if case .removeTree = job { removals.add(1, ordering: .relaxed) }
-    (job.forPool ? pool : upkeep).sync { perform(job) }
-  }
+  func run(_ job: Job) { lane(job).sync { perform(job) } }
+
+  /// Returns once every removal queued before the call is done. Not from a removal.
+  func waitForRemovals() { removals.sync {} }
 
   /// Returns once every job queued before the call is done (delayed ones not yet queued
   /// aside). Not from a job.
   func drain() {
     pool.sync {}
+    removals.sync {}
     upkeep.sync {}
   }
 
-  /// Whether `removeTree` jobs wait or run.
-  var removing: Bool { removals.load(ordering: .relaxed) > 0 }
+  private func lane(_ job: Job) -> DispatchQueue {
+    switch job {
+    case .fillPool, .recyclePool: pool
+    case .removeTree: removals
+    case .dedup, .collect: upkeep
+    }
+  }
 
   private func perform(_ job: Job) {
     if case .removeTree(let path) = job {
-      defer { removals.subtract(1, ordering: .relaxed) }
       guard Sys.exists(path) else { return }
       do { try Tree.remove(path) } catch {
         logger.warning("failed to remove a directory", metadata: ["path": "\(path)", "error": "\(error)"])

@@ -94,14 +94,10 @@ public final class ObjectCollector: StorePart, Sendable {
   }
 
   /// The `collect` job. Directories of removed snapshots go first, since their links to
-  /// objects count: the pool's are taken back now, and the removals that queues (behind
-  /// this job, on the same lane) run before the collection, which queues itself again.
+  /// objects count: the pool's are taken back now, and their removals waited for.
   func runCollect() {
     jobs.run(.recyclePool)
-    if jobs.removing {
-      jobs.submit(.collect)
-      return
-    }
+    jobs.waitForRemovals()
     let sweep = waiting.collecting()
     do { try collectGarbage(layers: false, sweep: sweep) } catch {
       logger.warning("collecting unreferenced objects failed", metadata: ["error": "\(error)"])
@@ -224,7 +220,7 @@ public final class ObjectCollector: StorePart, Sendable {
   /// Runs the deduplication waiting for its delay now, and waits for every background task
   /// (directory removals, deduplication, collections).
   public func drain() {
-    pool.waitIdle()
+    jobs.run(.recyclePool)
     jobs.run(.dedup)
     jobs.drain()
   }

@@ -88,11 +88,11 @@ final class DirectoryPool: Sendable {
   }
 
   /// Waits for a fill in progress, takes back the removed snapshots' directories that wait
-  /// for their batch now, and waits for the deletion of those not reused (and for the rest
-  /// of the background work queued before). Not from a background job.
+  /// for their batch now, and waits for the deletion of those not reused. Not from a
+  /// background job.
   func waitIdle() {
     jobs.run(.recyclePool)
-    jobs.drain()
+    jobs.waitForRemovals()
   }
 
   /// Directories are taken back in batches, one flush of `s/` for all of them: a batch waits

@@ -312,7 +312,8 @@ public final class SnapshotService: StorePart, Sendable {
   /// removals. Returns the directories it removed.
   @discardableResult
   public func cleanup() throws(SnapshotError) -> [String] {
-    pool.waitIdle()
+    jobs.run(.recyclePool)
+    jobs.drain()
     // Listing and removal run inside a write transaction so no snapshot is being made
     // while we decide what is an orphan.
     let layout = self.layout

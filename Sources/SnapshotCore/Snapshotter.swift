@@ -49,7 +49,7 @@ public final class Snapshotter: Sendable {
       case .recyclePool: pool?.takeBack()
       case .dedup: collector?.runDedup()
       case .collect: collector?.runCollect()
-      case .removeTree: break  // the queue's own
+      case .removeTree: break  // never here: the queue runs removals itself
       }
     }
     pool.start()

@@ -22,7 +22,7 @@ import SnapshotSys
 ///   4. the directory pool's locks (`DirectoryPool`), taken inside transactions;
 ///   5. the background queue's jobs take any of the above, so nothing waits for a job while
 ///      holding them (`drain`, `run` are called with none held); an upkeep job may wait for
-///      the pool's lane, never the reverse (`BackgroundQueue`).
+///      the pool's and the removals' lanes, never the reverse (`BackgroundQueue`).
 public final class Store: Sendable {
   public let layout: Layout
   let db: DatabasePool
