@@ -72,9 +72,7 @@ final class Gunzip {
       }
       let before = (state.pointee.avail_in, state.pointee.avail_out)
       let rc = isal_inflate(state)
-      if rc < 0 {
-        throw members == 0 && rc == ISAL_INVALID_WRAPPER ? .notGzip : .corrupt(rc)
-      }
+      if rc < 0 { throw .corrupt(rc) }  // the header is read: a wrapper error is the trailer's
       if state.pointee.block_state == ISAL_BLOCK_FINISH {
         memberEnded = true
         members += 1

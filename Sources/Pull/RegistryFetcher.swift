@@ -102,6 +102,7 @@ public final class RegistryFetcher: LayerFetcher {
   /// The download of layer `i` of `image`: under way already, or started now.
   private func start(_ image: ResolvedImage, _ i: Int, progress: ProgressCounter? = nil) throws -> Job {
     let layer = image.layers[i]
+    if let running = jobs.withLock({ $0[layer.digest] }) { return running }
     // A layer the store has needs no thread (every Prepare starts the image's later layers).
     if try importer.hasLayer(Self.request(image, layer)) {
       let done = Job()
@@ -131,8 +132,6 @@ public final class RegistryFetcher: LayerFetcher {
   /// Downloads and unpacks one layer (on a thread of its own, once a slot is free).
   private func unpack(_ image: ResolvedImage, _ layer: RemoteLayer, progress: ProgressCounter?) throws {
     let request = Self.request(image, layer)
-    // A layer the store got meanwhile does not wait behind downloads for a slot.
-    if try importer.hasLayer(request) { return }
     slots.wait()
     defer { slots.signal() }
     var source: BlobSource?

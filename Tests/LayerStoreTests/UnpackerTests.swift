@@ -164,6 +164,34 @@ struct UnpackerTests {
     #expect(st.st_mode & S_IFMT == S_IFCHR && st.st_rdev == 0)
   }
 
+  /// A gzip layer through the whole unpack (igzip on the reading thread): the digest is
+  /// the blob's, the diffID the tar's with the padding after its end, the files its own; a
+  /// cut blob and one that is not gzip fail, saying so.
+  @Test func gzipLayers() throws {
+    var tar = TarWriter()
+    let big = (0..<(1_500 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 13 >> 3) }
+    tar.entry("big", data: big)
+    tar.entry("small", data: Array("small".utf8))
+    let plain = tar.finished + [UInt8](repeating: 0, count: 4096)  // padding past the end
+    let gz = try GunzipTests.gzip(plain)
+    let layer = try Unpacker.unpack(
+      BytesSource(gz), LayerDescription(name: "gz", compression: .gzip, digest: Digest.of(gz), diffID: Digest.of(plain)),
+      into: root + "/layer", objects: objects)
+    #expect(layer.digest == Digest.of(gz) && layer.diffID == Digest.of(plain))
+    #expect(try Sys.lstat(root + "/layer/big").st_size == Int64(big.count))
+    #expect(
+      try objects.hashContent(layer.objects.keys.first { try! Sys.readAll(objects.path(of: $0)).count == big.count }!) == Digest.of(big).hex
+    )
+    for (name, blob, says) in [("cut", Array(gz[0..<(gz.count / 2)]), "truncated gzip"), ("plain", plain, "not gzip-compressed")] {
+      try Sys.mkdirAll(root + "/" + name, mode: 0o755)
+      #expect {
+        _ = try Unpacker.unpack(
+          BytesSource(blob), LayerDescription(name: name, compression: .gzip, digest: nil, diffID: nil), into: root + "/" + name,
+          objects: objects)
+      } throws: { ($0 as? LayerError)?.message.contains(says) == true }
+    }
+  }
+
   @Test func diffIDMismatchIsRefused() throws {
     var tar = TarWriter()
     tar.entry("f", data: [1])
