@@ -592,10 +592,10 @@ final class FileSystem: @unchecked Sendable {
     let dir = node(ino)
     let overlay = self.overlay
     var listed = offset == 0 ? nil : listings.find(dir)
-    if listed == nil {
+    let fresh = listed == nil
+    if fresh {
       do {
         listed = Listings.Listing(try overlay.tree.read { () throws(Errno) -> [Overlay.Entry] in try overlay.entries(dir) })
-        listings.keep(dir, listed!)
       } catch {
         fuse_reply_err(req, error.code)
         return
@@ -666,7 +666,12 @@ final class FileSystem: @unchecked Sendable {
         index += 1
       }
     }
-    if index >= entries.count + 2 { listings.finish(dir) }
+    // Kept only for a listing the reply did not finish (most fit in one).
+    if index >= entries.count + 2 {
+      if !fresh { listings.finish(dir) }
+    } else if fresh {
+      listings.keep(dir, listing)
+    }
     fuse_reply_buf(req, buffer, used)
   }
 

@@ -16,9 +16,10 @@
 ///
 /// Offsets 1 and 2 resume at ".." and at the first name; names hash above 2.
 ///
-/// One listing per directory is kept between the READDIRs of one read: taken again at
-/// offset 0, dropped once its last entry is sent, and at most `limit` of those never read
-/// to the end are kept (the oldest go first; a read that continues one takes it again).
+/// One listing per directory is kept between the READDIRs of a read that does not fit one
+/// reply: taken again at offset 0, dropped once its last entry is sent, and at most
+/// `limit` of those never read to the end are kept (the oldest go first; a read that
+/// continues one takes it again).
 final class Listings: @unchecked Sendable {
   struct Listing {
     let entries: [Overlay.Entry]
