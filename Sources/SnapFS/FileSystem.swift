@@ -55,8 +55,8 @@ final class FileSystem: @unchecked Sendable {
   deinit { session.deallocate() }
 
   /// The session's device is `devfd`: backing files are registered on it.
-  func attach(devfd: Int32, passthrough wanted: Bool) {
-    passthrough = Passthrough(devfd: devfd, wanted: wanted && !noOpen)
+  func attach(devfd: Int32, passthrough wanted: Bool, cachedReadsMax: Int64) {
+    passthrough = Passthrough(devfd: devfd, wanted: wanted && !noOpen, cachedReadsMax: cachedReadsMax)
   }
 
   /// The file system a request is for.
@@ -171,10 +171,10 @@ final class FileSystem: @unchecked Sendable {
   ) -> Bool {
     let handle = FileHandle(opened)
     fi!.pointee.fh = handle.raw
-    // Page caches stay across opens (the files change only through this mount), and close(2)
-    // does not wait for a FLUSH round trip. A passthrough file's page cache is its backing
-    // file's: the kernel refuses keep_cache with it.
-    snapfs_fi_set(fi, handle.passthrough ? 0 : 1, 0, 1)
+    // Page caches stay across opens where they cannot be stale (see `Opened.keepCache`), and
+    // close(2) does not wait for a FLUSH round trip. A passthrough file's page cache is its
+    // backing file's: the kernel refuses keep_cache with it.
+    snapfs_fi_set(fi, opened.keepCache ? 1 : 0, 0, 1)
     if let backing = opened.io.backingID { fuseio_arm_open(backing) }
     let rc = reply()
     fuseio_disarm()

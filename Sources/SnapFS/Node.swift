@@ -55,7 +55,8 @@ final class Node: @unchecked Sendable {
   var passthroughOpens = 0
   var cachedOpens = 0
   /// The registered backing file while `passthroughOpens > 0` (a lower file's for the node's
-  /// life), and whether it is the upper file (else a lower one, which a copy-up leaves behind).
+  /// life), and whether the open files are the upper file's (else a lower one's, which a
+  /// copy-up leaves behind), in either mode.
   var backingID: Int32 = 0
   var backingUpper = false
   /// A lower file's registered descriptor, which serves all its opens (on a read-only

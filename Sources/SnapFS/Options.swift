@@ -36,6 +36,13 @@ public struct Options: Equatable, Sendable {
   /// FUSE passthrough of regular files where the kernel offers it (`passthrough=off` turns
   /// it off: every read and write of an open file is then a request, with the writeback cache).
   public var passthrough = true
+  /// `cached_reads_max=BYTES`: lower files up to this size are read through the mount's own
+  /// page cache instead of passthrough, so a warm read waits for no GETATTR (see
+  /// `Passthrough`); 0 reads every file through passthrough.
+  public var cachedReadsMax: Int64 = 64 << 10
+  /// `busy_poll=USEC`: how long a thread that served a request polls for the next one before
+  /// it sleeps, while requests come that often (see CFuseIO's `fuseio_read`); 0 never polls.
+  public var busyPollMicroseconds = 20
 
   /// Mounted read-only: `ro` (unless a later `rw` undoes it).
   public var readOnly: Bool { flag("ro", off: "rw") }
@@ -130,6 +137,12 @@ public struct Options: Equatable, Sendable {
         case "off": passthrough = false
         default: throw Invalid(description: "passthrough=\(value): expected on or off")
         }
+      case "cached_reads_max":
+        guard let n = Int64(value), n >= 0 else { throw Invalid(description: "cached_reads_max=\(value): expected a size in bytes") }
+        cachedReadsMax = n
+      case "busy_poll":
+        guard let n = Int(value), n >= 0, n <= 1000 else { throw Invalid(description: "busy_poll=\(value): expected 0...1000 (microseconds)") }
+        busyPollMicroseconds = n
       case "threads":
         guard let n = Int(value), n > 0, n <= 256 else { throw Invalid(description: "threads=\(value): expected 1...256") }
         threads = n

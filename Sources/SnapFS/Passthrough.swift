@@ -7,12 +7,22 @@ import SnapshotSys
 
 /// FUSE passthrough: the kernel reads and writes an open file's backing file itself, with no
 /// request to snapfs and one page cache (the backing file's, so a lower file read through
-/// many mounts is cached once), as kernel overlayfs does. Used for every regular file.
+/// many mounts is cached once), as kernel overlayfs does. Used for every regular file but
+/// small lower ones (see below).
+///
+/// A lower file of at most `cachedReadsMax` bytes is read through the mount's own page cache
+/// instead (cached opens, kept across opens: a lower file never changes). Every read through
+/// passthrough makes the kernel drop the inode's atime (fs/fuse `fuse_invalidate_atime`,
+/// unless the mount is read-only), so the next open's fstat (Python's open, Go's ReadFile,
+/// cat) waits for a GETATTR; a read from the page cache does not. A warm read of a small
+/// file then waits for the OPEN alone, where passthrough waits for OPEN and GETATTR. The
+/// price: each mount caches such a file's pages itself (fuse-overlayfs caches every file so),
+/// and a cold read is a READ request.
 ///
 /// The kernel holds one backing file per inode while passthrough opens exist, and refuses to
 /// mix passthrough and cached (request-served) opens of one inode. So a node's opens all use
-/// the same backing id until the last closes, and a node with cached opens (one whose
-/// backing file could not be registered) stays cached until they close. A lower file never
+/// the same backing id until the last closes, and a node with cached opens (a small lower
+/// file, or one whose backing file could not be registered) stays cached until they close. A lower file never
 /// changes: its backing file and descriptor stay registered while the node lives and serve
 /// every open of it, with no system call of ours (up to `retainedLimit` nodes at once; past
 /// that, a lower file's are dropped with its last open, as an upper file's). A metacopy stub's
@@ -20,7 +30,8 @@ import SnapshotSys
 /// through that file's page cache, with no request.
 ///
 /// A lower file copied up while it is open through its lower backing file cannot be opened
-/// again on that inode: the kernel would not take the upper file as a second backing file.
+/// again on that inode: the kernel would not take the upper file as a second backing file,
+/// and cached opens of both would mix the two files' pages in one page cache.
 /// Such an open is `stale`: the node is split (`Overlay.split`) and the open answered ESTALE,
 /// which makes the kernel look the name up again (LOOKUP_REVAL) and open the fresh node.
 /// The readers that held the lower file keep reading it, as with fuse-overlayfs; on kernel
@@ -54,6 +65,10 @@ final class Passthrough: @unchecked Sendable {
     let fd: Int32
     let io: IO
     let shared: Bool
+    /// The kernel keeps the inode's page cache at this open (FOPEN_KEEP_CACHE): when every
+    /// write goes through it (no passthrough), or the file is a lower one. Otherwise the
+    /// pages may predate writes through a backing file, and the open drops them.
+    var keepCache = false
   }
 
   /// The FUSE device (the session's descriptor): backing files are registered on it.
@@ -66,10 +81,13 @@ final class Passthrough: @unchecked Sendable {
   static let retainedLimit = 65536
   /// Whether INIT negotiated it; set once by the init callback, before any open.
   private(set) var enabled = false
+  /// Lower files up to this size are read through the page cache (see above); 0: none.
+  private let cachedReadsMax: Int64
 
-  init(devfd: Int32, wanted: Bool) {
+  init(devfd: Int32, wanted: Bool, cachedReadsMax: Int64) {
     self.devfd = devfd
     self.wanted = wanted
+    self.cachedReadsMax = cachedReadsMax
   }
 
   /// From the init callback: passthrough if wanted and the kernel offers it. Returns whether
@@ -83,42 +101,58 @@ final class Passthrough: @unchecked Sendable {
   }
 
   /// Opens `node` (its upper file if `upper`) with `openFile`, or answers its lower file's
-  /// registered backing descriptor. With passthrough on, counts the open unless it is stale;
-  /// `close` uncounts it. Caller holds the tree lock, so no copy-up comes in between.
+  /// kept descriptor. With passthrough on, counts the open unless it is stale; `close`
+  /// uncounts it. Caller holds the tree lock, so no copy-up comes in between.
   func open(_ node: Node, upper: Bool, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> Opened {
-    guard enabled else { return Opened(fd: try openFile(), io: .requests, shared: false) }
-    if !upper,
-      let reused = mutex.with({ () -> Opened? in
-        guard node.backingFD >= 0, node.cachedOpens == 0 else { return nil }
-        node.passthroughOpens += 1
-        return Opened(fd: node.backingFD, io: .backing(node.backingID), shared: true)
-      })
-    {
-      return reused
-    }
+    guard enabled else { return Opened(fd: try openFile(), io: .requests, shared: false, keepCache: true) }
+    if !upper, let reused = mutex.with({ reuse(node) }) { return reused }
     let fd = try openFile()
+    var st = stat()
+    let small = !upper && cachedReadsMax > 0 && fstat(fd, &st) == 0 && Int64(st.st_size) <= cachedReadsMax
     return mutex.with {
-      if node.cachedOpens == 0 {
+      if node.passthroughOpens > 0 || node.cachedOpens > 0 {
+        // Opens of the other file (lower or upper) are still there.
+        guard node.backingUpper == upper else { return Opened(fd: fd, io: .stale, shared: false) }
         if node.passthroughOpens > 0 {
-          guard node.backingUpper == upper else { return Opened(fd: fd, io: .stale, shared: false) }
           node.passthroughOpens += 1
           return Opened(fd: fd, io: .backing(node.backingID), shared: false)
         }
-        unregister(node)  // a lower file's, from before a copy-up
+        node.cachedOpens += 1
+        return Opened(fd: fd, io: .requests, shared: false, keepCache: !upper)
+      }
+      unregister(node)  // a lower file's, from before a copy-up
+      node.backingUpper = upper
+      let keep = !upper && retained < Self.retainedLimit
+      if !small {
         let id = fuseio_backing_open(devfd, fd)
         if id > 0 {
           node.backingID = id
           node.backingOwner = self
-          node.backingUpper = upper
           node.passthroughOpens = 1
-          let keep = !upper && retained < Self.retainedLimit
           if keep { retain(node, fd) }
           return Opened(fd: fd, io: .backing(id), shared: keep)
         }
       }
-      node.cachedOpens += 1
-      return Opened(fd: fd, io: .requests, shared: false)
+      // A small lower file, or the backing file was refused: cached. A lower file's
+      // descriptor is kept all the same (it serves the reads of every open).
+      node.cachedOpens = 1
+      if keep { retain(node, fd) }
+      return Opened(fd: fd, io: .requests, shared: keep, keepCache: !upper)
     }
+  }
+
+  /// Another open of a lower file whose descriptor is kept: passthrough if it is registered,
+  /// else cached. Under the mutex.
+  private func reuse(_ node: Node) -> Opened? {
+    guard node.backingFD >= 0 else { return nil }
+    if node.backingID > 0 {
+      guard node.cachedOpens == 0 else { return nil }
+      node.passthroughOpens += 1
+      return Opened(fd: node.backingFD, io: .backing(node.backingID), shared: true)
+    }
+    guard node.passthroughOpens == 0 else { return nil }
+    node.cachedOpens += 1
+    return Opened(fd: node.backingFD, io: .requests, shared: true, keepCache: true)
   }
 
   /// An open of `node` was released. An upper file's backing file is unregistered with its

@@ -69,11 +69,12 @@ public func serve(_ options: Options) -> Int32 {
     }
     // Requests and replies through CFuseIO's hooks, which negotiate passthrough.
     let devfd = fuse_session_fd(session)
-    fs.attach(devfd: devfd, passthrough: options.passthrough)
+    fs.attach(devfd: devfd, passthrough: options.passthrough, cachedReadsMax: options.cachedReadsMax)
     var io = fuse_custom_io(writev: fuseio_writev, read: fuseio_read, splice_receive: fuseio_splice, splice_send: fuseio_splice)
     guard fuse_session_custom_io(session, &io, devfd) == 0 else {
       return fail("cannot install the session's I/O hooks")
     }
+    fs.session.pointee.busy_poll_ns = Int64(options.busyPollMicroseconds) * 1000
     if !options.foreground { fuse_daemonize(0) }
     fs.notifier = Notifier(session: session)
     let rc = snapfs_loop_mt(session, UInt32(options.threads), UInt32(options.threads))

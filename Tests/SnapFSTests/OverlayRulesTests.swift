@@ -47,6 +47,10 @@ import Testing
     #expect(o.threads == 3 && !o.passthrough && o.userXattr)
     #expect(o.debug && o.foreground)  // -d stays in the foreground
     #expect(try Options.parse(["-o", "lowerdir=/l", "/m"]).passthrough)
+    #expect(try Options.parse(["-o", "lowerdir=/l", "/m"]).cachedReadsMax == 65536)
+    #expect(try Options.parse(["-o", "lowerdir=/l,cached_reads_max=0", "/m"]).cachedReadsMax == 0)
+    #expect(try Options.parse(["-o", "lowerdir=/l", "/m"]).busyPollMicroseconds == 20)
+    #expect(try Options.parse(["-o", "lowerdir=/l,busy_poll=0", "/m"]).busyPollMicroseconds == 0)
   }
 
   @Test func refused() {
@@ -55,6 +59,9 @@ import Testing
       ["-o", "lowerdir=/l,threads=0", "/m"],
       ["-o", "lowerdir=/l,threads=257", "/m"],
       ["-o", "lowerdir=/l,passthrough=maybe", "/m"],
+      ["-o", "lowerdir=/l,cached_reads_max=-1", "/m"],
+      ["-o", "lowerdir=/l,cached_reads_max=64k", "/m"],
+      ["-o", "lowerdir=/l,busy_poll=1001", "/m"],
       ["-o", "lowerdir=/l,upperdir=/u", "/m"],  // no workdir
       ["-o", "lowerdir=/l,workdir=/w", "/m"],  // no upperdir
       ["-o", "upperdir=/u,workdir=/w", "/m"],  // no lowerdir
