@@ -48,6 +48,11 @@ long long shim_copy_file_range(int in, int out, unsigned long long length) {
   return copy_file_range(in, NULL, out, NULL, length, 0);
 }
 
+long long shim_copy_file_range_at(int in, long long in_offset, int out, long long out_offset, unsigned long long length) {
+  loff_t i = in_offset, o = out_offset;
+  return copy_file_range(in, &i, out, &o, length, 0);
+}
+
 int shim_malloc_trim(void) { return malloc_trim(0); }
 
 unsigned long shim_makedev(unsigned int major, unsigned int minor) { return makedev(major, minor); }

@@ -34,6 +34,8 @@ int shim_pipe_nonblocking(int fds[2]);
 int shim_rename_exchange(int fromdir, const char *from, int todir, const char *to);
 int shim_fallocate(int fd, int mode, long long offset, long long length);
 long long shim_copy_file_range(int in, int out, unsigned long long length);
+/// copy_file_range(2) at the given offsets (the descriptors' own offsets do not move).
+long long shim_copy_file_range_at(int in, long long in_offset, int out, long long out_offset, unsigned long long length);
 
 /// The *xattrat(2) calls (Linux 6.13): extended attributes of `path` beneath `dirfd`, with
 /// AT_SYMLINK_NOFOLLOW and AT_EMPTY_PATH ("" names `dirfd` itself, which must then not be
