@@ -35,25 +35,35 @@ static int64_t now_ns(void) {
 
 // Busy polling: before it sleeps, a thread that served a request looks for the next one for
 // up to busy_poll_ns (poll with no timeout: no sleep, no wait-queue entry). A request found
-// so is taken without waking a thread, which is most of a round trip's cost. Only while
-// requests come that densely (the last two arrived within busy_poll_ns of each other): a
-// sparse stream costs no polling.
+// so is taken without waking a thread, which is most of a round trip's cost. A poll that
+// finds nothing backs off: the next 1, 2, 4 ... 64 threads to finish a request go straight to
+// sleep, and a poll that finds one ends the back-off. So a sparse stream of requests costs
+// one poll per 64 requests, and a dense one is polled throughout.
+static int found_by_polling(int fd, int64_t limit) {
+  int64_t start = now_ns();
+  do {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 0) != 0) return 1;
+  } while (now_ns() - start < limit);
+  return 0;
+}
+
 ssize_t fuseio_read(int fd, void *buf, size_t len, void *userdata) {
   struct fuseio_session *s = userdata;
   int64_t limit = s->busy_poll_ns;
-  if (limit > 0 && __atomic_load_n(&s->arrival_gap_ns, __ATOMIC_RELAXED) < limit) {
-    int64_t start = now_ns();
-    do {
-      struct pollfd p = {.fd = fd, .events = POLLIN};
-      if (poll(&p, 1, 0) != 0) break;
-    } while (now_ns() - start < limit);
+  if (limit > 0) {
+    if (__atomic_load_n(&s->poll_skip, __ATOMIC_RELAXED) > 0) {
+      __atomic_fetch_sub(&s->poll_skip, 1, __ATOMIC_RELAXED);
+    } else if (found_by_polling(fd, limit)) {
+      __atomic_store_n(&s->poll_backoff, 0, __ATOMIC_RELAXED);
+    } else {
+      int32_t b = __atomic_load_n(&s->poll_backoff, __ATOMIC_RELAXED);
+      b = b == 0 ? 1 : b >= 64 ? 64 : b * 2;
+      __atomic_store_n(&s->poll_backoff, b, __ATOMIC_RELAXED);
+      __atomic_store_n(&s->poll_skip, b, __ATOMIC_RELAXED);
+    }
   }
   ssize_t n = read(fd, buf, len);
-  if (limit > 0 && n > 0) {
-    int64_t t = now_ns();
-    int64_t last = __atomic_exchange_n(&s->last_arrival_ns, t, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->arrival_gap_ns, t - last, __ATOMIC_RELAXED);
-  }
   if (!__atomic_load_n(&s->init_seen, __ATOMIC_ACQUIRE) && n >= (ssize_t)(sizeof(struct fuse_in_header) + 24)) {
     struct fuse_in_header h;
     memcpy(&h, buf, sizeof h);

@@ -24,8 +24,8 @@ struct fuseio_session {
   uint32_t flags2;        // the bits the INIT reply adds to flags2
   uint32_t stack_depth;
   int64_t busy_poll_ns;   // how long a thread looks for the next request before it sleeps (0: never)
-  int64_t last_arrival_ns;  // when the last request was read (CLOCK_MONOTONIC)
-  int64_t arrival_gap_ns;   // the time between the last two (busy polling while short)
+  int32_t poll_skip;      // how many threads go on to sleep without polling (see fuseio_read)
+  int32_t poll_backoff;   // what poll_skip becomes after the next poll that finds nothing
 };
 
 ssize_t fuseio_read(int fd, void *buf, size_t len, void *userdata);
