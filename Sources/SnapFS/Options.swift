@@ -141,7 +141,9 @@ public struct Options: Equatable, Sendable {
         guard let n = Int64(value), n >= 0 else { throw Invalid(description: "cached_reads_max=\(value): expected a size in bytes") }
         cachedReadsMax = n
       case "busy_poll":
-        guard let n = Int(value), n >= 0, n <= 1000 else { throw Invalid(description: "busy_poll=\(value): expected 0...1000 (microseconds)") }
+        guard let n = Int(value), n >= 0, n <= 1000 else {
+          throw Invalid(description: "busy_poll=\(value): expected 0...1000 (microseconds)")
+        }
         busyPollMicroseconds = n
       case "threads":
         guard let n = Int(value), n > 0, n <= 256 else { throw Invalid(description: "threads=\(value): expected 1...256") }
