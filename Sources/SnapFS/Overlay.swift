@@ -445,24 +445,19 @@ final class Overlay: @unchecked Sendable {
   /// empty path, EBADF): its O_PATH descriptor's /proc/self/fd link. That is the way for a
   /// removed file, which only the descriptor that pins it reaches, and where the calls are
   /// missing (`xattrAt`).
-  private func xattrCall<T>(
-    _ node: Node, _ call: (Int32, String, Int32) -> T, _ fallback: (String) -> T, failed: (T) -> Bool
-  ) throws(Errno) -> T {
-    func viaPath(_ fd: Int32) throws(Errno) -> T {
-      let r = fallback("/proc/self/fd/\(fd)")
-      if failed(r) { throw Errno(errno) }
-      return r
-    }
-    if node.pinned >= 0 { return try viaPath(node.pinned) }
+  private func xattrCall<T: BinaryInteger>(_ node: Node, _ call: (Int32, String, Int32) -> T, _ fallback: (String) -> T)
+    throws(Errno) -> T
+  {
+    if node.pinned >= 0 { return try Sys.call(fallback("/proc/self/fd/\(node.pinned)")) }
     let (dirfd, name) = try location(node)
     if xattrAt {
-      let result = call(dirfd, name, AT_SYMLINK_NOFOLLOW)
-      guard failed(result) else { return result }
-      guard errno == ENOSYS else { throw Errno(errno) }
+      do throws(Errno) { return try Sys.call(call(dirfd, name, AT_SYMLINK_NOFOLLOW)) } catch {
+        guard error.code == ENOSYS else { throw error }
+      }
     }
     let fd = try Sys.call(shim_openat(dirfd, name, SHIM_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0))
     defer { close(fd) }
-    return try viaPath(fd)
+    return try Sys.call(fallback("/proc/self/fd/\(fd)"))
   }
 
   func listXattrs(_ node: Node) throws(Errno) -> [UInt8] {
@@ -472,7 +467,7 @@ final class Overlay: @unchecked Sendable {
       : At.xattrNames { (list, size) -> Int in
         do throws(Errno) {
           return try xattrCall(
-            node, { Int(shim_listxattrat($0, $1, $2, list, UInt(size))) }, { listxattr($0, list, size) }, failed: { $0 < 0 })
+            node, { Int(shim_listxattrat($0, $1, $2, list, UInt(size))) }, { listxattr($0, list, size) })
         } catch {
           errno = error.code  // as a list call answers: -1 and errno (ERANGE is tried again)
           return -1
@@ -497,8 +492,7 @@ final class Overlay: @unchecked Sendable {
     let name = stored(name)
     if node.isDirectory { return try Sys.call(fgetxattr(node.fd, name, buffer, size)) }
     return try xattrCall(
-      node, { Int(shim_getxattrat($0, $1, $2, name, buffer, UInt(size))) }, { getxattr($0, name, buffer, size) },
-      failed: { $0 < 0 })
+      node, { Int(shim_getxattrat($0, $1, $2, name, buffer, UInt(size))) }, { getxattr($0, name, buffer, size) })
   }
 
   func setXattr(_ node: Node, _ name: String, _ value: UnsafeRawPointer?, size: Int, flags: Int32) throws(Errno) {
@@ -508,8 +502,7 @@ final class Overlay: @unchecked Sendable {
       _ = try Sys.call(fsetxattr(node.fd, name, value, size, flags))
     } else {
       _ = try xattrCall(
-        node, { shim_setxattrat($0, $1, $2, name, value, UInt(size), flags) }, { setxattr($0, name, value, size, flags) },
-        failed: { $0 < 0 })
+        node, { shim_setxattrat($0, $1, $2, name, value, UInt(size), flags) }, { setxattr($0, name, value, size, flags) })
     }
   }
 
@@ -519,7 +512,7 @@ final class Overlay: @unchecked Sendable {
     if node.isDirectory {
       _ = try Sys.call(fremovexattr(node.fd, name))
     } else {
-      _ = try xattrCall(node, { shim_removexattrat($0, $1, $2, name) }, { removexattr($0, name) }, failed: { $0 < 0 })
+      _ = try xattrCall(node, { shim_removexattrat($0, $1, $2, name) }, { removexattr($0, name) })
     }
   }
 
