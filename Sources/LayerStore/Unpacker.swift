@@ -101,7 +101,7 @@ public enum Unpacker {
 /// at least one unpack runs, calls syncfs(2) on the store's file system every quarter
 /// second, however many unpacks run at once. Measured on the benchmark's 126 MB gzip layer
 /// (the final syncfs took 0.32 s of a 2.5 s import before): docs/benchmarks.md, "Layer import".
-public final class EarlyWriteback: @unchecked Sendable {
+final class EarlyWriteback: Sendable {
   private let fd: Int32
   private let state = Mutex<(running: Int, stop: DispatchSemaphore?)>((0, nil))
 
