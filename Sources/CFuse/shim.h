@@ -29,6 +29,16 @@ static inline int snapfs_reply_fd(fuse_req_t req, int fd, size_t size, off_t off
   return fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
+/// Stores `size` bytes of `fd` from offset 0 in the kernel's page cache of inode `ino`
+/// (FUSE_NOTIFY_STORE): 0 or -errno.
+static inline int snapfs_notify_store(struct fuse_session *se, fuse_ino_t ino, int fd, size_t size) {
+  struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+  buf.buf[0].flags = (enum fuse_buf_flags)(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  buf.buf[0].fd = fd;
+  buf.buf[0].pos = 0;
+  return fuse_lowlevel_notify_store(se, ino, 0, &buf, (enum fuse_buf_copy_flags)0);
+}
+
 /// Writes the request's data buffers to `fd` at `offset`: returns bytes written or -errno.
 static inline ssize_t snapfs_write_buf(int fd, struct fuse_bufvec *in, off_t offset) {
   struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));

@@ -30,6 +30,8 @@ final class FileSystem: @unchecked Sendable {
   private(set) var passthrough: Passthrough!
   /// Set once the process is in the background (its thread would not survive the fork).
   var notifier: Notifier?
+  /// libfuse's session, for notifications a request waits for (set with `notifier`).
+  var fuseSession: OpaquePointer?
   /// The writeback cache is on (INIT, when passthrough is not).
   private(set) var writeback = false
   /// OPEN is answered ENOSYS (see above).
@@ -446,6 +448,11 @@ final class FileSystem: @unchecked Sendable {
           notifier?.forget(parent: kernelID(gone.parent), name: gone.name)
         }
         throw Errno(ESTALE)
+      }
+      // A small lower file's first open: its bytes into the page cache first (one pread of
+      // ours instead of a READ round trip at its first read). If that fails, READ serves.
+      if let size = opened.store, let session = fuseSession {
+        _ = snapfs_notify_store(session, kernelID(n), opened.fd, Int(size))
       }
       _ = replyOpen(n, opened, fi) { fuse_reply_open(req, fi) }
     }

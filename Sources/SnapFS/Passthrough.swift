@@ -69,6 +69,10 @@ final class Passthrough: @unchecked Sendable {
     /// write goes through it (no passthrough), or the file is a lower one. Otherwise the
     /// pages may predate writes through a backing file, and the open drops them.
     var keepCache = false
+    /// A small lower file's first open: its size, for its bytes to be stored in the kernel's
+    /// page cache before the reply (FUSE_NOTIFY_STORE), so that even its first read is no
+    /// request.
+    var store: Int64? = nil
   }
 
   /// The FUSE device (the session's descriptor): backing files are registered on it.
@@ -109,6 +113,7 @@ final class Passthrough: @unchecked Sendable {
     let fd = try openFile()
     var st = stat()
     let small = !upper && cachedReadsMax > 0 && fstat(fd, &st) == 0 && Int64(st.st_size) <= cachedReadsMax
+    let size = Int64(st.st_size)
     return mutex.with {
       if node.passthroughOpens > 0 || node.cachedOpens > 0 {
         // Opens of the other file (lower or upper) are still there.
@@ -137,7 +142,7 @@ final class Passthrough: @unchecked Sendable {
       // descriptor is kept all the same (it serves the reads of every open).
       node.cachedOpens = 1
       if keep { retain(node, fd) }
-      return Opened(fd: fd, io: .requests, shared: keep, keepCache: !upper)
+      return Opened(fd: fd, io: .requests, shared: keep, keepCache: !upper, store: small && size > 0 ? size : nil)
     }
   }
 

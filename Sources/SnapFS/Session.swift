@@ -77,6 +77,7 @@ public func serve(_ options: Options) -> Int32 {
     fs.session.pointee.busy_poll_ns = Int64(options.busyPollMicroseconds) * 1000
     if !options.foreground { fuse_daemonize(0) }
     fs.notifier = Notifier(session: session)
+    fs.fuseSession = session
     let rc = snapfs_loop_mt(session, UInt32(options.threads), UInt32(options.threads))
     // libfuse's signal handlers end the loop with the signal's number: a clean stop.
     return rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? 0 : 1
