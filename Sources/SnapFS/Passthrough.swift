@@ -15,9 +15,9 @@ import SnapshotSys
 /// passthrough makes the kernel drop the inode's atime (fs/fuse `fuse_invalidate_atime`,
 /// unless the mount is read-only), so the next open's fstat (Python's open, Go's ReadFile,
 /// cat) waits for a GETATTR; a read from the page cache does not. A warm read of a small
-/// file then waits for the OPEN alone, where passthrough waits for OPEN and GETATTR. The
-/// price: each mount caches such a file's pages itself (fuse-overlayfs caches every file so),
-/// and a cold read is a READ request.
+/// file then waits for the OPEN alone, where passthrough waits for OPEN and GETATTR; a cold
+/// one too, since its first open stores its bytes in the page cache (`Opened.store`). The
+/// price: each mount caches such a file's pages itself (fuse-overlayfs caches every file so).
 ///
 /// The kernel holds one backing file per inode while passthrough opens exist, and refuses to
 /// mix passthrough and cached (request-served) opens of one inode. So a node's opens all use
