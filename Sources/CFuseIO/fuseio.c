@@ -48,21 +48,32 @@ static int found_by_polling(int fd, int64_t limit) {
   return 0;
 }
 
+// Before a worker waits for its next request, however it receives it (read, or splice once
+// INIT has turned that on).
+static void poll_before_receive(int fd, struct fuseio_session *s) {
+  int64_t limit = s->busy_poll_ns;
+  if (limit <= 0) return;
+  if (__atomic_load_n(&s->poll_skip, __ATOMIC_RELAXED) > 0) {
+    __atomic_fetch_sub(&s->poll_skip, 1, __ATOMIC_RELAXED);
+  } else if (found_by_polling(fd, limit)) {
+    __atomic_store_n(&s->poll_backoff, 0, __ATOMIC_RELAXED);
+  } else {
+    int32_t b = __atomic_load_n(&s->poll_backoff, __ATOMIC_RELAXED);
+    b = b == 0 ? 1 : b >= 64 ? 64 : b * 2;
+    __atomic_store_n(&s->poll_backoff, b, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->poll_skip, b, __ATOMIC_RELAXED);
+  }
+}
+
+ssize_t fuseio_splice_receive(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags,
+                              void *userdata) {
+  poll_before_receive(fdin, userdata);
+  return splice(fdin, offin, fdout, offout, len, flags);
+}
+
 ssize_t fuseio_read(int fd, void *buf, size_t len, void *userdata) {
   struct fuseio_session *s = userdata;
-  int64_t limit = s->busy_poll_ns;
-  if (limit > 0) {
-    if (__atomic_load_n(&s->poll_skip, __ATOMIC_RELAXED) > 0) {
-      __atomic_fetch_sub(&s->poll_skip, 1, __ATOMIC_RELAXED);
-    } else if (found_by_polling(fd, limit)) {
-      __atomic_store_n(&s->poll_backoff, 0, __ATOMIC_RELAXED);
-    } else {
-      int32_t b = __atomic_load_n(&s->poll_backoff, __ATOMIC_RELAXED);
-      b = b == 0 ? 1 : b >= 64 ? 64 : b * 2;
-      __atomic_store_n(&s->poll_backoff, b, __ATOMIC_RELAXED);
-      __atomic_store_n(&s->poll_skip, b, __ATOMIC_RELAXED);
-    }
-  }
+  poll_before_receive(fd, s);
   ssize_t n = read(fd, buf, len);
   if (!__atomic_load_n(&s->init_seen, __ATOMIC_ACQUIRE) && n >= (ssize_t)(sizeof(struct fuse_in_header) + 24)) {
     struct fuse_in_header h;

@@ -438,7 +438,7 @@ final class FileSystem: @unchecked Sendable {
     let passthrough = self.passthrough!
     reply(req) { () throws(Errno) in
       let opened = try overlay.open(n, flags: layerFlags(fi)) { (upper, openFile) throws(Errno) in
-        try passthrough.open(n, upper: upper, openFile)
+        try passthrough.open(n, upper: upper, size: { overlay.ownSize(n) }, openFile)
       }
       if opened.io == .stale {
         // The kernel retries the open once with a fresh lookup, which finds the split's new
@@ -451,8 +451,12 @@ final class FileSystem: @unchecked Sendable {
       }
       // A small lower file's first open: its bytes into the page cache first (one pread of
       // ours instead of a READ round trip at its first read). If that fails, READ serves.
-      if let size = opened.store, let session = fuseSession {
-        _ = snapfs_notify_store(session, kernelID(n), opened.fd, Int(size))
+      // Other opens of the file meanwhile wait for it (see `Passthrough.Opened.awaitStore`).
+      if let size = opened.store {
+        if let session = fuseSession { _ = snapfs_notify_store(session, kernelID(n), opened.fd, Int(size)) }
+        passthrough.stored(n)
+      } else if opened.awaitStore {
+        passthrough.awaitStore(n)
       }
       _ = replyOpen(n, opened, fi) { fuse_reply_open(req, fi) }
     }
@@ -476,7 +480,7 @@ final class FileSystem: @unchecked Sendable {
           try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
           let (child, st) = try overlay.lookup(p, n)
           var e = entry(child, st)
-          let opened = try passthrough.open(child, upper: true) { fd }
+          let opened = try passthrough.open(child, upper: true, size: { nil }) { fd }
           if opened.io == .stale {  // a node of a name that was not there: cannot be, but undo and retry
             overlay.nodes.forget(child, 1)
             throw Errno(ESTALE)

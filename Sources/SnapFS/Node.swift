@@ -62,6 +62,10 @@ final class Node: @unchecked Sendable {
   /// A lower file's registered descriptor, which serves all its opens (on a read-only
   /// mount, the descriptor its reads go through); else -1.
   var backingFD: Int32 = -1
+  /// A small lower file's bytes are being stored in the kernel's page cache (its first open,
+  /// see `Passthrough`), or were.
+  var storing = false
+  var stored = false
   /// Who registered `backingID` or kept `backingFD`: it drops them when the node goes.
   var backingOwner: Passthrough?
 

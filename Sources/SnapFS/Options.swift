@@ -38,7 +38,8 @@ public struct Options: Equatable, Sendable {
   public var passthrough = true
   /// `cached_reads_max=BYTES`: lower files up to this size are read through the mount's own
   /// page cache instead of passthrough, so a warm read waits for no GETATTR (see
-  /// `Passthrough`); 0 reads every file through passthrough.
+  /// `Passthrough`); 0 reads every file through passthrough. At most 1 MiB: a file's first
+  /// open reads it whole before its reply.
   public var cachedReadsMax: Int64 = 64 << 10
   /// `busy_poll=USEC`: how long a thread that served a request polls for the next one before
   /// it sleeps, while requests come that often (see CFuseIO's `fuseio_read`); 0 never polls.
@@ -138,7 +139,9 @@ public struct Options: Equatable, Sendable {
         default: throw Invalid(description: "passthrough=\(value): expected on or off")
         }
       case "cached_reads_max":
-        guard let n = Int64(value), n >= 0 else { throw Invalid(description: "cached_reads_max=\(value): expected a size in bytes") }
+        guard let n = Int64(value), n >= 0, n <= 1 << 20 else {
+          throw Invalid(description: "cached_reads_max=\(value): expected 0...1048576 (bytes)")
+        }
         cachedReadsMax = n
       case "busy_poll":
         guard let n = Int(value), n >= 0, n <= 1000 else {

@@ -677,9 +677,22 @@ final class Overlay: @unchecked Sendable {
         return try attach(true) { () throws(Errno) -> Int32 in try openTopmost(node, clean) }
       }
     }
+    // For reading, the layer's file plainly: a lower file's descriptor is kept and serves
+    // every later open's reads (an O_DIRECT one would fail their unaligned preads), and a
+    // passthrough open's own flags are the kernel's, not this descriptor's.
     return try tree.read { () throws(Errno) -> T in
-      try attach(hasUpper && node.layer == 0) { () throws(Errno) -> Int32 in try openTopmost(node, clean) }
+      try attach(hasUpper && node.layer == 0) { () throws(Errno) -> Int32 in
+        try openTopmost(node, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+      }
     }
+  }
+
+  /// The size of the node's topmost file itself (a stub's own, not its data file's); nil if
+  /// it cannot be had. Caller holds the tree lock.
+  func ownSize(_ node: Node) -> Int64? {
+    guard node.pinned < 0, let (dirfd, name) = try? location(node) else { return nil }
+    var st = stat()
+    return fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? Int64(st.st_size) : nil
   }
 
   /// Splits `node`, whose kernel inode can no longer be opened (see `Passthrough`): off its

@@ -71,8 +71,12 @@ final class Passthrough: @unchecked Sendable {
     var keepCache = false
     /// A small lower file's first open: its size, for its bytes to be stored in the kernel's
     /// page cache before the reply (FUSE_NOTIFY_STORE), so that even its first read is no
-    /// request.
+    /// request; then `stored`.
     var store: Int64? = nil
+    /// Another open of that file meanwhile: its reply waits for the store (`awaitStore`).
+    /// The kernel stores a page only once it can lock it, and a reader's READ holds that lock
+    /// until a thread of ours answers: readers during a store could leave every thread waiting.
+    var awaitStore = false
   }
 
   /// The FUSE device (the session's descriptor): backing files are registered on it.
@@ -87,6 +91,8 @@ final class Passthrough: @unchecked Sendable {
   private(set) var enabled = false
   /// Lower files up to this size are read through the page cache (see above); 0: none.
   private let cachedReadsMax: Int64
+  /// Signalled when a node's store ends (`Node.storing`).
+  private let stores = Condition()
 
   init(devfd: Int32, wanted: Bool, cachedReadsMax: Int64) {
     self.devfd = devfd
@@ -106,14 +112,16 @@ final class Passthrough: @unchecked Sendable {
 
   /// Opens `node` (its upper file if `upper`) with `openFile`, or answers its lower file's
   /// kept descriptor. With passthrough on, counts the open unless it is stale; `close`
-  /// uncounts it. Caller holds the tree lock, so no copy-up comes in between.
-  func open(_ node: Node, upper: Bool, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> Opened {
+  /// uncounts it. Caller holds the tree lock, so no copy-up comes in between. `size` is the
+  /// size the kernel knows for the file (a stub's own): a small lower file is read cached
+  /// only if its data is that long.
+  func open(_ node: Node, upper: Bool, size: () -> Int64?, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> Opened {
     guard enabled else { return Opened(fd: try openFile(), io: .requests, shared: false, keepCache: true) }
     if !upper, let reused = mutex.with({ reuse(node) }) { return reused }
     let fd = try openFile()
     var st = stat()
-    let small = !upper && cachedReadsMax > 0 && fstat(fd, &st) == 0 && Int64(st.st_size) <= cachedReadsMax
-    let size = Int64(st.st_size)
+    let length = Int64(fstat(fd, &st) == 0 ? st.st_size : -1)
+    let small = !upper && cachedReadsMax > 0 && length >= 0 && length <= cachedReadsMax && size() == length
     return mutex.with {
       if node.passthroughOpens > 0 || node.cachedOpens > 0 {
         // Opens of the other file (lower or upper) are still there.
@@ -123,7 +131,7 @@ final class Passthrough: @unchecked Sendable {
           return Opened(fd: fd, io: .backing(node.backingID), shared: false)
         }
         node.cachedOpens += 1
-        return Opened(fd: fd, io: .requests, shared: false, keepCache: !upper)
+        return Opened(fd: fd, io: .requests, shared: false, keepCache: !upper, awaitStore: node.storing)
       }
       unregister(node)  // a lower file's, from before a copy-up
       node.backingUpper = upper
@@ -142,7 +150,9 @@ final class Passthrough: @unchecked Sendable {
       // descriptor is kept all the same (it serves the reads of every open).
       node.cachedOpens = 1
       if keep { retain(node, fd) }
-      return Opened(fd: fd, io: .requests, shared: keep, keepCache: !upper, store: small && size > 0 ? size : nil)
+      let store = small && length > 0 && !node.stored
+      if store { (node.storing, node.stored) = (true, true) }
+      return Opened(fd: fd, io: .requests, shared: keep, keepCache: !upper, store: store ? length : nil)
     }
   }
 
@@ -157,8 +167,14 @@ final class Passthrough: @unchecked Sendable {
     }
     guard node.passthroughOpens == 0 else { return nil }
     node.cachedOpens += 1
-    return Opened(fd: node.backingFD, io: .requests, shared: true, keepCache: true)
+    return Opened(fd: node.backingFD, io: .requests, shared: true, keepCache: true, awaitStore: node.storing)
   }
+
+  /// The store of the node's first open (`Opened.store`) is over, done or not.
+  func stored(_ node: Node) { stores.change { mutex.with { node.storing = false } } }
+
+  /// Waits until the node's store is over (`Opened.awaitStore`).
+  func awaitStore(_ node: Node) { stores.wait { mutex.with { !node.storing } } }
 
   /// An open of `node` was released. An upper file's backing file is unregistered with its
   /// last open (the next may be for writing, through another descriptor); a retained lower

@@ -70,7 +70,7 @@ public func serve(_ options: Options) -> Int32 {
     // Requests and replies through CFuseIO's hooks, which negotiate passthrough.
     let devfd = fuse_session_fd(session)
     fs.attach(devfd: devfd, passthrough: options.passthrough, cachedReadsMax: options.cachedReadsMax)
-    var io = fuse_custom_io(writev: fuseio_writev, read: fuseio_read, splice_receive: fuseio_splice, splice_send: fuseio_splice)
+    var io = fuse_custom_io(writev: fuseio_writev, read: fuseio_read, splice_receive: fuseio_splice_receive, splice_send: fuseio_splice)
     guard fuse_session_custom_io(session, &io, devfd) == 0 else {
       return fail("cannot install the session's I/O hooks")
     }

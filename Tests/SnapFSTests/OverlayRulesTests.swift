@@ -61,6 +61,7 @@ import Testing
       ["-o", "lowerdir=/l,passthrough=maybe", "/m"],
       ["-o", "lowerdir=/l,cached_reads_max=-1", "/m"],
       ["-o", "lowerdir=/l,cached_reads_max=64k", "/m"],
+      ["-o", "lowerdir=/l,cached_reads_max=1048577", "/m"],
       ["-o", "lowerdir=/l,busy_poll=1001", "/m"],
       ["-o", "lowerdir=/l,upperdir=/u", "/m"],  // no workdir
       ["-o", "lowerdir=/l,workdir=/w", "/m"],  // no upperdir

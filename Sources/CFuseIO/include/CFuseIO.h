@@ -31,6 +31,9 @@ struct fuseio_session {
 ssize_t fuseio_read(int fd, void *buf, size_t len, void *userdata);
 ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata);
 ssize_t fuseio_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags, void *userdata);
+/// Receiving a request by splice from /dev/fuse (`fdin`): busy polling first, as fuseio_read.
+ssize_t fuseio_splice_receive(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags,
+                              void *userdata);
 
 /// Whether the kernel's INIT request offered FUSE_PASSTHROUGH (valid once INIT was read).
 int fuseio_kernel_offers_passthrough(const struct fuseio_session *session);
