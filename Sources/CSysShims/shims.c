@@ -44,10 +44,6 @@ int shim_fallocate(int fd, int mode, long long offset, long long length) {
   return fallocate(fd, mode, offset, length);
 }
 
-long long shim_copy_file_range(int in, int out, unsigned long long length) {
-  return copy_file_range(in, NULL, out, NULL, length, 0);
-}
-
 long long shim_copy_file_range_at(int in, long long in_offset, int out, long long out_offset, unsigned long long length) {
   loff_t i = in_offset, o = out_offset;
   return copy_file_range(in, &i, out, &o, length, 0);

@@ -60,7 +60,7 @@ final class Listings: @unchecked Sendable {
   private struct Kept {
     weak var node: Node?
     let listing: Listing
-    let age: UInt64
+    var age: UInt64
   }
   private var lists: [ObjectIdentifier: Kept] = [:]
   private var clock: UInt64 = 0
@@ -70,14 +70,19 @@ final class Listings: @unchecked Sendable {
   /// `off_t.max`.
   static func hash(_ name: String) -> off_t {
     var h = Hasher()
-    for byte in name.utf8 { h.combine(byte) }
+    var name = name
+    name.withUTF8 { h.combine(bytes: UnsafeRawBufferPointer($0)) }
     return off_t(UInt64(UInt(bitPattern: h.finalize())) >> 2) + 3
   }
 
-  /// The kept listing of `node`, if any.
+  /// The kept listing of `node`, if any (now the newest: a directory being read is not the
+  /// one to drop).
   func find(_ node: Node) -> Listing? {
     mutex.with {
-      guard let kept = lists[ObjectIdentifier(node)], kept.node === node else { return nil }
+      let key = ObjectIdentifier(node)
+      guard let kept = lists[key], kept.node === node else { return nil }
+      clock += 1
+      lists[key]?.age = clock
       return kept.listing
     }
   }

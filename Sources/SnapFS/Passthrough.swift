@@ -119,9 +119,14 @@ final class Passthrough: @unchecked Sendable {
     guard enabled else { return Opened(fd: try openFile(), io: .requests, shared: false, keepCache: true) }
     if !upper, let reused = mutex.with({ reuse(node) }) { return reused }
     let fd = try openFile()
-    var st = stat()
-    let length = Int64(fstat(fd, &st) == 0 ? st.st_size : -1)
-    let small = !upper && cachedReadsMax > 0 && length >= 0 && length <= cachedReadsMax && size() == length
+    // Only a lower file's first open gets here (later ones reuse its kept descriptor), so the
+    // sizes are looked at once per lower file; an upper file's opens look at none.
+    var length: Int64 = -1
+    if !upper && cachedReadsMax > 0 {
+      var st = stat()
+      if fstat(fd, &st) == 0 { length = Int64(st.st_size) }
+    }
+    let small = length >= 0 && length <= cachedReadsMax && size() == length
     return mutex.with {
       if node.passthroughOpens > 0 || node.cachedOpens > 0 {
         // Opens of the other file (lower or upper) are still there.

@@ -96,8 +96,7 @@ public final class ObjectCollector: StorePart, Sendable {
   /// The `collect` job. Directories of removed snapshots go first, since their links to
   /// objects count: the pool's are taken back now, and their removals waited for.
   func runCollect() {
-    jobs.run(.recyclePool)
-    jobs.waitForRemovals()
+    pool.waitIdle()
     let sweep = waiting.collecting()
     do { try collectGarbage(layers: false, sweep: sweep) } catch {
       logger.warning("collecting unreferenced objects failed", metadata: ["error": "\(error)"])

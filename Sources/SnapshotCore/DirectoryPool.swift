@@ -88,8 +88,9 @@ final class DirectoryPool: Sendable {
   }
 
   /// Waits for a fill in progress, takes back the removed snapshots' directories that wait
-  /// for their batch now, and waits for the deletion of those not reused. Not from a
-  /// background job.
+  /// for their batch now, and waits for the deletion of those not reused. From a job on the
+  /// upkeep lane (a collection) or outside the queue, never from the pool's or removals'
+  /// lane, which it waits for.
   func waitIdle() {
     jobs.run(.recyclePool)
     jobs.waitForRemovals()

@@ -33,7 +33,6 @@ int shim_pipe_nonblocking(int fds[2]);
 /// renameat2(2) with RENAME_EXCHANGE: two names swap their files in one step.
 int shim_rename_exchange(int fromdir, const char *from, int todir, const char *to);
 int shim_fallocate(int fd, int mode, long long offset, long long length);
-long long shim_copy_file_range(int in, int out, unsigned long long length);
 /// copy_file_range(2) at the given offsets (the descriptors' own offsets do not move).
 long long shim_copy_file_range_at(int in, long long in_offset, int out, long long out_offset, unsigned long long length);
 
