@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
@@ -84,4 +85,14 @@ int shim_setxattrat(int dirfd, const char *path, int at_flags, const char *name,
 
 int shim_removexattrat(int dirfd, const char *path, int at_flags, const char *name) {
   return (int)syscall(SYS_removexattrat, dirfd, path, at_flags, name);
+}
+
+int shim_peer_credentials(int fd, int *pid, unsigned int *uid, unsigned int *gid) {
+  struct ucred c;
+  socklen_t len = sizeof c;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c, &len) < 0) return -1;
+  *pid = c.pid;
+  *uid = c.uid;
+  *gid = c.gid;
+  return 0;
 }

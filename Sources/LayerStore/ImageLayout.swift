@@ -129,10 +129,11 @@ public struct ImageLayout: Sendable {
 
 extension Data {
   fileprivate init(contentsOf path: String, _ what: String) throws(LayerError) {
+    // Through FileSource: a regular file only (not a FIFO or /dev/zero), of bounded size.
     do {
-      self = try Data(contentsOf: URL(fileURLWithPath: path))
+      self = Data(try FileSource.readAll(path, limit: 16 << 20))
     } catch {
-      throw LayerError(.invalid, "cannot read \(what) (\(path)): \(error.localizedDescription)")
+      throw LayerError(.invalid, "cannot read \(what): \(error.message)")
     }
   }
 }
@@ -146,7 +147,9 @@ public enum ImageArchive {
     defer { archive_read_free(a) }
     archive_read_support_format_tar(a)
     archive_read_support_filter_gzip(a)
-    guard archive_read_open_filename(a, path, 1 << 20) == ARCHIVE_OK else { throw failure(a, path) }
+    let fd = try FileSource.openRegular(path)
+    defer { At.close(fd) }
+    guard archive_read_open_fd(a, fd, 1 << 20) == ARCHIVE_OK else { throw failure(a, path) }
     let root: Int32
     do {
       try Sys.mkdir(dir + "/blobs", mode: 0o700)

@@ -31,6 +31,8 @@ public struct LayerError: Error, CustomStringConvertible, Sendable {
     case invalid
     /// Anything else: an I/O error (with its `errno`), a bug.
     case failed
+    /// The client cancelled, or left, before the work was done.
+    case cancelled
   }
 
   public let kind: Kind

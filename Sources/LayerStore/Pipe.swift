@@ -158,28 +158,87 @@ public protocol ByteSource: AnyObject {
   func read(into buffer: UnsafeMutableRawBufferPointer) throws(LayerError) -> Int
 }
 
-/// A blob in a file.
+/// A blob in a file a client named. Only a regular file is read: the path is opened
+/// without blocking (a FIFO with no writer, or a device, cannot hold the caller) and
+/// anything else is refused. A read past `limit` bytes (the size a descriptor gives) fails,
+/// and so does a read after `cancellation` is raised (the client left or cancelled).
 public final class FileSource: ByteSource {
   let fd: Int32
   let path: String
+  let limit: Int64?
+  let cancellation: Cancellation?
+  private var done: Int64 = 0
 
-  public init(path: String) throws(LayerError) {
+  public init(path: String, limit: Int64? = nil, cancellation: Cancellation? = nil) throws(LayerError) {
     self.path = path
+    self.limit = limit
+    self.cancellation = cancellation
+    fd = try Self.openRegular(path)
+  }
+
+  /// A read-only descriptor of `path`, which must be a regular file: opened without
+  /// blocking, then checked with `fstat`.
+  public static func openRegular(_ path: String) throws(LayerError) -> Int32 {
+    let fd: Int32
     do {
-      fd = try At.openFile(path)
+      fd = try At.openNonBlocking(path)
     } catch {
-      throw LayerError(.invalid, "cannot open layer blob \(path): \(error)")
+      throw LayerError(.invalid, "cannot open \(path): \(error)")
+    }
+    let st: stat
+    do {
+      st = try At.fstat(fd, path)
+    } catch {
+      At.close(fd)
+      throw LayerError(.invalid, "cannot stat \(path): \(error)")
+    }
+    guard st.st_mode & S_IFMT == S_IFREG else {
+      At.close(fd)
+      throw LayerError(.invalid, "\(path) is not a regular file (it is \(fileType(st.st_mode)))")
+    }
+    return fd
+  }
+
+  /// A whole small file (an index, a manifest), refused when larger than `limit`.
+  public static func readAll(_ path: String, limit: Int64) throws(LayerError) -> [UInt8] {
+    let source = try FileSource(path: path, limit: limit)
+    var out: [UInt8] = []
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+    defer { buffer.deallocate() }
+    while true {
+      let n = try source.read(into: buffer)
+      if n == 0 { return out }
+      out += buffer[..<n]
     }
   }
 
   deinit { At.close(fd) }
 
-  public func read(into buffer: UnsafeMutableRawBufferPointer) throws(LayerError) -> Int {
-    do {
-      return try At.read(fd, path, into: buffer)
-    } catch {
-      throw LayerError(.failed, "reading layer blob: \(error)")
+  static func fileType(_ mode: mode_t) -> String {
+    switch mode & S_IFMT {
+    case S_IFDIR: "a directory"
+    case S_IFIFO: "a FIFO"
+    case S_IFCHR: "a character device"
+    case S_IFBLK: "a block device"
+    case S_IFSOCK: "a socket"
+    default: "mode \(String(mode, radix: 8))"
     }
+  }
+
+  public func read(into buffer: UnsafeMutableRawBufferPointer) throws(LayerError) -> Int {
+    if cancellation?.isCancelled == true { throw LayerError(.cancelled, "reading \(path): cancelled") }
+    let n: Int
+    do {
+      n = try At.read(fd, path, into: buffer)
+    } catch {
+      // The client's file cannot be read (a /proc file, a bad disk): its input is at fault.
+      throw LayerError(.invalid, "reading \(path): \(error)")
+    }
+    done += Int64(n)
+    if let limit, done > limit {
+      throw LayerError(.invalid, "\(path) is larger than the \(limit) bytes expected")
+    }
+    return n
   }
 }
 
@@ -196,19 +255,21 @@ public final class PipeSource: ByteSource {
   deinit { pipe.abandon() }
 
   public func read(into buffer: UnsafeMutableRawBufferPointer) throws(LayerError) -> Int {
-    while offset == (current?.count ?? 0) {
+    while true {
+      if let c = current, offset < c.count {
+        let n = min(buffer.count, c.count - offset)
+        if n > 0, let dst = buffer.baseAddress { dst.copyMemory(from: c.base + offset, byteCount: n) }
+        offset += n
+        return n
+      }
       if let done = current {
         current = nil
         pipe.recycle(done)
       }
+      offset = 0
+      // At the end, every later read answers 0 again (take keeps the end visible).
       guard let next = try pipe.take() else { return 0 }
       current = next
-      offset = 0
     }
-    let c = current!
-    let n = min(buffer.count, c.count - offset)
-    buffer.baseAddress!.copyMemory(from: c.base + offset, byteCount: n)
-    offset += n
-    return n
   }
 }

@@ -80,8 +80,9 @@ public final class RegistryFetcher: LayerFetcher {
       switch e.kind {
       case .invalid: return SnapshotError(.invalidArgument, "\(e)")
       case .notFound: return SnapshotError(.notFound, "\(e)")
-      case .unauthorized: return SnapshotError(.failedPrecondition, "\(e)")
-      default: return SnapshotError(.internal, "\(e)")
+      case .unauthorized, .badManifest: return SnapshotError(.failedPrecondition, "\(e)")
+      // The registry, or the way to it, failed: a later try may succeed.
+      case .unreachable, .server, .truncated, .digestMismatch: return SnapshotError(.unavailable, "\(e)")
       }
     default: return SnapshotError(.internal, "\(error)")
     }
@@ -150,7 +151,7 @@ public final class RegistryFetcher: LayerFetcher {
       // blob the importer refuses is the registry's bad data, not the caller's mistake.
       if let failure = source?.failure { throw failure }
       if error.kind == .invalidArgument {
-        throw SnapshotError(.internal, "\(error.message) (as \(image.reference.registry) served it)")
+        throw SnapshotError(.unavailable, "\(error.message) (as \(image.reference.registry) served it)")
       }
       throw error
     }

@@ -93,12 +93,34 @@ public struct Reference: Hashable, Sendable, CustomStringConvertible {
     return true
   }
 
+  /// The distribution reference grammar's host: DNS labels joined by `.` (each starts and
+  /// ends with a letter or digit, `-` inside), or a bracketed IPv6 address; then an
+  /// optional `:port`. So `..`, `.x` or `a..b` are not hosts.
   static func validHost(_ h: String) -> Bool {
-    !h.isEmpty
-      && h.utf8.allSatisfy { c in
-        (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a)
-          || c == 0x2e || c == 0x2d || c == 0x3a || c == 0x5b || c == 0x5d || c == 0x5f
+    var host = Substring(h)
+    if host.hasPrefix("[") {
+      guard let close = host.firstIndex(of: "]") else { return false }
+      let inner = host[host.index(after: host.startIndex)..<close]
+      guard !inner.isEmpty, inner.utf8.allSatisfy({ isHex($0) || $0 == 0x3a || $0 == 0x2e }) else { return false }
+      host = host[host.index(after: close)...]
+      guard host.isEmpty || host.hasPrefix(":") else { return false }
+    } else {
+      let name = host.prefix { $0 != ":" }
+      host = host[name.endIndex...]
+      guard !name.isEmpty, name.utf8.count <= 253 else { return false }
+      for label in name.split(separator: ".", omittingEmptySubsequences: false) {
+        let u = Array(label.utf8)
+        func alnum(_ c: UInt8) -> Bool { (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) }
+        guard let f = u.first, let l = u.last, alnum(f), alnum(l), u.allSatisfy({ alnum($0) || $0 == 0x2d }) else { return false }
       }
+    }
+    if host.isEmpty { return true }
+    let port = host.dropFirst()
+    return (1...5).contains(port.utf8.count) && port.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
+  }
+
+  private static func isHex(_ c: UInt8) -> Bool {
+    (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66)
   }
 }
 
@@ -120,6 +142,10 @@ public struct Platform: Hashable, Sendable, CustomStringConvertible {
     guard (1...3).contains(parts.count), parts.allSatisfy({ !$0.isEmpty }) else {
       throw .invalid("platform \(quote(text)): os/arch[/variant] expected")
     }
+    // As containerd's platforms.Parse: each part letters, digits, `_` and `-`.
+    for part in parts where part.utf8.count > 64 || !part.utf8.allSatisfy(Self.specifierByte) {
+      throw .invalid("platform \(quote(text)): \(quote(part)) is not a valid os, architecture or variant (letters, digits, _ and -)")
+    }
     if parts.count == 1 {
       self.init(os: "linux", architecture: parts[0])
     } else {
@@ -127,6 +153,10 @@ public struct Platform: Hashable, Sendable, CustomStringConvertible {
     }
     architecture = Self.normalize(architecture)
     if architecture == "arm64" && variant == "v8" { variant = nil }
+  }
+
+  static func specifierByte(_ c: UInt8) -> Bool {
+    (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || c == 0x5f || c == 0x2d
   }
 
   /// This machine's platform (linux/amd64 on x86_64).

@@ -18,6 +18,7 @@ extension SnapshotError {
       case .alreadyExists: .alreadyExists
       case .failedPrecondition: .failedPrecondition
       case .unavailable: .unavailable
+      case .cancelled: .cancelled
       case .internal: .internal
       }
     return RPCStatus(code, message)
@@ -32,6 +33,7 @@ extension SnapshotError {
       case .alreadyExists: .alreadyExists
       case .failedPrecondition: .failedPrecondition
       case .unavailable: .unavailable
+      case .cancelled: .cancelled
       default: .internal
       }
     self.init(kind, error.message)
@@ -63,6 +65,8 @@ extension PBInfo {
     labels = i.labels
   }
 
+  /// The core's view of a client's Info. Times are clamped, not trusted: the store keeps
+  /// its own (Update ignores them, as containerd's snapshotters do).
   public var core: SnapshotInfo {
     SnapshotInfo(
       name: name, parent: parent, kind: SnapshotKind(rawValue: kind.rawValue) ?? .active,
@@ -87,9 +91,20 @@ extension Snapshotd_V1_CheckFinding {
 }
 
 extension Google_Protobuf_Timestamp {
+  /// A time the core keeps (nanoseconds since the epoch) as a valid protobuf Timestamp:
+  /// `nanos` in 0..<1e9 also before 1970.
   init(unixNanos: Int64) {
-    self.init(seconds: unixNanos / 1_000_000_000, nanos: Int32(unixNanos % 1_000_000_000))
+    let (q, r) = unixNanos.quotientAndRemainder(dividingBy: 1_000_000_000)
+    self.init(seconds: r < 0 ? q - 1 : q, nanos: Int32(r < 0 ? r + 1_000_000_000 : r))
   }
 
-  var unixNanos: Int64 { seconds * 1_000_000_000 + Int64(nanos) }
+  /// Nanoseconds since the epoch, clamped to what an Int64 holds (about years 1678 to
+  /// 2262): a client may send any seconds (Go's zero time is -62135596800) and any nanos.
+  var unixNanos: Int64 {
+    let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+    if overflow { return seconds < 0 ? .min : .max }
+    let (sum, overflow2) = scaled.addingReportingOverflow(Int64(nanos))
+    if overflow2 { return nanos < 0 ? .min : .max }
+    return sum
+  }
 }

@@ -17,6 +17,9 @@ public final class SnapshotServer: Sendable {
   /// Binds the socket and serves on background threads.
   public func start() throws(SystemError) { try rpc.start() }
 
-  /// Graceful: calls in progress are answered, then every connection closes.
-  public func stop() { rpc.stop() }
+  /// Graceful: calls in progress are answered, then every connection closes; after
+  /// `deadline` seconds the calls still running are abandoned. Returns how many
+  /// connections were abandoned.
+  @discardableResult
+  public func stop(deadline: Double = .infinity) -> Int { rpc.stop(deadline: deadline) }
 }

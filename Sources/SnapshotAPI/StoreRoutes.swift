@@ -65,6 +65,18 @@ public enum StoreRoutes {
     }
   }
 
+  /// A path names a file on the daemon's host, which the daemon opens as root: accepted
+  /// from root, or from the daemon's own user, alone. A member of the socket's group
+  /// (`--group`) streams the blob instead, so it reads nothing it could not read itself.
+  private static func allowPath(_ call: RPCStream, _ path: String, _ method: String) throws {
+    guard let peer = call.peer, peer.uid == 0 || peer.uid == Sys.effectiveUserID else {
+      throw RPCStatus(
+        .permissionDenied,
+        "\(method): a path on the daemon's host is accepted from root only (the caller is uid \(call.peer.map { String($0.uid) } ?? "unknown")); send the blob in the call instead"
+      )
+    }
+  }
+
   private static func encode(_ m: some Message) throws -> [UInt8] {
     do { return try m.serializedBytes() } catch { throw RPCStatus(.internal, "encoding the response: \(error)") }
   }
@@ -126,7 +138,9 @@ public enum StoreRoutes {
       guard let d = Digest(h.diffID) else { throw RPCStatus(.invalidArgument, "layer \(name): malformed diffID \(h.diffID)") }
       diffID = d
     }
+    if !h.path.isEmpty { try allowPath(call, h.path, "ImportLayer") }
     let request = LayerImport(mediaType: h.mediaType, digest: digest, diffID: diffID, parent: h.parent, name: name)
+    let cancellation = Cancellation()
     // A few messages queued are enough to keep the import busy; each is a client's message
     // (snapctl sends 1 MiB), so a deeper queue only holds more of the blob in memory.
     let pipe = h.path.isEmpty ? ChunkPipe(depth: 4) : nil
@@ -135,7 +149,9 @@ public enum StoreRoutes {
       if let pipe {
         source = PipeSource(pipe)
       } else {
-        do { source = try FileSource(path: h.path) } catch let e as LayerError { throw SnapshotError(.invalidArgument, e.message) }
+        do { source = try FileSource(path: h.path, cancellation: cancellation) } catch let e as LayerError {
+          throw SnapshotError(.invalidArgument, e.message)
+        }
       }
       return try s.importLayer(source, request)
     }
@@ -155,6 +171,16 @@ public enum StoreRoutes {
         _ = job.wait()
         throw error
       }
+    } else {
+      // The import reads the file itself: stop it if the client cancels or leaves.
+      while job.wait(seconds: 0.2) == nil {
+        if call.isCancelled {
+          cancellation.cancel()
+          _ = job.wait()
+          logger.info("ImportLayer cancelled by the client", metadata: ["layer": "\(name)"])
+          throw RPCStatus(.cancelled, "layer \(name): cancelled")
+        }
+      }
     }
     switch job.wait()! {
     case .success(let chainID):
@@ -168,22 +194,26 @@ public enum StoreRoutes {
   private static func importImage(_ s: Snapshotter, _ call: RPCStream, _ logger: Logger) throws {
     let r: Snapshotd_V1_ImportImageRequest = try decode(try call.receive(), "ImportImage")
     guard !r.path.isEmpty else { throw RPCStatus(.invalidArgument, "ImportImage: no path") }
-    try streamProgress(call, logger, "ImportImage", of: r.path) { progress in try s.importImage(r.path, progress: progress) }
+    try allowPath(call, r.path, "ImportImage")
+    try streamProgress(call, logger, "ImportImage", of: r.path, cancelOnLeave: true) { progress in
+      try s.importImage(r.path, progress: progress)
+    }
   }
 
   private static func pull(_ s: Snapshotter, _ call: RPCStream, _ logger: Logger) throws {
     let r: Snapshotd_V1_PullRequest = try decode(try call.receive(), "Pull")
     guard !r.reference.isEmpty else { throw RPCStatus(.invalidArgument, "Pull: no image reference") }
-    try streamProgress(call, logger, "Pull", of: r.reference) { progress in
+    try streamProgress(call, logger, "Pull", of: r.reference, cancelOnLeave: false) { progress in
       try s.pull(r.reference, platform: r.platform, progress: progress)
     }
   }
 
   /// Runs `body` (an image import or pull) on a thread of its own and streams its progress
-  /// every 0.2 s; the last message carries the top chainID. A client that leaves does not
-  /// stop the work: it finishes or fails cleanly.
+  /// every 0.2 s; the last message carries the top chainID. A client that leaves stops an
+  /// import (`cancelOnLeave`: its files are read no further); a pull finishes or fails
+  /// cleanly all the same, as other callers (CRI's Prepares) may wait for its layers.
   private static func streamProgress(
-    _ call: RPCStream, _ logger: Logger, _ method: String, of subject: String,
+    _ call: RPCStream, _ logger: Logger, _ method: String, of subject: String, cancelOnLeave: Bool,
     _ body: @escaping @Sendable (ImportProgress) throws -> String
   ) throws {
     let progress = ImportProgress()
@@ -201,8 +231,13 @@ public enum StoreRoutes {
     }
     while true {
       guard let result = job.wait(seconds: 0.2) else {
-        do { try report() } catch {
+        do {
+          if call.isCancelled { throw RPCStatus(.cancelled, "\(method) \(subject): cancelled") }
+          try report()
+        } catch {
+          if cancelOnLeave { progress.cancellation.cancel() }
           _ = job.wait()
+          logger.info("\(method): the client left", metadata: ["image": "\(subject)", "stopped": "\(cancelOnLeave)"])
           throw error
         }
         continue

@@ -11,11 +11,11 @@
 public struct Filter: Sendable {
   enum Operator: Sendable { case present, equal, notEqual, matches }
 
-  struct Selector: @unchecked Sendable {
+  struct Selector: Sendable {
     var fieldpath: [String]
     var op: Operator
     var value: String
-    var regex: Regex<AnyRegexOutput>?
+    var regex: LinearRegex?
   }
 
   let selectors: [Selector]
@@ -63,7 +63,7 @@ extension Filter.Selector {
     case .notEqual: return (v ?? "") != value
     case .matches:
       guard let regex, let v else { return false }
-      return (try? regex.firstMatch(in: v)) != nil
+      return regex.matches(v)
     }
   }
 }
@@ -108,9 +108,9 @@ private struct Parser {
     i += 2
     skipSpace()
     let value = try parseValue(allowRegexDelimiters: op == .matches)
-    var regex: Regex<AnyRegexOutput>?
+    var regex: LinearRegex?
     if op == .matches {
-      do { regex = try Regex(value) } catch { throw fail("bad regular expression \"\(value)\"") }
+      do { regex = try LinearRegex(value) } catch { throw fail("bad regular expression \"\(value)\": \(error.message)") }
     }
     return .init(fieldpath: path, op: op, value: value, regex: regex)
   }

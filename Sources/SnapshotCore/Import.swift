@@ -34,6 +34,8 @@ public final class ImportProgress: Sendable {
   private let done = Atomic<Int>(0)
   private let total = Atomic<Int>(0)
   private let totalBytes = Atomic<Int64>(0)
+  /// Raised when the client that asked for the work leaves: reads of its files stop.
+  public let cancellation = Cancellation()
 
   public init() {}
 
@@ -217,7 +219,7 @@ public final class LayerImporter: StorePart, Sendable {
           try Threads.spawn { [self] in
             let r: Result<StagedLayer, SnapshotError>
             do {
-              let source = try FileSource(path: l.path)
+              let source = try FileSource(path: l.path, limit: l.descriptor.size, cancellation: progress?.cancellation)
               let desc = LayerDescription(name: l.digest.description, compression: l.compression, digest: l.digest, diffID: l.diffID)
               r = .success(try stage(source, desc, progress: counter))
             } catch {

@@ -7,6 +7,8 @@ public struct SnapshotError: Error, CustomStringConvertible, Sendable, Equatable
     case alreadyExists
     case failedPrecondition
     case unavailable
+    /// The client cancelled the call, or left, before it was done.
+    case cancelled
     case `internal`
   }
 

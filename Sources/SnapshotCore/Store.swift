@@ -143,7 +143,12 @@ public final class Store: Sendable {
     switch error {
     case let e as SnapshotError: return e
     case let e as SystemError: return failed(e.errno, "\(e)")
-    case let e as LayerError: return e.kind == .invalid ? .invalid(e.message) : failed(e.errno, e.message)
+    case let e as LayerError:
+      switch e.kind {
+      case .invalid: return .invalid(e.message)
+      case .cancelled: return .init(.cancelled, e.message)
+      case .failed: return failed(e.errno, e.message)
+      }
     case let e as DatabaseError where e.resultCode == .SQLITE_FULL:
       return .init(.unavailable, "no space left for the metadata database: \(e.message ?? "")")
     default: return .internal("\(error)")

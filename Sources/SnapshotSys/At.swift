@@ -34,6 +34,12 @@ public enum At {
     try SystemError.check("open", path) { shim_open(path, O_RDONLY | O_CLOEXEC, 0) }
   }
 
+  /// `open(2)` read-only with O_NONBLOCK, of a path a client named: a FIFO with no writer
+  /// or a device cannot block the caller. Check what it is (`fstat`) before reading.
+  public static func openNonBlocking(_ path: String) throws(SystemError) -> Int32 {
+    try SystemError.check("open", path) { shim_open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0) }
+  }
+
   /// `open(2)` of a directory by absolute path (O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC).
   public static func openDirectory(_ path: String) throws(SystemError) -> Int32 {
     try SystemError.check("open", path) { shim_open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0) }

@@ -145,7 +145,39 @@ public final class Wakeup: Sendable {
   fileprivate var fd: Int32 { readEnd }
 }
 
+/// Who is at the other end of a unix socket, as the kernel saw it at connect time.
+public struct PeerCredentials: Sendable, Equatable {
+  public var pid: Int32
+  public var uid: UInt32
+  public var gid: UInt32
+
+  public init(pid: Int32, uid: UInt32, gid: UInt32) {
+    self.pid = pid
+    self.uid = uid
+    self.gid = gid
+  }
+}
+
 extension Socket {
+  /// `getsockopt(SO_PEERCRED)`.
+  public static func peerCredentials(_ fd: Int32) throws(SystemError) -> PeerCredentials {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+    _ = try SystemError.check("getsockopt(SO_PEERCRED)", "socket") { shim_peer_credentials(fd, &pid, &uid, &gid) }
+    return PeerCredentials(pid: pid, uid: uid, gid: gid)
+  }
+
+  /// `poll(2)` with no wait: whether `fd` has input (or an end of input) to read now.
+  public static func hasInput(_ fd: Int32) -> Bool {
+    var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+    while true {
+      let n = poll(&fds, 1, 0)
+      if n < 0 && errno == EINTR { continue }
+      return n > 0
+    }
+  }
+
   /// `poll(2)` until `fd` is readable (true) or `wakeup` is signalled (false).
   public static func waitReadable(_ fd: Int32, or wakeup: Wakeup) throws(SystemError) -> Bool {
     var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeup.fd, events: Int16(POLLIN), revents: 0)]

@@ -128,6 +128,9 @@ extension Sys {
     return true
   }
 
+  /// `geteuid(2)`.
+  public static var effectiveUserID: UInt32 { geteuid() }
+
   /// `umask(2)`: sets the mask and returns the previous one.
   @discardableResult
   public static func setUmask(_ mask: mode_t) -> mode_t { umask(mask) }

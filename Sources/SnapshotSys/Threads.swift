@@ -1,6 +1,17 @@
+import Synchronization
+
 #if canImport(Glibc)
   import Glibc
 #endif
+
+/// A flag one thread raises to ask work on another to stop at its next check (a client
+/// that cancelled its call, or left).
+public final class Cancellation: Sendable {
+  private let flag = Atomic<Bool>(false)
+  public init() {}
+  public func cancel() { flag.store(true, ordering: .relaxed) }
+  public var isCancelled: Bool { flag.load(ordering: .relaxed) }
+}
 
 /// POSIX threads (`pthread_create(3)`), for blocking loops: per-connection loops, and
 /// snapfs's notifier.

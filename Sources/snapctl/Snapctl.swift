@@ -81,6 +81,7 @@ struct Failure: Error, CustomStringConvertible {
       case .alreadyExists: 4
       case .failedPrecondition: 5
       case .unavailable: 6
+      case .cancelled: 7
       case .internal: 1
       }
   }

@@ -54,6 +54,12 @@ struct Snapshotd: AsyncParsableCommand {
   @Flag(help: "Do not fetch layers CRI names: containerd downloads and unpacks every layer itself.")
   var noFetch = false
 
+  @Option(
+    help:
+      "Seconds a stop (SIGTERM) waits for calls in progress; then they are abandoned and the daemon exits (the store recovers at the next start)."
+  )
+  var stopTimeout: Double = 20
+
   enum DriverChoice: String, ExpressibleByArgument, CaseIterable {
     case overlay, fuse, auto
   }
@@ -63,6 +69,9 @@ struct Snapshotd: AsyncParsableCommand {
     guard !address.isEmpty else { throw ValidationError("--address must not be empty") }
     if let group, Sys.groupID(group) == nil { throw ValidationError("--group \(group): no such group") }
     guard (1...64).contains(fetchConcurrency) else { throw ValidationError("--fetch-concurrency must be 1 to 64, got \(fetchConcurrency)") }
+    guard stopTimeout >= 0, stopTimeout.isFinite else {
+      throw ValidationError("--stop-timeout must be 0 or more seconds, got \(stopTimeout)")
+    }
   }
 
   func run() async throws {
@@ -115,7 +124,8 @@ struct Snapshotd: AsyncParsableCommand {
     // The socket is created with mode 0600 (0660 with --group): no moment where others can connect.
     let old = Sys.setUmask(group == nil ? 0o177 : 0o117)
     let server = SnapshotServer(socketPath: address, snapshotter: snapshotter, logger: logger)
-    let service = ServerService(server: server, group: group.flatMap(Sys.groupID), logger: logger, restoreUmask: old)
+    let service = ServerService(
+      server: server, group: group.flatMap(Sys.groupID), logger: logger, restoreUmask: old, stopTimeout: stopTimeout)
     let group = ServiceGroup(
       configuration: .init(
         services: [.init(service: service)],
@@ -166,12 +176,13 @@ struct Snapshotd: AsyncParsableCommand {
 }
 
 /// The server as a service-lifecycle service: serves until a shutdown signal, then stops
-/// gracefully (calls in progress are answered).
+/// gracefully (calls in progress are answered, for at most the stop timeout).
 struct ServerService: Service {
   let server: SnapshotServer
   let group: gid_t?
   let logger: Logger
   let restoreUmask: mode_t
+  let stopTimeout: Double
 
   func run() async throws {
     do {
@@ -189,7 +200,12 @@ struct ServerService: Service {
     logger.info("shutting down")
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
       DispatchQueue.global().async {
-        server.stop()
+        let abandoned = server.stop(deadline: stopTimeout)
+        if abandoned > 0 {
+          logger.warning(
+            "stop: calls still running after the stop timeout are abandoned",
+            metadata: ["connections": "\(abandoned)", "timeout": "\(stopTimeout)s"])
+        }
         done.resume()
       }
     }

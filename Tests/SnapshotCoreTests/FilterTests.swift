@@ -57,3 +57,12 @@ import Testing
     }
   }
 }
+
+extension FilterTests {
+  /// containerd's filters use Go's regexp (no backtracking): so must ours. Swift's Regex
+  /// spun forever on this one.
+  @Test func catastrophicPatternEnds() throws {
+    let named = SnapshotInfo(name: String(repeating: "a", count: 3000) + "!", parent: "", kind: .active)
+    #expect(try !match("name~=/^(a+)+$/", named))
+  }
+}

@@ -23,6 +23,10 @@ extern const int SHIM_O_TMPFILE;
 
 int shim_syncfs(int fd);
 
+/// getsockopt(SO_PEERCRED): the pid, uid and gid of a unix socket's peer (struct ucred
+/// needs _GNU_SOURCE).
+int shim_peer_credentials(int fd, int *pid, unsigned int *uid, unsigned int *gid);
+
 /// Names _GNU_SOURCE gives that Swift's Glibc module leaves out.
 extern const int SHIM_AT_EMPTY_PATH;
 extern const long SHIM_UTIME_NOW;

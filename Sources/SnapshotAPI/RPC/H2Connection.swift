@@ -24,6 +24,8 @@ final class H2Connection {
   let fd: Int32
   let routes: RPCRoutes
   let logger: Logger
+  /// The client, as the kernel saw it connect (nil if it cannot tell).
+  let peer: PeerCredentials?
 
   // Receiving.
   private var frames = FrameDecoder()
@@ -98,6 +100,7 @@ final class H2Connection {
     self.fd = fd
     self.routes = routes
     self.logger = logger
+    peer = try? Socket.peerCredentials(fd)
     mailbox = try Mailbox()
   }
 
@@ -453,6 +456,21 @@ final class H2Connection {
     }
   }
 
+  /// Whether a streaming call's client reset its stream or closed the connection: reads the
+  /// frames already there, without waiting for more.
+  fileprivate func cancelled(_ id: UInt32) -> Bool {
+    do {
+      while streams[id] != nil, Socket.hasInput(fd) {
+        guard let f = try readFrame() else { return true }  // the client closed
+        try handle(f)
+      }
+      try flush()
+    } catch {
+      return true
+    }
+    return streams[id] == nil
+  }
+
   /// Sends one response message of a streaming call now.
   fileprivate func send(_ id: UInt32, message: [UInt8]) throws {
     guard let stream = streams[id] else { throw StreamGone() }
@@ -556,4 +574,6 @@ private final class StreamCall: RPCStream {
 
   func receive() throws -> [UInt8]? { try connection.receive(id) }
   func send(_ message: [UInt8]) throws { try connection.send(id, message: message) }
+  var peer: PeerCredentials? { connection.peer }
+  var isCancelled: Bool { connection.cancelled(id) }
 }

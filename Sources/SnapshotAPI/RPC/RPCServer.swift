@@ -99,8 +99,11 @@ public final class RPCServer: Sendable {
   }
 
   /// Stops accepting, lets calls in progress finish, closes every connection, and returns
-  /// when all threads are done.
-  public func stop() {
+  /// when all threads are done, or after `deadline` seconds: then the calls still running
+  /// are abandoned (the process is about to exit; the store is crash-safe) and their
+  /// connections are counted in the result.
+  @discardableResult
+  public func stop(deadline: Double = .infinity) -> Int {
     // shutdown() wakes accept() and every blocking read; a call being served still writes
     // its response before its thread notices the end of input. A peer that stopped reading
     // holds its thread at most the send timeout.
@@ -109,7 +112,12 @@ public final class RPCServer: Sendable {
       if s.listener >= 0 { Socket.shutdown(s.listener) }
       for fd in s.connections { Socket.shutdownRead(fd) }
     }
+    if deadline.isFinite {
+      guard running.wait(timeout: .now() + deadline) == .timedOut else { return 0 }
+      return state.withLock { $0.connections.count }
+    }
     running.wait()
+    return 0
   }
 }
 

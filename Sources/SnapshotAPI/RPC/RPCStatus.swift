@@ -1,3 +1,5 @@
+import SnapshotSys
+
 /// A gRPC status: the code and message sent in the `grpc-status` and `grpc-message`
 /// trailers.
 public struct RPCStatus: Error, Sendable, Equatable {
@@ -25,6 +27,11 @@ public protocol RPCStream: AnyObject {
   func receive() throws -> [UInt8]?
   /// Sends one response message now.
   func send(_ message: [UInt8]) throws
+  /// The client's credentials (SO_PEERCRED); nil if the transport cannot tell.
+  var peer: PeerCredentials? { get }
+  /// Whether the client has cancelled the call or gone, judged from what it has sent so
+  /// far (no wait).
+  var isCancelled: Bool { get }
 }
 
 /// How a method is served: a unary handler takes the one serialized request message and
