@@ -1,6 +1,10 @@
 /// How a layer blob is compressed, from its media type (OCI image-spec and Docker's).
 public enum Compression: String, Sendable {
   case none, gzip, zstd
+  /// Docker's `rootfs.diff.tar`: "may have been compressed but failed to use the correct
+  /// media type" (containerd's `images.DiffCompression` calls it unknown); the blob's first
+  /// bytes tell (gzip's or zstd's magic, else a plain tar).
+  case detect
 
   /// The layer media types we unpack. Anything else (encrypted layers, foreign formats)
   /// is refused by name.
@@ -17,6 +21,9 @@ public enum Compression: String, Sendable {
     case "application/vnd.oci.image.layer.v1.tar+zstd",
       "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd":
       self = .zstd
+    case "application/vnd.docker.image.rootfs.diff.tar",
+      "application/vnd.docker.image.rootfs.foreign.diff.tar":
+      self = .detect
     default:
       return nil
     }

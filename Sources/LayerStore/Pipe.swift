@@ -273,3 +273,25 @@ public final class PipeSource: ByteSource {
     }
   }
 }
+
+/// Bytes already read from a source, given back before the rest of it.
+final class PrefixedSource: ByteSource {
+  private var prefix: [UInt8]
+  private var offset = 0
+  private let rest: ByteSource
+
+  init(_ prefix: [UInt8], _ rest: ByteSource) {
+    self.prefix = prefix
+    self.rest = rest
+  }
+
+  func read(into buffer: UnsafeMutableRawBufferPointer) throws(LayerError) -> Int {
+    guard offset < prefix.count else { return try rest.read(into: buffer) }
+    let n = min(buffer.count, prefix.count - offset)
+    prefix.withUnsafeBytes { p in
+      if n > 0, let dst = buffer.baseAddress, let src = p.baseAddress { dst.copyMemory(from: src + offset, byteCount: n) }
+    }
+    offset += n
+    return n
+  }
+}

@@ -143,8 +143,10 @@ final class EarlyWriteback: Sendable {
 
 /// The blob side of an unpack, on its own thread: read, hash, decompress, hash, hand on.
 final class BlobReader: @unchecked Sendable {
-  let source: ByteSource
+  private(set) var source: ByteSource
   let layer: LayerDescription
+  /// The layer's compression; `.detect` is replaced by what the blob's first bytes say.
+  private(set) var compression: Compression
   let pipe: ChunkPipe
   let progress: ProgressCounter?
   let done = DispatchSemaphore(value: 0)
@@ -167,15 +169,17 @@ final class BlobReader: @unchecked Sendable {
     self.layer = layer
     self.pipe = pipe
     self.progress = progress
-    tarHash = layer.compression == .none ? nil : Hasher()
+    compression = layer.compression
   }
 
   deinit { input.deallocate() }
 
   func run() {
     do {
-      switch layer.compression {
-      case .none: try copy()
+      if compression == .detect { compression = try detect() }
+      tarHash = compression == .none ? nil : Hasher()
+      switch compression {
+      case .none, .detect: try copy()
       case .gzip: try gunzip()
       case .zstd: try inflate()
       }
@@ -185,6 +189,23 @@ final class BlobReader: @unchecked Sendable {
       pipe.close(error: error)
     }
     done.signal()
+  }
+
+  /// The compression the blob's first bytes show; they are read again (and hashed once)
+  /// through a source that gives them back first.
+  private func detect() throws(LayerError) -> Compression {
+    var head: [UInt8] = []
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4, alignment: 1)
+    defer { buffer.deallocate() }
+    while head.count < 4 {
+      let n = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<(4 - head.count)]))
+      if n == 0 { break }
+      head += buffer[0..<n]
+    }
+    source = PrefixedSource(head, source)
+    if head.starts(with: [0x1f, 0x8b]) { return .gzip }
+    if head.starts(with: [0x28, 0xb5, 0x2f, 0xfd]) { return .zstd }
+    return .none
   }
 
   /// Reads the next piece of the blob into `input` and hashes it.
@@ -275,13 +296,13 @@ final class BlobReader: @unchecked Sendable {
     var entry: OpaquePointer?
     guard opened == ARCHIVE_OK, archive_read_next_header(a, &entry) == ARCHIVE_OK else { throw failure(a, "cannot read the blob") }
     guard archive_filter_code(a, 0) == ARCHIVE_FILTER_ZSTD else {
-      throw LayerError(.invalid, "layer \(layer.name): the blob is not \(layer.compression.rawValue)-compressed, as its media type says")
+      throw LayerError(.invalid, "layer \(layer.name): the blob is not \(compression.rawValue)-compressed, as its media type says")
     }
     while true {
       let chunk = pipe.chunk(capacity: Self.chunkSize)
       while chunk.count < chunk.capacity {
         let n = archive_read_data(a, chunk.base + chunk.count, chunk.capacity - chunk.count)
-        if n < 0 { throw failure(a, "corrupt or truncated \(layer.compression.rawValue) stream") }
+        if n < 0 { throw failure(a, "corrupt or truncated \(compression.rawValue) stream") }
         if n == 0 { break }
         chunk.count += n
       }

@@ -116,7 +116,8 @@ public struct Reference: Hashable, Sendable, CustomStringConvertible {
     }
     if host.isEmpty { return true }
     let port = host.dropFirst()
-    return (1...5).contains(port.utf8.count) && port.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
+    guard (1...5).contains(port.utf8.count), port.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let n = Int(port) else { return false }
+    return n <= 65535
   }
 
   private static func isHex(_ c: UInt8) -> Bool {

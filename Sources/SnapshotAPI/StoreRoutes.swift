@@ -17,7 +17,8 @@ public enum StoreRoutes {
       service + "ImportLayer": .streaming { call in try importLayer(s, call, logger) },
       service + "ImportImage": .streaming { call in try importImage(s, call, logger) },
       service + "Pull": .streaming { call in try pull(s, call, logger) },
-      service + "Usage": .unary { _ in
+      service + "Usage": .unary { bytes in
+        let _: Snapshotd_V1_StoreUsageRequest = try decode(bytes, "Usage")
         let u = try run("Usage", logger) { () throws(SnapshotError) in try s.storeUsage() }
         return [
           try encode(
@@ -29,8 +30,9 @@ public enum StoreRoutes {
             })
         ]
       },
-      service + "Info": .unary { _ in
-        [
+      service + "Info": .unary { bytes in
+        let _: Snapshotd_V1_InfoRequest = try decode(bytes, "Info")
+        return [
           try encode(
             Snapshotd_V1_InfoResponse.with {
               $0.driver = s.driver.rawValue
@@ -39,7 +41,8 @@ public enum StoreRoutes {
             })
         ]
       },
-      service + "GC": .unary { _ in
+      service + "GC": .unary { bytes in
+        let _: Snapshotd_V1_GCRequest = try decode(bytes, "GC")
         let r = try run("GC", logger) { () throws(SnapshotError) in try s.collectGarbage() }
         logger.info("gc", metadata: ["layers": "\(r.layers)", "objects": "\(r.objects)", "bytes": "\(r.bytes)"])
         return [
@@ -69,6 +72,9 @@ public enum StoreRoutes {
   /// from root, or from the daemon's own user, alone. A member of the socket's group
   /// (`--group`) streams the blob instead, so it reads nothing it could not read itself.
   private static func allowPath(_ call: RPCStream, _ path: String, _ method: String) throws {
+    guard path.hasPrefix("/"), !path.utf8.contains(0), path.utf8.count <= 4096 else {
+      throw RPCStatus(.invalidArgument, "\(method): the path must be absolute, without NUL, at most 4096 bytes")
+    }
     guard let peer = call.peer, peer.uid == 0 || peer.uid == Sys.effectiveUserID else {
       throw RPCStatus(
         .permissionDenied,
