@@ -8,7 +8,7 @@
 //   SnapshotSys, CFuse (libfuse3), CFuseIO (passthrough hooks) → SnapFS (the FUSE overlay file system) → snapfs
 //   LayerStore → Registry (OCI distribution client: async-http-client, hosts.toml, auth)
 //   Registry, SnapshotCore → Pull (layers containerd's CRI names, fetched on Prepare) → snapshotd
-//   Benchmarks/snapbench times the core in-process.
+//   Benchmarks/snapbench times the core in-process; Tests/fuzz (snapfuzz) fuzzes the parsers.
 // The core never imports gRPC.
 import PackageDescription
 
@@ -149,6 +149,18 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       path: "Benchmarks/snapbench"
+    ),
+    // Coverage-guided fuzzing of the parsers of untrusted input (scripts/fuzz); in the
+    // ordinary build it replays the corpora (scripts/test).
+    .executableTarget(
+      name: "snapfuzz",
+      dependencies: [
+        "SnapshotAPI", "SnapshotCore", "LayerStore", "Registry", "SnapFS", "SnapshotSys", "CSysShims",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ],
+      path: "Tests/fuzz",
+      exclude: ["corpus"]
     ),
     .testTarget(
       name: "SnapshotSysTests",

@@ -58,4 +58,9 @@ unsigned long shim_makedev(unsigned int major, unsigned int minor);
 unsigned int shim_major(unsigned long dev);
 unsigned int shim_minor(unsigned long dev);
 
+/// libFuzzer's entry point for a program with a main of its own (libclang_rt.fuzzer_no_main),
+/// linked only into the fuzzing build of Tests/fuzz (scripts/fuzz); declared here so that
+/// build can call it.
+int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*UserCb)(const unsigned char *Data, unsigned long Size));
+
 #endif
