@@ -1,7 +1,6 @@
 import Foundation
 import NIOSSL
 import SnapshotSys
-import TOMLKit
 
 /// One endpoint a registry's content is fetched from: the registry itself or a mirror, as
 /// containerd's `hosts.toml` describes it.
@@ -155,13 +154,13 @@ public struct HostsConfiguration: Sendable {
     hosts: [RegistryHost], server: RegistryHost
   ) {
     let table: TOMLTable
-    do { table = try TOMLTable(string: text) } catch {
+    do { table = try TOMLTable(parsing: text) } catch {
       throw .invalid("\(file): \(error)")
     }
     var hosts: [RegistryHost] = []
     if let hostTable = table["host"] {
       guard let ht = hostTable.table else { throw .invalid("\(file): `host` is not a table") }
-      for name in orderedHostKeys(text, keys: ht.keys) {
+      for name in ht.keys {  // in file order: the order hosts are tried
         guard let entry = ht[name]?.table else { throw .invalid("\(file): host \(quote(name)) is not a table") }
         hosts.append(try parseHost(name, entry, baseDir: baseDir, file: file))
       }
@@ -170,29 +169,6 @@ public struct HostsConfiguration: Sendable {
     if table["server"] != nil && table["server"]?.string == nil { throw .invalid("\(file): `server` is not a string") }
     let server = try parseHost(serverName, table, baseDir: baseDir, file: file)
     return (hosts, server)
-  }
-
-  /// toml++ keeps a table's keys sorted, not in file order; the order is the order of the
-  /// `[host."..."]` headers in the text (keys not found that way follow, sorted).
-  static func orderedHostKeys(_ text: String, keys: [String]) -> [String] {
-    var order: [String] = []
-    for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
-      var l = line.trimmingCharacters(in: .whitespaces)
-      guard l.hasPrefix("["), !l.hasPrefix("[[") else { continue }
-      l.removeFirst()
-      guard let close = l.lastIndex(of: "]") else { continue }
-      l = l[..<close].trimmingCharacters(in: .whitespaces)
-      guard l.hasPrefix("host") else { continue }
-      l = l.dropFirst(4).trimmingCharacters(in: .whitespaces)
-      guard l.hasPrefix(".") else { continue }
-      l = l.dropFirst().trimmingCharacters(in: .whitespaces)
-      var name = l
-      if let q = l.first, q == "\"" || q == "'", let end = l.dropFirst().firstIndex(of: q) {
-        name = String(l[l.index(after: l.startIndex)..<end])
-      }
-      if keys.contains(name) && !order.contains(name) { order.append(name) }
-    }
-    return order + keys.filter { !order.contains($0) }.sorted()
   }
 
   static func parseHost(_ server: String, _ t: TOMLTable, baseDir: String, file: String) throws(RegistryError) -> RegistryHost {

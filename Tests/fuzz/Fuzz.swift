@@ -22,7 +22,8 @@ struct SnapFuzz {
   static func main() {
     #if FUZZING
       guard let name = ProcessInfo.processInfo.environment["SNAPFUZZ_TARGET"], let target = FuzzTargets.all[name] else {
-        FileHandle.standardError.write("SNAPFUZZ_TARGET must name one of: \(FuzzTargets.all.keys.sorted().joined(separator: " "))\n".data(using: .utf8)!)
+        FileHandle.standardError.write(
+          "SNAPFUZZ_TARGET must name one of: \(FuzzTargets.all.keys.sorted().joined(separator: " "))\n".data(using: .utf8)!)
         exit(2)
       }
       FuzzTargets.selected = target

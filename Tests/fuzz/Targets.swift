@@ -188,6 +188,6 @@ enum FuzzTargets {
     let parts = t.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
     guard let f = try? Filter(parsing: parts[0]) else { return }
     let name = parts.count > 1 ? parts[1] : "sha256:abc"
-    _ = f.matches(SnapshotInfo(name: name, parent: name, kind: .committed, labels: ["a": name, name: "b"]))
+    _ = f.matches(SnapshotInfo(name: name, parent: name, kind: .committed, labels: ["a": name, "b" + name: "b"]))
   }
 }
