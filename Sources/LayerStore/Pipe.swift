@@ -274,24 +274,36 @@ public final class PipeSource: ByteSource {
   }
 }
 
+/// A blob in memory (a test's, a fuzzer's, or bytes read ahead).
+public final class MemorySource: ByteSource {
+  private let bytes: [UInt8]
+  private var offset = 0
+
+  public init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+  public var isEmpty: Bool { offset >= bytes.count }
+
+  public func read(into buffer: UnsafeMutableRawBufferPointer) throws(LayerError) -> Int {
+    let n = min(buffer.count, bytes.count - offset)
+    bytes.withUnsafeBytes { b in
+      if n > 0, let dst = buffer.baseAddress, let src = b.baseAddress { dst.copyMemory(from: src + offset, byteCount: n) }
+    }
+    offset += n
+    return n
+  }
+}
+
 /// Bytes already read from a source, given back before the rest of it.
 final class PrefixedSource: ByteSource {
-  private var prefix: [UInt8]
-  private var offset = 0
+  private let prefix: MemorySource
   private let rest: ByteSource
 
   init(_ prefix: [UInt8], _ rest: ByteSource) {
-    self.prefix = prefix
+    self.prefix = MemorySource(prefix)
     self.rest = rest
   }
 
   func read(into buffer: UnsafeMutableRawBufferPointer) throws(LayerError) -> Int {
-    guard offset < prefix.count else { return try rest.read(into: buffer) }
-    let n = min(buffer.count, prefix.count - offset)
-    prefix.withUnsafeBytes { p in
-      if n > 0, let dst = buffer.baseAddress, let src = p.baseAddress { dst.copyMemory(from: src + offset, byteCount: n) }
-    }
-    offset += n
-    return n
+    prefix.isEmpty ? try rest.read(into: buffer) : try prefix.read(into: buffer)
   }
 }

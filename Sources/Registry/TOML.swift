@@ -177,10 +177,10 @@ private struct TOMLParser {
       guard let x = peek() else { throw fail("expected a key") }
       if x == "\"" {
         i += 1
-        parts.append(try basicString())
+        parts.append(try lineString("\""))
       } else if x == "'" {
         i += 1
-        parts.append(try literalString())
+        parts.append(try lineString("'"))
       } else {
         let start = i
         while let y = peek(), Self.isBareKey(y) { i += 1 }
@@ -203,14 +203,14 @@ private struct TOMLParser {
         return .string(try multilineString(literal: false))
       }
       i += 1
-      return .string(try basicString())
+      return .string(try lineString("\""))
     case "'":
       if peek(1) == "'" && peek(2) == "'" {
         i += 3
         return .string(try multilineString(literal: true))
       }
       i += 1
-      return .string(try literalString())
+      return .string(try lineString("'"))
     case "[":
       i += 1
       var items: [TOMLValue] = []
@@ -286,30 +286,15 @@ private struct TOMLParser {
     throw fail("unsupported value \(Self.shown(word))")
   }
 
-  /// After the opening quote, to the closing one.
-  mutating func basicString() throws(TOMLError) -> String {
+  /// After the opening quote of a one-line string, to the closing one; escapes count in a
+  /// basic (`"`) string only.
+  mutating func lineString(_ quote: Unicode.Scalar) throws(TOMLError) -> String {
     var out = String.UnicodeScalarView()
     while let x = peek() {
       i += 1
-      if x == "\"" { return String(out) }
-      if x == "\\" {
-        out.append(try escape())
-      } else if x == "\n" || (Self.isControl(x) && x != "\t") {
-        throw fail("control character or newline in a string")
-      } else {
-        out.append(x)
-      }
-    }
-    throw fail("unterminated string")
-  }
-
-  mutating func literalString() throws(TOMLError) -> String {
-    var out = String.UnicodeScalarView()
-    while let x = peek() {
-      i += 1
-      if x == "'" { return String(out) }
+      if x == quote { return String(out) }
       if x == "\n" || (Self.isControl(x) && x != "\t") { throw fail("control character or newline in a string") }
-      out.append(x)
+      out.append(quote == "\"" && x == "\\" ? try escape() : x)
     }
     throw fail("unterminated string")
   }

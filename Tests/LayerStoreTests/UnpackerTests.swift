@@ -36,18 +36,7 @@ struct TarWriter {
   var finished: [UInt8] { bytes + [UInt8](repeating: 0, count: 1024) }
 }
 
-/// A blob source over bytes in memory.
-final class BytesSource: ByteSource {
-  let bytes: [UInt8]
-  var offset = 0
-  init(_ bytes: [UInt8]) { self.bytes = bytes }
-  func read(into buffer: UnsafeMutableRawBufferPointer) throws(LayerError) -> Int {
-    let n = min(buffer.count, bytes.count - offset)
-    bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
-    offset += n
-    return n
-  }
-}
+typealias BytesSource = MemorySource
 
 @Suite(.enabled(if: getuid() == 0, "needs root: trusted.* xattrs, owners, /run/sd, mounts"))
 struct UnpackerTests {

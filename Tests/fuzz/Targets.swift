@@ -105,20 +105,6 @@ enum FuzzTargets {
 
   // MARK: tar entries: path and link rules, into a real directory
 
-  final class MemorySource: ByteSource {
-    let bytes: [UInt8]
-    var offset = 0
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws(LayerError) -> Int {
-      let n = min(buffer.count, bytes.count - offset)
-      bytes.withUnsafeBytes { b in
-        if n > 0, let dst = buffer.baseAddress, let src = b.baseAddress { dst.copyMemory(from: src + offset, byteCount: n) }
-      }
-      offset += n
-      return n
-    }
-  }
-
   static let objects: ObjectStore = {
     do { return try ObjectStore(path: scratch + "/objects") } catch { fatalError("snapfuzz tar: \(error)") }
   }()
