@@ -131,6 +131,27 @@ struct DedupTests {
     #expect(left == 0)
   }
 
+  /// A file capability (as Debian's ping has) and setuid survive becoming a stub: the
+  /// kernel removes security.capability on chown, so the stub is chowned first.
+  @Test func capabilitiesAndSetuidSurviveTheDedup() throws {
+    let tmp = TempRoot()
+    let s = try tmp.open()
+    // cap_net_raw+ep, VFS_CAP_REVISION_2: magic_etc, then permitted/inheritable pairs.
+    let capability: [UInt8] = [0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    let a = try layer(s, "caps") { fs in
+      try write(fs + "/ping", "a ping binary", mode: 0o4755, mtime: 1_000_000)
+      #expect(chown(fs + "/ping", 1000, 1000) == 0)
+      #expect(chmod(fs + "/ping", 0o4755) == 0)
+      try At.setXattr(path: fs + "/ping", name: "security.capability", value: capability)
+    }
+    let before = try st(a + "/ping")
+    s.drain()
+    #expect(try object(a + "/ping") != nil)
+    let after = try st(a + "/ping")
+    #expect(after.st_mode == before.st_mode && after.st_uid == 1000 && after.st_gid == 1000)
+    #expect(try At.getXattr(path: a + "/ping", name: "security.capability") == capability)
+  }
+
   @Test func aRestartFinishesWhatACrashInterrupted() throws {
     let tmp = TempRoot()
     do {
