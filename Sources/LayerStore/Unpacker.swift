@@ -521,9 +521,17 @@ final class Extractor {
       }
       xattrs.sort { $0.name < $1.name }
     }
-    let mtime = timespec(tv_sec: archive_entry_mtime(e), tv_nsec: Int(archive_entry_mtime_nsec(e)))
-    let atime =
-      archive_entry_atime_is_set(e) != 0 ? timespec(tv_sec: archive_entry_atime(e), tv_nsec: Int(archive_entry_atime_nsec(e))) : mtime
+    // As containerd's applier (archive/tar.go): atime is the later of atime and mtime, and
+    // a time before the epoch or past what Go's time.Duration reaches (2262) is the epoch.
+    func bounded(_ t: timespec) -> timespec { t.tv_sec < 0 || t.tv_sec > 9_223_372_035 ? timespec(tv_sec: 0, tv_nsec: 0) : t }
+    let tarMtime = timespec(tv_sec: archive_entry_mtime(e), tv_nsec: Int(archive_entry_mtime_nsec(e)))
+    var tarAtime = tarMtime
+    if archive_entry_atime_is_set(e) != 0 {
+      let a = timespec(tv_sec: archive_entry_atime(e), tv_nsec: Int(archive_entry_atime_nsec(e)))
+      if (a.tv_sec, a.tv_nsec) > (tarMtime.tv_sec, tarMtime.tv_nsec) { tarAtime = a }
+    }
+    let mtime = bounded(tarMtime)
+    let atime = bounded(tarAtime)
     let uid = archive_entry_uid(e)
     let gid = archive_entry_gid(e)
     guard uid >= 0, uid < Int64(UInt32.max), gid >= 0, gid < Int64(UInt32.max) else { throw fail(raw, "owner out of range") }

@@ -33,6 +33,18 @@ struct TarWriter {
     bytes += h + data + [UInt8](repeating: 0, count: (512 - data.count % 512) % 512)
   }
 
+  /// A PAX extended header (type `x`) for the entry that follows.
+  mutating func pax(_ records: [(String, String)]) {
+    var body: [UInt8] = []
+    for (k, v) in records {
+      let rest = " \(k)=\(v)\n".utf8.count
+      var n = rest + 1
+      while String(n).utf8.count + rest > n { n += 1 }
+      body += Array("\(n) \(k)=\(v)\n".utf8)
+    }
+    entry("PaxHeader", type: 0x78, data: body)
+  }
+
   var finished: [UInt8] { bytes + [UInt8](repeating: 0, count: 1024) }
 }
 
@@ -58,6 +70,26 @@ struct UnpackerTests {
   /// The value of xattr `name` of `path`, nil when it has none.
   func xattr(_ path: String, _ name: String) -> [UInt8]? {
     (try? At.getXattr(path: path, name: name)) ?? nil
+  }
+
+  /// Times as containerd's applier sets them: before 1970 or past 2262 is the epoch, and
+  /// atime is the later of atime and mtime.
+  @Test func timesBoundedAsContainerdBoundsThem() throws {
+    var tar = TarWriter()
+    tar.pax([("mtime", "-86399.5")])
+    tar.entry("old", data: Array("x".utf8))
+    tar.pax([("mtime", "99999999999")])
+    tar.entry("future")
+    tar.pax([("atime", "1700000100.25")])
+    tar.entry("atime", mtime: 1_700_000_000)
+    tar.pax([("atime", "1000")])
+    tar.entry("early-atime", mtime: 1_700_000_000)
+    _ = try unpack(tar)
+    let st = try ["old", "future", "atime", "early-atime"].map { try Sys.lstat(root + "/layer/" + $0) }
+    #expect(st[0].st_mtim.tv_sec == 0 && st[0].st_mtim.tv_nsec == 0)
+    #expect(st[1].st_mtim.tv_sec == 0 && st[1].st_mtim.tv_nsec == 0)
+    #expect(st[2].st_mtim.tv_sec == 1_700_000_000 && st[2].st_atim.tv_sec == 1_700_000_100 && st[2].st_atim.tv_nsec == 250_000_000)
+    #expect(st[3].st_atim.tv_sec == 1_700_000_000)
   }
 
   @Test func filesBecomeStubsOfSharedObjects() throws {
