@@ -473,6 +473,10 @@ final class Extractor {
     let parent = try directory(parentPath, raw)
     if let target = Self.string(archive_entry_hardlink(e)) {
       try hardLink(target, parent, name, raw)
+      // The link entry's own header (owner, mode, xattrs, times) applies to the inode it
+      // shares, as containerd's applier applies it: the last header wins.
+      let isSymlink = (try? At.lstat(parent, name)).map { $0.st_mode & S_IFMT == S_IFLNK } ?? true
+      try apply(meta, at: parent, name, path: parts.joined(separator: "/"), raw, isLink: isSymlink)
       return
     }
     switch type {

@@ -92,6 +92,22 @@ struct UnpackerTests {
     #expect(st[3].st_atim.tv_sec == 1_700_000_000)
   }
 
+  /// A hard-link entry's own header applies to the inode it shares (containerd's applier:
+  /// the last header wins): its mode, times and xattrs.
+  @Test func aHardLinkEntrysHeaderWins() throws {
+    var tar = TarWriter()
+    tar.entry("a", mode: 0o644, data: Array("shared".utf8), mtime: 1_600_000_000)
+    tar.pax([("SCHILY.xattr.user.x", "1")])
+    tar.entry("b", type: 0x31, mode: 0o600, link: "a", mtime: 1_700_000_000)
+    _ = try unpack(tar)
+    let a = try Sys.lstat(root + "/layer/a")
+    let b = try Sys.lstat(root + "/layer/b")
+    #expect(a.st_ino == b.st_ino && a.st_nlink == 2)
+    #expect(a.st_mode & 0o7777 == 0o600 && a.st_mtim.tv_sec == 1_700_000_000)
+    #expect(xattr(root + "/layer/a", "user.x") == Array("1".utf8))
+    #expect(xattr(root + "/layer/a", ObjectStore.metacopyXattr) == [])  // still a stub
+  }
+
   @Test func filesBecomeStubsOfSharedObjects() throws {
     var tar = TarWriter()
     tar.entry("dir/", type: 0x35, mode: 0o755)
