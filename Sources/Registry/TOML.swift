@@ -119,6 +119,7 @@ private struct TOMLParser {
         let path = try key()
         skipBlanks()
         guard peek() == "]" else { throw fail("expected ] to close the table header") }
+        guard current.count + path.count <= Self.maxDepth else { throw fail("tables nested deeper than \(Self.maxDepth)") }
         i += 1
         try endOfLine()
         guard defined.insert(path).inserted else { throw fail("table \(path.joined(separator: ".")) defined twice") }
@@ -131,6 +132,7 @@ private struct TOMLParser {
         i += 1
         skipBlanks()
         let v = try value(depth: 0)
+        guard current.count + path.count <= Self.maxDepth else { throw fail("tables nested deeper than \(Self.maxDepth)") }
         do { try Self.insert(&root, current + path, v) } catch { throw fail(error.message) }
         try endOfLine()
       }
@@ -189,6 +191,8 @@ private struct TOMLParser {
       }
       skipBlanks()
       guard peek() == "." else { return parts }
+      // Tables are made and filled recursively along a dotted key: bounded like nesting.
+      guard parts.count < Self.maxDepth else { throw fail("a key of more than \(Self.maxDepth) parts") }
       i += 1
     }
   }

@@ -13,6 +13,7 @@
 struct LinearRegex: Sendable {
   static let maxProgram = 20_000
   static let maxRepeat = 1000
+  static let maxNesting = 100
 
   struct SyntaxError: Error { let message: String }
 
@@ -171,6 +172,7 @@ private struct RegexParser {
   let text: [Unicode.Scalar]
   var i = 0
   var flags = RegexFlags()
+  var nesting = 0
 
   init(_ text: [Unicode.Scalar]) { self.text = text }
 
@@ -279,6 +281,11 @@ private struct RegexParser {
 
   mutating func parseGroup() throws(LinearRegex.SyntaxError) -> RegexNode {
     i += 1
+    // Parsing, compiling and freeing recurse once a level: bounded, so no pattern can
+    // overflow the stack (`scripts/fuzz filter` found one that did).
+    nesting += 1
+    defer { nesting -= 1 }
+    guard nesting <= LinearRegex.maxNesting else { throw fail("expression nests more than \(LinearRegex.maxNesting) groups") }
     let saved = flags
     if peek() == "?" {
       i += 1

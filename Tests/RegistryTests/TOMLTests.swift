@@ -47,6 +47,8 @@ import Testing
     "a = 1 b = 2\n", "[[array]]\n", "d = 1979-05-27\n", "a = \"\\q\"\n", "a = \"\\u12\"\n", "a.b = 1\na.b.c = 2\n", "= 1\n",
     "a = {b = 1,}\n", "a = 1_\n", String(repeating: "a = [", count: 1) + String(repeating: "[", count: 100) + "\n",
     "a = \"x\u{01}\"\n", "k = '''never closed",
+    Array(repeating: "k", count: 10_000).joined(separator: ".") + " = 1\n",
+    "[" + Array(repeating: "t", count: 10_000).joined(separator: ".") + "]\n",
   ])
   func refused(_ text: String) {
     #expect(throws: TOMLError.self) { try TOMLTable(parsing: text) }

@@ -53,5 +53,8 @@ import Testing
     #expect(try m("(a+)+!", text))
     // A program too large to run per input scalar is refused.
     #expect(throws: LinearRegex.SyntaxError.self) { try LinearRegex("((a{1000}){1000})") }
+    // Nesting is bounded: 10,000 open groups overflowed the stack (scripts/fuzz filter).
+    #expect(throws: LinearRegex.SyntaxError.self) { try LinearRegex(String(repeating: "(", count: 10_000)) }
+    #expect(try m(String(repeating: "(", count: 100) + "a" + String(repeating: ")", count: 100), "a"))
   }
 }
