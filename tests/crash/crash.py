@@ -122,8 +122,11 @@ class Layer:
                           "grp": f"{self.name}:{path}"}
 
     def hardlink(self, path, target):
+        # As tar writes one: the link's header carries its inode's mode and mtime (the
+        # applier, as containerd's, applies a link header to the inode it shares).
         info = tarfile.TarInfo(path)
-        info.type, info.linkname = tarfile.LNKTYPE, target
+        of = next(i for i, _ in self.members if i.name == target)
+        info.type, info.linkname, info.mode, info.mtime = tarfile.LNKTYPE, target, of.mode, of.mtime
         self._add(info)
         self.man[path] = dict(self.man[target])
 

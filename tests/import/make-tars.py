@@ -202,7 +202,8 @@ def dup(extra_files, mtime=MTIME):
         for i in (1, 2, 3)] + [
         Entry(f"dup/empty{i}", mode=0o644, mtime=mtime) for i in (1, 2, 3)] + [
         Entry(f"dup/small{i}", mode=0o644, mtime=mtime, content=b"same small file\n") for i in (1, 2)] + [
-        Entry("dup/hard", "hardlink", link="dup/f1")] + extra_files
+        # As tar writes a link: with its inode's metadata (the last header wins, as in containerd).
+        Entry("dup/hard", "hardlink", mode=0o640, uid=U, gid=G, mtime=mtime, link="dup/f1")] + extra_files
 
 
 layer("dupA", dup([]), kind="dup", compress=(".gz",))
