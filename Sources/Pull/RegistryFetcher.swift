@@ -80,9 +80,11 @@ public final class RegistryFetcher: LayerFetcher {
       switch e.kind {
       case .invalid: return SnapshotError(.invalidArgument, "\(e)")
       case .notFound: return SnapshotError(.notFound, "\(e)")
-      case .unauthorized, .badManifest: return SnapshotError(.failedPrecondition, "\(e)")
+      // Content that cannot be used as served: containerd's content store answers a digest
+      // mismatch with FAILED_PRECONDITION too.
+      case .unauthorized, .badManifest, .digestMismatch: return SnapshotError(.failedPrecondition, "\(e)")
       // The registry, or the way to it, failed: a later try may succeed.
-      case .unreachable, .server, .truncated, .digestMismatch: return SnapshotError(.unavailable, "\(e)")
+      case .unreachable, .server, .truncated: return SnapshotError(.unavailable, "\(e)")
       }
     default: return SnapshotError(.internal, "\(error)")
     }
@@ -151,7 +153,7 @@ public final class RegistryFetcher: LayerFetcher {
       // blob the importer refuses is the registry's bad data, not the caller's mistake.
       if let failure = source?.failure { throw failure }
       if error.kind == .invalidArgument {
-        throw SnapshotError(.unavailable, "\(error.message) (as \(image.reference.registry) served it)")
+        throw SnapshotError(.failedPrecondition, "\(error.message) (as \(image.reference.registry) served it)")
       }
       throw error
     }
