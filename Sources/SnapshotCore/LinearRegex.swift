@@ -24,10 +24,11 @@ struct LinearRegex: Sendable {
     var negated = false
     var fold = false
 
-    func contains(_ c: Unicode.Scalar) -> Bool {
+    /// Whether `c` (whose other cases are `variants`) is in the set.
+    func contains(_ c: Unicode.Scalar, variants: [Unicode.Scalar]) -> Bool {
       var hit = ranges.contains { $0.contains(c.value) }
       if !hit && fold {
-        hit = LinearRegex.variants(c).contains { v in ranges.contains { $0.contains(v.value) } }
+        hit = variants.contains { v in ranges.contains { $0.contains(v.value) } }
       }
       return hit != negated
     }
@@ -44,6 +45,9 @@ struct LinearRegex: Sendable {
   }
 
   let program: [Inst]
+  /// Whether any instruction matches case-insensitively (then each input scalar's other
+  /// cases are worked out once, not per thread).
+  let folds: Bool
 
   init(_ pattern: String) throws(SyntaxError) {
     var p = RegexParser(Array(pattern.unicodeScalars))
@@ -52,6 +56,13 @@ struct LinearRegex: Sendable {
     try c.emit(node)
     c.program.append(.match)
     program = c.program
+    folds = program.contains { inst in
+      switch inst {
+      case .scalar(_, let fold): fold
+      case .set(let set): set.fold
+      default: false
+      }
+    }
   }
 
   /// Whether the pattern matches anywhere in `text`.
@@ -64,13 +75,14 @@ struct LinearRegex: Sendable {
       if add(&current, 0, i, input, &stack) { return true }
       guard i < input.count else { break }
       let c = input[i]
+      let others = folds ? Self.variants(c) : []
       next.clear()
       for pc in current.dense {
         let step: Bool
         switch program[pc] {
-        case .scalar(let s, let fold): step = s == c || (fold && Self.variants(c).contains(s))
+        case .scalar(let s, let fold): step = s == c || (fold && others.contains(s))
         case .any(let newline): step = newline || c != "\n"
-        case .set(let set): step = set.contains(c)
+        case .set(let set): step = set.contains(c, variants: others)
         default: step = false
         }
         if step, add(&next, pc + 1, i + 1, input, &stack) { return true }

@@ -26,6 +26,8 @@ import Testing
     #expect(try !m("^\\d+$", "12a"))
     #expect(try m("^\\w+\\s\\W$", "a_1 !"))
     #expect(try m("(?i)^ABC$", "abc"))
+    #expect(try m("(?i)^[a-c]+$", "AbC"))
+    #expect(try !m("^[a-c]+$", "AbC"))
     #expect(try m("^(?i:a)B$", "AB"))
     #expect(try !m("^(?i:a)B$", "Ab"))
     #expect(try m("\\bword\\b", "a word here"))
