@@ -33,6 +33,9 @@ public struct UnpackedLayer: Sendable {
   public var fileBytes: Int64
   /// The objects the layer's stubs name, each once.
   public var objects: [String: ObjectInfo]
+  /// Objects a stub named until a later entry of the same path replaced it: unless
+  /// something else uses them, orphans to collect.
+  public var dropped: Set<String> = []
 }
 
 /// Bytes of the blob read so far, for progress reports from another thread.
@@ -92,7 +95,9 @@ public enum Unpacker {
     if let want = layer.diffID, want != diffID {
       throw LayerError(.invalid, "layer \(layer.name): diffID mismatch: the uncompressed tar is \(diffID), expected \(want)")
     }
-    return UnpackedLayer(digest: digest, diffID: diffID, entries: totals.entries, fileBytes: totals.fileBytes, objects: totals.objects)
+    return UnpackedLayer(
+      digest: digest, diffID: diffID, entries: totals.entries, fileBytes: totals.fileBytes, objects: totals.objects,
+      dropped: totals.dropped)
   }
 }
 
@@ -327,6 +332,9 @@ final class Extractor {
     var entries = 0
     var fileBytes: Int64 = 0
     var objects: [String: ObjectInfo] = [:]
+    /// Objects a stub named before a later entry replaced it (a tar may repeat a path):
+    /// none of the layer's stubs names them now, and one this import made is an orphan.
+    var dropped: Set<String> = []
   }
 
   let dir: String
@@ -336,6 +344,7 @@ final class Extractor {
   private var dirs: [String: Int32] = [:]  // open At.pathOnly descriptors of directories, by path
   private var dirMeta: [String: FileMeta] = [:]  // applied at the end, after their contents
   private var totals = Totals()
+  private var stubs: [UInt64: (key: String, info: ObjectInfo)] = [:]  // by inode: a stub's object
   private var pipe: ChunkPipe?
   private var current: Chunk?
   private var pipeError: LayerError?
@@ -597,9 +606,17 @@ final class Extractor {
     if let existing, existing.st_mode & S_IFMT == S_IFDIR { throw fail(raw, "replaces a directory") }
     do {
       try At.unlink(parent, name)
+      if let existing { unlinked(existing) }
       try create()
     } catch {
       throw fail(raw, error)
+    }
+  }
+
+  /// Forgets the object of a stub whose last name went.
+  private func unlinked(_ st: stat) {
+    if st.st_mode & S_IFMT == S_IFREG && st.st_nlink == 1, let gone = stubs.removeValue(forKey: UInt64(st.st_ino)) {
+      totals.dropped.insert(gone.key)
     }
   }
 
@@ -719,20 +736,24 @@ final class Extractor {
     do {
       let fd = try create(parent, name, raw)
       defer { At.close(fd) }
-      if let object { try objects.makeStub(fd, raw, key: object.key, size: size) }
+      if let object {
+        try objects.makeStub(fd, raw, key: object.key, size: size)
+        stubs[UInt64(try At.fstat(fd, raw).st_ino)] = (object.key, ObjectInfo(size: size, sha256: Digest.hexString(object.sha)))
+      }
       try apply(meta, fd: fd, raw)
     } catch {
       throw fail(raw, error)
     }
-    if let object { totals.objects[object.key] = ObjectInfo(size: size, sha256: Digest.hexString(object.sha)) }
   }
 
   private func create(_ parent: Int32, _ name: String, _ raw: String) throws(SystemError) -> Int32 {
     do {
       return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
     } catch  where error.errno == EEXIST {
-      if let st = try At.lstat(parent, name), st.st_mode & S_IFMT == S_IFDIR { throw SystemError("openat", name, errno: EISDIR) }
+      let st = try At.lstat(parent, name)
+      if let st, st.st_mode & S_IFMT == S_IFDIR { throw SystemError("openat", name, errno: EISDIR) }
       try At.unlink(parent, name)  // a repeated path: the last entry wins
+      if let st { unlinked(st) }
       return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
     }
   }
@@ -771,5 +792,7 @@ final class Extractor {
     } catch {
       throw fail(".", error)
     }
+    for (key, info) in stubs.values { totals.objects[key] = info }
+    totals.dropped.subtract(totals.objects.keys)
   }
 }

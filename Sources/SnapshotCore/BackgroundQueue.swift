@@ -4,14 +4,14 @@ import SnapshotSys
 import Synchronization
 
 /// The store's one queue of work done off the callers' path, as typed jobs. A failure is
-/// logged: `SnapshotService.cleanup()` sweeps directories left behind, a restart retries
-/// deduplication, and a later collection finds what an earlier one left.
+/// logged: `SnapshotService.cleanup()` sweeps directories left behind, and a later
+/// collection finds what an earlier one left.
 ///
 /// Three lanes, each running one job at a time in the order given:
 /// - the pool's jobs (`fillPool`, `recyclePool`) ahead of the rest, since a Prepare may be
 ///   making its own directory for want of one;
 /// - removals (`removeTree`), which the queue runs itself;
-/// - the upkeep (`dedup`, `collect`), which may take seconds.
+/// - the upkeep (`collect`), which may take seconds.
 /// An upkeep job may wait for the other two lanes (a collection takes removed snapshots'
 /// directories back and waits for their removal first, since their links to objects
 /// count), never the reverse, and nothing waits for any lane while it holds a lock a job
@@ -27,11 +27,8 @@ final class BackgroundQueue: Sendable {
     case recyclePool
     /// Delete a tree: a removed snapshot's directory, an import's leftover staging dir.
     case removeTree(String)
-    /// Make the files of the committed snapshots waiting stubs (`ObjectCollector.runDedup`).
-    case dedup
     /// Delete objects nothing references (`ObjectCollector.runCollect`).
     case collect
-
   }
 
   private let pool = DispatchQueue(label: "snapshotd.background.pool", qos: .userInitiated)
@@ -73,7 +70,7 @@ final class BackgroundQueue: Sendable {
     switch job {
     case .fillPool, .recyclePool: pool
     case .removeTree: removals
-    case .dedup, .collect: upkeep
+    case .collect: upkeep
     }
   }
 

@@ -59,6 +59,8 @@ extension ObjectCollector {
   /// The walk runs while no import, deduplication or collection changes the store (the
   /// object store's gate, exclusive); the hashing only keeps collections away.
   public func check(repair: Bool = false, progress: CheckProgress? = nil) throws(SnapshotError) -> [CheckFinding] {
+    // Work already queued (removals, collections) first: what it will fix is no finding.
+    drain()
     let layout = self.layout
     var findings: [CheckFinding] = []
     var used: [String: Int64] = [:]  // object → size, over every tree

@@ -7,97 +7,40 @@ import Synchronization
   import Glibc
 #endif
 
-/// Committed snapshots waiting for their files to become stubs of content objects, and whether a
-/// collection of unreferenced objects is due. Commits add to it; the background queue takes
-/// them in batches a moment after the last commit, so a burst of commits costs the callers
-/// nothing and the background one pass.
-final class BackgroundWork: Sendable {
-  private struct State {
-    var pending: Set<Int64> = []
-    var dedupScheduled = false
-    var collectScheduled = false
-    var collectSweep = false
-  }
-  private let state = Mutex(State())
-
-  /// Adds snapshots; true when the caller must schedule a run.
-  func add(_ ids: [Int64]) -> Bool {
-    state.withLock { s in
-      s.pending.formUnion(ids)
-      if s.dedupScheduled || s.pending.isEmpty { return false }
-      s.dedupScheduled = true
-      return true
-    }
-  }
-
-  /// The snapshots waiting, oldest first; the next `add` schedules a new run.
-  func take() -> [Int64] {
-    state.withLock { s in
-      s.dedupScheduled = false
-      defer { s.pending.removeAll() }
-      return s.pending.sorted()
-    }
-  }
-
-  /// True when the caller must schedule a collection (`sweep`: one that also looks for
-  /// objects the database does not know).
-  func needCollect(sweep: Bool) -> Bool {
-    state.withLock { s in
-      s.collectSweep = s.collectSweep || sweep
-      if s.collectScheduled { return false }
-      s.collectScheduled = true
-      return true
-    }
-  }
-
-  /// Starts the scheduled collection: whether it sweeps.
-  func collecting() -> Bool {
-    state.withLock { s in
-      defer {
-        s.collectScheduled = false
-        s.collectSweep = false
-      }
-      return s.collectSweep
-    }
-  }
-}
-
-/// The object store's upkeep: committed snapshots' files made stubs of shared objects in the
-/// background (dedup), objects and layers nothing uses collected, and `check`.
+/// The object store's upkeep: committed snapshots' files made stubs of shared objects
+/// (dedup, in Commit), objects and layers nothing uses collected (in the background), and
+/// `check`.
 public final class ObjectCollector: StorePart, Sendable {
   let store: Store
   let pool: DirectoryPool
-  let waiting = BackgroundWork()
 
   init(store: Store, pool: DirectoryPool) {
     self.store = store
     self.pool = pool
   }
 
-  /// How long after a commit its snapshot is deduplicated (commits arriving meanwhile join).
-  static let dedupDelay = 0.5
-
-  /// Queues committed snapshots for deduplication in the background.
-  func scheduleDedup(_ ids: [Int64]) {
-    if waiting.add(ids) { jobs.submit(.dedup, after: Self.dedupDelay) }
+  /// Deduplicates snapshot `id`, just committed, unless a mount may be using its
+  /// directory: an active snapshot committed while still mounted (a running container's)
+  /// keeps its files as they are, since a mount must never see its directories change. A
+  /// FUSE mount's process may need a moment to exit after its unmount: it is waited for.
+  func dedupIfUnmounted(_ id: Int64) {
+    for attempt in 0..<Self.unmountWaits {
+      guard let mounted = layout.mountedIDs() else { break }
+      if !mounted.contains(id) {
+        dedup(id)
+        return
+      }
+      if attempt + 1 < Self.unmountWaits { usleep(100_000) }
+    }
+    logger.info("a committed snapshot is still mounted: its files are left as they are, not deduplicated", metadata: ["id": "\(id)"])
   }
-
-  /// Queues a collection of objects no tree references any more (after removes); with
-  /// `sweep`, also of objects no row knows and no layer links.
-  func scheduleCollect(sweep: Bool = false) {
-    if waiting.needCollect(sweep: sweep) { jobs.submit(.collect) }
-  }
-
-  /// The `dedup` job.
-  func runDedup() {
-    for id in waiting.take() { dedup(id) }
-  }
+  static let unmountWaits = 10
 
   /// The `collect` job. Directories of removed snapshots go first, since their links to
   /// objects count: the pool's are taken back now, and their removals waited for.
   func runCollect() {
     pool.waitIdle()
-    let sweep = waiting.collecting()
+    let sweep = store.collections.collecting()
     do { try collectGarbage(layers: false, sweep: sweep) } catch {
       logger.warning("collecting unreferenced objects failed", metadata: ["error": "\(error)"])
     }
@@ -106,7 +49,7 @@ public final class ObjectCollector: StorePart, Sendable {
   /// Makes the files of snapshot `id`, committed through Prepare/Commit, stubs of content
   /// objects, as an imported layer's are, and records its references: the same data in
   /// another layer or image is then stored once, while every file keeps its own inode.
-  /// Runs on the background queue only.
+  /// Only for a directory no mount uses (see `dedupIfUnmounted`): files are replaced.
   func dedup(_ id: Int64) {
     let layout = self.layout
     do {
@@ -216,11 +159,9 @@ public final class ObjectCollector: StorePart, Sendable {
     try read { db in try Metadata.storeUsage(db) }
   }
 
-  /// Runs the deduplication waiting for its delay now, and waits for every background task
-  /// (directory removals, deduplication, collections).
+  /// Waits for every background task (directory removals, collections).
   public func drain() {
     jobs.run(.recyclePool)
-    jobs.run(.dedup)
     jobs.drain()
   }
 }

@@ -120,7 +120,7 @@ final class DirectoryPool: Sendable {
     defer { state.withLock { $0.batch = [] } }
     guard !batch.isEmpty else { return }
     var reused: [Int64] = []
-    let mounted = mountedIDs()
+    let mounted = layout.mountedIDs()
     for old in batch {
       let dir = layout.dir(old)
       let renamed = sweeping.withLock { _ -> Bool in
@@ -158,45 +158,6 @@ final class DirectoryPool: Sendable {
     }
   }
 
-  /// Ids of snapshots whose directories a mount of this mount namespace uses (nil when that
-  /// cannot be read): named in a mount's options (an overlay's `upperdir=.../s/<id>/fs`, or
-  /// a lower layer through the root's alias), or
-  /// under the root of a bind mount from the snapshots' device. A removed snapshot that is
-  /// still mounted is deleted, as before, never handed to another snapshot. (A snapfs mount
-  /// does not show its directories: the FUSE driver relies on containerd unmounting first.)
-  func mountedIDs() -> Set<Int64>? {
-    guard let mounts = try? MountInfo.current(), let st = try? Sys.lstat(layout.snapshots) else { return nil }
-    let dev = UInt64(st.st_dev)
-    let prefix = layout.snapshots + "/"
-    var ids = Set<Int64>()
-    func collect(_ text: Substring, after marker: String) {
-      var rest = text
-      while let r = rest.firstRange(of: marker) {
-        rest = rest[r.upperBound...]
-        let digits = rest.prefix { $0.isASCII && $0.isNumber }
-        if let id = Int64(digits) { ids.insert(id) }
-      }
-    }
-    // `s/` as a path within its file system (a bind mount's root is one): under the mount
-    // point of that device holding it, nearest first.
-    var within: String?
-    var nearest = -1
-    for m in mounts where m.isDevice(dev) {
-      let point = m.mountPoint == "/" ? "" : m.mountPoint
-      guard point.count > nearest, layout.snapshots.hasPrefix(point + "/") else { continue }
-      nearest = point.count
-      within = (m.root == "/" ? "" : m.root) + String(layout.snapshots.dropFirst(point.count)) + "/"
-    }
-    let aliased = layout.alias + "/s/"
-    for m in mounts {
-      if let within, m.isDevice(dev) { collect(m.root[...], after: within) }
-      for option in m.options + [m.source] + m.superOptions {
-        collect(option[...], after: prefix)
-        collect(option[...], after: aliased)
-      }
-    }
-    return ids
-  }
 
   /// Whether `s/<id>` is what `makeDirectory` makes for an active snapshot
   /// without parent (the `Layout` modes, ours, holding only `fs` (empty, no xattrs) and

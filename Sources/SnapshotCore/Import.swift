@@ -339,6 +339,8 @@ public final class LayerImporter: StorePart, Sendable {
       }
       // Staging dirs of layers another import committed first.
       for s in staged where Sys.exists(s.staging) { jobs.submit(.removeTree(s.staging)) }
+      // Objects made for a path the tar wrote again, if nothing else uses them.
+      if staged.contains(where: { !$0.unpacked.dropped.isEmpty }) { scheduleCollect(sweep: true) }
       return top
     } catch {
       for (final, staging) in renamed { try? Sys.rename(final, staging) }

@@ -15,7 +15,7 @@ struct SnapshotRow: Sendable {
   /// The shared layer directory (`l/<layer>`) an imported snapshot uses instead of `s/<id>/fs`.
   var layer: Int64?
   /// Bytes of a committed snapshot's regular files once its files are content objects
-  /// (background dedup of snapshots committed through Prepare/Commit); nil before.
+  /// (dedup of snapshots committed through Prepare/Commit, in Commit); nil before.
   var fileBytes: Int64?
 
   /// From a row of `Metadata.selectColumns`, by position (names are matched without case
@@ -99,7 +99,7 @@ enum Metadata {
           ) WITHOUT ROWID;
           """)
     }
-    // Snapshots committed through Prepare/Commit, deduplicated in the background: their
+    // Snapshots committed through Prepare/Commit, deduplicated in Commit: their
     // trees (`s/<id>`) reference objects too.
     m.registerMigration("v3") { db in
       try db.execute(sql: "ALTER TABLE snapshot ADD COLUMN file_bytes INTEGER")

@@ -213,8 +213,9 @@ public final class SnapshotService: StorePart, Sendable {
       try Store.unique(name) { try Metadata.commit(db, id: row.id, name: name, usage: usage, now: Clock.nowNanos()) }
       try Metadata.setLabels(db, id: row.id, labels)
     }
-    // Its files become shared content objects later, off this call's path.
-    collector.scheduleDedup([found.id])
+    // Its files become stubs of shared content objects now, before the caller hears of the
+    // commit: no mount can have the new layer as a lower one yet, so none sees them change.
+    collector.dedupIfUnmounted(found.id)
   }
 
   /// Remove: deletes the snapshot's row; its directory goes after the commit (back to the

@@ -47,7 +47,6 @@ public final class Snapshotter: Sendable {
       switch job {
       case .fillPool: pool?.fill()
       case .recyclePool: pool?.takeBack()
-      case .dedup: collector?.runDedup()
       case .collect: collector?.runCollect()
       case .removeTree: break  // never here: the queue runs removals itself
       }
@@ -56,8 +55,12 @@ public final class Snapshotter: Sendable {
     // Objects of imports a crash cut short are dropped before an import can reuse them:
     // only what committed was made durable first.
     try collector.collectGarbage(layers: false, sweep: true)
-    // Snapshots committed before a restart whose files are not stubs yet.
-    collector.scheduleDedup(try store.read { db in try Metadata.pendingDedup(db) })
+    // Snapshots whose commit a crash cut short before their files were stubs: finished now,
+    // before any client can mount them, unless a mount from before the restart uses them.
+    let mounted = layout.mountedIDs()
+    for id in try store.read({ db in try Metadata.pendingDedup(db) }) where mounted.map({ !$0.contains(id) }) ?? false {
+      collector.dedup(id)
+    }
   }
 
   /// Where layers come from when containerd's CRI plugin names them on Prepare.
@@ -117,7 +120,7 @@ public final class Snapshotter: Sendable {
   public func check(repair: Bool = false, progress: CheckProgress? = nil) throws(SnapshotError) -> [CheckFinding] {
     try collector.check(repair: repair, progress: progress)
   }
-  /// Waits for every background task (directory removals, dedup, collections).
+  /// Waits for every background task (directory removals, collections).
   public func drain() { collector.drain() }
 
   // For tests.

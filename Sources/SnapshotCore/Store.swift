@@ -2,6 +2,7 @@ import GRDB
 import LayerStore
 import Logging
 import SnapshotSys
+import Synchronization
 
 #if canImport(Glibc)
   import Glibc
@@ -30,8 +31,10 @@ public final class Store: Sendable {
   let lookups: DatabaseQueue
   let logger: Logger
   let objects: ObjectStore
-  /// The background queue: the directory pool's work, removals, dedup, collections.
+  /// The background queue: the directory pool's work, removals, collections.
   let jobs: BackgroundQueue
+  /// Collections asked for and not yet run.
+  let collections = CollectionRequests()
 
   /// Opens (creating when needed) the root's directories, the object store and the database.
   init(root: String, logger: Logger) throws(SnapshotError) {
@@ -166,9 +169,48 @@ extension StorePart {
   var logger: Logger { store.logger }
   var objects: ObjectStore { store.objects }
   var jobs: BackgroundQueue { store.jobs }
+
+  /// Queues a collection of objects no tree references any more (after removes); with
+  /// `sweep`, also of objects no row knows and no layer links (what an import or a dedup
+  /// made and then did not use).
+  func scheduleCollect(sweep: Bool = false) {
+    if store.collections.needCollect(sweep: sweep) { jobs.submit(.collect) }
+  }
   func write<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T { try store.write(body) }
   func read<T>(_ body: (Database) throws -> T) throws(SnapshotError) -> T { try store.read(body) }
   func lookup<T>(isolated: Bool = true, _ body: (Database) throws -> T) throws(SnapshotError) -> T {
     try store.lookup(isolated: isolated, body)
+  }
+}
+
+/// Whether a collection of unreferenced objects is due, and whether it sweeps: removes
+/// and imports ask for one; the background queue runs one for any number of asks.
+final class CollectionRequests: Sendable {
+  private struct State {
+    var scheduled = false
+    var sweep = false
+  }
+  private let state = Mutex(State())
+
+  /// True when the caller must schedule a collection (`sweep`: one that also looks for
+  /// objects the database does not know).
+  func needCollect(sweep: Bool) -> Bool {
+    state.withLock { s in
+      s.sweep = s.sweep || sweep
+      if s.scheduled { return false }
+      s.scheduled = true
+      return true
+    }
+  }
+
+  /// Starts the scheduled collection: whether it sweeps.
+  func collecting() -> Bool {
+    state.withLock { s in
+      defer {
+        s.scheduled = false
+        s.sweep = false
+      }
+      return s.sweep
+    }
   }
 }

@@ -94,6 +94,19 @@ public enum Sys {
     }
   }
 
+  /// The arguments of every running process whose `comm` is `name` (processes that exit
+  /// while they are read are left out).
+  public static func processArguments(named name: String) throws(SystemError) -> [[String]] {
+    var out: [[String]] = []
+    for pid in try listDirectory("/proc") where pid.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) {
+      guard let comm = try? readAll("/proc/" + pid + "/comm"), comm.split(separator: 0x0A).first.map(Array.init) == Array(name.utf8),
+        let cmdline = try? readAll("/proc/" + pid + "/cmdline")
+      else { continue }
+      out.append(cmdline.split(separator: 0).map { String(decoding: $0, as: UTF8.self) })
+    }
+    return out
+  }
+
   /// Names in a directory (`readdir(3)`), without "." and "..".
   public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
     let fd = try SystemError.check("open", path) { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }

@@ -108,6 +108,28 @@ struct UnpackerTests {
     #expect(xattr(root + "/layer/a", ObjectStore.metacopyXattr) == [])  // still a stub
   }
 
+  /// A path written twice (the last entry wins) leaves only the objects the layer's stubs
+  /// name: the first content's object is dropped, unless another stub (a hard link kept
+  /// by its other name, or another file) still names it.
+  @Test func aPathWrittenTwiceNamesOnlyWhatIsLeft() throws {
+    var tar = TarWriter()
+    tar.entry("twice", data: Array("first".utf8))
+    tar.entry("twice", data: Array("second".utf8))
+    tar.entry("kept", data: Array("kept by a link".utf8))
+    tar.entry("link", type: 0x31, link: "kept")
+    tar.entry("kept", data: Array("replaced".utf8))
+    tar.entry("gone", data: Array("whited out".utf8))
+    tar.entry(".wh.gone")
+    let layer = try unpack(tar)
+    let sha = { (s: String) in Digest.of(Array(s.utf8)).hex }
+    #expect(Set(layer.objects.values.map(\.sha256)) == [sha("second"), sha("kept by a link"), sha("replaced")])
+    #expect(layer.dropped.count == 2)
+    let fd = try At.openFile(root + "/layer/twice")
+    defer { At.close(fd) }
+    let key = try ObjectStore.stubKey(fd, "twice")
+    #expect(key != nil && layer.objects[key!]?.sha256 == sha("second"))
+  }
+
   @Test func filesBecomeStubsOfSharedObjects() throws {
     var tar = TarWriter()
     tar.entry("dir/", type: 0x35, mode: 0o755)

@@ -295,7 +295,7 @@ struct SnapshotterTests {
     try Sys.mount(source: fs, target: target, type: "none", flags: UInt(MS_BIND), data: nil)
     defer { try? Sys.unmount(target, flags: Int32(MNT_DETACH)) }
     let id = Int64(fs.split(separator: "/").dropLast().last!)!
-    #expect(s.pool.mountedIDs()?.contains(id) == true)
+    #expect(s.layout.mountedIDs()?.contains(id) == true)
     let mark = timespec(tv_sec: 1_000_000_000, tv_nsec: 0)  // kept by a rename, not by a new directory
     let snapshots = try At.openDirectory(s.layout.snapshots)
     try At.setTimes(snapshots, String(id), atime: mark, mtime: mark)
