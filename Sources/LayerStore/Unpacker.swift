@@ -36,6 +36,23 @@ public struct UnpackedLayer: Sendable {
   /// Objects a stub named until a later entry of the same path replaced it: unless
   /// something else uses them, orphans to collect.
   public var dropped: Set<String> = []
+  /// Directories the tar holds entries below without an entry of their own, sorted: made
+  /// 0755 root, as containerd makes a parent no layer has; where a lower layer has one,
+  /// they take its metadata (`ImplicitDirectories`), which depends on the chain.
+  public var implicitDirectories: [String] = []
+
+  public init(
+    digest: Digest, diffID: Digest, entries: Int, fileBytes: Int64, objects: [String: ObjectInfo], dropped: Set<String> = [],
+    implicitDirectories: [String] = []
+  ) {
+    self.digest = digest
+    self.diffID = diffID
+    self.entries = entries
+    self.fileBytes = fileBytes
+    self.objects = objects
+    self.dropped = dropped
+    self.implicitDirectories = implicitDirectories
+  }
 }
 
 /// Bytes of the blob read so far, for progress reports from another thread.
@@ -97,7 +114,7 @@ public enum Unpacker {
     }
     return UnpackedLayer(
       digest: digest, diffID: diffID, entries: totals.entries, fileBytes: totals.fileBytes, objects: totals.objects,
-      dropped: totals.dropped)
+      dropped: totals.dropped, implicitDirectories: totals.implicit.sorted())
   }
 }
 
@@ -335,6 +352,7 @@ final class Extractor {
     /// Objects a stub named before a later entry replaced it (a tar may repeat a path):
     /// none of the layer's stubs names them now, and one this import made is an orphan.
     var dropped: Set<String> = []
+    var implicit: Set<String> = []
   }
 
   let dir: String
@@ -501,6 +519,7 @@ final class Extractor {
         throw fail(raw, error)
       }
       dirMeta[path] = meta
+      totals.implicit.remove(path)
     case S_IFREG:
       try regularFile(a, e, parent, name, raw, &meta)
     case S_IFLNK:
@@ -570,6 +589,7 @@ final class Extractor {
       throw fail(raw, error)
     }
     if fd < 0 {  // missing: made, as its parent is
+      totals.implicit.insert(path)
       let cut = path.lastIndex(of: "/")
       let parent = try directory(cut.map { String(path[..<$0]) } ?? "", raw)
       let name = cut.map { String(path[path.index(after: $0)...]) } ?? path

@@ -173,7 +173,7 @@ public final class LayerImporter: StorePart, Sendable {
   /// Whether the store has the layer `request` names (by diffID or blob digest).
   public func hasLayer(_ request: LayerImport) throws(SnapshotError) -> Bool {
     try read { db in
-      if let d = request.diffID, try Metadata.layer(db, diffID: d.description) != nil { return true }
+      if let d = request.diffID, try Metadata.layerVariant(db, diffID: d.description) != nil { return true }
       if let d = request.digest, try Metadata.layer(db, digest: d.description) != nil { return true }
       return false
     }
@@ -209,7 +209,7 @@ public final class LayerImporter: StorePart, Sendable {
     return try objects.shared { () throws(SnapshotError) -> String in
       // Layers still missing, unpacked concurrently.
       let present = try read { db in try chain.map { try Metadata.find(db, key: $0.description) != nil } }
-      let known = try read { db in try layers.map { try Metadata.layer(db, diffID: $0.diffID.description) != nil } }
+      let known = try read { db in try layers.map { try Metadata.layerVariant(db, diffID: $0.diffID.description) != nil } }
       let results = Mutex<[Int: Result<StagedLayer, SnapshotError>]>([:])
       let group = DispatchGroup()
       for (i, l) in layers.enumerated() where !present[i] && !known[i] {
@@ -285,7 +285,7 @@ public final class LayerImporter: StorePart, Sendable {
     guard let diffID else { return nil }
     let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
     if try read({ db in try Metadata.find(db, key: chainID) }) != nil { return chainID }
-    guard try read({ db in try Metadata.layer(db, diffID: diffID.description) }) != nil else { return nil }
+    guard try read({ db in try Metadata.layerVariant(db, diffID: diffID.description) }) != nil else { return nil }
     return try commitKnown(parent: parent, diffID: diffID)
   }
 
@@ -304,61 +304,110 @@ public final class LayerImporter: StorePart, Sendable {
     }
   }
 
-  /// Commits staged layers bottom first, each as the snapshot named by its chainID on top
-  /// of the previous one: the layer row, its directory renamed into place, its object
-  /// references and the snapshot, in one transaction. Returns the top chainID.
-  /// With `snapshots` false, only the layers are committed (no snapshot names them yet) and
-  /// the result is "".
+  /// Commits a staged layer as the snapshot named by its chainID on top of `parent`: the
+  /// layer row, its directory renamed into place, its object references and the snapshot,
+  /// in one transaction. Returns the chainID. With `snapshots` false, only the layer is
+  /// committed (no snapshot names it yet) and the result is "".
+  /// Implicit parent directories take the metadata of `parent`'s (`chainLayer`).
   private func commitChain(parent: String?, _ staged: [StagedLayer], snapshots: Bool = true) throws(SnapshotError) -> String {
+    precondition(staged.count == 1, "one layer at a time")
+    let s = staged[0]
     let layout = self.layout
     var renamed: [(String, String)] = []
     do {
+      let diffID = s.unpacked.diffID
+      let key = try chainLayer(s.staging, diffID: diffID, implicit: s.unpacked.implicitDirectories, parent: parent)
       let top = try write { db -> String in
-        var parent = parent
-        for s in staged {
-          let diffID = s.unpacked.diffID
-          let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
-          var layerID = try Metadata.layer(db, diffID: diffID.description)
-          if layerID == nil {
-            let id = try Metadata.insertLayer(
-              db, diffID: diffID.description, digest: s.unpacked.digest.description,
-              size: s.unpacked.fileBytes, entries: s.unpacked.entries, now: Clock.nowNanos())
-            try Sys.rename(s.staging, layout.layer(id))
-            renamed.append((layout.layer(id), s.staging))
-            try Metadata.addRefs(db, tree: Layout.tree(layer: id), s.unpacked.objects)
-            layerID = id
-          }
-          if snapshots, try Metadata.find(db, key: chainID) == nil {
-            try insertLayerSnapshot(
-              db, chainID: chainID, parent: parent, layer: layerID!, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
-          }
-          parent = chainID
+        let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
+        var layerID = try Metadata.layer(db, diffID: key)
+        if layerID == nil {
+          let id = try Metadata.insertLayer(
+            db, diffID: key, digest: s.unpacked.digest.description, size: s.unpacked.fileBytes, entries: s.unpacked.entries,
+            implicitDirectories: s.unpacked.implicitDirectories, now: Clock.nowNanos())
+          try Sys.rename(s.staging, layout.layer(id))
+          renamed.append((layout.layer(id), s.staging))
+          try Metadata.addRefs(db, tree: Layout.tree(layer: id), s.unpacked.objects)
+          layerID = id
+        }
+        if snapshots, try Metadata.find(db, key: chainID) == nil {
+          try insertLayerSnapshot(
+            db, chainID: chainID, parent: parent, layer: layerID!, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
         }
         if !renamed.isEmpty { try Sys.fsyncDirectory(layout.layers) }
-        return snapshots ? parent! : ""
+        return snapshots ? chainID : ""
       }
-      // Staging dirs of layers another import committed first.
-      for s in staged where Sys.exists(s.staging) { jobs.submit(.removeTree(s.staging)) }
+      // The staging dir of a layer another import committed first.
+      if Sys.exists(s.staging) { jobs.submit(.removeTree(s.staging)) }
       // Objects made for a path the tar wrote again, if nothing else uses them.
-      if staged.contains(where: { !$0.unpacked.dropped.isEmpty }) { scheduleCollect(sweep: true) }
+      if !s.unpacked.dropped.isEmpty { scheduleCollect(sweep: true) }
       return top
     } catch {
       for (final, staging) in renamed { try? Sys.rename(final, staging) }
-      for s in staged { try? Tree.remove(s.staging) }
-      throw error
+      try? Tree.remove(s.staging)
+      throw Store.mapError(error)
     }
   }
 
-  /// The snapshot of an already unpacked layer on top of `parent`.
+  /// The key (diff_id) of the layer in `dir` as the chain on `parent` needs it, its
+  /// implicit directories given the metadata of `parent`'s (see `ImplicitDirectories`):
+  /// its diffID, or `<diffID>+<signature>` when they take any from `parent`'s layers.
+  private func chainLayer(_ dir: String, diffID: Digest, implicit: [String], parent: String?) throws(SnapshotError) -> String {
+    guard !implicit.isEmpty else { return diffID.description }
+    let (fixes, key) = try implicitFixes(diffID: diffID, implicit, parent: parent)
+    do { try ImplicitDirectories.apply(fixes, in: dir) } catch { throw Store.mapError(error) }
+    return key
+  }
+
+  /// What the implicit directories of layer `diffID` take on the chain on `parent`, and the
+  /// key of the layer that has it.
+  private func implicitFixes(diffID: Digest, _ implicit: [String], parent: String?) throws(SnapshotError) -> (
+    [String: ImplicitDirectories.Metadata], String
+  ) {
+    let layout = self.layout
+    let lowers = try read { db -> [String] in
+      guard let parent, let row = try Metadata.find(db, key: parent) else { return [] }
+      return try Metadata.parentChain(db, of: row.id).map { layout.files(id: $0.id, layer: $0.layer) }
+    }
+    do {
+      let fixes = try ImplicitDirectories.resolve(implicit, lowers: lowers)
+      return (fixes, ImplicitDirectories.signature(fixes).map { diffID.description + "+" + $0 } ?? diffID.description)
+    } catch {
+      throw Store.mapError(error)
+    }
+  }
+
+  /// The snapshot of an already unpacked layer on top of `parent`. A layer whose implicit
+  /// directories need other metadata on this chain than the store's copies have is copied
+  /// first (its files are stubs: metadata only).
   private func commitKnown(parent: String?, diffID: Digest) throws(SnapshotError) -> String {
     let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
+    if try read({ db in try Metadata.find(db, key: chainID) }) != nil { return chainID }
+    guard var known = try read({ db in try Metadata.layerVariant(db, diffID: diffID.description) }) else {
+      throw .notFound("layer \(diffID) is not unpacked")
+    }
+    if !known.implicit.isEmpty {
+      let key = try implicitFixes(diffID: diffID, known.implicit, parent: parent).1
+      if let id = try read({ db in try Metadata.layer(db, diffID: key) }) {
+        known.id = id
+      } else {
+        let staging = layout.layers + "/new-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+        do { try Tree.copy(from: layout.layer(known.id), to: staging) } catch {
+          try? Tree.remove(staging)
+          throw Store.mapError(error)
+        }
+        let (objects, size, entries) = try read { db in
+          let (size, entries) = try Metadata.layerSize(db, known.id)
+          return (try Metadata.refs(db, tree: Layout.tree(layer: known.id)), size, entries)
+        }
+        let unpacked = UnpackedLayer(
+          digest: diffID, diffID: diffID, entries: Int(entries), fileBytes: size, objects: objects, implicitDirectories: known.implicit)
+        return try commitChain(parent: parent, [StagedLayer(staging: staging, unpacked: unpacked)])
+      }
+    }
     try write { db in
       if try Metadata.find(db, key: chainID) != nil { return }
-      guard let layer = try Metadata.layer(db, diffID: diffID.description) else {
-        throw SnapshotError.notFound("layer \(diffID) is not unpacked")
-      }
-      let (size, entries) = try Metadata.layerSize(db, layer)
-      try insertLayerSnapshot(db, chainID: chainID, parent: parent, layer: layer, size: size, inodes: entries)
+      let (size, entries) = try Metadata.layerSize(db, known.id)
+      try insertLayerSnapshot(db, chainID: chainID, parent: parent, layer: known.id, size: size, inodes: entries)
     }
     return chainID
   }

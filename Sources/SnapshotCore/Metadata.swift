@@ -109,6 +109,12 @@ enum Metadata {
     m.registerMigration("v4") { db in
       try db.execute(sql: "ALTER TABLE object ADD COLUMN sha256 TEXT")
     }
+    // A layer's implicit parent directories (newline-separated; see `ImplicitDirectories`).
+    // A copy of a layer whose implicit directories took a chain's lower metadata has the
+    // diff_id `<diffID>+<signature>`.
+    m.registerMigration("v5") { db in
+      try db.execute(sql: "ALTER TABLE layer ADD COLUMN implicit_dirs TEXT")
+    }
     return m
   }
 
@@ -219,14 +225,27 @@ enum Metadata {
     try Int64.fetchOne(db.cachedStatement(sql: "SELECT id FROM layer WHERE diff_id = ?"), arguments: [diffID])
   }
 
+  /// A layer of `diffID`, its copies for chains (`<diffID>+<signature>`) too: its id,
+  /// diff_id, implicit directories and size, the plain one first.
+  static func layerVariant(_ db: Database, diffID: String) throws -> (id: Int64, key: String, implicit: [String])? {
+    try Row.fetchOne(
+      db.cachedStatement(
+        sql: "SELECT id, diff_id, implicit_dirs FROM layer WHERE diff_id = ? OR diff_id LIKE ? ORDER BY length(diff_id), id LIMIT 1"),
+      arguments: [diffID, diffID + "+%"]
+    ).map { ($0[0], $0[1], (($0[2] as String?) ?? "").split(separator: "\n").map(String.init)) }
+  }
+
   static func layer(_ db: Database, digest: String) throws -> (id: Int64, diffID: String)? {
     try Row.fetchOne(db.cachedStatement(sql: "SELECT id, diff_id FROM layer WHERE digest = ?"), arguments: [digest]).map { ($0[0], $0[1]) }
   }
 
-  static func insertLayer(_ db: Database, diffID: String, digest: String?, size: Int64, entries: Int, now: Int64) throws -> Int64 {
-    try db.cachedStatement(sql: "INSERT INTO layer (diff_id, digest, size, entries, created) VALUES (?, ?, ?, ?, ?)").execute(arguments: [
-      diffID, digest, size, entries, now,
-    ])
+  static func insertLayer(
+    _ db: Database, diffID: String, digest: String?, size: Int64, entries: Int, implicitDirectories: [String] = [], now: Int64
+  ) throws -> Int64 {
+    try db.cachedStatement(sql: "INSERT INTO layer (diff_id, digest, size, entries, created, implicit_dirs) VALUES (?, ?, ?, ?, ?, ?)")
+      .execute(arguments: [
+        diffID, digest, size, entries, now, implicitDirectories.isEmpty ? nil : implicitDirectories.joined(separator: "\n"),
+      ])
     return db.lastInsertedRowID
   }
 
@@ -296,6 +315,17 @@ enum Metadata {
   }
 
   /// Every tree's references: tree → keys.
+  /// The objects a tree references, with their size and digest.
+  static func refs(_ db: Database, tree: String) throws -> [String: ObjectInfo] {
+    var out: [String: ObjectInfo] = [:]
+    for row in try Row.fetchAll(
+      db, sql: "SELECT o.key, o.size, o.sha256 FROM object_ref r JOIN object o ON o.key = r.key WHERE r.tree = ?", arguments: [tree])
+    {
+      out[row[0]] = ObjectInfo(size: row[1], sha256: (row[2] as String?) ?? "")
+    }
+    return out
+  }
+
   static func allRefs(_ db: Database) throws -> [String: Set<String>] {
     var out: [String: Set<String>] = [:]
     for row in try Row.fetchAll(db, sql: "SELECT tree, key FROM object_ref") {

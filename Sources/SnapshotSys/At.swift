@@ -172,6 +172,25 @@ public enum At {
     _ = try SystemError.check("lremovexattr", "\(path) \(name)") { lremovexattr(path, name) }
   }
 
+  /// `fremovexattr(2)`.
+  public static func removeXattr(_ fd: Int32, _ what: String, name: String) throws(SystemError) {
+    _ = try SystemError.check("fremovexattr", "\(what) \(name)") { fremovexattr(fd, name) }
+  }
+
+  /// `llistxattr(2)` + `lgetxattr(2)` by path, not following a symlink (for symlinks and
+  /// special files): every extended attribute, sorted by name.
+  public static func xattrs(path: String) throws(SystemError) -> [(String, [UInt8])] {
+    let names: [[UInt8]]
+    do { names = try xattrNames { llistxattr(path, $0, $1) } } catch { throw SystemError("llistxattr", path, errno: error.code) }
+    var out: [(String, [UInt8])] = []
+    for bytes in names {
+      let name = String(decoding: bytes, as: UTF8.self)
+      guard let value = try getXattr(path: path, name: name, maxSize: 65536) else { continue }
+      out.append((name, value))
+    }
+    return out.sorted { $0.0 < $1.0 }
+  }
+
   /// `flistxattr(2)` + `fgetxattr(2)`: every extended attribute of the open file, sorted by
   /// name.
   public static func xattrs(_ fd: Int32, _ what: String) throws(SystemError) -> [(String, [UInt8])] {

@@ -1,3 +1,5 @@
+import CSysShims
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -39,6 +41,76 @@ public enum Tree {
       throw SystemError("fstat", path, errno: e)
     }
     try walk(fd, st, path, enter, visit, leave)
+  }
+
+  /// Copies the tree at `from` to `to` (which must not exist) as it is: every entry's type,
+  /// owner, mode, times and xattrs (all of them: overlayfs's too), hard links as links, a
+  /// regular file without data blocks (a layer's stub) as a file of its size without data.
+  /// For a layer's files, which are stubs, so the copy costs metadata only.
+  public static func copy(from: String, to: String) throws(SystemError) {
+    try Sys.mkdir(to, mode: 0o700)
+    var links: [UInt64: String] = [:]  // a copied inode with several names: its first copy
+    try copyDirectory(from, to, &links)
+  }
+
+  private static func copyDirectory(_ from: String, _ to: String, _ links: inout [UInt64: String]) throws(SystemError) {
+    let src = try At.openDirectory(from)
+    defer { At.close(src) }
+    let dst = try At.openDirectory(to)
+    defer { At.close(dst) }
+    var names: [String] = []
+    try forEachEntry(src, from) { (name, _) throws(SystemError) in names.append(String(cString: name)) }
+    for name in names {
+      guard let st = try At.lstat(src, name) else { continue }
+      let source = from + "/" + name, target = to + "/" + name
+      switch st.st_mode & S_IFMT {
+      case S_IFDIR:
+        try At.mkdir(dst, name, mode: 0o700)
+        try copyDirectory(source, target, &links)
+        continue
+      case S_IFREG:
+        if st.st_nlink > 1, let first = links[UInt64(st.st_ino)] {
+          try At.link(AT_FDCWD, first, dst, name)
+          continue
+        }
+        if st.st_nlink > 1 { links[UInt64(st.st_ino)] = target }
+        let fd = try At.open(dst, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+        defer { At.close(fd) }
+        if st.st_blocks == 0 {
+          try At.truncate(fd, target, size: Int64(st.st_size))
+        } else {
+          let input = try At.open(src, name, flags: O_RDONLY | At.noAtime)
+          defer { At.close(input) }
+          let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
+          defer { buffer.deallocate() }
+          var offset: Int64 = 0
+          while true {
+            let n = try At.read(input, source, into: buffer, at: offset)
+            if n == 0 { break }
+            try At.write(fd, target, UnsafeRawBufferPointer(rebasing: buffer[0..<n]), at: offset)
+            offset += Int64(n)
+          }
+        }
+      case S_IFLNK:
+        guard let value = Sys.readLink(source) else { throw SystemError("readlink", source, errno: EIO) }
+        try At.symlink(value, dst, name)
+      default:
+        try At.mknod(dst, name, mode: st.st_mode & S_IFMT, major: shim_major(UInt(st.st_rdev)), minor: shim_minor(UInt(st.st_rdev)))
+      }
+      try copyMetadata(st, source, dst, name, target)
+    }
+    let st = try At.fstat(src, from)
+    try copyMetadata(st, from, dst, ".", to)
+  }
+
+  /// Owner, mode, xattrs and times of `source` (whose `lstat` is `st`) onto `name` in `dir`.
+  private static func copyMetadata(_ st: stat, _ source: String, _ dir: Int32, _ name: String, _ target: String) throws(SystemError) {
+    let isLink = st.st_mode & S_IFMT == S_IFLNK
+    try At.lchown(dir, name, uid: st.st_uid, gid: st.st_gid)
+    if !isLink { try At.chmod(dir, name, mode: st.st_mode & 0o7777) }  // after chown, which clears setuid
+    // After chown too, which removes security.capability.
+    for (x, value) in try At.xattrs(path: source) { try At.setXattr(path: target, name: x, value: value) }
+    try At.setTimes(dir, name, atime: st.st_atim, mtime: st.st_mtim)
   }
 
   /// Removes `path` and everything under it (`rm -rf`). A missing path is not an error.
