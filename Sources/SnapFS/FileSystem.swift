@@ -52,6 +52,8 @@ final class FileSystem: @unchecked Sendable {
     session = .allocate(capacity: 1)
     session.initialize(to: fuseio_session())
     session.pointee.owner = Unmanaged.passUnretained(self).toOpaque()
+    // A copy-up that changes more than its request replies: the kernel asks again.
+    overlay.copiedUp = { [unowned self] node in self.notifier?.forgetAttributes(self.kernelID(node)) }
   }
 
   deinit { session.deallocate() }

@@ -5,14 +5,19 @@ import SnapshotSys
   import Glibc
 #endif
 
-/// Tells the kernel to forget names (FUSE_NOTIFY_INVAL_ENTRY), from a thread of its own: the
+/// Tells the kernel to forget names (FUSE_NOTIFY_INVAL_ENTRY) and attributes
+/// (FUSE_NOTIFY_INVAL_INODE), from a thread of its own: the
 /// kernel takes the directory's lock to do it, which a process waiting for a reply of ours may
 /// hold, so a worker thread (perhaps the only one) must not wait for it.
 final class Notifier: @unchecked Sendable {
   private let session: OpaquePointer
   private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
   private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-  private var queue: [(parent: fuse_ino_t, name: String)] = []
+  private enum Item {
+    case entry(parent: fuse_ino_t, name: String)
+    case attributes(fuse_ino_t)
+  }
+  private var queue: [Item] = []
   private var stopping = false
   private var finished = false
   private var thread: Threads.Handle?
@@ -35,7 +40,15 @@ final class Notifier: @unchecked Sendable {
   /// Queues: the kernel drops its entry for `name` in the directory `parent` (a kernel node id).
   func forget(parent: fuse_ino_t, name: String) {
     pthread_mutex_lock(mutex)
-    queue.append((parent, name))
+    queue.append(.entry(parent: parent, name: name))
+    pthread_cond_signal(wake)
+    pthread_mutex_unlock(mutex)
+  }
+
+  /// Queues: the kernel drops the attributes it caches of the inode `ino`.
+  func forgetAttributes(_ ino: fuse_ino_t) {
+    pthread_mutex_lock(mutex)
+    queue.append(.attributes(ino))
     pthread_cond_signal(wake)
     pthread_mutex_unlock(mutex)
   }
@@ -69,7 +82,10 @@ final class Notifier: @unchecked Sendable {
       pthread_mutex_unlock(mutex)
       for item in batch {
         // ENOENT: the kernel no longer has the name. Nothing else to do about other errors.
-        _ = fuse_lowlevel_notify_inval_entry(session, item.parent, item.name, item.name.utf8.count)
+        switch item {
+        case .entry(let parent, let name): _ = fuse_lowlevel_notify_inval_entry(session, parent, name, name.utf8.count)
+        case .attributes(let ino): _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)  // attributes only
+        }
       }
       pthread_mutex_lock(mutex)
     }

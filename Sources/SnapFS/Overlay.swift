@@ -268,6 +268,10 @@ final class Overlay: @unchecked Sendable {
 
   /// Makes `node` live in the upper dir, with its parents. `data: false` skips copying a
   /// regular file's contents (an open with O_TRUNC). Caller holds the tree lock for writing.
+  /// Called with a node whose attributes changed by its copy-up beyond what the request that
+  /// copied it up replies (the FUSE layer drops the kernel's cached attributes).
+  var copiedUp: ((Node) -> Void)?
+
   func copyUp(_ node: Node, data: Bool = true) throws(Errno) {
     guard hasUpper else { throw Errno(EROFS) }
     if node.layer == 0 { return }
@@ -332,7 +336,15 @@ final class Overlay: @unchecked Sendable {
     node.copiedFrom = node.layer
     node.layer = 0
     var upper = stat()
-    if fstatat(upperParent, node.name, &upper, AT_SYMLINK_NOFOLLOW) == 0 { node.realIno = UInt64(upper.st_ino) }
+    if fstatat(upperParent, node.name, &upper, AT_SYMLINK_NOFOLLOW) == 0 {
+      node.realIno = UInt64(upper.st_ino)
+      // A name of a lower hard link is a file of its own now, with its own inode number, as
+      // overlayfs without index=on shows it (the other names keep the lower inode's).
+      if st.type == S_IFREG && st.st_nlink > 1 { node.ino = inodeNumber(UInt64(upper.st_ino), layer: 0) }
+    }
+    // What the kernel holds of it changed: a directory is merged now (st_nlink 1), a link's
+    // name has another inode.
+    if st.type == S_IFDIR || (st.type == S_IFREG && st.st_nlink > 1) { copiedUp?(node) }
     // Copy-up is not a change of the parent, as overlayfs has it.
     restoreTimes(upperParent, parentTimes)
   }
@@ -411,14 +423,16 @@ final class Overlay: @unchecked Sendable {
   /// xattrs (but overlayfs's own: a stub's metacopy and redirect stay behind), owner, mode,
   /// times: descriptor to descriptor.
   private func copyMetadata(from src: Int32, to dst: Int32, _ st: stat) throws(Errno) {
+    _ = try Sys.call(fchown(dst, st.st_uid, st.st_gid))
+    _ = try Sys.call(fchmod(dst, st.st_mode & 0o7777))  // after chown, which clears set-ID bits
+    // After chown too, which removes security.capability (the kernel's own copy-up sets
+    // the owner without that: a file capability must survive a copy-up).
     for bytes in try At.xattrNames(src) {
       let name = String(decoding: bytes, as: UTF8.self)
       guard visible(name) != nil else { continue }
       let value = try At.xattrValue(src, name)
       if fsetxattr(dst, name, value, value.count, 0) != 0 && errno != EOPNOTSUPP { throw Errno.current }
     }
-    _ = try Sys.call(fchown(dst, st.st_uid, st.st_gid))
-    _ = try Sys.call(fchmod(dst, st.st_mode & 0o7777))
     var times = [st.st_atim, st.st_mtim]
     _ = try Sys.call(futimens(dst, &times))
   }
