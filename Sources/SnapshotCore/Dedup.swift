@@ -52,6 +52,7 @@ public final class ObjectCollector: StorePart, Sendable {
   /// Only for a directory no mount uses (see `dedupIfUnmounted`): files are replaced.
   func dedup(_ id: Int64) {
     let layout = self.layout
+    let started = Clock.nowNanos()
     do {
       try objects.shared { () throws(SnapshotError) in
         guard let row = try read({ db in try Metadata.find(db, id: id) }), row.kind == .committed, row.layer == nil,
@@ -84,6 +85,7 @@ public final class ObjectCollector: StorePart, Sendable {
           metadata: [
             "key": "\(row.key)", "objects": "\(absorbed.objects.count)", "bytes": "\(absorbed.fileBytes)",
             "new": "\(absorbed.newBytes)", "skipped": "\(absorbed.skipped)",
+            "seconds": "\(Double(Clock.nowNanos() - started) / 1e9)",
           ])
       }
     } catch {

@@ -158,7 +158,6 @@ final class DirectoryPool: Sendable {
     }
   }
 
-
   /// Whether `s/<id>` is what `makeDirectory` makes for an active snapshot
   /// without parent (the `Layout` modes, ours, holding only `fs` (empty, no xattrs) and
   /// `work` (empty but for the empty `work` overlayfs leaves)); that `work/work` is removed.

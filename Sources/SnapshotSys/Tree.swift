@@ -62,7 +62,8 @@ public enum Tree {
     try forEachEntry(src, from) { (name, _) throws(SystemError) in names.append(String(cString: name)) }
     for name in names {
       guard let st = try At.lstat(src, name) else { continue }
-      let source = from + "/" + name, target = to + "/" + name
+      let source = from + "/" + name
+      let target = to + "/" + name
       switch st.st_mode & S_IFMT {
       case S_IFDIR:
         try At.mkdir(dst, name, mode: 0o700)
