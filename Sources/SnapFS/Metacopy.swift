@@ -124,6 +124,8 @@ extension Overlay {
     case absolute(String)
     /// A name in the same directory.
     case relative(String)
+
+    var isAbsolute: Bool { if case .absolute = self { true } else { false } }
   }
 
   /// nil if `name` in `dirfd` (a regular file of `layer`) is not a metacopy file, else its

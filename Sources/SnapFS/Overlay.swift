@@ -153,6 +153,15 @@ final class Overlay: @unchecked Sendable {
       dirs.append(LayerDir(layer: dir.layer, fd: sub))
       // Opaque hides what is below; the parent's last layer has nothing below.
       if dir.layer != parent.dirs.last!.layer && isOpaque(sub) { break }
+      // A directory overlayfs renamed (redirect_dir): the layers below have it under the
+      // name its redirect gives, as overlayfs follows it.
+      if dir.layer != parent.dirs.last!.layer, let target = try directoryRedirect(sub) {
+        do { try followRedirect(target, parent: parent, below: dir.layer, into: &dirs) } catch {
+          for d in dirs { close(d.fd) }
+          throw error
+        }
+        break
+      }
     }
     guard let top else { throw Errno(ENOENT) }
     let node = Node(
@@ -163,6 +172,89 @@ final class Overlay: @unchecked Sendable {
       node.stub = try stub(parent, name, layer: top.layer)
     }
     return (node, top.st)
+  }
+
+  /// A directory's redirect (overlayfs's `redirect` xattr on a renamed directory), nil
+  /// when it has none. Relative: a name in the same parent; absolute: a path from the root.
+  private func directoryRedirect(_ fd: Int32) throws(Errno) -> Redirect? {
+    var value = [UInt8](repeating: 0, count: Int(PATH_MAX))
+    let n = fgetxattr(fd, redirectName, &value, value.count)
+    if n < 0 {
+      if errno == ENODATA || errno == EOPNOTSUPP { return nil }
+      throw Errno.current
+    }
+    let text = value[..<n].prefix { $0 != 0 }
+    guard let first = text.first else { throw Errno(EINVAL) }
+    if first == UInt8(ascii: "/") {
+      let parts = text.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+      guard !parts.contains(where: { $0.isEmpty || $0.elementsEqual("..".utf8) || $0.elementsEqual(".".utf8) }) else {
+        throw Errno(EINVAL)
+      }
+      return .absolute(String(decoding: text.dropFirst(), as: UTF8.self))
+    }
+    guard !text.contains(UInt8(ascii: "/")), !text.elementsEqual("..".utf8), !text.elementsEqual(".".utf8) else {
+      throw Errno(EINVAL)
+    }
+    return .relative(String(decoding: text, as: UTF8.self))
+  }
+
+  /// Appends to `dirs` the directories of the layers below `layer` that a renamed
+  /// directory's redirect `target` names: by name in `parent`'s layers, or by path from each
+  /// layer's root. As overlayfs: a whiteout or a non-directory on the way ends the lookup, an
+  /// opaque directory (or ancestor) ends it below its layer, and a redirect found on the way
+  /// is followed in turn.
+  private func followRedirect(_ target: Redirect, parent: Node, below layer: Int, into dirs: inout [LayerDir])
+    throws(Errno)
+  {
+    var target = target
+    var layers = (target.isAbsolute ? root.dirs : parent.dirs).filter { $0.layer > layer }
+    while !layers.isEmpty {
+      let dir = layers.removeFirst()
+      var stopsBelow = false
+      var found: Int32 = -1
+      switch target {
+      case .relative(let name):
+        guard let st = try statIfPresent(dir.fd, name) else { continue }
+        guard st.isDirectory, !st.isWhiteout else { return }
+        found = try Sys.call(shim_openat(dir.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+      case .absolute(let path):
+        var at = dir.fd
+        var missing = false
+        for part in path.split(separator: "/").map(String.init) {
+          let st = try statIfPresent(at, part)
+          if st == nil { missing = true }
+          guard let st else { break }
+          guard st.isDirectory, !st.isWhiteout else {
+            if at != dir.fd { close(at) }
+            return
+          }
+          let next = try Sys.call(shim_openat(at, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+          if at != dir.fd { close(at) }
+          at = next
+          if isOpaque(at) { stopsBelow = true }
+        }
+        if missing {
+          if at != dir.fd { close(at) }
+          if stopsBelow { return }
+          continue
+        }
+        found = at
+      case .missing:
+        return
+      }
+      dirs.append(LayerDir(layer: dir.layer, fd: found))
+      if stopsBelow || isOpaque(found) { return }
+      if let next = try directoryRedirect(found) {
+        // A redirect from a lower layer in turn. A relative one names a directory of the
+        // same parent: known here only if that is `parent` (the lookup was by name).
+        switch (target, next) {
+        case (_, .absolute): layers = root.dirs.filter { $0.layer > dir.layer }
+        case (.relative, .relative): layers = parent.dirs.filter { $0.layer > dir.layer }
+        default: return
+        }
+        target = next
+      }
+    }
   }
 
   /// The node for `name` in `parent` and its attributes, counted once for the kernel (and
