@@ -42,6 +42,7 @@ extension ObjectStore {
     let scratchFD = try At.openDirectory(scratch)
     defer { At.close(scratchFD) }
     var counted = Set<UInt64>()  // inodes with several names, each inode's bytes once
+    var changed = false  // a name replaced or an object made
     try Tree.walk(
       path,
       visit: { (dir, cName, st) throws(SystemError) in
@@ -86,6 +87,7 @@ extension ObjectStore {
           let sha = try Self.hash(fd, name, buffer)
           var found = try find(sha)
           if found == nil {
+            changed = true
             let made = try adopt(file: fd, dir, name, sha: sha) { (stub, what, key) throws(SystemError) in
               try fill(stub, what, key: key)
             }
@@ -101,6 +103,7 @@ extension ObjectStore {
         } else if st.st_nlink == 1 {
           return  // an empty file is its own stub
         }
+        changed = true
         let temp = Sys.temporaryName("absorb")
         let stub = try At.open(scratchFD, temp, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
         do throws(SystemError) {
@@ -121,7 +124,8 @@ extension ObjectStore {
           try At.futimes(dir, path, atime: before.st_atim, mtime: before.st_mtim)
         }
       })
-    try At.syncfs(scratchFD, scratch)
+    // Durable before the references are recorded; nothing to sync if nothing was replaced.
+    if changed { try At.syncfs(scratchFD, scratch) }
     return out
   }
 

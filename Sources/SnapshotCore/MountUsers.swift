@@ -19,18 +19,29 @@ extension Layout {
     let prefix = snapshots + "/"
     let aliased = alias + "/s/"
     var ids = Set<Int64>()
-    func collect(_ text: Substring, after marker: String) {
-      var rest = text
-      while let r = rest.firstRange(of: marker) {
-        rest = rest[r.upperBound...]
-        let digits = rest.prefix { $0.isASCII && $0.isNumber }
-        if let id = Int64(digits) { ids.insert(id) }
+    // Byte-wise: this runs in every Commit, and String searches by Character cost more
+    // than the rest of the call.
+    let markers = [Array(prefix.utf8), Array(aliased.utf8)]
+    func collect(_ text: String, after marker: [UInt8]) {
+      let bytes = Array(text.utf8)
+      guard let first = marker.first, bytes.count > marker.count else { return }
+      var i = 0
+      while i + marker.count <= bytes.count {
+        guard bytes[i] == first, bytes[i..<(i + marker.count)].elementsEqual(marker) else {
+          i += 1
+          continue
+        }
+        var j = i + marker.count
+        var value: Int64 = 0
+        while j < bytes.count, j - i - marker.count < 18, bytes[j] >= 0x30, bytes[j] <= 0x39 {
+          value = value * 10 + Int64(bytes[j] - 0x30)
+          j += 1
+        }
+        if j > i + marker.count { ids.insert(value) }
+        i = j
       }
     }
-    func collectPaths(_ text: String) {
-      collect(text[...], after: prefix)
-      collect(text[...], after: aliased)
-    }
+    func collectPaths(_ text: String) { for m in markers { collect(text, after: m) } }
     // `s/` as a path within its file system (a bind mount's root is one): under the mount
     // point of that device holding it, nearest first.
     var within: String?
@@ -42,11 +53,15 @@ extension Layout {
       within = (m.root == "/" ? "" : m.root) + String(snapshots.dropFirst(point.count)) + "/"
     }
     for m in mounts {
-      if let within, m.isDevice(dev) { collect(m.root[...], after: within) }
+      if let within, m.isDevice(dev) { collect(m.root, after: Array(within.utf8)) }
       for option in m.options + [m.source] + m.superOptions { collectPaths(option) }
     }
-    guard let snapfs = try? Sys.processArguments(named: "snapfs") else { return nil }
-    for arguments in snapfs { for a in arguments { collectPaths(a) } }
+    // Processes are looked at only while a snapfs mount exists (`fuse.snapfs`): reading every
+    // process's name costs a Commit more than the rest of it.
+    if mounts.contains(where: { $0.fsType == "fuse.snapfs" }) {
+      guard let snapfs = try? Sys.processArguments(named: "snapfs") else { return nil }
+      for arguments in snapfs { for a in arguments { collectPaths(a) } }
+    }
     return ids
   }
 }

@@ -49,27 +49,36 @@ public struct MountInfo: Sendable, Equatable {
   /// The mounts of this process's mount namespace, in the kernel's order (a parent before
   /// what is mounted on it).
   public static func current() throws(SystemError) -> [MountInfo] {
-    parse(String(decoding: try Sys.readAll("/proc/self/mountinfo"), as: UTF8.self))
+    parse(try Sys.readAll("/proc/self/mountinfo"))
   }
 
   /// The mounts in the text of a mountinfo file; a line that does not have the format is
   /// left out.
-  public static func parse(_ text: String) -> [MountInfo] {
-    text.split(separator: "\n").compactMap(MountInfo.init(line:))
+  public static func parse(_ text: String) -> [MountInfo] { parse(Array(text.utf8)) }
+
+  /// The same, from the file's bytes (split as bytes: a Commit reads this file, and
+  /// splitting by Character costs more than the rest of the call).
+  public static func parse(_ bytes: [UInt8]) -> [MountInfo] {
+    bytes.split(separator: 0x0A).compactMap(MountInfo.init(bytes:))
   }
 
   /// One line, or nil when it does not have the format.
-  public init?(line: Substring) {
-    let f = line.split(separator: " ", omittingEmptySubsequences: false)
-    guard f.count >= 10, let separator = f[6...].firstIndex(of: "-"), f.count == separator + 4 else { return nil }
-    let device = f[2].split(separator: ":", omittingEmptySubsequences: false)
-    guard let id = Int(f[0]), let parent = Int(f[1]), device.count == 2,
-      let major = UInt32(device[0]), let minor = UInt32(device[1])
+  public init?(line: Substring) { self.init(bytes: Array(line.utf8)[...]) }
+
+  init?(bytes line: ArraySlice<UInt8>) {
+    let f = line.split(separator: 0x20, omittingEmptySubsequences: false)
+    guard f.count >= 10, let separator = f[6...].firstIndex(where: { $0.elementsEqual([0x2D]) }), f.count == separator + 4 else {
+      return nil
+    }
+    let device = f[2].split(separator: 0x3A, omittingEmptySubsequences: false)
+    func text(_ b: ArraySlice<UInt8>) -> String { String(decoding: b, as: UTF8.self) }
+    guard let id = Int(text(f[0])), let parent = Int(text(f[1])), device.count == 2,
+      let major = UInt32(text(device[0])), let minor = UInt32(text(device[1]))
     else { return nil }
     self.init(
       id: id, parent: parent, major: major, minor: minor,
       root: Self.unescape(f[3]), mountPoint: Self.unescape(f[4]), options: Self.split(f[5]),
-      optionalFields: f[6..<separator].map(String.init), fsType: String(f[separator + 1]),
+      optionalFields: f[6..<separator].map(text), fsType: text(f[separator + 1]),
       source: Self.unescape(f[separator + 2]), superOptions: Self.split(f[separator + 3]))
   }
 
@@ -78,14 +87,16 @@ public struct MountInfo: Sendable, Equatable {
     major == shim_major(UInt(dev)) && minor == shim_minor(UInt(dev))
   }
 
-  private static func split(_ field: Substring) -> [String] {
-    field.split(separator: ",").map(String.init)
+  private static func split(_ field: ArraySlice<UInt8>) -> [String] {
+    field.split(separator: 0x2C).map { String(decoding: $0, as: UTF8.self) }
   }
 
   /// Decodes the kernel's `\ooo` escapes (three octal digits).
-  static func unescape(_ field: Substring) -> String {
-    let bytes = Array(field.utf8)
-    guard bytes.contains(UInt8(ascii: "\\")) else { return String(field) }
+  static func unescape(_ field: Substring) -> String { unescape(Array(field.utf8)[...]) }
+
+  static func unescape(_ field: ArraySlice<UInt8>) -> String {
+    let bytes = Array(field)
+    guard bytes.contains(UInt8(ascii: "\\")) else { return String(decoding: bytes, as: UTF8.self) }
     var out: [UInt8] = []
     out.reserveCapacity(bytes.count)
     var i = 0
