@@ -56,7 +56,8 @@ public struct Options: Equatable, Sendable {
 
   public static let usage = "usage: snapfs [SOURCE] TARGET -o lowerdir=A:B[::DATA][,upperdir=U,workdir=W] [-f] [-d]"
 
-  /// `redirect_dir=` as given (snapfs creates no redirects: only checked against metacopy).
+  /// `redirect_dir=` as given: snapfs creates no redirects; it follows them in lower layers
+  /// (`followsRedirects`).
   var redirectDir: String?
 
   /// `metacopy`, or when not given overlayfs's default: its module parameter (`Y` where the
@@ -67,6 +68,18 @@ public struct Options: Equatable, Sendable {
     if let metacopy { return metacopy }
     if userXattr || (redirectDir != nil && redirectDir != "on") { return false }
     return moduleDefault()
+  }
+
+  /// Whether lower layers' renamed directories (their `redirect` xattr) are followed, as
+  /// overlayfs has it: not with redirect_dir=nofollow; with =off, or none given where the
+  /// kernel's default is off, only where the module's `redirect_always_follow` is set
+  /// (`alwaysFollow`; Y by default). metacopy=on turns redirects on.
+  func followsRedirects(metacopy: Bool, alwaysFollow: () -> Bool) -> Bool {
+    switch redirectDir {
+    case "nofollow": return false
+    case "on", "follow": return true
+    default: return metacopy || alwaysFollow()
+    }
   }
 
   public init() {}

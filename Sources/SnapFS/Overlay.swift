@@ -44,6 +44,8 @@ final class Overlay: @unchecked Sendable {
   let dataLayers: [Int32]
   /// overlayfs's `metacopy` (see `Options.metacopy`).
   let metacopy: Bool
+  /// Whether lower layers' directory redirects are followed (`Options.followsRedirects`).
+  let followsRedirects: Bool
   /// The index of the bottom normal layer.
   let bottomLayer: Int
   /// Guards stubs' state (`Stub.blocks`, `Stub.dataLayer`).
@@ -83,6 +85,9 @@ final class Overlay: @unchecked Sendable {
     bottomLayer = paths.count - 1
     metacopy = options.effectiveMetacopy {
       (try? String(contentsOfProcFile: "/sys/module/overlay/parameters/metacopy")) == "Y"
+    }
+    followsRedirects = options.followsRedirects(metacopy: metacopy) {
+      (try? String(contentsOfProcFile: "/sys/module/overlay/parameters/redirect_always_follow")) != "N"
     }
     if let work = options.work {
       let fd = shim_open(work, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
@@ -155,7 +160,7 @@ final class Overlay: @unchecked Sendable {
       if dir.layer != parent.dirs.last!.layer && isOpaque(sub) { break }
       // A directory overlayfs renamed (redirect_dir): the layers below have it under the
       // name its redirect gives, as overlayfs follows it.
-      if dir.layer != parent.dirs.last!.layer, let target = try directoryRedirect(sub) {
+      if followsRedirects, dir.layer != parent.dirs.last!.layer, let target = try directoryRedirect(sub) {
         do { try followRedirect(target, parent: parent, below: dir.layer, into: &dirs) } catch {
           for d in dirs { close(d.fd) }
           throw error

@@ -52,6 +52,20 @@ import Testing
     o.userXattr = false
     #expect(!o.effectiveMetacopy { true })
   }
+
+  /// Lower directories' redirects are followed as overlayfs follows them.
+  @Test func redirectsFollowed() {
+    var o = Options()
+    #expect(o.followsRedirects(metacopy: false) { true })  // off by default, always followed
+    #expect(!o.followsRedirects(metacopy: false) { false })
+    #expect(o.followsRedirects(metacopy: true) { false })  // metacopy=on turns them on
+    o.redirectDir = "nofollow"
+    #expect(!o.followsRedirects(metacopy: false) { true })
+    o.redirectDir = "follow"
+    #expect(o.followsRedirects(metacopy: false) { false })
+    o.redirectDir = "off"
+    #expect(!o.followsRedirects(metacopy: false) { false })
+  }
 }
 
 /// A temp dir with layers l0 (top), l1 (bottom), data-only o1 and o2, an upper and a work
