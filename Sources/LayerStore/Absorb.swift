@@ -59,6 +59,7 @@ extension ObjectStore {
         defer { At.close(fd) }
         let xattrs = try At.xattrs(fd, name).filter { $0.0 != Self.digestXattr }
         if xattrs.contains(where: { $0.0 == Self.metacopyXattr }) {
+          changed = true  // an interrupted run's stub: its object may not be durable yet
           if let key = try Self.stubKey(fd, name), let info = try info(recovering: key, buffer) {
             out.objects[key] = info
             out.fileBytes += Int64(st.st_size)

@@ -6,9 +6,9 @@ import SnapshotSys
 
 /// Directories a layer's tar holds entries below without naming them (implicit parents).
 ///
-/// containerd applies a layer through a mount of its parent chain: such a directory, if a
-/// lower layer has it, is copied up by overlayfs with that directory's mode (setgid too),
-/// owner and xattrs; if none has it, it is made 0755 root. A layer of the store is unpacked
+/// containerd applies a layer to an overlay's upper dir and makes such a directory with the
+/// metadata of the same directory in the lower dirs (`archive.mkparent`): mode (setgid too),
+/// owner and xattrs; if none has it, 0755 root. A layer of the store is unpacked
 /// once and shared, so the unpacker makes them 0755 root and lists them; a chain whose
 /// lower layers have any of them gets its own copy of the layer with their metadata
 /// (`LayerImporter`), named by the `signature` of what it changed.
@@ -24,10 +24,12 @@ public enum ImplicitDirectories {
     public static let made = Metadata(mode: 0o755, uid: 0, gid: 0, xattrs: [:])
   }
 
-  /// Each of `paths` (relative to a layer's root) as the layers `lowers` (directories, the
-  /// topmost first) show it merged, overlayfs's way: the topmost layer that has the name
-  /// decides; a whiteout, a non-directory or an opaque directory on the way hides what is
-  /// below. `made` where no lower layer has a directory there.
+  /// Each of `paths` (relative to a layer's root) as containerd's applier finds it in the
+  /// layers `lowers` (directories, the topmost first) when it makes a missing parent
+  /// (`archive.mkparent` with the overlay's lower dirs as parents): the first layer that has
+  /// the name decides; a directory gives its mode, owner and xattrs but `trusted.*`; anything
+  /// else (a whiteout, a file) gives `made`, as does no layer having it. Symlinks on the way
+  /// are not followed out of a layer (they count as not a directory).
   public static func resolve(_ paths: [String], lowers: [String]) throws(SystemError) -> [String: Metadata] {
     var out: [String: Metadata] = [:]
     for path in paths { out[path] = try resolve(path, lowers: lowers) ?? .made }
@@ -35,33 +37,20 @@ public enum ImplicitDirectories {
   }
 
   private static func resolve(_ path: String, lowers: [String]) throws(SystemError) -> Metadata? {
-    let parts = path.split(separator: "/").map(String.init)
     for layer in lowers {
-      var dir = try At.openDirectory(layer)
-      var hidesBelow = false
-      var found: Metadata?
-      var stop = false
-      for (i, name) in parts.enumerated() {
-        guard let st = try At.lstat(dir, name) else { break }  // not in this layer: look below
-        if st.st_mode & S_IFMT != S_IFDIR {
-          stop = true  // a whiteout or a file hides the name from the layers below
-          break
-        }
-        let child = try At.open(dir, name, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-        At.close(dir)
-        dir = child
-        let xattrs = try At.xattrs(dir, name)
-        if i == parts.count - 1 {
-          var own: [String: [UInt8]] = [:]
-          for (x, value) in xattrs where !OverlayXattr.isOverlay(x) { own[x] = value }
-          found = Metadata(mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid, xattrs: own)
-        } else if xattrs.contains(where: { $0.0 == OverlayXattr.trusted.opaque && $0.1 == Array("y".utf8) }) {
-          hidesBelow = true
-        }
+      let root = try At.openDirectory(layer)
+      defer { At.close(root) }
+      let fd: Int32
+      do { fd = try At.openBeneath(root, path, flags: O_RDONLY | O_DIRECTORY) } catch {
+        if error.errno == ENOENT { continue }  // not in this layer: the next one down
+        if error.errno == ENOTDIR || error.errno == ELOOP || error.errno == EXDEV { return nil }
+        throw error
       }
-      At.close(dir)
-      if let found { return found }
-      if stop || hidesBelow { return nil }
+      defer { At.close(fd) }
+      let st = try At.fstat(fd, path)
+      var own: [String: [UInt8]] = [:]
+      for (x, value) in try At.xattrs(fd, path) where !x.hasPrefix("trusted.") { own[x] = value }
+      return Metadata(mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid, xattrs: own)
     }
     return nil
   }

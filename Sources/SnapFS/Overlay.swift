@@ -160,7 +160,10 @@ final class Overlay: @unchecked Sendable {
       if dir.layer != parent.dirs.last!.layer && isOpaque(sub) { break }
       // A directory overlayfs renamed (redirect_dir): the layers below have it under the
       // name its redirect gives, as overlayfs follows it.
-      if followsRedirects, dir.layer != parent.dirs.last!.layer, let target = try directoryRedirect(sub) {
+      // An absolute redirect reaches layers the parent does not have (up to the bottom one).
+      if followsRedirects, dir.layer != bottomLayer, let target = try directoryRedirect(sub),
+        target.isAbsolute || dir.layer != parent.dirs.last!.layer
+      {
         do { try followRedirect(target, parent: parent, below: dir.layer, into: &dirs) } catch {
           for d in dirs { close(d.fd) }
           throw error
@@ -226,15 +229,21 @@ final class Overlay: @unchecked Sendable {
         var at = dir.fd
         var missing = false
         for part in path.split(separator: "/").map(String.init) {
-          let st = try statIfPresent(at, part)
+          let st: stat?
+          do { st = try statIfPresent(at, part) } catch {
+            if at != dir.fd { close(at) }
+            throw error
+          }
           if st == nil { missing = true }
           guard let st else { break }
           guard st.isDirectory, !st.isWhiteout else {
             if at != dir.fd { close(at) }
             return
           }
-          let next = try Sys.call(shim_openat(at, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0))
+          let next = shim_openat(at, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0)
+          let e = errno
           if at != dir.fd { close(at) }
+          guard next >= 0 else { throw Errno(e) }
           at = next
           if isOpaque(at) { stopsBelow = true }
         }
@@ -253,11 +262,19 @@ final class Overlay: @unchecked Sendable {
         // A redirect from a lower layer in turn. A relative one names a directory of the
         // same parent: known here only if that is `parent` (the lookup was by name).
         switch (target, next) {
-        case (_, .absolute): layers = root.dirs.filter { $0.layer > dir.layer }
-        case (.relative, .relative): layers = parent.dirs.filter { $0.layer > dir.layer }
+        case (_, .absolute):
+          target = next
+          layers = root.dirs.filter { $0.layer > dir.layer }
+        case (.relative, .relative):
+          target = next
+          layers = parent.dirs.filter { $0.layer > dir.layer }
+        case (.absolute(let path), .relative(let name)):
+          // A sibling of where the path led, as overlayfs joins them.
+          let up = path.split(separator: "/").dropLast().joined(separator: "/")
+          target = .absolute(up.isEmpty ? name : up + "/" + name)
+          layers = root.dirs.filter { $0.layer > dir.layer }
         default: return
         }
-        target = next
       }
     }
   }

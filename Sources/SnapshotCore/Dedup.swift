@@ -13,10 +13,13 @@ import Synchronization
 public final class ObjectCollector: StorePart, Sendable {
   let store: Store
   let pool: DirectoryPool
+  /// The daemon's mount driver: with snapfs, its processes tell which directories it holds.
+  let driver: MountDriver
 
-  init(store: Store, pool: DirectoryPool) {
+  init(store: Store, pool: DirectoryPool, driver: MountDriver = .overlay) {
     self.store = store
     self.pool = pool
+    self.driver = driver
   }
 
   /// Deduplicates snapshot `id`, just committed, unless a mount may be using its
@@ -25,7 +28,7 @@ public final class ObjectCollector: StorePart, Sendable {
   /// FUSE mount's process may need a moment to exit after its unmount: it is waited for.
   func dedupIfUnmounted(_ id: Int64) {
     for attempt in 0..<Self.unmountWaits {
-      guard let mounted = layout.mountedIDs() else { break }
+      guard let mounted = layout.mountedIDs(fuse: driver == .fuse) else { break }
       if !mounted.contains(id) {
         dedup(id)
         return

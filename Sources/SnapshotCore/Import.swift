@@ -122,7 +122,8 @@ public final class LayerImporter: StorePart, Sendable {
     let parent = try parentChainID(request.parent, layer: request.name)
     progress?.start(layers: 1, bytes: 0)
     while true {
-      if let chainID = try existing(parent: parent, request) { return chainID }
+      // Under the gate, as every use of a stored layer (gc deletes unused ones under it).
+      if let chainID = try objects.shared({ () throws(SnapshotError) in try existing(parent: parent, request) }) { return chainID }
       var result: String?
       let ran = try inflight.run(request.diffID?.hex ?? request.digest?.hex) { () throws(SnapshotError) in
         try objects.shared { () throws(SnapshotError) in
@@ -182,7 +183,8 @@ public final class LayerImporter: StorePart, Sendable {
   /// The committed snapshot of a layer the store has (`unpackLayer`) on top of `parent`
   /// ("" for none): its chainID. Throws not found when the layer is not in the store.
   public func snapshotOfLayer(diffID: Digest, parent: String) throws(SnapshotError) -> String {
-    try commitKnown(parent: try parentChainID(parent, layer: diffID.description), diffID: diffID)
+    let parent = try parentChainID(parent, layer: diffID.description)
+    return try objects.shared { () throws(SnapshotError) in try commitKnown(parent: parent, diffID: diffID) }
   }
 
   /// Imports an OCI image (layout directory or archive): every layer not yet present is
@@ -280,7 +282,10 @@ public final class LayerImporter: StorePart, Sendable {
   private func existing(parent: String?, _ request: LayerImport) throws(SnapshotError) -> String? {
     var diffID = request.diffID
     if diffID == nil, let digest = request.digest {
-      diffID = try read { db in try Metadata.layer(db, digest: digest.description).flatMap { Digest($0.diffID) } }
+      // (a layer's copy for a chain is keyed `<diffID>+<signature>`)
+      diffID = try read { db in
+        try Metadata.layer(db, digest: digest.description).flatMap { Digest(String($0.diffID.prefix { $0 != "+" })) }
+      }
     }
     guard let diffID else { return nil }
     let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
@@ -391,16 +396,17 @@ public final class LayerImporter: StorePart, Sendable {
         known.id = id
       } else {
         let staging = layout.layers + "/new-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
-        do { try Tree.copy(from: layout.layer(known.id), to: staging) } catch {
-          try? Tree.remove(staging)
-          throw Store.mapError(error)
-        }
         let (objects, size, entries) = try read { db in
           let (size, entries) = try Metadata.layerSize(db, known.id)
           return (try Metadata.refs(db, tree: Layout.tree(layer: known.id)), size, entries)
         }
+        do { try Tree.copy(from: layout.layer(known.id), to: staging) } catch {
+          try? Tree.remove(staging)
+          throw Store.mapError(error)
+        }
         let unpacked = UnpackedLayer(
-          digest: diffID, diffID: diffID, entries: Int(entries), fileBytes: size, objects: objects, implicitDirectories: known.implicit)
+          digest: known.digest.flatMap(Digest.init) ?? diffID, diffID: diffID, entries: Int(entries), fileBytes: size,
+          objects: objects, implicitDirectories: known.implicit)
         return try commitChain(parent: parent, [StagedLayer(staging: staging, unpacked: unpacked)])
       }
     }

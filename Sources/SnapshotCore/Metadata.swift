@@ -226,13 +226,14 @@ enum Metadata {
   }
 
   /// A layer of `diffID`, its copies for chains (`<diffID>+<signature>`) too: its id,
-  /// diff_id, implicit directories and size, the plain one first.
-  static func layerVariant(_ db: Database, diffID: String) throws -> (id: Int64, key: String, implicit: [String])? {
+  /// diff_id, implicit directories and blob digest, the plain one first.
+  static func layerVariant(_ db: Database, diffID: String) throws -> (id: Int64, key: String, implicit: [String], digest: String?)? {
     try Row.fetchOne(
       db.cachedStatement(
-        sql: "SELECT id, diff_id, implicit_dirs FROM layer WHERE diff_id = ? OR diff_id LIKE ? ORDER BY length(diff_id), id LIMIT 1"),
+        sql:
+          "SELECT id, diff_id, implicit_dirs, digest FROM layer WHERE diff_id = ? OR diff_id LIKE ? ORDER BY length(diff_id), id LIMIT 1"),
       arguments: [diffID, diffID + "+%"]
-    ).map { ($0[0], $0[1], (($0[2] as String?) ?? "").split(separator: "\n").map(String.init)) }
+    ).map { ($0[0], $0[1], (($0[2] as String?) ?? "").split(separator: "\n").map(String.init), $0[3]) }
   }
 
   static func layer(_ db: Database, digest: String) throws -> (id: Int64, diffID: String)? {

@@ -13,7 +13,10 @@ extension Layout {
   ///
   /// The store never writes into a directory in this set: overlayfs and snapfs hold its
   /// dentries and inodes, and a file replaced under them leaves the mount an unlinked inode.
-  func mountedIDs() -> Set<Int64>? {
+  /// `fuse`: the daemon's mounts are snapfs's, whose processes are then always read (a
+  /// lazily unmounted snapfs has no mount left in this namespace but may still hold its
+  /// directories); otherwise only while a `fuse.snapfs` mount exists.
+  func mountedIDs(fuse: Bool = false) -> Set<Int64>? {
     guard let mounts = try? MountInfo.current(), let st = try? Sys.lstat(snapshots) else { return nil }
     let dev = UInt64(st.st_dev)
     let prefix = snapshots + "/"
@@ -58,7 +61,7 @@ extension Layout {
     }
     // Processes are looked at only while a snapfs mount exists (`fuse.snapfs`): reading every
     // process's name costs a Commit more than the rest of it.
-    if mounts.contains(where: { $0.fsType == "fuse.snapfs" }) {
+    if fuse || mounts.contains(where: { $0.fsType == "fuse.snapfs" }) {
       guard let snapfs = try? Sys.processArguments(named: "snapfs") else { return nil }
       for arguments in snapfs { for a in arguments { collectPaths(a) } }
     }

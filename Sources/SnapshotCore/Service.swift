@@ -83,7 +83,7 @@ public final class SnapshotService: StorePart, Sendable {
     if kind == .active, let request = RemoteLayerRequest(labels: labels, parent: parent), try fetched(request) {
       throw .exists("target snapshot \(quoted(request.chainID)) already exists")
     }
-    return try write { db in
+    let (mounts, lowerIDs) = try write { db -> ([Mount], [Int64]) in
       var parentID: Int64?
       if !parent.isEmpty {
         guard let p = try Metadata.find(db, key: parent) else {
@@ -117,8 +117,10 @@ public final class SnapshotService: StorePart, Sendable {
       } else {
         try Self.adopt(layout, id: id, kind: kind, parent: parentFiles)
       }
-      return Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver)
+      return (Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver), lowers.map(\.id))
     }
+    store.waitForDedup(lowerIDs)
+    return mounts
   }
 
   /// Fits a pooled directory (made for an active snapshot without parent) to this
@@ -142,14 +144,16 @@ public final class SnapshotService: StorePart, Sendable {
   public func mounts(key: String) throws(SnapshotError) -> [Mount] {
     let layout = self.layout
     let driver = self.driver
-    return try lookup { db in
+    let (mounts, lowerIDs) = try lookup { db -> ([Mount], [Int64]) in
       let row = try Metadata.get(db, key: key)
       guard row.kind != .committed else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
       }
       let lowers = try row.parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
-      return Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver)
+      return (Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver), lowers.map(\.id))
     }
+    store.waitForDedup(lowerIDs)
+    return mounts
   }
 
   /// The mount shapes of containerd's overlay snapshotter: a bind mount of the snapshot's
@@ -205,6 +209,10 @@ public final class SnapshotService: StorePart, Sendable {
     } catch {
       throw .internal("commit of \(quoted(key)): \(error)")
     }
+    // Until its files are stubs, no mount of a child may be handed out (another client may
+    // see the committed name at once): Prepare, View and Mounts on it wait for this.
+    store.deduplicating.withLock { _ = $0.insert(found.id) }
+    defer { store.deduplicating.withLock { _ = $0.remove(found.id) } }
     try write { db in
       let row = try Metadata.get(db, key: key)
       guard row.kind == .active, row.id == found.id else {

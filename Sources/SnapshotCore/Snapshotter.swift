@@ -38,7 +38,7 @@ public final class Snapshotter: Sendable {
       throw .init(.unavailable, "the object store \(layout.objects) is unusable: \(error)")
     }
     importer = LayerImporter(store: store, pool: pool)
-    collector = ObjectCollector(store: store, pool: pool)
+    collector = ObjectCollector(store: store, pool: pool, driver: driver)
     service = SnapshotService(
       store: store, pool: pool, importer: importer, collector: collector, driver: driver, driverReason: driverReason)
     // The background queue's jobs, each to the part that owns the work (held weakly: a
@@ -57,7 +57,7 @@ public final class Snapshotter: Sendable {
     try collector.collectGarbage(layers: false, sweep: true)
     // Snapshots whose commit a crash cut short before their files were stubs: finished now,
     // before any client can mount them, unless a mount from before the restart uses them.
-    let mounted = layout.mountedIDs()
+    let mounted = layout.mountedIDs(fuse: driver == .fuse)
     for id in try store.read({ db in try Metadata.pendingDedup(db) }) where mounted.map({ !$0.contains(id) }) ?? false {
       collector.dedup(id)
     }

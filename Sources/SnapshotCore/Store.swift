@@ -35,6 +35,14 @@ public final class Store: Sendable {
   let jobs: BackgroundQueue
   /// Collections asked for and not yet run.
   let collections = CollectionRequests()
+  /// Snapshots in their Commit whose files are being made stubs: mounts of their children
+  /// wait (`waitForDedup`), since a mount must never see its directories change.
+  let deduplicating = Mutex<Set<Int64>>([])
+
+  /// Returns once none of `ids` is being deduplicated.
+  func waitForDedup(_ ids: [Int64]) {
+    while deduplicating.withLock({ set in ids.contains(where: set.contains) }) { usleep(5000) }
+  }
 
   /// Opens (creating when needed) the root's directories, the object store and the database.
   init(root: String, logger: Logger) throws(SnapshotError) {

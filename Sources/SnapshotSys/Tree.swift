@@ -45,7 +45,7 @@ public enum Tree {
 
   /// Copies the tree at `from` to `to` (which must not exist) as it is: every entry's type,
   /// owner, mode, times and xattrs (all of them: overlayfs's too), hard links as links, a
-  /// regular file without data blocks (a layer's stub) as a file of its size without data.
+  /// regular file without data (a layer's stub, or no blocks) as a file of its size without data.
   /// For a layer's files, which are stubs, so the copy costs metadata only.
   public static func copy(from: String, to: String) throws(SystemError) {
     try Sys.mkdir(to, mode: 0o700)
@@ -77,7 +77,11 @@ public enum Tree {
         if st.st_nlink > 1 { links[UInt64(st.st_ino)] = target }
         let fd = try At.open(dst, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
         defer { At.close(fd) }
-        if st.st_blocks == 0 {
+        // A stub (overlayfs's metacopy xattr) has no data of its own: its size alone. (Not
+        // told by st_blocks: xattrs that do not fit in the inode take a block.)
+        var isStub = st.st_blocks == 0
+        if !isStub { isStub = try At.getXattr(path: source, name: OverlayXattr.trusted.metacopy) != nil }
+        if isStub {
           try At.truncate(fd, target, size: Int64(st.st_size))
         } else {
           let input = try At.open(src, name, flags: O_RDONLY | At.noAtime)
