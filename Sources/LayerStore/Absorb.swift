@@ -77,11 +77,8 @@ extension ObjectStore {
         // stub of `key` (nil: an empty file, its own stub).
         func fill(_ stub: Int32, _ what: String, key: String?) throws(SystemError) {
           if let key { try makeStub(stub, what, key: key, size: Int64(st.st_size)) }
-          try At.fchown(stub, what, uid: st.st_uid, gid: st.st_gid)
-          try At.fchmod(stub, what, mode: st.st_mode & 0o7777)  // after chown, which clears setuid bits
-          // After chown too, which removes security.capability (the kernel's killpriv).
-          for (x, value) in xattrs { try At.setXattr(stub, what, name: x, value: value) }
-          try At.futimes(stub, what, atime: st.st_atim, mtime: st.st_mtim)
+          try At.setAttributes(
+            stub, what, owner: (st.st_uid, st.st_gid), mode: st.st_mode & 0o7777, xattrs: xattrs, atime: st.st_atim, mtime: st.st_mtim)
         }
         var key: String?
         if st.st_size > 0 {

@@ -362,7 +362,7 @@ final class Extractor {
   private var dirs: [String: Int32] = [:]  // open At.pathOnly descriptors of directories, by path
   private var dirMeta: [String: FileMeta] = [:]  // applied at the end, after their contents
   private var totals = Totals()
-  private var stubs: [UInt64: (key: String, info: ObjectInfo)] = [:]  // by inode: a stub's object
+  private var stubsNaming: [String: Int] = [:]  // how many stub inodes name each object
   private var pipe: ChunkPipe?
   private var current: Chunk?
   private var pipeError: LayerError?
@@ -625,18 +625,31 @@ final class Extractor {
     do { existing = try At.lstat(parent, name) } catch { throw fail(raw, error) }
     if let existing, existing.st_mode & S_IFMT == S_IFDIR { throw fail(raw, "replaces a directory") }
     do {
-      try At.unlink(parent, name)
-      if let existing { unlinked(existing) }
+      try unlink(parent, name, existing)
       try create()
     } catch {
       throw fail(raw, error)
     }
   }
 
-  /// Forgets the object of a stub whose last name went.
-  private func unlinked(_ st: stat) {
-    if st.st_mode & S_IFMT == S_IFREG && st.st_nlink == 1, let gone = stubs.removeValue(forKey: UInt64(st.st_ino)) {
-      totals.dropped.insert(gone.key)
+  /// Removes an entry a later one of the same path replaces (`st`: its lstat). The last
+  /// name of a stub takes its object with it, unless other stubs name it too. (Read only
+  /// here, on a repeated path: no call per file to track it.)
+  private func unlink(_ parent: Int32, _ name: String, _ st: stat?) throws(SystemError) {
+    var key: String?
+    if let st, st.st_mode & S_IFMT == S_IFREG, st.st_nlink == 1, st.st_size > 0 {
+      let fd = try At.open(parent, name, flags: O_RDONLY | O_NONBLOCK | At.noAtime)
+      defer { At.close(fd) }
+      key = try ObjectStore.stubKey(fd, name)
+    }
+    try At.unlink(parent, name)
+    guard let key, let left = stubsNaming[key] else { return }
+    if left > 1 {
+      stubsNaming[key] = left - 1
+    } else {
+      stubsNaming[key] = nil
+      totals.objects[key] = nil
+      totals.dropped.insert(key)
     }
   }
 
@@ -672,12 +685,9 @@ final class Extractor {
   /// Sets owner, mode, xattrs and times of a symlink or special file by name.
   private func apply(_ meta: FileMeta, at parent: Int32, _ name: String, path: String, _ raw: String, isLink: Bool) throws(LayerError) {
     do {
-      if meta.uid != euid || meta.gid != egid { try At.lchown(parent, name, uid: meta.uid, gid: meta.gid) }
-      if !isLink { try At.chmod(parent, name, mode: meta.mode) }
-      for x in meta.xattrs {
-        try At.setXattr(path: dir + "/" + path, name: x.name, value: x.value)
-      }
-      try At.setTimes(parent, name, atime: meta.atime, mtime: meta.mtime)
+      try At.setAttributes(
+        parent, name, path: dir + "/" + path, owner: owner(meta), mode: isLink ? nil : meta.mode, xattrs: meta.xattrs,
+        atime: meta.atime, mtime: meta.mtime)
     } catch {
       throw fail(raw, error)
     }
@@ -685,12 +695,12 @@ final class Extractor {
 
   /// Sets owner, mode, xattrs and times of an open file or directory.
   private func apply(_ meta: FileMeta, fd: Int32, _ raw: String) throws(SystemError) {
-    if meta.uid != euid || meta.gid != egid { try At.fchown(fd, raw, uid: meta.uid, gid: meta.gid) }
-    try At.fchmod(fd, raw, mode: meta.mode)  // after chown, which clears setuid bits
-    for x in meta.xattrs {
-      try At.setXattr(fd, raw, name: x.name, value: x.value)
-    }
-    try At.futimes(fd, raw, atime: meta.atime, mtime: meta.mtime)
+    try At.setAttributes(fd, raw, owner: owner(meta), mode: meta.mode, xattrs: meta.xattrs, atime: meta.atime, mtime: meta.mtime)
+  }
+
+  /// The owner to set: none when it is ours already (what a new file has).
+  private func owner(_ meta: FileMeta) -> (uid: uid_t, gid: gid_t)? {
+    meta.uid != euid || meta.gid != egid ? (meta.uid, meta.gid) : nil
   }
 
   /// A regular file: its data into the object store (unless the store has that content),
@@ -758,7 +768,8 @@ final class Extractor {
       defer { At.close(fd) }
       if let object {
         try objects.makeStub(fd, raw, key: object.key, size: size)
-        stubs[UInt64(try At.fstat(fd, raw).st_ino)] = (object.key, ObjectInfo(size: size, sha256: Digest.hexString(object.sha)))
+        totals.objects[object.key] = ObjectInfo(size: size, sha256: Digest.hexString(object.sha))
+        stubsNaming[object.key, default: 0] += 1
       }
       try apply(meta, fd: fd, raw)
     } catch {
@@ -772,8 +783,7 @@ final class Extractor {
     } catch  where error.errno == EEXIST {
       let st = try At.lstat(parent, name)
       if let st, st.st_mode & S_IFMT == S_IFDIR { throw SystemError("openat", name, errno: EISDIR) }
-      try At.unlink(parent, name)  // a repeated path: the last entry wins
-      if let st { unlinked(st) }
+      try unlink(parent, name, st)  // a repeated path: the last entry wins
       return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
     }
   }
@@ -812,7 +822,6 @@ final class Extractor {
     } catch {
       throw fail(".", error)
     }
-    for (key, info) in stubs.values { totals.objects[key] = info }
     totals.dropped.subtract(totals.objects.keys)
   }
 }

@@ -133,7 +133,7 @@ public final class LayerImporter: StorePart, Sendable {
           }
           let layer = LayerDescription(name: request.name, compression: compression, digest: request.digest, diffID: request.diffID)
           let staged = try stage(source, layer, progress: progress?.counter())
-          result = try commitChain(parent: parent, [staged])
+          result = try commitLayer(parent: parent, staged)
         }
       }
       progress?.layerDone()
@@ -163,7 +163,7 @@ public final class LayerImporter: StorePart, Sendable {
           let blob: ByteSource
           do { blob = try source() } catch { throw Store.mapError(error) }
           let layer = LayerDescription(name: request.name, compression: compression, digest: request.digest, diffID: request.diffID)
-          _ = try commitChain(parent: nil, [try stage(blob, layer, progress: progress)], snapshots: false)
+          _ = try commitLayer(parent: nil, try stage(blob, layer, progress: progress), snapshots: false)
           unpacked = true
         }
       }
@@ -252,7 +252,7 @@ public final class LayerImporter: StorePart, Sendable {
           continue
         }
         if case .success(let s) = staged[i] {
-          parent = try commitChain(parent: parent, [s])
+          parent = try commitLayer(parent: parent, s)
         } else {
           parent = try commitKnown(parent: parent, diffID: l.diffID)
           progress?.layerDone()
@@ -314,9 +314,7 @@ public final class LayerImporter: StorePart, Sendable {
   /// in one transaction. Returns the chainID. With `snapshots` false, only the layer is
   /// committed (no snapshot names it yet) and the result is "".
   /// Implicit parent directories take the metadata of `parent`'s (`chainLayer`).
-  private func commitChain(parent: String?, _ staged: [StagedLayer], snapshots: Bool = true) throws(SnapshotError) -> String {
-    precondition(staged.count == 1, "one layer at a time")
-    let s = staged[0]
+  private func commitLayer(parent: String?, _ s: StagedLayer, snapshots: Bool = true) throws(SnapshotError) -> String {
     let layout = self.layout
     var renamed: [(String, String)] = []
     do {
@@ -407,7 +405,7 @@ public final class LayerImporter: StorePart, Sendable {
         let unpacked = UnpackedLayer(
           digest: known.digest.flatMap(Digest.init) ?? diffID, diffID: diffID, entries: Int(entries), fileBytes: size,
           objects: objects, implicitDirectories: known.implicit)
-        return try commitChain(parent: parent, [StagedLayer(staging: staging, unpacked: unpacked)])
+        return try commitLayer(parent: parent, StagedLayer(staging: staging, unpacked: unpacked))
       }
     }
     try write { db in

@@ -172,6 +172,32 @@ public enum At {
     _ = try SystemError.check("lremovexattr", "\(path) \(name)") { lremovexattr(path, name) }
   }
 
+  /// Owner, mode, xattrs and times of the open file `fd`, in the one order that keeps them
+  /// all: chown clears the set-ID bits and removes `security.capability` (the kernel's
+  /// killpriv), so the owner goes first, then the mode, then the xattrs, then the times.
+  /// `owner` nil leaves the owner as it is.
+  public static func setAttributes(
+    _ fd: Int32, _ what: String, owner: (uid: uid_t, gid: gid_t)?, mode: mode_t, xattrs: [(String, [UInt8])],
+    atime: timespec, mtime: timespec
+  ) throws(SystemError) {
+    if let owner { try fchown(fd, what, uid: owner.uid, gid: owner.gid) }
+    try fchmod(fd, what, mode: mode)
+    for (name, value) in xattrs { try setXattr(fd, what, name: name, value: value) }
+    try futimes(fd, what, atime: atime, mtime: mtime)
+  }
+
+  /// The same for the entry `name` in `dirfd`, not following a symlink (whose mode is not
+  /// set: `mode` nil); `path` names it for the xattrs, which have no *at form.
+  public static func setAttributes(
+    _ dirfd: Int32, _ name: String, path: String, owner: (uid: uid_t, gid: gid_t)?, mode: mode_t?, xattrs: [(String, [UInt8])],
+    atime: timespec, mtime: timespec
+  ) throws(SystemError) {
+    if let owner { try lchown(dirfd, name, uid: owner.uid, gid: owner.gid) }
+    if let mode { try chmod(dirfd, name, mode: mode) }
+    for (x, value) in xattrs { try setXattr(path: path, name: x, value: value) }
+    try setTimes(dirfd, name, atime: atime, mtime: mtime)
+  }
+
   /// `fremovexattr(2)`.
   public static func removeXattr(_ fd: Int32, _ what: String, name: String) throws(SystemError) {
     _ = try SystemError.check("fremovexattr", "\(what) \(name)") { fremovexattr(fd, name) }

@@ -63,8 +63,6 @@ public struct MountInfo: Sendable, Equatable {
   }
 
   /// One line, or nil when it does not have the format.
-  public init?(line: Substring) { self.init(bytes: Array(line.utf8)[...]) }
-
   init?(bytes line: ArraySlice<UInt8>) {
     let f = line.split(separator: 0x20, omittingEmptySubsequences: false)
     guard f.count >= 10, let separator = f[6...].firstIndex(where: { $0.elementsEqual([0x2D]) }), f.count == separator + 4 else {

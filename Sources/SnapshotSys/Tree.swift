@@ -110,12 +110,9 @@ public enum Tree {
 
   /// Owner, mode, xattrs and times of `source` (whose `lstat` is `st`) onto `name` in `dir`.
   private static func copyMetadata(_ st: stat, _ source: String, _ dir: Int32, _ name: String, _ target: String) throws(SystemError) {
-    let isLink = st.st_mode & S_IFMT == S_IFLNK
-    try At.lchown(dir, name, uid: st.st_uid, gid: st.st_gid)
-    if !isLink { try At.chmod(dir, name, mode: st.st_mode & 0o7777) }  // after chown, which clears setuid
-    // After chown too, which removes security.capability.
-    for (x, value) in try At.xattrs(path: source) { try At.setXattr(path: target, name: x, value: value) }
-    try At.setTimes(dir, name, atime: st.st_atim, mtime: st.st_mtim)
+    try At.setAttributes(
+      dir, name, path: target, owner: (st.st_uid, st.st_gid), mode: st.st_mode & S_IFMT == S_IFLNK ? nil : st.st_mode & 0o7777,
+      xattrs: try At.xattrs(path: source), atime: st.st_atim, mtime: st.st_mtim)
   }
 
   /// Removes `path` and everything under it (`rm -rf`). A missing path is not an error.
