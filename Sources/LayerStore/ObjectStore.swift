@@ -77,6 +77,12 @@ public final class ObjectStore: @unchecked Sendable {
     writeback = EarlyWriteback(fd: try At.openDirectory(path))
   }
 
+  /// Makes every object written so far durable: one `syncfs(2)` of the store's file system
+  /// (an fsync per object would cost one disk flush each).
+  public func sync() throws(SystemError) {
+    try At.syncfs(root, path)
+  }
+
   deinit {
     for fd in dirs { At.close(fd) }
     At.close(root)

@@ -79,10 +79,12 @@ public final class ProgressCounter: Sendable {
 /// `syncfs(2)` at the end, which `EarlyWriteback`'s earlier ones leave little to do. On error
 /// the caller removes `dir`.
 public enum Unpacker {
-  public static func unpack(
-    _ source: ByteSource, _ layer: LayerDescription, into dir: String, objects: ObjectStore,
-    progress: ProgressCounter? = nil
-  ) throws(LayerError) -> UnpackedLayer {
+  /// Reads a layer: its files' data into `objects` (durable when this returns), its
+  /// entries into a tree in memory, which becomes the layer's image (`ErofsImage`) or
+  /// directory (`LayerTree.materialize`).
+  public static func read(
+    _ source: ByteSource, _ layer: LayerDescription, objects: ObjectStore, progress: ProgressCounter? = nil
+  ) throws(LayerError) -> (UnpackedLayer, LayerTree) {
     let pipe = ChunkPipe(depth: BlobReader.depth)
     let reader = BlobReader(source: source, layer: layer, pipe: pipe, progress: progress)
     do {
@@ -91,9 +93,9 @@ public enum Unpacker {
       throw LayerError(.failed, "layer \(layer.name): cannot start a thread: \(error)")
     }
     let extracted: Result<Extractor.Totals, LayerError>
+    let x = Extractor(layer: layer, objects: objects)
     objects.writeback.begin()
     do {
-      let x = try Extractor(dir: dir, layer: layer, objects: objects)
       extracted = .success(try x.extract(from: pipe))
     } catch {
       extracted = .failure(error)
@@ -112,9 +114,33 @@ public enum Unpacker {
     if let want = layer.diffID, want != diffID {
       throw LayerError(.invalid, "layer \(layer.name): diffID mismatch: the uncompressed tar is \(diffID), expected \(want)")
     }
-    return UnpackedLayer(
+    do {
+      try objects.sync()
+    } catch {
+      throw LayerError(.failed, "layer \(layer.name): \(error)", errno: error.errno)
+    }
+    let unpacked = UnpackedLayer(
       digest: digest, diffID: diffID, entries: totals.entries, fileBytes: totals.fileBytes, objects: totals.objects,
       dropped: totals.dropped, implicitDirectories: totals.implicit.sorted())
+    return (unpacked, x.tree)
+  }
+
+  /// Reads a layer and writes its entries into the empty directory `dir` (stubs), durable
+  /// when this returns: the layer store's form where the kernel has no EROFS.
+  public static func unpack(
+    _ source: ByteSource, _ layer: LayerDescription, into dir: String, objects: ObjectStore,
+    progress: ProgressCounter? = nil
+  ) throws(LayerError) -> UnpackedLayer {
+    let (unpacked, tree) = try read(source, layer, objects: objects, progress: progress)
+    do {
+      try tree.materialize(into: dir)
+      let fd = try At.openDirectory(dir)
+      defer { At.close(fd) }
+      try At.syncfs(fd, dir)
+    } catch {
+      throw LayerError(.failed, "layer \(layer.name): \(error)", errno: error.errno)
+    }
+    return unpacked
   }
 }
 
@@ -343,7 +369,8 @@ final class BlobReader: @unchecked Sendable {
 
 // MARK: - Extracting
 
-/// The tar side of an unpack: parses entries and writes them beneath `dir`.
+/// The tar side of an unpack: parses entries, writes regular files' data into the object
+/// store and the entries into a `LayerTree`.
 final class Extractor {
   struct Totals {
     var entries = 0
@@ -355,41 +382,27 @@ final class Extractor {
     var implicit: Set<String> = []
   }
 
-  let dir: String
   let layer: LayerDescription
   let objects: ObjectStore
-  let root: Int32
-  private var dirs: [String: Int32] = [:]  // open At.pathOnly descriptors of directories, by path
-  private var dirMeta: [String: FileMeta] = [:]  // applied at the end, after their contents
+  let tree: LayerTree
   private var totals = Totals()
-  private var stubsNaming: [String: Int] = [:]  // how many stub inodes name each object
+  private var stubsNaming: [String: Int] = [:]  // how many stub nodes (not names) name each object
   private var pipe: ChunkPipe?
   private var current: Chunk?
   private var pipeError: LayerError?
   private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Extractor.smallFile, alignment: 16)
-  private let euid = geteuid()
-  private let egid = getegid()
 
   /// Files up to this size are hashed before anything is written, so a file whose object
-  /// exists costs its stub and no write.
+  /// exists costs no write.
   static let smallFile = 256 << 10
 
-  init(dir: String, layer: LayerDescription, objects: ObjectStore) throws(LayerError) {
-    self.dir = dir
+  init(layer: LayerDescription, objects: ObjectStore) {
     self.layer = layer
     self.objects = objects
-    do {
-      root = try At.openDirectory(dir)
-    } catch {
-      throw LayerError(.failed, "layer \(layer.name): \(error)")
-    }
+    tree = LayerTree(owner: (geteuid(), getegid()), now: Sys.now())
   }
 
-  deinit {
-    for fd in dirs.values { At.close(fd) }
-    At.close(root)
-    scratch.deallocate()
-  }
+  deinit { scratch.deallocate() }
 
   func extract(from pipe: ChunkPipe) throws(LayerError) -> Totals {
     self.pipe = pipe
@@ -430,7 +443,7 @@ final class Extractor {
     // The tar's end-of-archive blocks may be followed by padding, which the diffID covers:
     // read it all, so the reader hashes it.
     while let c = try pipe.take() { pipe.recycle(c) }
-    try finish()
+    totals.dropped.subtract(totals.objects.keys)
     return totals
   }
 
@@ -449,14 +462,15 @@ final class Extractor {
     LayerError(.failed, "layer \(layer.name): entry \"\(path)\": \(error)", errno: error.errno)
   }
 
-  /// The entry's path as components, refusing absolute paths and `..`.
-  private func components(_ raw: String) throws(LayerError) -> [Substring] {
+  /// The entry's path as components (bytes), refusing absolute paths and `..`.
+  private func components(_ raw: String) throws(LayerError) -> [[UInt8]] {
     if raw.hasPrefix("/") { throw fail(raw, "absolute path") }
-    var parts: [Substring] = []
-    for part in raw.split(separator: "/", omittingEmptySubsequences: true) {
-      if part == "." { continue }
-      if part == ".." { throw fail(raw, "path contains \"..\"") }
-      parts.append(part)
+    var parts: [[UInt8]] = []
+    for part in raw.utf8.split(separator: 0x2F, omittingEmptySubsequences: true) {
+      if part.elementsEqual([0x2E]) { continue }
+      if part.elementsEqual([0x2E, 0x2E]) { throw fail(raw, "path contains \"..\"") }
+      guard part.count <= 255 else { throw fail(raw, "a name longer than 255 bytes") }
+      parts.append(Array(part))
     }
     return parts
   }
@@ -466,77 +480,116 @@ final class Extractor {
     return String(validatingCString: p)
   }
 
+  private func directory(_ parts: ArraySlice<[UInt8]>, _ raw: String) throws(LayerError) -> LayerTree.Node {
+    do {
+      return try tree.directory(parts) { made in totals.implicit.insert(LayerTree.path(made)) }
+    } catch {
+      throw fail(raw, error.reason)
+    }
+  }
+
+  /// Gives `node` its name, replacing a non-directory of that name (the last entry wins).
+  private func place(_ node: LayerTree.Node, _ name: [UInt8], in dir: LayerTree.Node, _ raw: String) throws(LayerError) {
+    do {
+      try tree.place(node, name, in: dir) { old in
+        // The last name of a stub takes its object with it, unless other stubs name it.
+        guard let key = old.object, let left = stubsNaming[key] else { return }
+        if left > 1 {
+          stubsNaming[key] = left - 1
+        } else {
+          stubsNaming[key] = nil
+          totals.objects[key] = nil
+          totals.dropped.insert(key)
+        }
+      }
+    } catch {
+      throw fail(raw, error.reason)
+    }
+  }
+
+  private func node(_ type: mode_t, _ meta: FileMeta, _ raw: String) throws(LayerError) -> LayerTree.Node {
+    do { return try tree.node(type, meta) } catch { throw fail(raw, error.reason) }
+  }
+
   private func entry(_ a: OpaquePointer, _ e: OpaquePointer) throws(LayerError) {
     guard let raw = Self.string(archive_entry_pathname(e)) else {
       throw LayerError(.invalid, "layer \(layer.name): an entry's name is missing or not UTF-8")
     }
     let parts = try components(raw)
-    var meta = try self.meta(e, raw)
+    let meta = try self.meta(e, raw)
     let type = archive_entry_filetype(e)
+    if type != S_IFREG && type != S_IFDIR && archive_entry_hardlink(e) == nil, let x = meta.xattrs.first(where: { $0.name.hasPrefix("user.") }) {
+      throw fail(raw, "the xattr \(x.name) on a symlink or special file, where the kernel refuses user.* xattrs")
+    }
 
-    if parts.isEmpty {  // the layer's root directory itself
+    guard let name = parts.last else {  // the layer's root directory itself
       guard type == S_IFDIR else { throw fail(raw, "the root of the layer must be a directory") }
-      dirMeta[""] = meta
+      tree.root.meta = meta
       return
     }
-    let name = String(parts.last!)
-    let parentPath = parts.dropLast().joined(separator: "/")
+    let parent = try directory(parts.dropLast(), raw)
 
     // OCI whiteouts.
-    if name.hasPrefix(".wh.") {
-      let parent = try directory(parentPath, raw)
-      if name == ".wh..wh..opq" {
-        try setOpaque(parentPath, raw)
-      } else if name.hasPrefix(".wh..wh.") {
+    let wh = Array(".wh.".utf8)
+    if name.starts(with: wh) {
+      if name.elementsEqual(".wh..wh..opq".utf8) {
+        parent.opaque = true
+      } else if name.starts(with: ".wh..wh.".utf8) {
         // Other AUFS metadata (.wh..wh.plnk, ...): nothing overlayfs uses.
       } else {
-        let hidden = String(name.dropFirst(4))
+        let hidden = Array(name.dropFirst(wh.count))
         if hidden.isEmpty { throw fail(raw, "whiteout of nothing") }
-        try replacing(parent, hidden, raw) { () throws(SystemError) in try At.mknod(parent, hidden, mode: S_IFCHR) }
+        // As mknod(S_IFCHR, 0) makes it: mode 0, our owner, now.
+        let now = tree.now
+        let whiteout = try node(S_IFCHR, FileMeta(mode: 0, uid: geteuid(), gid: getegid(), mtime: now, atime: now, xattrs: []), raw)
+        try place(whiteout, hidden, in: parent, raw)
       }
       return
     }
 
-    let parent = try directory(parentPath, raw)
     if let target = Self.string(archive_entry_hardlink(e)) {
-      try hardLink(target, parent, name, raw)
+      let outside = fail(raw, "hard link to \"\(target)\", which is not in the layer")
+      guard let targetParts = try? components(target), !targetParts.isEmpty, let node = tree.lookup(targetParts[...]) else { throw outside }
+      guard !node.isDirectory else { throw fail(raw, "hard link to a directory") }
+      if node === parent.children[name] { return }
+      try place(node, name, in: parent, raw)
       // The link entry's own header (owner, mode, xattrs, times) applies to the inode it
-      // shares, as containerd's applier applies it: the last header wins.
-      let isSymlink = (try? At.lstat(parent, name)).map { $0.st_mode & S_IFMT == S_IFLNK } ?? true
-      try apply(meta, at: parent, name, path: parts.joined(separator: "/"), raw, isLink: isSymlink)
+      // shares, as containerd's applier applies it: the last header wins. (A symlink's
+      // mode stays.)
+      node.meta = node.type == S_IFLNK ? FileMeta(mode: node.meta.mode, uid: meta.uid, gid: meta.gid, mtime: meta.mtime, atime: meta.atime, xattrs: meta.xattrs) : meta
       return
     }
     switch type {
     case S_IFDIR:
-      let path = parts.joined(separator: "/")
-      do {
-        try At.mkdir(parent, name, mode: 0o700)
-      } catch  where error.errno == EEXIST {
-        guard let st = try? At.lstat(parent, name), st.st_mode & S_IFMT == S_IFDIR else {
-          throw fail(raw, "a directory replaces an entry that is not one")
-        }
-      } catch {
-        throw fail(raw, error)
+      if let existing = parent.children[name] {
+        guard existing.isDirectory else { throw fail(raw, "a directory replaces an entry that is not one") }
+        existing.meta = meta
+      } else {
+        try place(try node(S_IFDIR, meta, raw), name, in: parent, raw)
       }
-      dirMeta[path] = meta
-      totals.implicit.remove(path)
+      totals.implicit.remove(LayerTree.path(parts[...]))
     case S_IFREG:
-      try regularFile(a, e, parent, name, raw, &meta)
+      try regularFile(a, e, parent, name, raw, meta)
     case S_IFLNK:
       guard let target = Self.string(archive_entry_symlink(e)) else { throw fail(raw, "symlink target missing or not UTF-8") }
-      try replacing(parent, name, raw) { () throws(SystemError) in try At.symlink(target, parent, name) }
-      try apply(meta, at: parent, name, path: parts.joined(separator: "/"), raw, isLink: true)
+      var m = meta
+      m.mode = 0o777
+      let link = try node(S_IFLNK, m, raw)
+      link.target = Array(target.utf8)
+      guard !link.target.isEmpty, link.target.count < 4096 else { throw fail(raw, "symlink target empty or too long") }
+      try place(link, name, in: parent, raw)
     case S_IFCHR, S_IFBLK, S_IFIFO:
-      let major = UInt32(archive_entry_rdevmajor(e))
-      let minor = UInt32(archive_entry_rdevminor(e))
-      try replacing(parent, name, raw) { () throws(SystemError) in try At.mknod(parent, name, mode: type, major: major, minor: minor) }
-      try apply(meta, at: parent, name, path: parts.joined(separator: "/"), raw, isLink: false)
+      let device = try node(type, meta, raw)
+      device.major = UInt32(truncatingIfNeeded: archive_entry_rdevmajor(e))
+      device.minor = UInt32(truncatingIfNeeded: archive_entry_rdevminor(e))
+      try place(device, name, in: parent, raw)
     default:
       break  // sockets and other types a tar cannot meaningfully restore
     }
   }
 
-  /// The entry's metadata, refusing xattrs that would change how overlayfs reads the layer.
+  /// The entry's metadata, refusing xattrs that would change how overlayfs reads the layer
+  /// or that a layer cannot store.
   private func meta(_ e: OpaquePointer, _ raw: String) throws(LayerError) -> FileMeta {
     var xattrs: [(name: String, value: [UInt8])] = []
     if archive_entry_xattr_reset(e) > 0 {
@@ -548,7 +601,10 @@ final class Extractor {
         if OverlayXattr.isOverlay(n) {
           throw fail(raw, "sets the overlayfs xattr \(n)")
         }
+        guard ErofsImage.prefix(of: n) != nil else { throw fail(raw, "the xattr \(n) is in no namespace a layer can store") }
+        guard size <= 65535 else { throw fail(raw, "the xattr \(n) is larger than 64 KiB") }
         let v = value.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
+        xattrs.removeAll { $0.name == n }
         xattrs.append((n, v))
       }
       xattrs.sort { $0.name < $1.name }
@@ -571,145 +627,14 @@ final class Extractor {
       mode: UInt32(archive_entry_perm(e)) & 0o7777, uid: UInt32(uid), gid: UInt32(gid), mtime: mtime, atime: atime, xattrs: xattrs)
   }
 
-  /// The At.pathOnly descriptor of the directory at `path` (relative to the layer root),
-  /// creating missing directories (mode 0755, owner root) on the way.
-  private func directory(_ path: String, _ raw: String) throws(LayerError) -> Int32 {
-    if path.isEmpty { return root }
-    if let fd = dirs[path] { return fd }
-    let symlink = "\"\(path)\" is a symlink or not a directory: writing through it is refused"
-    var fd: Int32 = -1
-    do {
-      fd = try At.openBeneath(root, path, flags: At.pathOnly | O_DIRECTORY)
-    } catch  where error.errno == ENOENT {
-    } catch  where error.errno == ELOOP || error.errno == ENOTDIR {
-      throw fail(raw, symlink)
-    } catch  where error.errno == EXDEV {
-      throw fail(raw, "path leaves the layer")
-    } catch {
-      throw fail(raw, error)
-    }
-    if fd < 0 {  // missing: made, as its parent is
-      totals.implicit.insert(path)
-      let cut = path.lastIndex(of: "/")
-      let parent = try directory(cut.map { String(path[..<$0]) } ?? "", raw)
-      let name = cut.map { String(path[path.index(after: $0)...]) } ?? path
-      do {
-        do { try At.mkdir(parent, name, mode: 0o755) } catch  where error.errno == EEXIST {}
-        fd = try At.open(parent, name, flags: At.pathOnly | O_DIRECTORY)
-        try At.chmod(parent, name, mode: 0o755)
-      } catch  where error.errno == ELOOP || error.errno == ENOTDIR {
-        throw fail(raw, symlink)
-      } catch {
-        throw fail(raw, error)
-      }
-    }
-    if dirs.count >= 1024 {
-      for fd in dirs.values { At.close(fd) }
-      dirs.removeAll(keepingCapacity: true)
-    }
-    dirs[path] = fd
-    return fd
-  }
-
-  /// Runs `create`; if the name is taken by a non-directory (a tar may repeat a path: the
-  /// last entry wins), removes that and runs it again.
-  private func replacing(_ parent: Int32, _ name: String, _ raw: String, _ create: () throws(SystemError) -> Void) throws(LayerError) {
-    do {
-      try create()
-      return
-    } catch  where error.errno == EEXIST {
-    } catch {
-      throw fail(raw, error)
-    }
-    let existing: stat?
-    do { existing = try At.lstat(parent, name) } catch { throw fail(raw, error) }
-    if let existing, existing.st_mode & S_IFMT == S_IFDIR { throw fail(raw, "replaces a directory") }
-    do {
-      try unlink(parent, name, existing)
-      try create()
-    } catch {
-      throw fail(raw, error)
-    }
-  }
-
-  /// Removes an entry a later one of the same path replaces (`st`: its lstat). The last
-  /// name of a stub takes its object with it, unless other stubs name it too. (Read only
-  /// here, on a repeated path: no call per file to track it.)
-  private func unlink(_ parent: Int32, _ name: String, _ st: stat?) throws(SystemError) {
-    var key: String?
-    if let st, st.st_mode & S_IFMT == S_IFREG, st.st_nlink == 1, st.st_size > 0 {
-      let fd = try At.open(parent, name, flags: O_RDONLY | O_NONBLOCK | At.noAtime)
-      defer { At.close(fd) }
-      key = try ObjectStore.stubKey(fd, name)
-    }
-    try At.unlink(parent, name)
-    guard let key, let left = stubsNaming[key] else { return }
-    if left > 1 {
-      stubsNaming[key] = left - 1
-    } else {
-      stubsNaming[key] = nil
-      totals.objects[key] = nil
-      totals.dropped.insert(key)
-    }
-  }
-
-  private func setOpaque(_ path: String, _ raw: String) throws(LayerError) {
-    do {
-      let fd = try At.openBeneath(root, path.isEmpty ? "." : path, flags: O_RDONLY | O_DIRECTORY)
-      defer { At.close(fd) }
-      try At.setXattr(fd, raw, name: OverlayXattr.trusted.opaque, value: Array("y".utf8))
-    } catch {
-      throw fail(raw, error)
-    }
-  }
-
-  private func hardLink(_ target: String, _ parent: Int32, _ name: String, _ raw: String) throws(LayerError) {
-    let outside = fail(raw, "hard link to \"\(target)\", which is not in the layer")
-    guard let parts = try? components(target), let last = parts.last else { throw outside }
-    let path = parts.dropLast().joined(separator: "/")
-    let targetParent: Int32
-    var opened: Int32 = -1
-    if path.isEmpty {
-      targetParent = root
-    } else if let fd = dirs[path] {
-      targetParent = fd
-    } else {
-      do { opened = try At.openBeneath(root, path, flags: At.pathOnly | O_DIRECTORY) } catch { throw outside }
-      targetParent = opened
-    }
-    defer { if opened >= 0 { At.close(opened) } }
-    guard (try? At.lstat(targetParent, String(last))) != nil else { throw outside }
-    try replacing(parent, name, raw) { () throws(SystemError) in try At.link(targetParent, String(last), parent, name) }
-  }
-
-  /// Sets owner, mode, xattrs and times of a symlink or special file by name.
-  private func apply(_ meta: FileMeta, at parent: Int32, _ name: String, path: String, _ raw: String, isLink: Bool) throws(LayerError) {
-    do {
-      try At.setAttributes(
-        parent, name, path: dir + "/" + path, owner: owner(meta), mode: isLink ? nil : meta.mode, xattrs: meta.xattrs,
-        atime: meta.atime, mtime: meta.mtime)
-    } catch {
-      throw fail(raw, error)
-    }
-  }
-
-  /// Sets owner, mode, xattrs and times of an open file or directory.
-  private func apply(_ meta: FileMeta, fd: Int32, _ raw: String) throws(SystemError) {
-    try At.setAttributes(fd, raw, owner: owner(meta), mode: meta.mode, xattrs: meta.xattrs, atime: meta.atime, mtime: meta.mtime)
-  }
-
-  /// The owner to set: none when it is ours already (what a new file has).
-  private func owner(_ meta: FileMeta) -> (uid: uid_t, gid: gid_t)? {
-    meta.uid != euid || meta.gid != egid ? (meta.uid, meta.gid) : nil
-  }
-
   /// A regular file: its data into the object store (unless the store has that content),
-  /// then its stub in the layer.
-  private func regularFile(_ a: OpaquePointer, _ e: OpaquePointer, _ parent: Int32, _ name: String, _ raw: String, _ meta: inout FileMeta)
+  /// then its stub in the tree.
+  private func regularFile(_ a: OpaquePointer, _ e: OpaquePointer, _ parent: LayerTree.Node, _ name: [UInt8], _ raw: String, _ meta: FileMeta)
     throws(LayerError)
   {
     let size = archive_entry_size(e)
     guard size >= 0 else { throw fail(raw, "negative size") }
+    if let existing = parent.children[name], existing.isDirectory { throw fail(raw, "replaces a directory") }
     totals.fileBytes += size
     var object: (key: String, sha: [UInt8])?
     if size > 0 && size <= Int64(Self.smallFile) {
@@ -762,29 +687,14 @@ final class Extractor {
     } else {
       try readData(a, raw) { (_, _) throws(LayerError) in throw fail(raw, "data beyond the entry's size") }
     }
-    // The stub: the entry's own inode, metadata and size; its data is the object's.
-    do {
-      let fd = try create(parent, name, raw)
-      defer { At.close(fd) }
-      if let object {
-        try objects.makeStub(fd, raw, key: object.key, size: size)
-        totals.objects[object.key] = ObjectInfo(size: size, sha256: Digest.hexString(object.sha))
-        stubsNaming[object.key, default: 0] += 1
-      }
-      try apply(meta, fd: fd, raw)
-    } catch {
-      throw fail(raw, error)
-    }
-  }
-
-  private func create(_ parent: Int32, _ name: String, _ raw: String) throws(SystemError) -> Int32 {
-    do {
-      return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
-    } catch  where error.errno == EEXIST {
-      let st = try At.lstat(parent, name)
-      if let st, st.st_mode & S_IFMT == S_IFDIR { throw SystemError("openat", name, errno: EISDIR) }
-      try unlink(parent, name, st)  // a repeated path: the last entry wins
-      return try At.open(parent, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+    // The stub: the entry's own node, metadata and size; its data is the object's.
+    let stub = try node(S_IFREG, meta, raw)
+    stub.size = size
+    try place(stub, name, in: parent, raw)
+    if let object {
+      stub.object = object.key
+      totals.objects[object.key] = ObjectInfo(size: size, sha256: Digest.hexString(object.sha))
+      stubsNaming[object.key, default: 0] += 1
     }
   }
 
@@ -802,26 +712,5 @@ final class Extractor {
       guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN else { throw tarFailure(a, entry: raw) }
       if size > 0 { try body(offset, UnsafeRawBufferPointer(start: buffer, count: size)) }
     }
-  }
-
-  /// Directory metadata, now that nothing more is written into them, then one syncfs.
-  private func finish() throws(LayerError) {
-    for (path, meta) in dirMeta {
-      do {
-        let fd =
-          path.isEmpty
-          ? try At.openBeneath(root, ".", flags: O_RDONLY | O_DIRECTORY) : try At.openBeneath(root, path, flags: O_RDONLY | O_DIRECTORY)
-        defer { At.close(fd) }
-        try apply(meta, fd: fd, path)
-      } catch {
-        throw fail(path, error)
-      }
-    }
-    do {
-      try At.syncfs(root, dir)
-    } catch {
-      throw fail(".", error)
-    }
-    totals.dropped.subtract(totals.objects.keys)
   }
 }

@@ -1,3 +1,4 @@
+import SnapshotSys
 /// The kind of a snapshot, with containerd's numbering (`snapshots.proto` `Kind`).
 public enum SnapshotKind: Int, Sendable, CaseIterable {
   case view = 1
@@ -71,8 +72,7 @@ public enum Limits {
 
 enum Clock {
   static func nowNanos() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
+    let ts = Sys.now()
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
   }
 }

@@ -8,6 +8,13 @@ import CSysShims
 /// once here; errors come back as ``SystemError`` naming the call and the path, EINTR is
 /// retried where the call may return it.
 public enum Sys {
+  /// `clock_gettime(CLOCK_REALTIME)`.
+  public static func now() -> timespec {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return ts
+  }
+
   /// `mkdir(2)`.
   public static func mkdir(_ path: String, mode: mode_t) throws(SystemError) {
     _ = try SystemError.check("mkdir", path) { Glibc.mkdir(path, mode) }

@@ -8,7 +8,8 @@ struct TarWriter {
   var bytes: [UInt8] = []
 
   mutating func entry(
-    _ name: String, type: UInt8 = 0x30, mode: Int = 0o644, data: [UInt8] = [], link: String = "", mtime: Int = 1_600_000_000
+    _ name: String, type: UInt8 = 0x30, mode: Int = 0o644, data: [UInt8] = [], link: String = "", mtime: Int = 1_600_000_000,
+    devMajor: Int = 0, devMinor: Int = 0
   ) {
     var h = [UInt8](repeating: 0, count: 512)
     func put(_ s: String, _ at: Int, _ width: Int) {
@@ -27,6 +28,8 @@ struct TarWriter {
     h[156] = type
     put(link, 157, 100)
     put("ustar\u{0}00", 257, 8)
+    octal(devMajor, 329, 8)
+    octal(devMinor, 337, 8)
     for i in 148..<156 { h[i] = 0x20 }
     let sum = h.reduce(0) { $0 + Int($1) }
     octal(sum, 148, 7)

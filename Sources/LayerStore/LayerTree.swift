@@ -1,0 +1,208 @@
+import SnapshotSys
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// A layer's entries in memory, as the unpacker reads them from its tar: what becomes the
+/// layer's EROFS image (`ErofsImage`), or, where the kernel has no EROFS, a directory of
+/// stubs (`materialize`). Regular files are stubs: metadata, size and the key of their
+/// object; their data is in the `ObjectStore`.
+///
+/// The tree applies a tar's rules as a file system would, so an image and a directory hold
+/// the same: a later entry of a path replaces a non-directory, a directory entry updates
+/// one, a hard link shares its target's node, and nothing is written through a symlink.
+/// Names are bytes: two spellings of one Unicode name are two names, as on disk.
+///
+/// Memory: about 300 bytes per entry; `maxEntries` bounds a layer.
+public final class LayerTree {
+  public final class Node {
+    /// `S_IFDIR`, `S_IFREG`, `S_IFLNK`, `S_IFCHR`, `S_IFBLK`, `S_IFIFO` or `S_IFSOCK`.
+    public let type: mode_t
+    public var meta: FileMeta
+    /// Regular files: the size, and the key of the object holding the data (nil when empty).
+    public var size: Int64 = 0
+    public var object: String?
+    /// Symlinks: the target.
+    public var target: [UInt8] = []
+    /// Devices.
+    public var major: UInt32 = 0
+    public var minor: UInt32 = 0
+    /// Directories: entries by name; and whether it hides the layers below (overlayfs's
+    /// opaque xattr, from an OCI `.wh..wh..opq`).
+    public var children: [[UInt8]: Node] = [:]
+    public var opaque = false
+    /// Non-directories: how many names it has in the tree.
+    public var links = 0
+
+    init(type: mode_t, meta: FileMeta) {
+      self.type = type
+      self.meta = meta
+    }
+
+    public var isDirectory: Bool { type == S_IFDIR }
+
+    /// The xattrs as stored: the entry's own, the stub's, and opaque.
+    public var storedXattrs: [(name: String, value: [UInt8])] {
+      var out = meta.xattrs
+      if let object {
+        out.append((ObjectStore.metacopyXattr, []))
+        out.append((ObjectStore.redirectXattr, Array(ObjectStore.redirect(of: object).utf8)))
+      }
+      if opaque { out.append((OverlayXattr.trusted.opaque, Array("y".utf8))) }
+      return out
+    }
+  }
+
+  /// Why a tar entry cannot be placed; the unpacker names the entry.
+  public struct Refusal: Error {
+    public let reason: String
+  }
+
+  public let root: Node
+  public private(set) var entries = 1
+  /// Entries a layer may hold: a bound on the memory an unpack takes (about 300 MB).
+  public static let maxEntries = 1_000_000
+
+  /// `owner`, `now`: what directories made for a path (and the root) get.
+  let owner: (uid: UInt32, gid: UInt32)
+  let now: timespec
+
+  public init(owner: (uid: UInt32, gid: UInt32), now: timespec) {
+    self.owner = owner
+    self.now = now
+    root = Node(type: S_IFDIR, meta: Self.madeDirectory(owner: owner, now: now))
+  }
+
+  static func madeDirectory(owner: (uid: UInt32, gid: UInt32), now: timespec) -> FileMeta {
+    FileMeta(mode: 0o755, uid: owner.uid, gid: owner.gid, mtime: now, atime: now, xattrs: [])
+  }
+
+  /// A new node, counted against `maxEntries`.
+  public func node(_ type: mode_t, _ meta: FileMeta) throws(Refusal) -> Node {
+    guard entries < Self.maxEntries else { throw Refusal(reason: "the layer has more than \(Self.maxEntries) entries") }
+    entries += 1
+    return Node(type: type, meta: meta)
+  }
+
+  /// The directory at `parts`, making missing ones (0755, `owner`) and calling `made` with
+  /// the path of each. A symlink or non-directory on the way is refused.
+  public func directory(_ parts: ArraySlice<[UInt8]>, made: (ArraySlice<[UInt8]>) -> Void) throws(Refusal) -> Node {
+    var dir = root
+    for i in parts.indices {
+      if let next = dir.children[parts[i]] {
+        guard next.isDirectory else {
+          throw Refusal(reason: "\"\(Self.path(parts[...i]))\" is a symlink or not a directory: writing through it is refused")
+        }
+        dir = next
+      } else {
+        let next = try node(S_IFDIR, Self.madeDirectory(owner: owner, now: now))
+        dir.children[parts[i]] = next
+        made(parts[...i])
+        dir = next
+      }
+    }
+    return dir
+  }
+
+  /// The node at `parts`, not following symlinks (nil: none, or a symlink or file on the
+  /// way).
+  public func lookup(_ parts: ArraySlice<[UInt8]>) -> Node? {
+    var node = root
+    for part in parts {
+      guard node.isDirectory, let next = node.children[part] else { return nil }
+      node = next
+    }
+    return node
+  }
+
+  /// Gives `node` the name `name` in `dir`. A non-directory of that name is replaced
+  /// (`removed` gets it when that was its last name); a directory is not.
+  public func place(_ node: Node, _ name: [UInt8], in dir: Node, removed: (Node) -> Void) throws(Refusal) {
+    if let old = dir.children[name] {
+      if old.isDirectory { throw Refusal(reason: "replaces a directory") }
+      old.links -= 1
+      if old.links == 0 { removed(old) }
+    }
+    dir.children[name] = node
+    node.links += 1
+  }
+
+  static func path(_ parts: ArraySlice<[UInt8]>) -> String {
+    parts.map { String(decoding: $0, as: UTF8.self) }.joined(separator: "/")
+  }
+
+  /// Every node once (hard links once), directories before their entries, entries in
+  /// name order (bytes): `visit` gets the node and its path's parts.
+  public func walk(_ visit: (Node, [[UInt8]]) throws -> Void) rethrows {
+    var seen = Set<ObjectIdentifier>()
+    var stack: [(Node, [[UInt8]])] = [(root, [])]
+    while let (node, path) = stack.popLast() {
+      try visit(node, path)
+      for (name, child) in node.children.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }).reversed() {
+        if child.links > 1, !seen.insert(ObjectIdentifier(child)).inserted { continue }
+        stack.append((child, path + [name]))
+      }
+    }
+  }
+
+  // MARK: - As a directory
+
+  /// Writes the tree into the empty directory `dir`: stubs, directories, symlinks, devices,
+  /// whiteouts and hard links, with their metadata; directories' last, after their
+  /// contents. Not durable: the caller syncs.
+  public func materialize(into dir: String) throws(SystemError) {
+    let rootFD = try At.openDirectory(dir)
+    defer { At.close(rootFD) }
+    let euid = geteuid(), egid = getegid()
+    func owner(_ m: FileMeta) -> (uid: uid_t, gid: uid_t)? { m.uid != euid || m.gid != egid ? (m.uid, m.gid) : nil }
+    var first: [ObjectIdentifier: String] = [:]  // hard-linked nodes: their first path
+    var directories: [(Int32, String, Node)] = []
+    defer { for (fd, _, _) in directories { At.close(fd) } }
+
+    func fill(_ fd: Int32, _ path: String, _ node: Node) throws(SystemError) {
+      for (nameBytes, child) in node.children.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+        let name = String(decoding: nameBytes, as: UTF8.self)
+        let childPath = path.isEmpty ? name : path + "/" + name
+        if child.links > 1 {
+          if let target = first[ObjectIdentifier(child)] {
+            try At.link(rootFD, target, fd, name)
+            continue
+          }
+          first[ObjectIdentifier(child)] = childPath
+        }
+        let xattrs = child.storedXattrs
+        switch child.type {
+        case S_IFDIR:
+          try At.mkdir(fd, name, mode: 0o700)
+          let sub = try At.open(fd, name, flags: O_RDONLY | O_DIRECTORY)
+          directories.append((sub, childPath, child))
+          try fill(sub, childPath, child)
+        case S_IFREG:
+          let file = try At.open(fd, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+          defer { At.close(file) }
+          if child.size > 0 { try At.truncate(file, childPath, size: child.size) }
+          try At.setAttributes(
+            file, childPath, owner: owner(child.meta), mode: child.meta.mode, xattrs: xattrs, atime: child.meta.atime,
+            mtime: child.meta.mtime)
+        default:
+          if child.type == S_IFLNK {
+            try At.symlink(String(decoding: child.target, as: UTF8.self), fd, name)
+          } else {
+            try At.mknod(fd, name, mode: child.type, major: child.major, minor: child.minor)
+          }
+          try At.setAttributes(
+            fd, name, path: dir + "/" + childPath, owner: owner(child.meta), mode: child.type == S_IFLNK ? nil : child.meta.mode,
+            xattrs: xattrs, atime: child.meta.atime, mtime: child.meta.mtime)
+        }
+      }
+    }
+    try fill(rootFD, "", root)
+    for (fd, path, node) in directories.reversed() {
+      try At.setAttributes(
+        fd, path, owner: owner(node.meta), mode: node.meta.mode, xattrs: node.storedXattrs, atime: node.meta.atime, mtime: node.meta.mtime)
+    }
+    try At.setAttributes(
+      rootFD, dir, owner: owner(root.meta), mode: root.meta.mode, xattrs: root.storedXattrs, atime: root.meta.atime, mtime: root.meta.mtime)
+  }
+}

@@ -1,0 +1,152 @@
+import Foundation
+import LayerStore
+import SnapshotSys
+import Testing
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The kernel reads every image `ErofsImage` writes as the same tree `materialize` writes
+/// on disk: each layer is unpacked both ways, the image mounted (file-backed EROFS), and
+/// both listed field by field. `fsck.erofs` (erofs-utils) checks each image too.
+@Suite(.enabled(if: getuid() == 0, "needs root: mounts, owners, trusted.* xattrs"))
+struct ErofsTests {
+  let root: String
+  let objects: ObjectStore
+
+  init() throws {
+    root = NSTemporaryDirectory() + "erofs-" + UUID().uuidString
+    try Sys.mkdirAll(root, mode: 0o755)
+    objects = try ObjectStore(path: root + "/o")
+  }
+
+  /// Unpacks `tar` both ways and compares what the kernel shows of each.
+  func check(_ tar: TarWriter, _ name: String) throws {
+    let layer = LayerDescription(name: name, compression: .none, digest: nil, diffID: nil)
+    let (_, tree) = try Unpacker.read(MemorySource(tar.finished), layer, objects: objects)
+    let dir = root + "/" + name + "-dir", image = root + "/" + name + ".erofs", mnt = root + "/" + name + "-mnt"
+    try Sys.mkdir(dir, mode: 0o755)
+    try Sys.mkdir(mnt, mode: 0o755)
+    try tree.materialize(into: dir)
+    let fd = open(image, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+    #expect(fd >= 0)
+    let size = try ErofsImage.write(tree, to: fd, what: image, buildTime: Sys.now())
+    close(fd)
+    #expect(size % 4096 == 0)
+    let fsck = Process()
+    fsck.executableURL = URL(fileURLWithPath: "/usr/bin/fsck.erofs")
+    fsck.arguments = [image]
+    fsck.standardOutput = FileHandle.nullDevice
+    try fsck.run()
+    fsck.waitUntilExit()
+    #expect(fsck.terminationStatus == 0, "fsck.erofs \(image)")
+    try Sys.mount(source: image, target: mnt, type: "erofs", flags: UInt(MS_RDONLY), data: nil)
+    defer { try? Sys.unmount(mnt, flags: Int32(MNT_DETACH)) }
+    let want = try listing(dir), got = try listing(mnt)
+    #expect(want.count == got.count)
+    #expect(want.count >= tree.entries - 1, "every entry listed")
+    for (w, g) in zip(want, got) where w != g {
+      Issue.record("\(name): directory: \(w)\n\(name): image:     \(g)")
+    }
+  }
+
+  /// One line per entry: what a container could see of it but atime, ctime, inode numbers
+  /// (hard-link groups instead) and directory sizes.
+  func listing(_ top: String) throws -> [String] {
+    var lines: [String] = []
+    var groups: [String: String] = [:]
+    func visit(_ rel: String) throws {
+      let path = rel.isEmpty ? top : top + "/" + rel
+      let st = try Sys.lstat(path)
+      let type = st.st_mode & S_IFMT
+      var fields = ["\(rel.isEmpty ? "/" : rel)", String(st.st_mode, radix: 8), "\(st.st_uid):\(st.st_gid)", "nlink=\(st.st_nlink)"]
+      if !rel.isEmpty { fields.append("mtime=\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)") }
+      if type != S_IFDIR { fields.append("size=\(st.st_size)") }
+      if type == S_IFCHR || type == S_IFBLK { fields.append("rdev=\(st.st_rdev)") }
+      if type == S_IFLNK { fields.append("target=\(Sys.readLink(path) ?? "?")") }
+      for (name, value) in try At.xattrs(path: path) { fields.append("\(name)=\(value.map { String(format: "%02x", $0) }.joined())") }
+      if type != S_IFDIR, st.st_nlink > 1 {
+        let key = "\(st.st_dev):\(st.st_ino)"
+        if groups[key] == nil { groups[key] = rel }
+        fields.append("group=\(groups[key]!)")
+      }
+      lines.append(fields.joined(separator: " "))
+      if type == S_IFDIR {
+        for name in try FileManager.default.contentsOfDirectory(atPath: path).sorted() {
+          try visit(rel.isEmpty ? name : rel + "/" + name)
+        }
+      }
+    }
+    try visit("")
+    return lines
+  }
+
+  func owner(_ uid: Int, _ gid: Int) -> [(String, String)] { [("uid", "\(uid)"), ("gid", "\(gid)")] }
+
+  @Test func everyEntryType() throws {
+    var tar = TarWriter()
+    tar.pax(owner(1000, 2000) + [("SCHILY.xattr.user.dir", "d")])
+    tar.entry("etc/", type: 0x35, mode: 0o2775)
+    tar.entry("etc/passwd", data: Array("root:x:0:0\n".utf8))
+    tar.entry("etc/empty", data: [])
+    tar.pax([("SCHILY.xattr.security.capability", "\u{1}\u{0}\u{0}\u{2}\u{0}\u{20}\u{0}\u{0}")])
+    tar.entry("usr/bin/ping", mode: 0o4755, data: [UInt8](repeating: 7, count: 70_000))
+    tar.entry("usr/bin/ping6", type: 0x31, link: "usr/bin/ping")  // across directories
+    tar.entry("lib/ping-too", type: 0x31, link: "usr/bin/ping")
+    tar.entry("lib/short", type: 0x32, mode: 0o777, link: "../etc/passwd")
+    tar.pax([("linkpath", String(repeating: "t/", count: 2000))])
+    tar.entry("lib/long", type: 0x32, mode: 0o777)
+    tar.entry("dev/null", type: 0x33, mode: 0o666)
+    tar.entry("dev/fifo", type: 0x36, mode: 0o600)
+    tar.entry("tmp/", type: 0x35, mode: 0o1777)
+    tar.entry("tmp/.wh.gone", data: [])
+    tar.entry("var/.wh..wh..opq", data: [])
+    tar.entry("var/-dash", data: [1])  // sorts before "." and ".."
+    tar.pax([("path", "var/caf\u{e9}")])
+    tar.entry("x", data: [2])
+    tar.pax([("path", "var/cafe\u{301}")])  // the same name to Swift's String, not on disk
+    tar.entry("x", data: [3])
+    tar.pax([("path", "long/" + String(repeating: "n", count: 255))])
+    tar.entry("x", data: [4])
+    tar.entry("big", data: [UInt8](repeating: 1, count: 5 << 20))
+    try check(tar, "types")
+  }
+
+  @Test func devicesKeepTheirNumbers() throws {
+    var tar = TarWriter()
+    tar.entry("sda", type: 0x34, mode: 0o660, devMajor: 8, devMinor: 1)
+    tar.entry("wide", type: 0x33, mode: 0o600, devMajor: 259, devMinor: 70_000)
+    try check(tar, "devices")
+  }
+
+  @Test func xattrHeavyEntries() throws {
+    var tar = TarWriter()
+    var many: [(String, String)] = []
+    for i in 0..<11 { many.append(("SCHILY.xattr.user.x\(i)", String(repeating: "v", count: 300 + i))) }
+    tar.pax(many)
+    tar.entry("file", data: [1, 2, 3])
+    tar.pax(many)
+    tar.entry("dir/", type: 0x35, mode: 0o755)
+    for i in 0..<200 { tar.entry("dir/entry-with-a-long-name-\(i)-" + String(repeating: "z", count: 60), data: []) }
+    tar.pax(many.map { ($0.0.replacingOccurrences(of: ".user.", with: ".trusted."), $0.1) })
+    tar.entry("link", type: 0x32, mode: 0o777, link: String(repeating: "y", count: 3000))
+    try check(tar, "xattrs")
+  }
+
+  /// As on disk, where the kernel refuses them: containerd's applier fails such a layer.
+  @Test func userXattrsOnASymlinkAreRefused() throws {
+    var tar = TarWriter()
+    tar.pax([("SCHILY.xattr.user.x", "1")])
+    tar.entry("link", type: 0x32, mode: 0o777, link: "target")
+    let layer = LayerDescription(name: "symlink-xattr", compression: .none, digest: nil, diffID: nil)
+    #expect(throws: LayerError.self) { _ = try Unpacker.read(MemorySource(tar.finished), layer, objects: objects) }
+  }
+
+  @Test func aHundredThousandEntryDirectory() throws {
+    var tar = TarWriter()
+    for i in 0..<100_000 { tar.entry("d/f\(i)", data: []) }
+    tar.entry("d/data", data: [9])
+    try check(tar, "wide")
+  }
+}
