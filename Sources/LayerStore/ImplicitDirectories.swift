@@ -55,19 +55,18 @@ public enum ImplicitDirectories {
     return nil
   }
 
-  /// Gives the directories of `layer` the metadata `fixes` names.
-  public static func apply(_ fixes: [String: Metadata], in layer: String) throws(SystemError) {
-    let root = try At.openDirectory(layer)
-    defer { At.close(root) }
-    for (path, meta) in fixes.sorted(by: { $0.key < $1.key }) {
-      let fd = try At.openBeneath(root, path, flags: O_RDONLY | O_DIRECTORY)
-      defer { At.close(fd) }
-      try At.fchown(fd, path, uid: meta.uid, gid: meta.gid)
-      try At.fchmod(fd, path, mode: meta.mode)  // after chown, which may clear setgid
-      for (name, _) in try At.xattrs(fd, path) where !OverlayXattr.isOverlay(name) && meta.xattrs[name] == nil {
-        try At.removeXattr(fd, path, name: name)
-      }
-      for (name, value) in meta.xattrs.sorted(by: { $0.key < $1.key }) { try At.setXattr(fd, path, name: name, value: value) }
+  /// Gives the directories of a layer in memory the metadata `fixes` names (overlayfs's
+  /// xattrs stay).
+  public static func apply(_ fixes: [String: Metadata], in tree: LayerTree) {
+    for (path, meta) in fixes {
+      let parts = path.utf8.split(separator: 0x2F).map { Array($0) }
+      guard let node = tree.lookup(parts[...]), node.isDirectory else { continue }
+      node.meta.uid = meta.uid
+      node.meta.gid = meta.gid
+      node.meta.mode = meta.mode
+      node.meta.xattrs =
+        (node.meta.xattrs.filter { OverlayXattr.isOverlay($0.name) } + meta.xattrs.map { (name: $0.key, value: $0.value) })
+        .sorted { $0.name < $1.name }
     }
   }
 

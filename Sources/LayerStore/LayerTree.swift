@@ -154,7 +154,8 @@ public final class LayerTree {
   public func materialize(into dir: String) throws(SystemError) {
     let rootFD = try At.openDirectory(dir)
     defer { At.close(rootFD) }
-    let euid = geteuid(), egid = getegid()
+    let euid = geteuid()
+    let egid = getegid()
     func owner(_ m: FileMeta) -> (uid: uid_t, gid: uid_t)? { m.uid != euid || m.gid != egid ? (m.uid, m.gid) : nil }
     var first: [ObjectIdentifier: String] = [:]  // hard-linked nodes: their first path
     var directories: [(Int32, String, Node)] = []
@@ -204,5 +205,73 @@ public final class LayerTree {
     }
     try At.setAttributes(
       rootFD, dir, owner: owner(root.meta), mode: root.meta.mode, xattrs: root.storedXattrs, atime: root.meta.atime, mtime: root.meta.mtime)
+  }
+
+  // MARK: - From a directory
+
+  /// Reads a layer directory of stubs (one `materialize` wrote, an EROFS image mounted, or
+  /// a committed upper the store deduplicated) into a tree, xattrs as they are (overlayfs's
+  /// too). A regular file with data but no `metacopy` xattr cannot be an image's: refused.
+  public static func load(from dir: String) throws(SystemError) -> LayerTree {
+    let rootFD = try At.openDirectory(dir)
+    defer { At.close(rootFD) }
+    let rootStat = try At.fstat(rootFD, dir)
+    let tree = LayerTree(owner: (rootStat.st_uid, rootStat.st_gid), now: Sys.now())
+    tree.root.meta = FileMeta(stat: rootStat, xattrs: try At.xattrs(rootFD, dir).map { (name: $0.0, value: $0.1) })
+    var inodes: [UInt64: Node] = [:]  // hard links: the node of each inode with several names
+
+    func fill(_ fd: Int32, _ path: String, _ dir: Node) throws(SystemError) {
+      let entries: [DirectoryEntry]
+      do { entries = try At.entries(fd) } catch { throw SystemError("readdir", path, errno: error.code) }
+      for entry in entries {
+        let childPath = path + "/" + entry.name
+        guard let st = try At.lstat(fd, entry.name) else { continue }
+        let type = st.st_mode & S_IFMT
+        if type != S_IFDIR, st.st_nlink > 1, let node = inodes[UInt64(st.st_ino)] {
+          dir.children[Array(entry.name.utf8)] = node
+          node.links += 1
+          continue
+        }
+        guard tree.entries < maxEntries else { throw SystemError("load", path + ": more than \(maxEntries) entries", errno: EFBIG) }
+        tree.entries += 1
+        let node: Node
+        switch type {
+        case S_IFDIR, S_IFREG:
+          let sub = try At.open(fd, entry.name, flags: O_RDONLY | (type == S_IFDIR ? O_DIRECTORY : O_NONBLOCK) | At.noAtime)
+          defer { At.close(sub) }
+          let xattrs = try At.xattrs(sub, childPath).map { (name: $0.0, value: $0.1) }
+          node = Node(type: type, meta: FileMeta(stat: st, xattrs: xattrs))
+          if type == S_IFDIR {
+            try fill(sub, childPath, node)
+          } else {
+            node.size = Int64(st.st_size)
+            if st.st_size > 0, !xattrs.contains(where: { $0.name == ObjectStore.metacopyXattr }) {
+              throw SystemError("load", childPath + ": a file with data, not a stub", errno: EINVAL)
+            }
+          }
+        default:
+          node = Node(type: type, meta: FileMeta(stat: st, xattrs: try At.xattrs(path: childPath).map { (name: $0.0, value: $0.1) }))
+          if type == S_IFLNK {
+            node.target = Array((Sys.readLink(childPath) ?? "").utf8)
+          } else {
+            node.major = UInt32(truncatingIfNeeded: (st.st_rdev >> 8) & 0xfff | ((st.st_rdev >> 32) & ~0xfff))
+            node.minor = UInt32(truncatingIfNeeded: (st.st_rdev & 0xff) | ((st.st_rdev >> 12) & ~0xff))
+          }
+        }
+        if type != S_IFDIR {
+          node.links = 1
+          if st.st_nlink > 1 { inodes[UInt64(st.st_ino)] = node }
+        }
+        dir.children[Array(entry.name.utf8)] = node
+      }
+    }
+    try fill(rootFD, dir, tree.root)
+    return tree
+  }
+}
+
+extension FileMeta {
+  init(stat st: stat, xattrs: [(name: String, value: [UInt8])]) {
+    self.init(mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid, mtime: st.st_mtim, atime: st.st_atim, xattrs: xattrs)
   }
 }

@@ -518,7 +518,9 @@ final class Extractor {
     let parts = try components(raw)
     let meta = try self.meta(e, raw)
     let type = archive_entry_filetype(e)
-    if type != S_IFREG && type != S_IFDIR && archive_entry_hardlink(e) == nil, let x = meta.xattrs.first(where: { $0.name.hasPrefix("user.") }) {
+    if type != S_IFREG && type != S_IFDIR && archive_entry_hardlink(e) == nil,
+      let x = meta.xattrs.first(where: { $0.name.hasPrefix("user.") })
+    {
       throw fail(raw, "the xattr \(x.name) on a symlink or special file, where the kernel refuses user.* xattrs")
     }
 
@@ -556,7 +558,9 @@ final class Extractor {
       // The link entry's own header (owner, mode, xattrs, times) applies to the inode it
       // shares, as containerd's applier applies it: the last header wins. (A symlink's
       // mode stays.)
-      node.meta = node.type == S_IFLNK ? FileMeta(mode: node.meta.mode, uid: meta.uid, gid: meta.gid, mtime: meta.mtime, atime: meta.atime, xattrs: meta.xattrs) : meta
+      node.meta =
+        node.type == S_IFLNK
+        ? FileMeta(mode: node.meta.mode, uid: meta.uid, gid: meta.gid, mtime: meta.mtime, atime: meta.atime, xattrs: meta.xattrs) : meta
       return
     }
     switch type {
@@ -629,7 +633,9 @@ final class Extractor {
 
   /// A regular file: its data into the object store (unless the store has that content),
   /// then its stub in the tree.
-  private func regularFile(_ a: OpaquePointer, _ e: OpaquePointer, _ parent: LayerTree.Node, _ name: [UInt8], _ raw: String, _ meta: FileMeta)
+  private func regularFile(
+    _ a: OpaquePointer, _ e: OpaquePointer, _ parent: LayerTree.Node, _ name: [UInt8], _ raw: String, _ meta: FileMeta
+  )
     throws(LayerError)
   {
     let size = archive_entry_size(e)

@@ -24,6 +24,9 @@ public struct CheckFinding: Sendable, Equatable, CustomStringConvertible {
     case orphanObject = "orphan object"
     /// A layer directory without a row, or a row without its directory.
     case orphanLayer = "orphan layer"
+    /// A layer image not mounted on its layer's directory (mounts of it would show an empty
+    /// layer), or a mount of no layer.
+    case layerMount = "layer mount"
   }
 
   public var kind: Kind
@@ -68,6 +71,19 @@ extension ObjectCollector {
       do {
         let (trees, recorded, rows, layerIDs) = try store.db.read { db in
           (try Metadata.trees(db), try Metadata.allRefs(db), try Metadata.allObjects(db), try Metadata.allLayerIDs(db))
+        }
+        let unmounted = try store.images.unmounted(layerIDs.sorted())
+        for id in unmounted {
+          findings.append(
+            .init(kind: .layerMount, detail: "the image of layer \(id) is not mounted on \(layout.layer(id))", repairable: true))
+        }
+        if repair {
+          for id in unmounted {
+            try store.images.mount(id)
+            if let i = findings.firstIndex(where: { $0.kind == .layerMount && $0.detail.contains("layer \(id) ") }) {
+              findings[i].repaired = true
+            }
+          }
         }
         var found: [String: [String: ObjectInfo]] = [:]
         for t in trees {
@@ -154,7 +170,7 @@ extension ObjectCollector {
           findings.append(.init(kind: .orphanObject, detail: "object \(key) is recorded but neither stored nor used", repairable: true))
         }
         for name in try Sys.listDirectory(layout.layers) where !name.hasPrefix("new-") {  // (imports staging)
-          if let id = Layout.id(ofDirectory: name), layerIDs.contains(id) { continue }
+          if let id = Layout.id(ofLayerEntry: name), layerIDs.contains(id) { continue }
           findings.append(.init(kind: .orphanLayer, detail: "\(layout.layers)/\(name) belongs to no layer", repairable: true))
         }
         if repair && findings.contains(where: \.repairable) {
@@ -166,8 +182,8 @@ extension ObjectCollector {
           }
           for key in orphans { try objects.remove(key) }
           for name in try Sys.listDirectory(layout.layers) where !name.hasPrefix("new-") {
-            if let id = Layout.id(ofDirectory: name), layerIDs.contains(id) { continue }
-            try Tree.remove(layout.layers + "/" + name)
+            if let id = Layout.id(ofLayerEntry: name), layerIDs.contains(id) { continue }
+            try store.images.removeOrphan(name)
           }
           for i in findings.indices where findings[i].repairable { findings[i].repaired = true }
         }

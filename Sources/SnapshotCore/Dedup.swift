@@ -139,7 +139,7 @@ public final class ObjectCollector: StorePart, Sendable {
       let dead = try write { db in try Metadata.takeUnreferenced(db) }
       var bytes: Int64 = 0
       do {
-        for layer in freed { try Tree.remove(layout.layer(layer)) }
+        for layer in freed { try store.images.remove(layer) }
         for (key, size) in dead {
           try objects.remove(key)
           bytes += size

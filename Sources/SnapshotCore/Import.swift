@@ -89,9 +89,9 @@ final class Inflight: Sendable {
   }
 }
 
-/// A layer unpacked into its staging directory, not yet committed.
-struct StagedLayer {
-  var staging: String
+/// A layer read (its objects durable, its entries in memory), not yet committed.
+struct StagedLayer: @unchecked Sendable {  // the tree goes from the thread that read it to the one that commits it
+  var tree: LayerTree
   var unpacked: UnpackedLayer
 }
 
@@ -239,10 +239,7 @@ public final class LayerImporter: StorePart, Sendable {
       group.wait()
       let staged = results.withLock { $0 }
       let failures = staged.values.compactMap { if case .failure(let e) = $0 { e } else { nil } }
-      if let first = failures.first {
-        for case .success(let s) in staged.values { try? Tree.remove(s.staging) }
-        throw first
-      }
+      if let first = failures.first { throw first }
       // Commit in order; each layer's chainID snapshot on top of the previous one.
       var parent: String?
       for (i, l) in layers.enumerated() {
@@ -294,17 +291,35 @@ public final class LayerImporter: StorePart, Sendable {
     return try commitKnown(parent: parent, diffID: diffID)
   }
 
-  /// Unpacks a layer into a new staging directory under `l/`.
+  /// Reads a layer: its objects into the store, its entries into memory.
   private func stage(_ source: ByteSource, _ layer: LayerDescription, progress: ProgressCounter?) throws(SnapshotError) -> StagedLayer {
+    do {
+      let (unpacked, tree) = try Unpacker.read(source, layer, objects: objects, progress: progress)
+      return StagedLayer(tree: tree, unpacked: unpacked)
+    } catch {
+      logger.warning("layer import failed", metadata: ["layer": "\(layer.name)", "error": "\(error)"])
+      throw Store.mapError(error)
+    }
+  }
+
+  /// Writes a staged layer's files under `l/`: its EROFS image, or its directory of stubs
+  /// where the kernel has no EROFS; durable when this returns. Returns the path.
+  private func write(_ tree: LayerTree) throws(SnapshotError) -> String {
     let staging = layout.layers + "/new-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
     do {
+      if store.images.available {
+        try LayerImages.write(tree, to: staging + LayerImages.suffix)
+        return staging + LayerImages.suffix
+      }
       try Sys.mkdir(staging, mode: 0o755)
-      try Sys.chmod(staging, mode: 0o755)
-      let unpacked = try Unpacker.unpack(source, layer, into: staging, objects: objects, progress: progress)
-      return StagedLayer(staging: staging, unpacked: unpacked)
+      try tree.materialize(into: staging)
+      let fd = try At.openDirectory(staging)
+      defer { At.close(fd) }
+      try At.syncfs(fd, staging)
+      return staging
     } catch {
       try? Tree.remove(staging)
-      logger.warning("layer import failed", metadata: ["layer": "\(layer.name)", "error": "\(error)"])
+      try? Tree.remove(staging + LayerImages.suffix)
       throw Store.mapError(error)
     }
   }
@@ -316,10 +331,12 @@ public final class LayerImporter: StorePart, Sendable {
   /// Implicit parent directories take the metadata of `parent`'s (`chainLayer`).
   private func commitLayer(parent: String?, _ s: StagedLayer, snapshots: Bool = true) throws(SnapshotError) -> String {
     let layout = self.layout
-    var renamed: [(String, String)] = []
+    let images = store.images
+    let diffID = s.unpacked.diffID
+    let key = try chainLayer(s.tree, diffID: diffID, implicit: s.unpacked.implicitDirectories, parent: parent)
+    let staging = try write(s.tree)
+    var installed: Int64?
     do {
-      let diffID = s.unpacked.diffID
-      let key = try chainLayer(s.staging, diffID: diffID, implicit: s.unpacked.implicitDirectories, parent: parent)
       let top = try write { db -> String in
         let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
         var layerID = try Metadata.layer(db, diffID: key)
@@ -327,37 +344,42 @@ public final class LayerImporter: StorePart, Sendable {
           let id = try Metadata.insertLayer(
             db, diffID: key, digest: s.unpacked.digest.description, size: s.unpacked.fileBytes, entries: s.unpacked.entries,
             implicitDirectories: s.unpacked.implicitDirectories, now: Clock.nowNanos())
-          try Sys.rename(s.staging, layout.layer(id))
-          renamed.append((layout.layer(id), s.staging))
+          installed = id
+          // Mounted (an image) before the row commits: no snapshot can name the layer before.
+          if staging.hasSuffix(LayerImages.suffix) {
+            try images.install(staged: staging, id: id)
+          } else {
+            try Sys.rename(staging, layout.layer(id))
+          }
           try Metadata.addRefs(db, tree: Layout.tree(layer: id), s.unpacked.objects)
+          try Sys.fsyncDirectory(layout.layers)
           layerID = id
         }
         if snapshots, try Metadata.find(db, key: chainID) == nil {
           try insertLayerSnapshot(
             db, chainID: chainID, parent: parent, layer: layerID!, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
         }
-        if !renamed.isEmpty { try Sys.fsyncDirectory(layout.layers) }
         return snapshots ? chainID : ""
       }
-      // The staging dir of a layer another import committed first.
-      if Sys.exists(s.staging) { jobs.submit(.removeTree(s.staging)) }
+      // The files of a layer another import committed first.
+      if installed == nil { jobs.submit(.removeTree(staging)) }
       // Objects made for a path the tar wrote again, if nothing else uses them.
       if !s.unpacked.dropped.isEmpty { scheduleCollect(sweep: true) }
       return top
     } catch {
-      for (final, staging) in renamed { try? Sys.rename(final, staging) }
-      try? Tree.remove(s.staging)
+      if let installed { try? images.remove(installed) }
+      try? Tree.remove(staging)
       throw Store.mapError(error)
     }
   }
 
-  /// The key (diff_id) of the layer in `dir` as the chain on `parent` needs it, its
+  /// The key (diff_id) of the layer `tree` as the chain on `parent` needs it, its
   /// implicit directories given the metadata of `parent`'s (see `ImplicitDirectories`):
   /// its diffID, or `<diffID>+<signature>` when they take any from `parent`'s layers.
-  private func chainLayer(_ dir: String, diffID: Digest, implicit: [String], parent: String?) throws(SnapshotError) -> String {
+  private func chainLayer(_ tree: LayerTree, diffID: Digest, implicit: [String], parent: String?) throws(SnapshotError) -> String {
     guard !implicit.isEmpty else { return diffID.description }
     let (fixes, key) = try implicitFixes(diffID: diffID, implicit, parent: parent)
-    do { try ImplicitDirectories.apply(fixes, in: dir) } catch { throw Store.mapError(error) }
+    ImplicitDirectories.apply(fixes, in: tree)
     return key
   }
 
@@ -393,19 +415,16 @@ public final class LayerImporter: StorePart, Sendable {
       if let id = try read({ db in try Metadata.layer(db, diffID: key) }) {
         known.id = id
       } else {
-        let staging = layout.layers + "/new-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
         let (objects, size, entries) = try read { db in
           let (size, entries) = try Metadata.layerSize(db, known.id)
           return (try Metadata.refs(db, tree: Layout.tree(layer: known.id)), size, entries)
         }
-        do { try Tree.copy(from: layout.layer(known.id), to: staging) } catch {
-          try? Tree.remove(staging)
-          throw Store.mapError(error)
-        }
+        let tree: LayerTree
+        do { tree = try LayerTree.load(from: layout.layer(known.id)) } catch { throw Store.mapError(error) }
         let unpacked = UnpackedLayer(
           digest: known.digest.flatMap(Digest.init) ?? diffID, diffID: diffID, entries: Int(entries), fileBytes: size,
           objects: objects, implicitDirectories: known.implicit)
-        return try commitLayer(parent: parent, StagedLayer(staging: staging, unpacked: unpacked))
+        return try commitLayer(parent: parent, StagedLayer(tree: tree, unpacked: unpacked))
       }
     }
     try write { db in

@@ -15,8 +15,10 @@ import SnapshotSys
 ///     ROOT/s/<id>/work      overlay work dir of an active snapshot
 ///     ROOT/s/new-<id>       a snapshot directory being made (then renamed to <id> and fsync'd)
 ///     ROOT/l/<id>           an imported layer (one per diffID), shared by every chain holding it:
-///                           its regular files are stubs of objects (see `ObjectStore`)
-///     ROOT/l/new-<n>        a layer being unpacked
+///                           its regular files are stubs of objects (see `ObjectStore`); the
+///                           mount point of its image, or a directory (`LayerImages`)
+///     ROOT/l/<id>.erofs     the layer's EROFS image
+///     ROOT/l/new-<n>[.erofs] a layer being committed
 ///     ROOT/o/<xx>/<14 hex>  file data, once per content; a data-only layer of every overlay
 ///     ROOT/tmp/             image archives being read, stubs being made
 ///
@@ -89,6 +91,12 @@ public struct Layout: Sendable {
   /// The id of a staging directory name (`new-<id>`), if it is one.
   public static func id(ofStaging name: String) -> Int64? {
     name.hasPrefix("new-") ? id(ofDirectory: String(name.dropFirst(4))) : nil
+  }
+
+  /// The layer id an entry of `layers` belongs to: its directory `<id>` or its image
+  /// `<id>.erofs` (nil for staging and anything else).
+  public static func id(ofLayerEntry name: String) -> Int64? {
+    id(ofDirectory: name.hasSuffix(LayerImages.suffix) ? String(name.dropLast(LayerImages.suffix.count)) : name)
   }
 
   /// The snapshot id a directory name in `snapshots` stands for, if it is one.

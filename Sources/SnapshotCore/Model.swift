@@ -1,4 +1,5 @@
 import SnapshotSys
+
 /// The kind of a snapshot, with containerd's numbering (`snapshots.proto` `Kind`).
 public enum SnapshotKind: Int, Sendable, CaseIterable {
   case view = 1

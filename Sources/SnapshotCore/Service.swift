@@ -70,6 +70,7 @@ public final class SnapshotService: StorePart, Sendable {
     try Validate.labels(labels, key: key)
     let layout = self.layout
     let driver = self.driver
+    let images = store.images.available
     // containerd's unpacker names the committed snapshot it is about to make; when that
     // layer was imported already, "already exists" tells it to use ours. Its snapshot, if
     // remade from the stored layer, commits in a transaction of its own (the error below
@@ -117,7 +118,7 @@ public final class SnapshotService: StorePart, Sendable {
       } else {
         try Self.adopt(layout, id: id, kind: kind, parent: parentFiles)
       }
-      return (Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver), lowers.map(\.id))
+      return (Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver, images: images), lowers.map(\.id))
     }
     store.waitForDedup(lowerIDs)
     return mounts
@@ -144,13 +145,14 @@ public final class SnapshotService: StorePart, Sendable {
   public func mounts(key: String) throws(SnapshotError) -> [Mount] {
     let layout = self.layout
     let driver = self.driver
+    let images = store.images.available
     let (mounts, lowerIDs) = try lookup { db -> ([Mount], [Int64]) in
       let row = try Metadata.get(db, key: key)
       guard row.kind != .committed else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
       }
       let lowers = try row.parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
-      return (Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver), lowers.map(\.id))
+      return (Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver, images: images), lowers.map(\.id))
     }
     store.waitForDedup(lowerIDs)
     return mounts
@@ -163,9 +165,10 @@ public final class SnapshotService: StorePart, Sendable {
   /// layer (or the same options for snapfs, with the fuse driver). Unlike containerd's, a
   /// view of one layer is an overlay too: a layer's files are stubs, whose data only an
   /// overlay with the data-only layer shows.
-  static func mounts(_ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay)
-    -> [Mount]
-  {
+  static func mounts(
+    _ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay,
+    images: Bool = false
+  ) -> [Mount] {
     if lowers.isEmpty {
       return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
     }
@@ -174,6 +177,11 @@ public final class SnapshotService: StorePart, Sendable {
     // ("refusing to follow metacopy origin"). With it, a chmod or chown in a container
     // copies up metadata only, as on any overlay with metacopy, and redirect_dir is on.
     var options = ["index=off", "metacopy=on"]
+    // Layers in EROFS images are file systems of their own: without xino, a file's st_dev
+    // would be its layer's, where containerd's overlay (all layers on one file system)
+    // shows the overlay's for every file; xino keeps one st_dev and unique inode numbers
+    // (the layer's index in the top bits). snapfs does the same by itself.
+    if images { options.append("xino=on") }
     if kind == .active {
       options.append("workdir=" + layout.work(id))
       options.append("upperdir=" + layout.fs(id))
@@ -351,17 +359,19 @@ public final class SnapshotService: StorePart, Sendable {
   /// snapshot or view that lost it (an unclean shutdown on a file system without ordered
   /// metadata). A committed snapshot without its directory is reported, not hidden.
   /// Returns the highest id ever given to a snapshot.
-  static func sweep(_ layout: Layout, db: DatabasePool, logger: Logger) throws(SnapshotError) -> Int64 {
+  static func sweep(_ layout: Layout, db: DatabasePool, images: LayerImages, logger: Logger) throws(SnapshotError) -> Int64 {
     do {
       let (rows, lastID) = try db.read { db in (try Metadata.all(db), try Metadata.lastID(db)) }
       let removed = try removeOrphans(layout) { Set(rows.map(\.id)) }
       for path in removed { logger.info("removed orphan directory", metadata: ["path": "\(path)"]) }
       let layers = try db.read { db in try Metadata.allLayerIDs(db) }
       for name in try Sys.listDirectory(layout.layers) {
-        if let id = Layout.id(ofDirectory: name), layers.contains(id) { continue }
-        logger.info("removed orphan layer directory", metadata: ["path": "\(layout.layers)/\(name)"])
-        try Tree.remove(layout.layers + "/" + name)
+        if let id = Layout.id(ofLayerEntry: name), layers.contains(id) { continue }
+        logger.info("removed orphan layer files", metadata: ["path": "\(layout.layers)/\(name)"])
+        try images.removeOrphan(name)
       }
+      // Layer images a reboot or crash left unmounted, mounted before anything names them.
+      try images.mountMissing(layers.sorted(), logger: logger)
       try Tree.remove(layout.temporary)
       try Sys.mkdir(layout.temporary, mode: 0o700)
       let byID = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })

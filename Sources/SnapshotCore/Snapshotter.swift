@@ -23,12 +23,12 @@ public final class Snapshotter: Sendable {
 
   /// Opens (creating when needed) the snapshotter state under `root`.
   public init(
-    root: String, driver: MountDriver = .overlay, driverReason: String = "default",
+    root: String, driver: MountDriver = .overlay, driverReason: String = "default", layerFormat: LayerFormat = .auto,
     logger: Logger = Logger(label: "snapshotd.core")
   ) throws(SnapshotError) {
-    store = try Store(root: root, logger: logger)
+    store = try Store(root: root, layerFormat: layerFormat, logger: logger)
     let layout = store.layout
-    let lastID = try SnapshotService.sweep(layout, db: store.db, logger: logger)
+    let lastID = try SnapshotService.sweep(layout, db: store.db, images: store.images, logger: logger)
     pool = DirectoryPool(layout: layout, firstID: lastID + 1, jobs: store.jobs, logger: logger)
     do {
       try Upgrade.convertIfNeeded(layout, db: store.db, objects: store.objects, names: try store.objects.list(), logger: logger)

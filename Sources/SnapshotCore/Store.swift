@@ -38,6 +38,8 @@ public final class Store: Sendable {
   /// Snapshots in their Commit whose files are being made stubs: mounts of their children
   /// wait (`waitForDedup`), since a mount must never see its directories change.
   let deduplicating = Mutex<Set<Int64>>([])
+  /// How layers are stored: EROFS images where the kernel mounts them, else directories.
+  let images: LayerImages
 
   /// Returns once none of `ids` is being deduplicated.
   func waitForDedup(_ ids: [Int64]) {
@@ -45,7 +47,7 @@ public final class Store: Sendable {
   }
 
   /// Opens (creating when needed) the root's directories, the object store and the database.
-  init(root: String, logger: Logger) throws(SnapshotError) {
+  init(root: String, layerFormat: LayerFormat = .auto, logger: Logger) throws(SnapshotError) {
     layout = Layout(root: root)
     self.logger = logger
     do {
@@ -76,6 +78,14 @@ public final class Store: Sendable {
       throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
     }
     jobs = BackgroundQueue(logger: logger)
+    switch layerFormat {
+    case .auto:
+      let (works, reason) = LayerImages.probe(layout)
+      images = LayerImages(layout: layout, available: works)
+      logger.info("layer format", metadata: ["format": "\(works ? "erofs" : "directory")", "reason": "\(reason)"])
+    case .erofs, .directory:
+      images = LayerImages(layout: layout, available: layerFormat == .erofs)
+    }
   }
 
   /// SQLite's `PRAGMA synchronous` of the connection that writes (2 is FULL).

@@ -38,6 +38,12 @@ struct Snapshotd: AsyncParsableCommand {
 
   @Option(
     help:
+      "How new layers are stored: erofs (one EROFS image per layer, mounted file-backed), directory (a directory of stubs per layer), or auto (erofs where the kernel mounts image files)."
+  )
+  var layerFormat: LayerFormat = .auto
+
+  @Option(
+    help:
       "Registry hosts, configured as containerd's: DIR/<host>/hosts.toml (mirrors, server, ca, client, skip_verify, capabilities)."
   )
   var registryConfigPath: String = HostsConfiguration.defaultConfigPath
@@ -118,7 +124,7 @@ struct Snapshotd: AsyncParsableCommand {
     if chosen == .fuse && Sys.findProgram("snapfs") == nil {
       logger.warning("snapfs is not installed beside snapshotd or on PATH: fuse3.snapfs mounts will fail")
     }
-    let snapshotter = try Snapshotter(root: root, driver: chosen, driverReason: reason, logger: logger)
+    let snapshotter = try Snapshotter(root: root, driver: chosen, driverReason: reason, layerFormat: layerFormat, logger: logger)
     try prepareSocket()
 
     // The socket is created with mode 0600 (0660 with --group): no moment where others can connect.
@@ -213,3 +219,4 @@ struct ServerService: Service {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+extension LayerFormat: ExpressibleByArgument {}

@@ -25,7 +25,9 @@ struct ErofsTests {
   func check(_ tar: TarWriter, _ name: String) throws {
     let layer = LayerDescription(name: name, compression: .none, digest: nil, diffID: nil)
     let (_, tree) = try Unpacker.read(MemorySource(tar.finished), layer, objects: objects)
-    let dir = root + "/" + name + "-dir", image = root + "/" + name + ".erofs", mnt = root + "/" + name + "-mnt"
+    let dir = root + "/" + name + "-dir"
+    let image = root + "/" + name + ".erofs"
+    let mnt = root + "/" + name + "-mnt"
     try Sys.mkdir(dir, mode: 0o755)
     try Sys.mkdir(mnt, mode: 0o755)
     try tree.materialize(into: dir)
@@ -43,12 +45,24 @@ struct ErofsTests {
     #expect(fsck.terminationStatus == 0, "fsck.erofs \(image)")
     try Sys.mount(source: image, target: mnt, type: "erofs", flags: UInt(MS_RDONLY), data: nil)
     defer { try? Sys.unmount(mnt, flags: Int32(MNT_DETACH)) }
-    let want = try listing(dir), got = try listing(mnt)
+    let want = try listing(dir)
+    let got = try listing(mnt)
     #expect(want.count == got.count)
     #expect(want.count >= tree.entries - 1, "every entry listed")
     for (w, g) in zip(want, got) where w != g {
       Issue.record("\(name): directory: \(w)\n\(name): image:     \(g)")
     }
+    // Read back from the mounted image and written again: the same (how a variant of a
+    // layer, or a directory layer converted, becomes an image).
+    let again = root + "/" + name + "-again.erofs"
+    let mnt2 = root + "/" + name + "-mnt2"
+    try Sys.mkdir(mnt2, mode: 0o755)
+    let fd2 = open(again, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+    try ErofsImage.write(try LayerTree.load(from: mnt), to: fd2, what: again, buildTime: Sys.now())
+    close(fd2)
+    try Sys.mount(source: again, target: mnt2, type: "erofs", flags: UInt(MS_RDONLY), data: nil)
+    defer { try? Sys.unmount(mnt2, flags: Int32(MNT_DETACH)) }
+    #expect(try listing(mnt2) == got)
   }
 
   /// One line per entry: what a container could see of it but atime, ctime, inode numbers

@@ -1,0 +1,116 @@
+import LayerStore
+import Logging
+import SnapshotSys
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// How new layers are stored (`snapshotd --layer-format`): `auto` is `erofs` where the
+/// kernel mounts EROFS image files, else `directory`. Layers stored either way stay usable.
+public enum LayerFormat: String, Sendable, CaseIterable {
+  case auto
+  case erofs
+  case directory
+}
+
+/// Layers as EROFS images: each layer's metadata is one file, `l/<id>.erofs`
+/// (`ErofsImage`), mounted read-only (file-backed, no loop device) on `l/<id>`, where
+/// mounts name the layer as they name a layer directory. One mount per layer, shared by
+/// every snapshot and mount that uses it: a layer costs the host one inode and one file
+/// instead of one per entry, is written with one fsync, and goes with one unlink.
+///
+/// Where the kernel has no file-backed EROFS (`available` false), layers are directories of
+/// stubs, as before.
+///
+/// The mounts live as long as their layer: made when it commits (before any snapshot can
+/// name it), again at start for any missing (after a reboot or a crash), detached when gc
+/// deletes the layer. `check` finds layers whose mount is missing or whose image is, and
+/// images and mounts of no layer.
+struct LayerImages: Sendable {
+  let layout: Layout
+  let available: Bool
+
+  static let suffix = ".erofs"
+
+  init(layout: Layout, available: Bool) {
+    self.layout = layout
+    self.available = available
+  }
+
+  /// Whether an EROFS image file can be mounted here (Linux 6.12+ with
+  /// CONFIG_EROFS_FS_BACKED_BY_FILE): tried with an empty layer's image.
+  static func probe(_ layout: Layout) -> (Bool, String) {
+    let dir = layout.temporary + "/" + Sys.temporaryName("erofs-probe")
+    defer {
+      _ = try? Sys.unmount(dir + "/m", flags: Int32(MNT_DETACH))
+      try? Tree.remove(dir)
+    }
+    do {
+      try Sys.mkdir(dir, mode: 0o700)
+      try Sys.mkdir(dir + "/m", mode: 0o755)
+      let image = dir + "/probe" + suffix
+      try write(LayerTree(owner: (0, 0), now: Sys.now()), to: image)
+      try Sys.mount(source: image, target: dir + "/m", type: "erofs", flags: UInt(MS_RDONLY), data: nil)
+      return (true, "file-backed EROFS mounts work")
+    } catch {
+      return (false, "file-backed EROFS cannot be mounted (\(error)): layers are directories of stubs")
+    }
+  }
+
+  func image(_ id: Int64) -> String { layout.layer(id) + Self.suffix }
+
+  /// Writes `tree`'s image to `path` and makes it durable (one fsync).
+  static func write(_ tree: LayerTree, to path: String) throws {
+    let fd = try At.open(AT_FDCWD, path, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+    defer { At.close(fd) }
+    try ErofsImage.write(tree, to: fd, what: path, buildTime: Sys.now())
+    try At.fsync(fd, path)
+  }
+
+  /// Puts a staged image in place as layer `id`'s and mounts it; the caller fsyncs `l/`.
+  func install(staged: String, id: Int64) throws(SystemError) {
+    try Sys.rename(staged, image(id))
+    try Sys.mkdirIfMissing(layout.layer(id), mode: 0o755)
+    try mount(id)
+  }
+
+  /// Mounts layer `id`'s image on its directory.
+  func mount(_ id: Int64) throws(SystemError) {
+    try Sys.mount(source: image(id), target: layout.layer(id), type: "erofs", flags: UInt(MS_RDONLY | MS_NODEV | MS_NOSUID), data: nil)
+  }
+
+  /// Removes layer `id`'s files, image or directory: the mount detached first (a mount
+  /// still using it keeps it until it goes).
+  func remove(_ id: Int64) throws(SystemError) {
+    let dir = layout.layer(id)
+    if Sys.exists(image(id)) {
+      do { try Sys.unmount(dir, flags: Int32(MNT_DETACH)) } catch  where error.errno == EINVAL || error.errno == ENOENT {}
+      try? Sys.unlink(image(id))
+    }
+    try Tree.remove(dir)
+  }
+
+  /// Removes an entry of `l/` that belongs to no layer (a crash's leftover), detaching a
+  /// mount on it first.
+  func removeOrphan(_ name: String) throws(SystemError) {
+    let path = layout.layers + "/" + name
+    do { try Sys.unmount(path, flags: Int32(MNT_DETACH)) } catch  where error.errno == EINVAL || error.errno == ENOENT {}
+    try Tree.remove(path)
+  }
+
+  /// Layers (by id) whose image is not mounted on their directory, of `ids`.
+  func unmounted(_ ids: [Int64]) throws(SystemError) -> [Int64] {
+    let points = Set(try MountInfo.current().filter { $0.fsType == "erofs" }.map(\.mountPoint))
+    return ids.filter { Sys.exists(image($0)) && !points.contains(layout.layer($0)) }
+  }
+
+  /// Mounts every image of `ids` not mounted: at start, after a reboot or a crash.
+  func mountMissing(_ ids: [Int64], logger: Logger) throws(SystemError) {
+    for id in try unmounted(ids) {
+      try Sys.mkdirIfMissing(layout.layer(id), mode: 0o755)
+      try mount(id)
+      logger.info("mounted a layer image", metadata: ["layer": "\(id)"])
+    }
+  }
+}
