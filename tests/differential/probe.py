@@ -32,6 +32,7 @@ Then `#fact NAME VALUE` lines, what tools that find hard links by st_nlink > 1 a
                  on overlayfs: it is reported, both sides compared)
   nlink-zero     non-directories with st_nlink 0
   shared-inodes  inode groups of more than one name
+  other-devices  entries whose st_dev is not the root's (find -xdev, du -x skip them)
 """
 import hashlib
 import os
@@ -181,6 +182,8 @@ def main():
     print(f"#fact nlink-wrong {nlink_wrong}")
     print(f"#fact nlink-zero {nlink_zero}")
     print(f"#fact shared-inodes {sum(1 for n in names_of.values() if n > 1)}")
+    # find -xdev, du -x, tar --one-file-system: every entry on the root's device
+    print(f"#fact other-devices {sum(1 for _, st in entries if isinstance(st, os.stat_result) and st.st_dev != rootdev)}")
 
 
 main()
