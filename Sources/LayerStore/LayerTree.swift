@@ -209,16 +209,33 @@ public final class LayerTree {
 
   // MARK: - From a directory
 
-  /// Reads a layer directory of stubs (one `materialize` wrote, an EROFS image mounted, or
-  /// a committed upper the store deduplicated) into a tree, xattrs as they are (overlayfs's
-  /// too). A regular file with data but no `metacopy` xattr cannot be an image's: refused.
-  public static func load(from dir: String) throws(SystemError) -> LayerTree {
+  /// What `load` found of a directory's objects.
+  public struct Loaded {
+    /// Every object the tree's stubs name, with size and digest (as a layer's references).
+    public var objects: [String: ObjectInfo] = [:]
+    /// Objects `load` made of files with data (their inodes, given an object's name),
+    /// with the file's path: `ObjectStore.disown` undoes each if the directory stays.
+    public var adopted: [(key: String, path: String)] = []
+    /// Bytes of regular files, hard links once.
+    public var fileBytes: Int64 = 0
+
+    public init() {}
+  }
+
+  /// Reads a layer directory into a tree, xattrs as they are (overlayfs's too): one of stubs
+  /// (`materialize`'s, a mounted image, an older store's), or a committed upper dir. With
+  /// `objects`, a regular file with data (no `metacopy` xattr) becomes a stub of its
+  /// content, whose object is the file's own inode given an object's name when the store
+  /// lacks that content (no copy: the directory is to go); without, it is refused (EINVAL).
+  public static func load(from dir: String, objects: ObjectStore?, loaded: inout Loaded) throws(SystemError) -> LayerTree {
     let rootFD = try At.openDirectory(dir)
     defer { At.close(rootFD) }
     let rootStat = try At.fstat(rootFD, dir)
     let tree = LayerTree(owner: (rootStat.st_uid, rootStat.st_gid), now: Sys.now())
     tree.root.meta = FileMeta(stat: rootStat, xattrs: try At.xattrs(rootFD, dir).map { (name: $0.0, value: $0.1) })
     var inodes: [UInt64: Node] = [:]  // hard links: the node of each inode with several names
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+    defer { buffer.deallocate() }
 
     func fill(_ fd: Int32, _ path: String, _ dir: Node) throws(SystemError) {
       let entries: [DirectoryEntry]
@@ -246,8 +263,22 @@ public final class LayerTree {
           } else {
             node.size = Int64(st.st_size)
             if st.st_size > 0, !xattrs.contains(where: { $0.name == ObjectStore.metacopyXattr }) {
-              throw SystemError("load", childPath + ": a file with data, not a stub", errno: EINVAL)
+              guard let objects else { throw SystemError("load", childPath + ": a file with data, not a stub", errno: EINVAL) }
+              let sha = try ObjectStore.hash(sub, childPath, buffer)
+              var key = try objects.find(sha)
+              if key == nil {
+                let made = try objects.adopt(inode: sub, childPath, sha: sha)
+                if made.new { loaded.adopted.append((made.key, childPath)) }
+                key = made.key
+              }
+              node.object = key!
+              loaded.objects[key!] = ObjectInfo(size: Int64(st.st_size), sha256: Digest.hexString(sha))
+            } else if let objects, st.st_size > 0, let key = try ObjectStore.stubKey(sub, childPath),
+              let info = try objects.info(recovering: key, buffer)
+            {
+              loaded.objects[key] = info
             }
+            loaded.fileBytes += Int64(st.st_size)
           }
         default:
           node = Node(type: type, meta: FileMeta(stat: st, xattrs: try At.xattrs(path: childPath).map { (name: $0.0, value: $0.1) }))
@@ -267,6 +298,12 @@ public final class LayerTree {
     }
     try fill(rootFD, dir, tree.root)
     return tree
+  }
+
+  /// `load` of a tree of stubs only.
+  public static func load(from dir: String) throws(SystemError) -> LayerTree {
+    var loaded = Loaded()
+    return try load(from: dir, objects: nil, loaded: &loaded)
   }
 }
 

@@ -187,6 +187,26 @@ public final class ObjectStore: @unchecked Sendable {
     return try name(sha) { (dir, name, _) throws(SystemError) in try At.linkTemporary(fd, dir, name) }
   }
 
+  /// Gives the inode open at `fd` (a file whose own names are about to go with their
+  /// directory) the object name for content `sha`, without a copy, unless the store has that
+  /// content (then `new` is false and the file is left as it was). Undone by `disown`.
+  public func adopt(inode fd: Int32, _ what: String, sha: [UInt8]) throws(SystemError) -> (key: String, new: Bool) {
+    try At.setXattr(fd, what, name: Self.digestXattr, value: sha)
+    let made = try name(sha) { (dir, name, _) throws(SystemError) in try At.linkTemporary(fd, dir, name) }
+    if !made.new { try At.removeXattr(fd, what, name: Self.digestXattr) }
+    return made
+  }
+
+  /// Undoes `adopt(inode:)`: the object's name goes, and the file (at `path`) loses the
+  /// digest xattr.
+  public func disown(_ key: String, path filePath: String) {
+    try? remove(key)
+    if let fd = try? At.openFile(filePath) {
+      try? At.removeXattr(fd, filePath, name: Self.digestXattr)
+      At.close(fd)
+    }
+  }
+
   /// Makes the finished file `name` in `dir` (open as `fd`, with content digest `sha`) an
   /// object without copying it and without giving it a second name, which a container with
   /// the tree mounted would see as a link count of 2 (and a crash could leave for good):

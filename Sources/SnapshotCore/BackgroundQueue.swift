@@ -29,6 +29,8 @@ final class BackgroundQueue: Sendable {
     case removeTree(String)
     /// Delete objects nothing references (`ObjectCollector.runCollect`).
     case collect
+    /// Make layer directories images (`ObjectCollector.runToImages`).
+    case toImages
   }
 
   private let pool = DispatchQueue(label: "snapshotd.background.pool", qos: .userInitiated)
@@ -70,14 +72,17 @@ final class BackgroundQueue: Sendable {
     switch job {
     case .fillPool, .recyclePool: pool
     case .removeTree: removals
-    case .collect: upkeep
+    case .collect, .toImages: upkeep
     }
   }
 
   private func perform(_ job: Job) {
     if case .removeTree(let path) = job {
       guard Sys.exists(path) else { return }
-      do { try Tree.remove(path) } catch {
+      do {
+        try Sys.detachMounts(under: path)  // a committed snapshot's image
+        try Tree.remove(path)
+      } catch {
         logger.warning("failed to remove a directory", metadata: ["path": "\(path)", "error": "\(error)"])
       }
       return

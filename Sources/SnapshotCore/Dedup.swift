@@ -30,7 +30,7 @@ public final class ObjectCollector: StorePart, Sendable {
     for attempt in 0..<Self.unmountWaits {
       guard let mounted = layout.mountedIDs(fuse: driver == .fuse) else { break }
       if !mounted.contains(id) {
-        dedup(id)
+        if store.images.available { makeImage(snapshot: id) } else { dedup(id) }
         return
       }
       if attempt + 1 < Self.unmountWaits { usleep(100_000) }
@@ -38,6 +38,85 @@ public final class ObjectCollector: StorePart, Sendable {
     logger.info("a committed snapshot is still mounted: its files are left as they are, not deduplicated", metadata: ["id": "\(id)"])
   }
   static let unmountWaits = 10
+
+  /// With layer images: the files of snapshot `id`, committed through Prepare/Commit, made
+  /// an EROFS image mounted on its `fs`, their data objects shared with every other layer
+  /// (dedup and image in one pass: no stub is made on disk; a file whose content is new
+  /// becomes the object itself). Only for a directory no mount uses; its references and
+  /// file bytes are recorded as dedup records them. A failure leaves the directory.
+  func makeImage(snapshot id: Int64) {
+    let layout = self.layout
+    let started = Clock.nowNanos()
+    do {
+      try objects.shared { () throws in
+        guard let row = try read({ db in try Metadata.find(db, id: id) }), row.kind == .committed, row.layer == nil else { return }
+        let dir = layout.fs(id)
+        var summary: LayerTree.Loaded?
+        if Sys.exists(dir + LayerImages.suffix) {  // a crash cut the last step short
+          try store.images.finish(dir, image: dir + LayerImages.suffix)
+          return
+        }
+        try store.images.convert(dir, objects: objects) { loaded in
+          try write { db in
+            guard let now = try Metadata.find(db, id: id), now.kind == .committed else {
+              throw SnapshotError.notFound("snapshot \(id) was removed")
+            }
+            let known = try Metadata.refs(db, tree: Layout.tree(snapshot: id))
+            try Metadata.addRefs(db, tree: Layout.tree(snapshot: id), loaded.objects.filter { known[$0.key] == nil })
+            if now.fileBytes == nil { try Metadata.setFileBytes(db, id: id, loaded.fileBytes) }
+          }
+          summary = loaded
+        }
+        // (tests wait for this line)
+        logger.debug(
+          "deduplicated snapshot",
+          metadata: [
+            "key": "\(row.key)", "image": "\(dir + LayerImages.suffix)", "objects": "\(summary?.objects.count ?? 0)",
+            "bytes": "\(summary?.fileBytes ?? 0)", "new": "\(summary?.adopted.count ?? 0)",
+            "seconds": "\(Double(Clock.nowNanos() - started) / 1e9)",
+          ])
+      }
+    } catch {
+      if (try? read({ db in try Metadata.find(db, id: id) })) == nil { scheduleCollect(sweep: true) }
+      logger.warning(
+        "deduplication of a committed snapshot failed; its files stay a directory", metadata: ["id": "\(id)", "error": "\(error)"])
+    }
+  }
+
+  /// The `toImages` job: what is still a directory becomes an image, one at a time, each
+  /// when no mount uses it: imported layers of an earlier version's store (stubs only), and
+  /// committed snapshots a mount used at start. Children's mounts wait during each swap
+  /// (a rename, a mkdir and a mount; the image is written before).
+  func runToImages() {
+    guard store.images.available else { return }
+    let images = store.images
+    let fuse = driver == .fuse
+    do {
+      let (layers, snapshots) = try read { db in
+        (try Metadata.allLayerIDs(db).sorted(), try Metadata.all(db).filter { $0.kind == .committed && $0.layer == nil }.map(\.id))
+      }
+      for id in snapshots where !Sys.exists(layout.fs(id) + LayerImages.suffix) {
+        guard let mounted = layout.mountedIDs(fuse: fuse), !mounted.contains(id) else { continue }
+        store.deduplicating.withLock { _ = $0.insert(id) }
+        defer { store.deduplicating.withLock { _ = $0.remove(id) } }
+        guard let still = layout.mountedIDs(fuse: fuse), !still.contains(id) else { continue }
+        makeImage(snapshot: id)
+      }
+      for id in layers where !Sys.exists(images.image(id)) {
+        try objects.shared { () throws in
+          guard let mounted = layout.mountedLayerIDs(fuse: fuse), !mounted.contains(id), Sys.exists(layout.layer(id)) else { return }
+          let guarded = try read { db in try Metadata.snapshots(db, layer: id) }
+          store.deduplicating.withLock { $0.formUnion(guarded) }
+          defer { store.deduplicating.withLock { $0.subtract(guarded) } }
+          guard let still = layout.mountedLayerIDs(fuse: fuse), !still.contains(id) else { return }
+          try images.convert(layout.layer(id), objects: nil) { _ in }
+          logger.info("an imported layer's directory is an image now", metadata: ["layer": "\(id)"])
+        }
+      }
+    } catch {
+      logger.warning("making layer directories images failed; retried at the next start", metadata: ["error": "\(error)"])
+    }
+  }
 
   /// The `collect` job. Directories of removed snapshots go first, since their links to
   /// objects count: the pool's are taken back now, and their removals waited for.

@@ -99,18 +99,65 @@ struct LayerImages: Sendable {
     try Tree.remove(path)
   }
 
+  // MARK: - Directories made images
+
+  /// Makes the layer directory `dir` (no mount may be using it) an image mounted on it:
+  /// `dir` is read into memory (`LayerTree.load`, which with `objects` gives files with
+  /// data to the object store), the image written beside it (`dir.erofs`), `record` called
+  /// with what was loaded (references to record: the image names those objects), then the
+  /// image put in place and `finish`ed. A failure before the image is in place leaves the
+  /// directory as it was (adopted objects disowned).
+  func convert(_ dir: String, objects: ObjectStore?, record: (LayerTree.Loaded) throws -> Void) throws {
+    let image = dir + Self.suffix
+    let staged = dir + Self.suffix + ".new"
+    var loaded = LayerTree.Loaded()
+    do {
+      let tree = try LayerTree.load(from: dir, objects: objects, loaded: &loaded)
+      try? Sys.unlink(staged)
+      try Self.write(tree, to: staged)
+      if !loaded.adopted.isEmpty { try objects?.sync() }
+      try record(loaded)
+    } catch {
+      for (key, path) in loaded.adopted { objects?.disown(key, path: path) }
+      try? Sys.unlink(staged)
+      throw error
+    }
+    try Sys.rename(staged, image)
+    try finish(dir, image: image)
+  }
+
+  /// Mounts `image` on `dir` if it is not: after `convert`, or at start when a crash cut
+  /// one short (a full `dir` moves aside first; `dir.old` goes).
+  func finish(_ dir: String, image: String, mounted: Set<String>? = nil) throws {
+    let points = try mounted ?? Set(MountInfo.current().map(\.mountPoint))
+    let old = dir + ".old"
+    if !points.contains(dir) {
+      if Sys.exists(dir), try !Sys.listDirectory(dir).isEmpty {
+        try Tree.remove(old)
+        try Sys.rename(dir, old)
+      }
+      try Sys.mkdirIfMissing(dir, mode: 0o755)
+      let parent = String(dir[..<dir.lastIndex(of: "/")!])
+      try Sys.fsyncDirectory(parent)
+      try Sys.mount(source: image, target: dir, type: "erofs", flags: UInt(MS_RDONLY | MS_NODEV | MS_NOSUID), data: nil)
+    }
+    try Tree.remove(old)
+  }
+
   /// Layers (by id) whose image is not mounted on their directory, of `ids`.
   func unmounted(_ ids: [Int64]) throws(SystemError) -> [Int64] {
     let points = Set(try MountInfo.current().filter { $0.fsType == "erofs" }.map(\.mountPoint))
     return ids.filter { Sys.exists(image($0)) && !points.contains(layout.layer($0)) }
   }
 
-  /// Mounts every image of `ids` not mounted: at start, after a reboot or a crash.
-  func mountMissing(_ ids: [Int64], logger: Logger) throws(SystemError) {
-    for id in try unmounted(ids) {
-      try Sys.mkdirIfMissing(layout.layer(id), mode: 0o755)
-      try mount(id)
-      logger.info("mounted a layer image", metadata: ["layer": "\(id)"])
+  /// Mounts every image of `ids` not mounted, and of committed snapshots `snapshots`: at
+  /// start, after a reboot or a crash.
+  func mountMissing(_ ids: [Int64], snapshots: [Int64], logger: Logger) throws {
+    let points = Set(try MountInfo.current().map(\.mountPoint))
+    let all = ids.map { (layout.layer($0), image($0)) } + snapshots.map { (layout.fs($0), layout.fs($0) + Self.suffix) }
+    for (dir, image) in all where Sys.exists(image) && (!points.contains(dir) || Sys.exists(dir + ".old")) {
+      try finish(dir, image: image, mounted: points)
+      logger.info("mounted a layer image", metadata: ["path": "\(dir)"])
     }
   }
 }

@@ -139,6 +139,11 @@ enum Metadata {
     return row
   }
 
+  /// Ids of the snapshots of an imported layer.
+  static func snapshots(_ db: Database, layer: Int64) throws -> [Int64] {
+    try Int64.fetchAll(db.cachedStatement(sql: "SELECT id FROM snapshot WHERE layer = ?"), arguments: [layer])
+  }
+
   static func all(_ db: Database) throws -> [SnapshotRow] {
     try Row.fetchAll(db, sql: selectColumns + " ORDER BY s.id").map { row throws(SnapshotError) in try SnapshotRow(row: row) }
   }

@@ -17,10 +17,20 @@ extension Layout {
   /// lazily unmounted snapfs has no mount left in this namespace but may still hold its
   /// directories); otherwise only while a `fuse.snapfs` mount exists.
   func mountedIDs(fuse: Bool = false) -> Set<Int64>? {
-    guard let mounts = try? MountInfo.current(), let st = try? Sys.lstat(snapshots) else { return nil }
+    mountUsers(of: snapshots, aliased: alias + "/s/", fuse: fuse)
+  }
+
+  /// Ids of imported layers a mount may be using, as `mountedIDs` finds snapshots'.
+  func mountedLayerIDs(fuse: Bool = false) -> Set<Int64>? {
+    mountUsers(of: layers, aliased: alias + "/l/", fuse: fuse)
+  }
+
+  /// Ids named after `top/` or `aliased` by mounts (and snapfs processes); `top` on its own
+  /// device may also be mounted from (bind mounts of directories below it).
+  private func mountUsers(of top: String, aliased: String, fuse: Bool) -> Set<Int64>? {
+    guard let mounts = try? MountInfo.current(), let st = try? Sys.lstat(top) else { return nil }
     let dev = UInt64(st.st_dev)
-    let prefix = snapshots + "/"
-    let aliased = alias + "/s/"
+    let prefix = top + "/"
     var ids = Set<Int64>()
     // Byte-wise: this runs in every Commit, and String searches by Character cost more
     // than the rest of the call.
@@ -51,11 +61,12 @@ extension Layout {
     var nearest = -1
     for m in mounts where m.isDevice(dev) {
       let point = m.mountPoint == "/" ? "" : m.mountPoint
-      guard point.count > nearest, snapshots.hasPrefix(point + "/") else { continue }
+      guard point.count > nearest, top.hasPrefix(point + "/") else { continue }
       nearest = point.count
-      within = (m.root == "/" ? "" : m.root) + String(snapshots.dropFirst(point.count)) + "/"
+      within = (m.root == "/" ? "" : m.root) + String(top.dropFirst(point.count)) + "/"
     }
-    for m in mounts {
+    // (A layer image's own mount names its image file, not a user.)
+    for m in mounts where m.fsType != "erofs" {
       if let within, m.isDevice(dev) { collect(m.root, after: Array(within.utf8)) }
       for option in m.options + [m.source] + m.superOptions { collectPaths(option) }
     }

@@ -349,6 +349,7 @@ public final class SnapshotService: StorePart, Sendable {
     for name in names {
       if let id = Layout.id(ofDirectory: name) ?? Layout.id(ofStaging: name), ids.contains(id) { continue }
       let path = layout.snapshots + "/" + name
+      try Sys.detachMounts(under: path)
       try Tree.remove(path)
       removed.append(path)
     }
@@ -371,7 +372,8 @@ public final class SnapshotService: StorePart, Sendable {
         try images.removeOrphan(name)
       }
       // Layer images a reboot or crash left unmounted, mounted before anything names them.
-      try images.mountMissing(layers.sorted(), logger: logger)
+      try images.mountMissing(
+        layers.sorted(), snapshots: rows.filter { $0.kind == .committed && $0.layer == nil }.map(\.id), logger: logger)
       try Tree.remove(layout.temporary)
       try Sys.mkdir(layout.temporary, mode: 0o700)
       let byID = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })

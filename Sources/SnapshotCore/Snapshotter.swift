@@ -48,6 +48,7 @@ public final class Snapshotter: Sendable {
       case .fillPool: pool?.fill()
       case .recyclePool: pool?.takeBack()
       case .collect: collector?.runCollect()
+      case .toImages: collector?.runToImages()
       case .removeTree: break  // never here: the queue runs removals itself
       }
     }
@@ -58,9 +59,20 @@ public final class Snapshotter: Sendable {
     // Snapshots whose commit a crash cut short before their files were stubs: finished now,
     // before any client can mount them, unless a mount from before the restart uses them.
     let mounted = layout.mountedIDs(fuse: driver == .fuse)
-    for id in try store.read({ db in try Metadata.pendingDedup(db) }) where mounted.map({ !$0.contains(id) }) ?? false {
-      collector.dedup(id)
+    if store.images.available {
+      // With images: every committed snapshot's files not yet an image (a dedup or image
+      // cut short, or an earlier version's store).
+      let committed = try store.read { db in try Metadata.all(db).filter { $0.kind == .committed && $0.layer == nil }.map(\.id) }
+      for id in committed where !Sys.exists(layout.fs(id) + LayerImages.suffix) && (mounted.map { !$0.contains(id) } ?? false) {
+        collector.makeImage(snapshot: id)
+      }
+    } else {
+      for id in try store.read({ db in try Metadata.pendingDedup(db) }) where mounted.map({ !$0.contains(id) }) ?? false {
+        collector.dedup(id)
+      }
     }
+    // Layers still in directories (an earlier version's store) become images meanwhile.
+    store.jobs.submit(.toImages)
   }
 
   /// Where layers come from when containerd's CRI plugin names them on Prepare.

@@ -113,3 +113,14 @@ public struct MountInfo: Sendable, Equatable {
     return String(decoding: out, as: UTF8.self)
   }
 }
+
+extension Sys {
+  /// Detaches (`MNT_DETACH`) every mount at or below `path`, deepest first: before a tree
+  /// holding mount points (layer images) is removed. A mount still using one keeps it.
+  public static func detachMounts(under path: String) throws(SystemError) {
+    let points = try MountInfo.current().map(\.mountPoint).filter { $0 == path || $0.hasPrefix(path + "/") }
+    for point in points.sorted(by: { $0.count > $1.count }) {
+      do { try unmount(point, flags: Int32(MNT_DETACH)) } catch  where error.errno == EINVAL || error.errno == ENOENT {}
+    }
+  }
+}
