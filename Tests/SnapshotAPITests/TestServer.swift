@@ -12,7 +12,10 @@ import SnapshotSys
 func withTestServer(_ body: (String, Snapshotter) async throws -> Void) async throws {
   var template = Array("/tmp/snapshotd-api-XXXXXX".utf8CString)
   let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-  defer { try? Tree.remove(dir) }
+  defer {
+    try? Sys.detachMounts(under: dir)  // layer images
+    try? Tree.remove(dir)
+  }
   let snapshotter = try Snapshotter(root: dir + "/root")
   let socket = dir + "/s.sock"
   let server = SnapshotServer(socketPath: socket, snapshotter: snapshotter, logger: Logger(label: "test"))

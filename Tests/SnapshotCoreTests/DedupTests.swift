@@ -133,6 +133,86 @@ struct DedupTests {
     #expect(left == 0)
   }
 
+  /// With layer images: Commit makes the snapshot's files an EROFS image mounted on its
+  /// directory, every file (hard links too) a stub of a shared object, what stat shows
+  /// unchanged but inode numbers, ctime and atime (EROFS keeps none of its own).
+  @Test func committedFilesBecomeAnImage() throws {
+    let tmp = TempRoot()
+    let s = try tmp.open(.erofs)
+    let names = ["same1", "d/same2", "d/othermode", "d/hard", "empty", "xattr", "d"]
+    var before: [stat] = []
+    let a = try layer(s, "a") { fs in
+      try write(fs + "/same1", "shared content", mtime: 1_000_000)
+      #expect(mkdir(fs + "/d", 0o755) == 0)
+      try write(fs + "/d/same2", "shared content", mtime: 1_000_000)
+      try write(fs + "/d/othermode", "shared content", mode: 0o4755, mtime: 1_000_000)
+      #expect(link(fs + "/same1", fs + "/d/hard") == 0)
+      try write(fs + "/empty", "", mtime: 1_000_000)
+      #expect(symlink("same1", fs + "/sym") == 0)
+      try write(fs + "/xattr", "other content", mtime: 1_000_000)
+      try At.setXattr(path: fs + "/xattr", name: "user.k", value: [UInt8(ascii: "v")])
+      setTimes(fs + "/d", mtime: 2_000_000)
+      before = try names.map { try st(fs + "/" + $0) }
+    }
+    #expect(try MountInfo.current().contains { $0.mountPoint == a && $0.fsType == "erofs" })
+    #expect(!Sys.exists(a + ".old"))
+    let after = try names.map { try st(a + "/" + $0) }
+    for (b, n) in zip(before, after) {
+      // (A directory's size is its file system's: ext4 allocates 4 KiB, EROFS what it uses.)
+      #expect(b.st_mode & S_IFMT == S_IFDIR ? shown(b)[0..<3] + shown(b)[4..<6] == shown(n)[0..<3] + shown(n)[4..<6] : shown(b)[0..<6] == shown(n)[0..<6])
+      #expect(b.st_nlink == n.st_nlink)
+    }
+    #expect(after[0].st_ino == after[3].st_ino && after[0].st_nlink == 2)
+    let key = try object(a + "/d/same2")
+    #expect(try key != nil && object(a + "/same1") == key && object(a + "/d/hard") == key)
+    #expect(try object(a + "/empty") == nil)
+    let fd = try At.openFile(a + "/xattr")
+    defer { At.close(fd) }
+    #expect(try At.xattrs(fd, "xattr").contains { $0.0 == "user.k" && $0.1 == [UInt8(ascii: "v")] })
+    var u = try s.storeUsage()
+    #expect(u.objects == 2 && u.storedBytes == 14 + 13)
+    #expect(try s.check().isEmpty)
+    // Read through a child's overlay: the objects' bytes.
+    let m = try s.view(key: "v", parent: "a")
+    let target = tmp.path + "/v"
+    try Sys.mkdir(target, mode: 0o755)
+    try Sys.mount(source: "overlay", target: target, type: "overlay", flags: 0, data: m[0].options.joined(separator: ","))
+    #expect(try Sys.readAll(target + "/d/hard") == Array("shared content".utf8))
+    #expect(try Sys.lstat(target + "/same1").st_dev == Sys.lstat(target + "/d").st_dev)  // xino: one st_dev
+    try Sys.unmount(target)
+    try s.remove(key: "v")
+    // Removed: its mount and image go, then the objects only it used.
+    try s.remove(key: "a")
+    s.drain()
+    u = try s.storeUsage()
+    #expect(u.objects == 0 && u.storedBytes == 0)
+    #expect(try !MountInfo.current().contains { $0.mountPoint.hasPrefix(tmp.path + "/") })
+  }
+
+  /// A store whose layers are directories (an earlier version's, or `--layer-format
+  /// directory`) becomes one of images when opened with images: committed snapshots at
+  /// start, the rest in the background; what stat shows stays.
+  @Test func directoriesBecomeImagesAtStart() throws {
+    let tmp = TempRoot()
+    var before: stat?
+    do {
+      let s = try tmp.open(.directory)
+      _ = try layer(s, "a") { fs in
+        try write(fs + "/f", "content", mtime: 1_000_000)
+        #expect(link(fs + "/f", fs + "/g") == 0)
+        before = try st(fs + "/f")
+      }
+      s.drain()
+    }
+    let s = try tmp.open(.erofs)
+    s.drain()
+    let fs = s.layout.fs(try s.read { db in try Metadata.find(db, key: "a")!.id })
+    #expect(try MountInfo.current().contains { $0.mountPoint == fs && $0.fsType == "erofs" })
+    let now = try st(fs + "/f")
+    #expect(shown(before!)[0..<6] == shown(now)[0..<6] && now.st_nlink == 2)
+    #expect(try s.check().isEmpty)
+  }
+
   /// A file capability (as Debian's ping has) and setuid survive becoming a stub: the
   /// kernel removes security.capability on chown, so the stub is chowned first.
   @Test func capabilitiesAndSetuidSurviveTheDedup() throws {

@@ -18,9 +18,11 @@ final class TempRoot {
   deinit {
     // The root's alias under /run/sd goes with it.
     try? Sys.unlink(Layout(root: path + "/root").alias)
+    try? Sys.detachMounts(under: path)  // layer images
     try? Tree.remove(path)
   }
-  func open() throws -> Snapshotter { try Snapshotter(root: path + "/root") }
+  /// Layers as directories unless `format` says otherwise: most suites check the stubs on disk.
+  func open(_ format: LayerFormat = .directory) throws -> Snapshotter { try Snapshotter(root: path + "/root", layerFormat: format) }
 }
 
 func expectError(_ kind: SnapshotError.Kind, containing text: String, _ body: () throws -> Void) {

@@ -79,7 +79,8 @@ enum FuzzTargets {
 
   static let snapshotter: Snapshotter = {
     do {
-      return try Snapshotter(root: scratch + "/grpc", logger: quiet)
+      // (Directories: a fuzzed Commit must not leave a mount behind the scratch directory.)
+      return try Snapshotter(root: scratch + "/grpc", layerFormat: .directory, logger: quiet)
     } catch {
       fatalError("snapfuzz grpc: no snapshotter under \(scratch): \(error)")
     }
@@ -110,15 +111,24 @@ enum FuzzTargets {
   }()
 
   /// The input is an uncompressed layer tar, unpacked for real; nothing may land outside
-  /// the layer's directory (checked: the scratch directory holds only what it should).
+  /// the layer's directory (checked: the scratch directory holds only what it should). Its
+  /// tree is also written as an EROFS image (the writer must take any tree the tar rules
+  /// let through).
   static func tar(_ input: [UInt8]) {
     let dir = scratch + "/layer"
     try? Tree.remove(dir)
     try? Sys.mkdir(dir, mode: 0o755)
     let layer = LayerDescription(name: "fuzz", compression: .none, digest: nil, diffID: nil)
-    _ = try? Unpacker.unpack(MemorySource(input), layer, into: dir, objects: objects)
+    if let (_, tree) = try? Unpacker.read(MemorySource(input), layer, objects: objects) {
+      try? tree.materialize(into: dir)
+      let image = open(scratch + "/layer.erofs", O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+      if image >= 0 {
+        _ = try? ErofsImage.write(tree, to: image, what: "fuzz", buildTime: Sys.now())
+        close(image)
+      }
+    }
     let left = Set((try? Sys.listDirectory(scratch)) ?? [])
-    guard left.isSubset(of: ["layer", "objects", "grpc"]) else { fatalError("a tar wrote outside its layer: \(left.sorted())") }
+    guard left.isSubset(of: ["layer", "layer.erofs", "objects", "grpc"]) else { fatalError("a tar wrote outside its layer: \(left.sorted())") }
     try? Tree.remove(dir)
   }
 
