@@ -26,11 +26,11 @@ public final class ObjectCollector: StorePart, Sendable {
   /// directory: an active snapshot committed while still mounted (a running container's)
   /// keeps its files as they are, since a mount must never see its directories change. A
   /// FUSE mount's process may need a moment to exit after its unmount: it is waited for.
-  func dedupIfUnmounted(_ id: Int64) {
+  func dedupIfUnmounted(_ id: Int64, inodes: Int64) {
     for attempt in 0..<Self.unmountWaits {
       guard let mounted = layout.mountedIDs(fuse: driver == .fuse) else { break }
       if !mounted.contains(id) {
-        if store.images.available { makeImage(snapshot: id) } else { dedup(id) }
+        if store.images.wants(inodes: inodes) { makeImage(snapshot: id) } else { dedup(id) }
         return
       }
       if attempt + 1 < Self.unmountWaits { usleep(100_000) }
@@ -93,7 +93,10 @@ public final class ObjectCollector: StorePart, Sendable {
     let fuse = driver == .fuse
     do {
       let (layers, snapshots) = try read { db in
-        (try Metadata.allLayerIDs(db).sorted(), try Metadata.all(db).filter { $0.kind == .committed && $0.layer == nil }.map(\.id))
+        (
+          try Metadata.allLayerIDs(db).sorted(),
+          try Metadata.all(db).filter { $0.kind == .committed && $0.layer == nil && images.wants(inodes: $0.inodes) }.map(\.id)
+        )
       }
       for id in snapshots where !Sys.exists(layout.fs(id) + LayerImages.suffix) {
         guard let mounted = layout.mountedIDs(fuse: fuse), !mounted.contains(id) else { continue }

@@ -32,6 +32,13 @@ struct LayerImages: Sendable {
   let available: Bool
 
   static let suffix = ".erofs"
+  /// Committed snapshots with fewer entries stay directories (their files stubs, as dedup
+  /// makes them): an image saves them little, and would cost a small Commit an fsync and a
+  /// mount (`scripts/bench-api` commits empty snapshots).
+  static let minimumEntries: Int64 = 64
+
+  /// Whether a committed snapshot of `inodes` entries (its usage) becomes an image.
+  func wants(inodes: Int64) -> Bool { available && inodes >= Self.minimumEntries }
 
   init(layout: Layout, available: Bool) {
     self.layout = layout

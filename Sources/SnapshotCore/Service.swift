@@ -231,7 +231,7 @@ public final class SnapshotService: StorePart, Sendable {
     }
     // Its files become stubs of shared content objects now, before the caller hears of the
     // commit: no mount can have the new layer as a lower one yet, so none sees them change.
-    collector.dedupIfUnmounted(found.id)
+    collector.dedupIfUnmounted(found.id, inodes: usage.inodes)
   }
 
   /// Remove: deletes the snapshot's row; its directory goes after the commit (back to the

@@ -59,16 +59,17 @@ public final class Snapshotter: Sendable {
     // Snapshots whose commit a crash cut short before their files were stubs: finished now,
     // before any client can mount them, unless a mount from before the restart uses them.
     let mounted = layout.mountedIDs(fuse: driver == .fuse)
-    if store.images.available {
-      // With images: every committed snapshot's files not yet an image (a dedup or image
-      // cut short, or an earlier version's store).
-      let committed = try store.read { db in try Metadata.all(db).filter { $0.kind == .committed && $0.layer == nil }.map(\.id) }
-      for id in committed where !Sys.exists(layout.fs(id) + LayerImages.suffix) && (mounted.map { !$0.contains(id) } ?? false) {
-        collector.makeImage(snapshot: id)
-      }
-    } else {
-      for id in try store.read({ db in try Metadata.pendingDedup(db) }) where mounted.map({ !$0.contains(id) }) ?? false {
-        collector.dedup(id)
+    // With images, every committed snapshot's files big enough and not yet an image (an
+    // image or dedup cut short, or an earlier version's store); the rest deduplicated.
+    let committed = try store.read { db in try Metadata.all(db).filter { $0.kind == .committed && $0.layer == nil } }
+    let pending = Set(try store.read { db in try Metadata.pendingDedup(db) })
+    for row in committed where mounted.map({ !$0.contains(row.id) }) ?? false {
+      if store.images.wants(inodes: row.inodes) {
+        if !Sys.exists(layout.fs(row.id) + LayerImages.suffix) || Sys.exists(layout.fs(row.id) + ".old") {
+          collector.makeImage(snapshot: row.id)
+        }
+      } else if pending.contains(row.id) {
+        collector.dedup(row.id)
       }
     }
     // Layers still in directories (an earlier version's store) become images meanwhile.

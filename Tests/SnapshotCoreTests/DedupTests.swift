@@ -133,6 +133,21 @@ struct DedupTests {
     #expect(left == 0)
   }
 
+  /// Enough empty files that a commit becomes an image (`LayerImages.minimumEntries`).
+  func filler(_ fs: String) throws {
+    #expect(mkdir(fs + "/many", 0o755) == 0)
+    for i in 0..<LayerImages.minimumEntries { try write(fs + "/many/\(i)", "", mtime: 1_000_000) }
+  }
+
+  /// A small commit stays a directory of stubs: an image would cost it an fsync and a mount.
+  @Test func smallCommitsStayDirectories() throws {
+    let tmp = TempRoot()
+    let s = try tmp.open(.erofs)
+    let a = try layer(s, "a") { fs in try write(fs + "/f", "content", mtime: 1_000_000) }
+    #expect(try !MountInfo.current().contains { $0.mountPoint == a })
+    #expect(try object(a + "/f") != nil)
+  }
+
   /// With layer images: Commit makes the snapshot's files an EROFS image mounted on its
   /// directory, every file (hard links too) a stub of a shared object, what stat shows
   /// unchanged but inode numbers, ctime and atime (EROFS keeps none of its own).
@@ -151,6 +166,7 @@ struct DedupTests {
       #expect(symlink("same1", fs + "/sym") == 0)
       try write(fs + "/xattr", "other content", mtime: 1_000_000)
       try At.setXattr(path: fs + "/xattr", name: "user.k", value: [UInt8(ascii: "v")])
+      try filler(fs)
       setTimes(fs + "/d", mtime: 2_000_000)
       before = try names.map { try st(fs + "/" + $0) }
     }
@@ -159,7 +175,9 @@ struct DedupTests {
     let after = try names.map { try st(a + "/" + $0) }
     for (b, n) in zip(before, after) {
       // (A directory's size is its file system's: ext4 allocates 4 KiB, EROFS what it uses.)
-      #expect(b.st_mode & S_IFMT == S_IFDIR ? shown(b)[0..<3] + shown(b)[4..<6] == shown(n)[0..<3] + shown(n)[4..<6] : shown(b)[0..<6] == shown(n)[0..<6])
+      #expect(
+        b.st_mode & S_IFMT == S_IFDIR
+          ? shown(b)[0..<3] + shown(b)[4..<6] == shown(n)[0..<3] + shown(n)[4..<6] : shown(b)[0..<6] == shown(n)[0..<6])
       #expect(b.st_nlink == n.st_nlink)
     }
     #expect(after[0].st_ino == after[3].st_ino && after[0].st_nlink == 2)
@@ -200,6 +218,7 @@ struct DedupTests {
       _ = try layer(s, "a") { fs in
         try write(fs + "/f", "content", mtime: 1_000_000)
         #expect(link(fs + "/f", fs + "/g") == 0)
+        try filler(fs)
         before = try st(fs + "/f")
       }
       s.drain()

@@ -128,7 +128,9 @@ enum FuzzTargets {
       }
     }
     let left = Set((try? Sys.listDirectory(scratch)) ?? [])
-    guard left.isSubset(of: ["layer", "layer.erofs", "objects", "grpc"]) else { fatalError("a tar wrote outside its layer: \(left.sorted())") }
+    guard left.isSubset(of: ["layer", "layer.erofs", "objects", "grpc"]) else {
+      fatalError("a tar wrote outside its layer: \(left.sorted())")
+    }
     try? Tree.remove(dir)
   }
 
