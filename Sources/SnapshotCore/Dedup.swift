@@ -52,8 +52,9 @@ public final class ObjectCollector: StorePart, Sendable {
         guard let row = try read({ db in try Metadata.find(db, id: id) }), row.kind == .committed, row.layer == nil else { return }
         let dir = layout.fs(id)
         var summary: LayerTree.Loaded?
-        if Sys.exists(dir + LayerImages.suffix) {  // a crash cut the last step short
+        if Sys.exists(dir + LayerImages.suffix) {  // done, or a crash cut the last step short
           try store.images.finish(dir, image: dir + LayerImages.suffix)
+          logger.debug("deduplicated snapshot", metadata: ["key": "\(row.key)", "image": "\(dir + LayerImages.suffix)"])
           return
         }
         try store.images.convert(dir, objects: objects) { loaded in

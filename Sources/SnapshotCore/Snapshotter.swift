@@ -65,9 +65,7 @@ public final class Snapshotter: Sendable {
     let pending = Set(try store.read { db in try Metadata.pendingDedup(db) })
     for row in committed where mounted.map({ !$0.contains(row.id) }) ?? false {
       if store.images.wants(inodes: row.inodes) {
-        if !Sys.exists(layout.fs(row.id) + LayerImages.suffix) || Sys.exists(layout.fs(row.id) + ".old") {
-          collector.makeImage(snapshot: row.id)
-        }
+        collector.makeImage(snapshot: row.id)  // (one already an image: its mount checked)
       } else if pending.contains(row.id) {
         collector.dedup(row.id)
       }
