@@ -29,6 +29,7 @@ const int SHIM_O_NOATIME = O_NOATIME;
 const int SHIM_O_TMPFILE = O_TMPFILE;
 
 int shim_syncfs(int fd) { return (int)syscall(SYS_syncfs, fd); }
+int shim_start_writeback(int fd) { return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); }
 
 const int SHIM_AT_EMPTY_PATH = AT_EMPTY_PATH;
 const long SHIM_UTIME_NOW = UTIME_NOW;

@@ -50,8 +50,6 @@ public final class ObjectStore: @unchecked Sendable {
   private let root: Int32
   private let dirs: [Int32]
   private let gate = ReadWriteLock()
-  /// Unpacks into this store's file system write their files back while they run.
-  let writeback: EarlyWriteback
 
   /// overlayfs's xattrs that make a stub (the only `trusted.overlay.*` names the store writes).
   public static let metacopyXattr = OverlayXattr.trusted.metacopy
@@ -74,11 +72,11 @@ public final class ObjectStore: @unchecked Sendable {
     }
     dirs = fds
     root = try At.openDirectory(path)
-    writeback = EarlyWriteback(fd: try At.openDirectory(path))
   }
 
   /// Makes every object written so far durable: one `syncfs(2)` of the store's file system
-  /// (an fsync per object would cost one disk flush each).
+  /// per layer (an fsync per object would cost one disk flush each). Each object's writeback
+  /// was started when it was made (`At.startWriteback`), so little is left to wait for.
   public func sync() throws(SystemError) {
     try At.syncfs(root, path)
   }
@@ -184,6 +182,7 @@ public final class ObjectStore: @unchecked Sendable {
   /// object, unless another import made it meanwhile. Returns its key and whether it is new.
   public func adopt(temporary fd: Int32, sha: [UInt8]) throws(SystemError) -> (key: String, new: Bool) {
     try At.setXattr(fd, "object", name: Self.digestXattr, value: sha)
+    At.startWriteback(fd)
     return try name(sha) { (dir, name, _) throws(SystemError) in try At.linkTemporary(fd, dir, name) }
   }
 

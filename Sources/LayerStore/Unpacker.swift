@@ -67,17 +67,16 @@ public final class ProgressCounter: Sendable {
 ///
 /// Two threads per layer: one reads the blob, hashes it (the digest), decompresses it (gzip
 /// with igzip, zstd with libarchive) and hashes the tar stream (the diffID); the caller's
-/// thread parses the tar with libarchive, hashes each file and writes the entries. With
-/// igzip the two are about equally busy on the benchmark's big layer (`perf record`: inflate
-/// and the two stream hashes against file hashes and ext4). Regular files become stubs of content
-/// objects (`ObjectStore`); OCI whiteouts become overlayfs whiteouts and opaque directories.
+/// thread parses the tar with libarchive, hashes each file, writes new content as objects
+/// and the entries into a `LayerTree`. With igzip the two are about equally busy on the
+/// benchmark's big layer (`perf record`: inflate and the two stream hashes against file
+/// hashes and ext4). Regular files become stubs of content objects (`ObjectStore`); OCI
+/// whiteouts become overlayfs whiteouts and opaque directories.
 ///
-/// Nothing is written outside `dir`: every path is resolved beneath it with
-/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so `..`, absolute paths, and writes
-/// through symlinks (even ones pointing inside the layer) are refused, as are hard links
-/// leaving the layer and `*.overlay.*` xattrs. The files are made durable with a
-/// `syncfs(2)` at the end, which `EarlyWriteback`'s earlier ones leave little to do. On error
-/// the caller removes `dir`.
+/// Nothing is written but objects: the tree applies the tar's path rules (`LayerTree`), so
+/// `..`, absolute paths, and writes through symlinks (even ones pointing inside the layer)
+/// are refused, as are hard links leaving the layer and `*.overlay.*` xattrs. The objects are
+/// made durable with one `syncfs(2)` at the end; large ones' writeback starts as each is made.
 public enum Unpacker {
   /// Reads a layer: its files' data into `objects` (durable when this returns), its
   /// entries into a tree in memory, which becomes the layer's image (`ErofsImage`) or
@@ -94,13 +93,11 @@ public enum Unpacker {
     }
     let extracted: Result<Extractor.Totals, LayerError>
     let x = Extractor(layer: layer, objects: objects)
-    objects.writeback.begin()
     do {
       extracted = .success(try x.extract(from: pipe))
     } catch {
       extracted = .failure(error)
     }
-    objects.writeback.end()
     if case .failure = extracted { pipe.abandon() }
     reader.done.wait()
     // A failure reading or decompressing explains a tar error that follows from it.
@@ -141,49 +138,6 @@ public enum Unpacker {
       throw LayerError(.failed, "layer \(layer.name): \(error)", errno: error.errno)
     }
     return unpacked
-  }
-}
-
-/// Writes unpacks' files to disk while they run, so that the syncfs that ends each waits for
-/// little: the disk is otherwise idle while a layer is inflated. One thread per store, while
-/// at least one unpack runs, calls syncfs(2) on the store's file system every quarter
-/// second, however many unpacks run at once. Measured on the benchmark's 126 MB gzip layer
-/// (the final syncfs took 0.32 s of a 2.5 s import before): docs/benchmarks.md, "Layer import".
-final class EarlyWriteback: Sendable {
-  private let fd: Int32
-  private let state = Mutex<(running: Int, stop: DispatchSemaphore?)>((0, nil))
-
-  /// `fd`: a directory of the file system to write back; the writeback keeps it open.
-  init(fd: Int32) { self.fd = fd }
-  deinit { At.close(fd) }
-
-  /// An unpack begins: the thread runs while any does (if it cannot start, the final
-  /// syncfs does it all).
-  func begin() {
-    state.withLock { s in
-      s.running += 1
-      guard s.running == 1 else { return }
-      let stop = DispatchSemaphore(value: 0)
-      do {
-        try Threads.spawn { [self] in
-          while stop.wait(timeout: .now() + .milliseconds(250)) == .timedOut { _ = try? At.syncfs(fd, "") }
-        }
-        s.stop = stop
-      } catch {
-        s.stop = nil
-      }
-    }
-  }
-
-  /// An unpack ended; the last one stops the thread.
-  func end() {
-    state.withLock { s in
-      s.running -= 1
-      if s.running == 0 {
-        s.stop?.signal()
-        s.stop = nil
-      }
-    }
   }
 }
 

@@ -206,7 +206,6 @@ public final class ObjectCollector: StorePart, Sendable {
   /// the database does not know: made by an import that failed or never committed. Returns how many layers and objects, and the objects' bytes.
   @discardableResult
   public func collectGarbage(layers: Bool = true, sweep: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {
-    let layout = self.layout
     return try objects.exclusive { () throws(SnapshotError) -> (Int, Int, Int64) in
       let freed =
         !layers

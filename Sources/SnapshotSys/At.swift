@@ -261,6 +261,13 @@ public enum At {
     _ = try SystemError.check("syncfs", what) { shim_syncfs(fd) }
   }
 
+  /// `sync_file_range(SYNC_FILE_RANGE_WRITE)` of the whole file: starts writing its dirty
+  /// pages back without waiting (a later fsync or syncfs then finds little left to do).
+  /// Advice: an error is ignored.
+  public static func startWriteback(_ fd: Int32) {
+    _ = shim_start_writeback(fd)
+  }
+
   public static func fsync(_ fd: Int32, _ what: String) throws(SystemError) {
     _ = try SystemError.check("fsync", what) { Glibc.fsync(fd) }
   }

@@ -22,6 +22,8 @@ extern const int SHIM_O_NOATIME;
 extern const int SHIM_O_TMPFILE;
 
 int shim_syncfs(int fd);
+/* sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE), which Swift's Glibc module lacks. */
+int shim_start_writeback(int fd);
 
 /// getsockopt(SO_PEERCRED): the pid, uid and gid of a unix socket's peer (struct ucred
 /// needs _GNU_SOURCE).
