@@ -3,7 +3,7 @@
 #   busy_start DIR   starts it (fio: 16 KiB sequential writes, an fsync after each, 8 MiB/s,
 #                    into DIR/busy-disk.dat); busy_stop stops it; busy_describe says what runs.
 # The rate is fixed so every contender meets the same load; /proc/pressure/io is sampled at
-# the start and stop for the report.
+# the stop for the report.
 busy_pid=
 busy_dir=
 busy_rate=${SNAPSHOTD_BUSY_RATE:-8m}
@@ -13,16 +13,15 @@ busy_start() {
   fio --name=busy --filename="$busy_dir/busy-disk.dat" --rw=write --bs=16k --size=1g --fsync=1 \
     --rate="$busy_rate" --ioengine=psync --time_based --runtime=86400 --output=/dev/null >/dev/null 2>&1 &
   busy_pid=$!
-  busy_pressure0=$(awk '/^some/ { print $4 }' /proc/pressure/io | cut -d= -f2)
   sleep 2
 }
 busy_stop() {
   [ -n "$busy_pid" ] || return 0
-  busy_pressure1=$(awk '/^some/ { print $4 }' /proc/pressure/io | cut -d= -f2)
+  busy_pressure=$(awk '/^some/ { print $3 }' /proc/pressure/io | cut -d= -f2)
   kill "$busy_pid" 2>/dev/null; wait "$busy_pid" 2>/dev/null || true
   busy_pid=
   rm -f "$busy_dir/busy-disk.dat"
 }
 busy_describe() {
-  echo "busy disk: fio writing 16 KiB blocks with an fsync after each at $busy_rate/s on the same disk (/proc/pressure/io some total: ${busy_pressure0:-?} µs at the start)"
+  echo "Busy disk: fio writing 16 KiB blocks with an fsync after each at $busy_rate/s on the same disk (/proc/pressure/io \"some\" avg60 ${busy_pressure:-(still running)}% when it stopped)."
 }
