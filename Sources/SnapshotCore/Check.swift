@@ -72,6 +72,16 @@ extension ObjectCollector {
         let (trees, recorded, rows, layerIDs) = try store.db.read { db in
           (try Metadata.trees(db), try Metadata.allRefs(db), try Metadata.allObjects(db), try Metadata.allLayerIDs(db))
         }
+        // A layer whose image is gone shows an empty directory: every mount of it an empty layer.
+        for id in layerIDs.sorted() where !Sys.exists(store.images.image(id)) && Sys.exists(layout.layer(id)) {
+          guard try Sys.listDirectory(layout.layer(id)).isEmpty, try store.db.read({ db in try Metadata.layerSize(db, id).1 }) > 1 else {
+            continue
+          }
+          findings.append(
+            .init(
+              kind: .orphanLayer, detail: "layer \(id) has neither its image nor its files (\(layout.layer(id)) is empty)",
+              repairable: false))
+        }
         let unmounted = try store.images.unmounted(layerIDs.sorted())
         for id in unmounted {
           findings.append(
