@@ -104,7 +104,8 @@ public enum Unpacker {
     if let e = reader.error { throw e }
     let totals = try extracted.get()
     let digest = reader.compressedHash.finalize()
-    let diffID = reader.tarHash?.finalize() ?? digest
+    // (An uncompressed blob is its tar stream: the extractor hashed the same bytes.)
+    let diffID = reader.compression == .none ? digest : x.tarHash.finalize()
     if let want = layer.digest, want != digest {
       throw LayerError(.invalid, "layer \(layer.name): digest mismatch: the blob is \(digest), expected \(want)")
     }
@@ -153,10 +154,6 @@ final class BlobReader: @unchecked Sendable {
   let progress: ProgressCounter?
   let done = DispatchSemaphore(value: 0)
   var compressedHash = Hasher()
-  /// The tar stream's hash (the diffID) of a compressed layer, taken here because with
-  /// igzip this thread is the less busy of the two (nil: uncompressed, the diffID is the
-  /// digest).
-  var tarHash: Hasher?
   var error: LayerError?
   private let input = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
 
@@ -179,7 +176,6 @@ final class BlobReader: @unchecked Sendable {
   func run() {
     do {
       if compression == .detect { compression = try detect() }
-      tarHash = compression == .none ? nil : Hasher()
       switch compression {
       case .none, .detect: try copy()
       case .gzip: try gunzip()
@@ -259,7 +255,6 @@ final class BlobReader: @unchecked Sendable {
         }
       }
       if chunk.count == 0 { return }
-      tarHash!.update(chunk.bytes)
       if !pipe.put(chunk) { return }
     }
   }
@@ -309,7 +304,6 @@ final class BlobReader: @unchecked Sendable {
         chunk.count += n
       }
       if chunk.count == 0 { return }
-      tarHash!.update(chunk.bytes)
       if !pipe.put(chunk) { return }
     }
   }
@@ -341,6 +335,9 @@ final class Extractor {
   let tree: LayerTree
   private var totals = Totals()
   private var stubsNaming: [String: Int] = [:]  // how many stub nodes (not names) name each object
+  /// The tar stream's hash (the diffID), taken as each chunk is parsed: with the layer's
+  /// files no longer written one inode each, this thread is the less busy of the two.
+  var tarHash = Hasher()
   private var pipe: ChunkPipe?
   private var current: Chunk?
   private var pipeError: LayerError?
@@ -376,6 +373,7 @@ final class Extractor {
               x.pipe!.recycle(done)
             }
             guard let chunk = try x.pipe!.take() else { return 0 }
+            x.tarHash.update(chunk.bytes)
             x.current = chunk
             out!.pointee = UnsafeRawPointer(chunk.base)
             return chunk.count
@@ -396,7 +394,10 @@ final class Extractor {
     }
     // The tar's end-of-archive blocks may be followed by padding, which the diffID covers:
     // read it all, so the reader hashes it.
-    while let c = try pipe.take() { pipe.recycle(c) }
+    while let c = try pipe.take() {
+      tarHash.update(c.bytes)
+      pipe.recycle(c)
+    }
     totals.dropped.subtract(totals.objects.keys)
     return totals
   }
