@@ -219,7 +219,7 @@ public enum ErofsImage {
       record.append(le: UInt32(truncatingIfNeeded: i + 1))  // i_ino
       record.append(le: node.meta.uid)
       record.append(le: node.meta.gid)
-      record.append(le: UInt64(max(0, node.meta.mtime.tv_sec)))
+      record.append(le: UInt64(bitPattern: Int64(node.meta.mtime.tv_sec)))  // (the kernel reads it back signed)
       record.append(le: UInt32(node.meta.mtime.tv_nsec))
       record.append(le: inode.nlink)
       record += [UInt8](repeating: 0, count: 16)

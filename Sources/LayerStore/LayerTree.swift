@@ -158,8 +158,7 @@ public final class LayerTree {
     let egid = getegid()
     func owner(_ m: FileMeta) -> (uid: uid_t, gid: uid_t)? { m.uid != euid || m.gid != egid ? (m.uid, m.gid) : nil }
     var first: [ObjectIdentifier: String] = [:]  // hard-linked nodes: their first path
-    var directories: [(Int32, String, Node)] = []
-    defer { for (fd, _, _) in directories { At.close(fd) } }
+    var directories: [(String, Node)] = []  // their metadata is set last, deepest first
 
     func fill(_ fd: Int32, _ path: String, _ node: Node) throws(SystemError) {
       for (nameBytes, child) in node.children.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
@@ -177,7 +176,8 @@ public final class LayerTree {
         case S_IFDIR:
           try At.mkdir(fd, name, mode: 0o700)
           let sub = try At.open(fd, name, flags: O_RDONLY | O_DIRECTORY)
-          directories.append((sub, childPath, child))
+          defer { At.close(sub) }
+          directories.append((childPath, child))
           try fill(sub, childPath, child)
         case S_IFREG:
           let file = try At.open(fd, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
@@ -199,7 +199,9 @@ public final class LayerTree {
       }
     }
     try fill(rootFD, "", root)
-    for (fd, path, node) in directories.reversed() {
+    for (path, node) in directories.reversed() {
+      let fd = try At.openBeneath(rootFD, path, flags: O_RDONLY | O_DIRECTORY)
+      defer { At.close(fd) }
       try At.setAttributes(
         fd, path, owner: owner(node.meta), mode: node.meta.mode, xattrs: node.storedXattrs, atime: node.meta.atime, mtime: node.meta.mtime)
     }
@@ -242,7 +244,11 @@ public final class LayerTree {
       do { entries = try At.entries(fd) } catch { throw SystemError("readdir", path, errno: error.code) }
       for entry in entries {
         let childPath = path + "/" + entry.name
-        guard let st = try At.lstat(fd, entry.name) else { continue }
+        // (A name that is not UTF-8 comes back from the listing changed and is not found:
+        // refused, rather than left out of the image.)
+        guard let st = try At.lstat(fd, entry.name) else {
+          throw SystemError("load", childPath + ": a name that is not UTF-8, or gone", errno: EINVAL)
+        }
         let type = st.st_mode & S_IFMT
         if type != S_IFDIR, st.st_nlink > 1, let node = inodes[UInt64(st.st_ino)] {
           dir.children[Array(entry.name.utf8)] = node
@@ -283,7 +289,8 @@ public final class LayerTree {
         default:
           node = Node(type: type, meta: FileMeta(stat: st, xattrs: try At.xattrs(path: childPath).map { (name: $0.0, value: $0.1) }))
           if type == S_IFLNK {
-            node.target = Array((Sys.readLink(childPath) ?? "").utf8)
+            guard let target = Sys.readLinkBytes(childPath) else { throw SystemError("readlink", childPath, errno: errno) }
+            node.target = target
           } else {
             node.major = UInt32(truncatingIfNeeded: (st.st_rdev >> 8) & 0xfff | ((st.st_rdev >> 32) & ~0xfff))
             node.minor = UInt32(truncatingIfNeeded: (st.st_rdev & 0xff) | ((st.st_rdev >> 12) & ~0xff))

@@ -95,6 +95,18 @@ extension ObjectCollector {
             }
           }
         }
+        // Committed snapshots' images the same way (their directory, unmounted, is empty).
+        let points = Set(try MountInfo.current().map(\.mountPoint))
+        for id in trees.compactMap(\.snapshot).sorted()
+        where Sys.exists(layout.fs(id) + LayerImages.suffix) && !points.contains(layout.fs(id)) {
+          findings.append(
+            .init(kind: .layerMount, detail: "the image of snapshot \(id) is not mounted on \(layout.fs(id))", repairable: true))
+          // (Mounted before the walk below, which would otherwise find no stubs in it.)
+          if repair {
+            try store.images.finish(layout.fs(id), image: layout.fs(id) + LayerImages.suffix, mounted: points)
+            findings[findings.count - 1].repaired = true
+          }
+        }
         var found: [String: [String: ObjectInfo]] = [:]
         for t in trees {
           let path = t.layer.map(layout.layer) ?? layout.fs(t.snapshot!)

@@ -112,7 +112,7 @@ struct LayerImages: Sendable {
   /// `dir` is read into memory (`LayerTree.load`, which with `objects` gives files with
   /// data to the object store), the image written beside it (`dir.erofs`), `record` called
   /// with what was loaded (references to record: the image names those objects), then the
-  /// image put in place and `finish`ed. A failure before the image is in place leaves the
+  /// image put in place and mounted over the directory (`finish`). A failure before the image is in place leaves the
   /// directory as it was (adopted objects disowned).
   func convert(_ dir: String, objects: ObjectStore?, record: (LayerTree.Loaded) throws -> Void) throws {
     let image = dir + Self.suffix
@@ -133,22 +133,19 @@ struct LayerImages: Sendable {
     try finish(dir, image: image)
   }
 
-  /// Mounts `image` on `dir` if it is not: after `convert`, or at start when a crash cut
-  /// one short (a full `dir` moves aside first; `dir.old` goes).
+  /// Mounts `image` on `dir` if it is not: after `writeImage`, or at start when a reboot or
+  /// a crash left it unmounted. The image is mounted over what `dir` holds (the path shows
+  /// the old tree until the mount is made, the image after: never an empty or missing
+  /// directory), and the old tree, now hidden, is removed through a descriptor opened before.
+  /// No mount may be using the old tree (the callers' rule).
   func finish(_ dir: String, image: String, mounted: Set<String>? = nil) throws {
     let points = try mounted ?? Set(MountInfo.current().map(\.mountPoint))
-    let old = dir + ".old"
-    if !points.contains(dir) {
-      if Sys.exists(dir), try !Sys.listDirectory(dir).isEmpty {
-        try Tree.remove(old)
-        try Sys.rename(dir, old)
-      }
-      try Sys.mkdirIfMissing(dir, mode: 0o755)
-      let parent = String(dir[..<dir.lastIndex(of: "/")!])
-      try Sys.fsyncDirectory(parent)
-      try Sys.mount(source: image, target: dir, type: "erofs", flags: UInt(MS_RDONLY | MS_NODEV | MS_NOSUID), data: nil)
-    }
-    try Tree.remove(old)
+    guard !points.contains(dir) else { return }
+    try Sys.mkdirIfMissing(dir, mode: 0o755)
+    let old = try At.openDirectory(dir)
+    defer { At.close(old) }
+    try Sys.mount(source: image, target: dir, type: "erofs", flags: UInt(MS_RDONLY | MS_NODEV | MS_NOSUID), data: nil)
+    try Tree.removeContents(old, makeAccessible: true) { call, name, errno in SystemError(call, dir + "/" + name, errno: errno) }
   }
 
   /// Layers (by id) whose image is not mounted on their directory, of `ids`.
@@ -162,7 +159,7 @@ struct LayerImages: Sendable {
   func mountMissing(_ ids: [Int64], snapshots: [Int64], logger: Logger) throws {
     let points = Set(try MountInfo.current().map(\.mountPoint))
     let all = ids.map { (layout.layer($0), image($0)) } + snapshots.map { (layout.fs($0), layout.fs($0) + Self.suffix) }
-    for (dir, image) in all where Sys.exists(image) && (!points.contains(dir) || Sys.exists(dir + ".old")) {
+    for (dir, image) in all where Sys.exists(image) && !points.contains(dir) {
       try finish(dir, image: image, mounted: points)
       logger.info("mounted a layer image", metadata: ["path": "\(dir)"])
     }

@@ -219,10 +219,15 @@ extension Sys {
 
   /// `readlink(2)`: the target of the symlink `path`, or nil when it is not one (or missing).
   public static func readLink(_ path: String) -> String? {
+    readLinkBytes(path).map { String(decoding: $0, as: UTF8.self) }
+  }
+
+  /// `readlink(2)`: the target's bytes as they are (nil: not a symlink, or an error in errno).
+  public static func readLinkBytes(_ path: String) -> [UInt8]? {
     var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
     let n = readlink(path, &buffer, buffer.count - 1)
     guard n >= 0 else { return nil }
-    return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return buffer[0..<n].map { UInt8(bitPattern: $0) }
   }
 }
 

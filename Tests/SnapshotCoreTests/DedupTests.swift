@@ -207,6 +207,31 @@ struct DedupTests {
     #expect(try !MountInfo.current().contains { $0.mountPoint.hasPrefix(tmp.path + "/") })
   }
 
+  /// A name that is not UTF-8 cannot be listed faithfully: such a commit stays a directory,
+  /// every file kept; a time before 1970 survives an image.
+  @Test func oddNamesAndTimesInACommit() throws {
+    let tmp = TempRoot()
+    let s = try tmp.open(.erofs)
+    let a = try layer(s, "a") { fs in
+      try filler(fs)
+      let fd = open(fs + "/caf\u{e9}", O_WRONLY | O_CREAT, 0o644)
+      close(fd)
+      #expect(rename(fs + "/caf\u{e9}", fs + "/" + String(decoding: [0x6C, 0x61, 0x74, 0x69, 0x6E], as: UTF8.self)) == 0)
+      var bytes: [CChar] = (fs + "/x").utf8CString.dropLast().map { $0 } + [CChar(bitPattern: 0xE9), 0]
+      let raw = open(&bytes, O_WRONLY | O_CREAT, 0o644)
+      #expect(raw >= 0)
+      close(raw)
+    }
+    #expect(try !MountInfo.current().contains { $0.mountPoint == a })
+    #expect(try Sys.listDirectory(a).count == 3)
+    let b = try layer(s, "b") { fs in
+      try filler(fs)
+      try write(fs + "/old", "before 1970", mtime: -86_400)
+    }
+    #expect(try MountInfo.current().contains { $0.mountPoint == b })
+    #expect(try st(b + "/old").st_mtim.tv_sec == -86_400)
+  }
+
   /// A store whose layers are directories (an earlier version's, or `--layer-format
   /// directory`) becomes one of images when opened with images: committed snapshots at
   /// start, the rest in the background; what stat shows stays.
