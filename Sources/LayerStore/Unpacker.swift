@@ -346,7 +346,6 @@ final class Extractor {
   /// Files up to this size are hashed before anything is written, so a file whose object
   /// exists costs no write.
   static let smallFile = 256 << 10
-  static let whiteoutPrefix = Array(".wh.".utf8)
 
   init(layer: LayerDescription, objects: ObjectStore) {
     self.layer = layer
@@ -488,7 +487,7 @@ final class Extractor {
     let parent = try directory(parts.dropLast(), raw)
 
     // OCI whiteouts.
-    let wh = Self.whiteoutPrefix
+    let wh = Array(".wh.".utf8)
     if name.starts(with: wh) {
       if name.elementsEqual(".wh..wh..opq".utf8) {
         parent.opaque = true

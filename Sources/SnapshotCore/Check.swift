@@ -89,7 +89,7 @@ extension ObjectCollector {
         }
         if repair {
           for id in unmounted {
-            try store.images.finish(layout.layer(id), image: store.images.image(id))
+            try store.images.mount(id)
             if let i = findings.firstIndex(where: { $0.kind == .layerMount && $0.detail.contains("layer \(id) ") }) {
               findings[i].repaired = true
             }

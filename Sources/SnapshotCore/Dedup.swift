@@ -54,7 +54,7 @@ public final class ObjectCollector: StorePart, Sendable {
         var summary: LayerTree.Loaded?
         if Sys.exists(dir + LayerImages.suffix) {  // done, or a crash cut the last step short
           try store.images.finish(dir, image: dir + LayerImages.suffix)
-          logDeduplicated(row.key, started: started, ["image": "\(dir + LayerImages.suffix)"])
+          logger.debug("deduplicated snapshot", metadata: ["key": "\(row.key)", "image": "\(dir + LayerImages.suffix)"])
           return
         }
         try store.images.convert(dir, objects: objects) { loaded in
@@ -68,11 +68,13 @@ public final class ObjectCollector: StorePart, Sendable {
           }
           summary = loaded
         }
-        logDeduplicated(
-          row.key, started: started,
-          [
-            "image": "\(dir + LayerImages.suffix)", "objects": "\(summary?.objects.count ?? 0)", "bytes": "\(summary?.fileBytes ?? 0)",
-            "new": "\(summary?.adopted.count ?? 0)",
+        // (tests wait for this line)
+        logger.debug(
+          "deduplicated snapshot",
+          metadata: [
+            "key": "\(row.key)", "image": "\(dir + LayerImages.suffix)", "objects": "\(summary?.objects.count ?? 0)",
+            "bytes": "\(summary?.fileBytes ?? 0)", "new": "\(summary?.adopted.count ?? 0)",
+            "seconds": "\(Double(Clock.nowNanos() - started) / 1e9)",
           ])
       }
     } catch {
@@ -120,15 +122,6 @@ public final class ObjectCollector: StorePart, Sendable {
     }
   }
 
-  /// The line tests and operators wait for: a committed snapshot's files are deduplicated
-  /// (stubs, or an image).
-  private func logDeduplicated(_ key: String, started: Int64, _ fields: Logger.Metadata) {
-    var metadata = fields
-    metadata["key"] = "\(key)"
-    metadata["seconds"] = "\(Double(Clock.nowNanos() - started) / 1e9)"
-    logger.debug("deduplicated snapshot", metadata: metadata)
-  }
-
   /// The `collect` job. Directories of removed snapshots go first, since their links to
   /// objects count: the pool's are taken back now, and their removals waited for.
   func runCollect() {
@@ -173,11 +166,12 @@ public final class ObjectCollector: StorePart, Sendable {
         }
         // Removed meanwhile: objects made from its files go once its directory has.
         if !recorded && absorbed.newBytes > 0 { scheduleCollect(sweep: true) }
-        logDeduplicated(
-          row.key, started: started,
-          [
-            "objects": "\(absorbed.objects.count)", "bytes": "\(absorbed.fileBytes)", "new": "\(absorbed.newBytes)",
-            "skipped": "\(absorbed.skipped)",
+        logger.debug(
+          "deduplicated snapshot",
+          metadata: [
+            "key": "\(row.key)", "objects": "\(absorbed.objects.count)", "bytes": "\(absorbed.fileBytes)",
+            "new": "\(absorbed.newBytes)", "skipped": "\(absorbed.skipped)",
+            "seconds": "\(Double(Clock.nowNanos() - started) / 1e9)",
           ])
       }
     } catch {

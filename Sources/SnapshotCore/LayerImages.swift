@@ -58,7 +58,7 @@ struct LayerImages: Sendable {
       try Sys.mkdir(dir + "/m", mode: 0o755)
       let image = dir + "/probe" + suffix
       try write(LayerTree(owner: (0, 0), now: Sys.now()), to: image)
-      try mount(image, on: dir + "/m")
+      try Sys.mount(source: image, target: dir + "/m", type: "erofs", flags: UInt(MS_RDONLY), data: nil)
       return (true, "file-backed EROFS mounts work")
     } catch {
       return (false, "file-backed EROFS cannot be mounted (\(error)): layers are directories of stubs")
@@ -79,28 +79,31 @@ struct LayerImages: Sendable {
   func install(staged: String, id: Int64) throws(SystemError) {
     try Sys.rename(staged, image(id))
     try Sys.mkdirIfMissing(layout.layer(id), mode: 0o755)
-    try Self.mount(image(id), on: layout.layer(id))
+    try mount(id)
   }
 
-  /// The one way an image is mounted: read-only, no devices, no setuid (the overlay above
-  /// shows the files' own modes).
-  static func mount(_ image: String, on dir: String) throws(SystemError) {
-    try Sys.mount(source: image, target: dir, type: "erofs", flags: UInt(MS_RDONLY | MS_NODEV | MS_NOSUID), data: nil)
+  /// Mounts layer `id`'s image on its directory.
+  func mount(_ id: Int64) throws(SystemError) {
+    try Sys.mount(source: image(id), target: layout.layer(id), type: "erofs", flags: UInt(MS_RDONLY | MS_NODEV | MS_NOSUID), data: nil)
   }
 
   /// Removes layer `id`'s files, image or directory: the mount detached first (a mount
   /// still using it keeps it until it goes).
   func remove(_ id: Int64) throws(SystemError) {
-    try Sys.detach(layout.layer(id))
-    if Sys.exists(image(id)) { try Sys.unlink(image(id)) }
-    try Tree.remove(layout.layer(id))
+    let dir = layout.layer(id)
+    if Sys.exists(image(id)) {
+      do { try Sys.unmount(dir, flags: Int32(MNT_DETACH)) } catch  where error.errno == EINVAL || error.errno == ENOENT {}
+      try? Sys.unlink(image(id))
+    }
+    try Tree.remove(dir)
   }
 
   /// Removes an entry of `l/` that belongs to no layer (a crash's leftover), detaching a
   /// mount on it first.
   func removeOrphan(_ name: String) throws(SystemError) {
-    try Sys.detach(layout.layers + "/" + name)
-    try Tree.remove(layout.layers + "/" + name)
+    let path = layout.layers + "/" + name
+    do { try Sys.unmount(path, flags: Int32(MNT_DETACH)) } catch  where error.errno == EINVAL || error.errno == ENOENT {}
+    try Tree.remove(path)
   }
 
   // MARK: - Directories made images
@@ -130,7 +133,7 @@ struct LayerImages: Sendable {
     try finish(dir, image: image)
   }
 
-  /// Mounts `image` on `dir` if it is not: in `convert`, or at start when a reboot or
+  /// Mounts `image` on `dir` if it is not: after `writeImage`, or at start when a reboot or
   /// a crash left it unmounted. The image is mounted over what `dir` holds (the path shows
   /// the old tree until the mount is made, the image after: never an empty or missing
   /// directory), and the old tree, now hidden, is removed through a descriptor opened before.
@@ -141,7 +144,7 @@ struct LayerImages: Sendable {
     try Sys.mkdirIfMissing(dir, mode: 0o755)
     let old = try At.openDirectory(dir)
     defer { At.close(old) }
-    try Self.mount(image, on: dir)
+    try Sys.mount(source: image, target: dir, type: "erofs", flags: UInt(MS_RDONLY | MS_NODEV | MS_NOSUID), data: nil)
     try Tree.removeContents(old, makeAccessible: true) { call, name, errno in SystemError(call, dir + "/" + name, errno: errno) }
   }
 

@@ -119,11 +119,8 @@ extension Sys {
   /// holding mount points (layer images) is removed. A mount still using one keeps it.
   public static func detachMounts(under path: String) throws(SystemError) {
     let points = try MountInfo.current().map(\.mountPoint).filter { $0 == path || $0.hasPrefix(path + "/") }
-    for point in points.sorted(by: { $0.count > $1.count }) { try detach(point) }
-  }
-
-  /// Detaches (`MNT_DETACH`) the mount on `point`, if one is there.
-  public static func detach(_ point: String) throws(SystemError) {
-    do { try unmount(point, flags: Int32(MNT_DETACH)) } catch  where error.errno == EINVAL || error.errno == ENOENT {}
+    for point in points.sorted(by: { $0.count > $1.count }) {
+      do { try unmount(point, flags: Int32(MNT_DETACH)) } catch  where error.errno == EINVAL || error.errno == ENOENT {}
+    }
   }
 }
