@@ -1,4 +1,3 @@
-import Dispatch
 import SnapshotSys
 import Synchronization
 
@@ -50,29 +49,21 @@ public final class Chunk: @unchecked Sendable {
 /// of any length uses at most `depth + 2` chunks (the queued ones, the one being filled, the
 /// one being read), mapped once, instead of one new buffer per chunk.
 public final class ChunkPipe: Sendable {
-  private let state: Mutex<State>
-  private let slots: DispatchSemaphore
-  private let items = DispatchSemaphore(value: 0)
+  private let queue: BoundedQueue<Chunk, LayerError>
+  /// Given back by the consumer, to be filled again.
+  private let spare = Mutex<[Chunk]>([])
   private let depth: Int
 
-  private struct State {
-    var chunks = Fifo<Chunk>()
-    var spare: [Chunk] = []  // given back by the consumer, to be filled again
-    var closed = false
-    var error: LayerError?
-  }
-
   public init(depth: Int = 4) {
-    state = Mutex(State())
-    slots = DispatchSemaphore(value: depth)
+    queue = BoundedQueue(limit: depth)
     self.depth = depth
   }
 
   /// An empty chunk of at least `capacity` bytes to fill and `put`: one the consumer gave
   /// back if one is that large (smaller ones are freed), else a new one.
   public func chunk(capacity: Int) -> Chunk {
-    let reused = state.withLock { s -> Chunk? in
-      while let c = s.spare.popLast() {
+    let reused = spare.withLock { spare -> Chunk? in
+      while let c = spare.popLast() {
         if c.capacity >= capacity { return c }
       }
       return nil
@@ -85,70 +76,27 @@ public final class ChunkPipe: Sendable {
   /// Gives back a chunk taken from the pipe, once nothing reads it any more, for the
   /// producer to fill again (none after the pipe closed: the producer is done).
   public func recycle(_ chunk: Chunk) {
-    state.withLock { s in
-      if !s.closed && s.spare.count < depth + 2 { s.spare.append(chunk) }
-    }
+    guard !queue.isClosed else { return }
+    spare.withLock { if $0.count < depth + 2 { $0.append(chunk) } }
   }
 
-  /// Adds a chunk; false if the pipe was closed (the consumer is gone).
+  /// Adds a chunk, waiting while the pipe is full; false if the pipe was closed (the
+  /// consumer is gone).
   @discardableResult
-  public func put(_ chunk: Chunk) -> Bool {
-    slots.wait()
-    let ok = state.withLock { s -> Bool in
-      if s.closed { return false }
-      s.chunks.push(chunk)
-      return true
-    }
-    if ok { items.signal() } else { slots.signal() }
-    return ok
-  }
+  public func put(_ chunk: Chunk) -> Bool { queue.put(chunk) }
 
   /// The next chunk, or nil once the pipe is closed and empty. Throws the error the
   /// producer closed it with.
-  public func take() throws(LayerError) -> Chunk? {
-    items.wait()
-    let r = state.withLock { s -> Result<Chunk?, LayerError> in
-      if let c = s.chunks.pop() { return .success(c) }
-      if let e = s.error { return .failure(e) }
-      return .success(nil)
-    }
-    switch r {
-    case .success(let c):
-      if c != nil { slots.signal() } else { items.signal() }  // keep the end visible to later takes
-      return c
-    case .failure(let e):
-      items.signal()
-      throw e
-    }
-  }
+  public func take() throws(LayerError) -> Chunk? { try queue.take() }
 
   /// Ends the stream (with `error`, when the producer failed). Idempotent.
-  public func close(error: LayerError? = nil) {
-    let first = state.withLock { s -> Bool in
-      if s.closed { return false }
-      s.closed = true
-      s.error = error
-      return true
-    }
-    if first {
-      items.signal()
-      slots.signal()  // a producer blocked on a full pipe wakes and sees it closed
-    }
-  }
+  public func close(error: LayerError? = nil) { queue.close(failure: error) }
 
   /// Closes from the consumer's side and drops what is queued; a blocked producer wakes
-  /// (by `close`) and sees the pipe closed.
+  /// and sees the pipe closed.
   public func abandon() {
-    close()
-    let dropped = state.withLock { s -> Int in
-      let n = s.chunks.count
-      s.chunks.removeAll()
-      s.spare.removeAll()
-      return n
-    }
-    // Give back the dropped chunks' slots: libdispatch traps when a semaphore is freed
-    // below its initial value.
-    for _ in 0..<dropped { slots.signal() }
+    queue.abandon()
+    spare.withLock { $0.removeAll() }
   }
 }
 

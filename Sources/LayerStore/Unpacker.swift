@@ -1,5 +1,4 @@
 import CArchive
-import Dispatch
 import SnapshotSys
 import Synchronization
 
@@ -86,8 +85,9 @@ public enum Unpacker {
   ) throws(LayerError) -> (UnpackedLayer, LayerTree) {
     let pipe = ChunkPipe(depth: BlobReader.depth)
     let reader = BlobReader(source: source, layer: layer, pipe: pipe, progress: progress)
+    let finished: Promise<Void>
     do {
-      try Threads.spawn { reader.run() }
+      finished = try Threads.run { reader.run() }
     } catch {
       throw LayerError(.failed, "layer \(layer.name): cannot start a thread: \(error)")
     }
@@ -99,7 +99,7 @@ public enum Unpacker {
       extracted = .failure(error)
     }
     if case .failure = extracted { pipe.abandon() }
-    reader.done.wait()
+    finished.wait()
     // A failure reading or decompressing explains a tar error that follows from it.
     if let e = reader.error { throw e }
     let totals = try extracted.get()
@@ -152,7 +152,6 @@ final class BlobReader: @unchecked Sendable {
   private(set) var compression: Compression
   let pipe: ChunkPipe
   let progress: ProgressCounter?
-  let done = DispatchSemaphore(value: 0)
   var compressedHash = Hasher()
   var error: LayerError?
   private let input = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
@@ -186,7 +185,6 @@ final class BlobReader: @unchecked Sendable {
       self.error = error
       pipe.close(error: error)
     }
-    done.signal()
   }
 
   /// The compression the blob's first bytes show; they are read again (and hashed once)

@@ -1,4 +1,3 @@
-import Dispatch
 import LayerStore
 import Logging
 import Registry
@@ -16,9 +15,10 @@ public final class RegistryFetcher: LayerFetcher {
   let client: RegistryClient
   let importer: LayerImporter
   let logger: Logger
-  private let slots: DispatchSemaphore
+  /// Download slots free (at most `concurrency` at once).
+  private let slots: Condition<Int>
   /// Downloads under way, by blob digest: a second request for one waits for it.
-  private let jobs = Mutex<[Digest: Job]>([:])
+  private let jobs = SingleFlight<Digest, Result<Void, any Error>>()
   /// Images resolved lately, by manifest digest (containerd asks once per layer).
   private let images = Mutex<[Digest: ResolvedImage]>([:])
 
@@ -26,7 +26,7 @@ public final class RegistryFetcher: LayerFetcher {
     self.client = client
     self.importer = importer
     self.logger = logger
-    slots = DispatchSemaphore(value: max(1, concurrency))
+    slots = Condition(max(1, concurrency))
   }
 
   public func fetch(_ request: RemoteLayerRequest) throws {
@@ -47,7 +47,7 @@ public final class RegistryFetcher: LayerFetcher {
     for j in (i + 1)..<image.layers.count where listed.contains(image.layers[j].digest) {
       _ = try start(image, j)
     }
-    try asked.wait()
+    try asked.wait().get()
     _ = try importer.snapshotOfLayer(diffID: image.layers[i].diffID, parent: request.parent)
   }
 
@@ -59,7 +59,7 @@ public final class RegistryFetcher: LayerFetcher {
       progress.start(layers: image.layers.count, bytes: image.layers.reduce(0) { $0 + $1.size })
       let jobs = try image.layers.indices.map { try start(image, $0, progress: progress.counter()) }
       for job in jobs {
-        try job.wait()
+        try job.wait().get()
         progress.layerDone()
       }
       var parent = ""
@@ -67,26 +67,7 @@ public final class RegistryFetcher: LayerFetcher {
       logger.info("pulled image", metadata: ["image": "\(reference)", "chainID": "\(parent)"])
       return parent
     } catch {
-      throw Self.mapError(error)
-    }
-  }
-
-  /// The core's error for what a pull ran into: the registry's named by kind, the message
-  /// kept whole.
-  static func mapError(_ error: any Error) -> SnapshotError {
-    switch error {
-    case let e as SnapshotError: return e
-    case let e as RegistryError:
-      switch e.kind {
-      case .invalid: return SnapshotError(.invalidArgument, "\(e)")
-      case .notFound: return SnapshotError(.notFound, "\(e)")
-      // Content that cannot be used as served: containerd's content store answers a digest
-      // mismatch with FAILED_PRECONDITION too.
-      case .unauthorized, .badManifest, .digestMismatch: return SnapshotError(.failedPrecondition, "\(e)")
-      // The registry, or the way to it, failed: a later try may succeed.
-      case .unreachable, .server, .truncated: return SnapshotError(.unavailable, "\(e)")
-      }
-    default: return SnapshotError(.internal, "\(error)")
+      throw SnapshotError(pulling: error)
     }
   }
 
@@ -103,31 +84,22 @@ public final class RegistryFetcher: LayerFetcher {
   }
 
   /// The download of layer `i` of `image`: under way already, or started now.
-  private func start(_ image: ResolvedImage, _ i: Int, progress: ProgressCounter? = nil) throws -> Job {
+  private func start(_ image: ResolvedImage, _ i: Int, progress: ProgressCounter? = nil) throws -> Promise<Result<Void, any Error>> {
     let layer = image.layers[i]
-    if let running = jobs.withLock({ $0[layer.digest] }) { return running }
+    let (job, leads) = jobs.join(layer.digest)
+    guard leads else { return job }
     // A layer the store has needs no thread (every Prepare starts the image's later layers).
-    if try importer.hasLayer(Self.request(image, layer)) {
-      let done = Job()
-      done.finish(.success(()))
-      return done
-    }
-    let (job, isNew) = jobs.withLock { jobs -> (Job, Bool) in
-      if let job = jobs[layer.digest] { return (job, false) }
-      let job = Job()
-      jobs[layer.digest] = job
-      return (job, true)
-    }
-    guard isNew else { return job }
-    do {
-      try Threads.spawn { [self] in
-        let result = Result<Void, any Error> { try unpack(image, layer, progress: progress) }
-        jobs.withLock { $0[layer.digest] = nil }
-        job.finish(result)
+    let present: Result<Bool, any Error> = Result { try importer.hasLayer(Self.request(image, layer)) }
+    if case .success(false) = present {
+      do {
+        try Threads.spawn { [self] in
+          jobs.finish(layer.digest, with: Result { try unpack(image, layer, progress: progress) })
+        }
+      } catch {
+        jobs.finish(layer.digest, with: .failure(error))
       }
-    } catch {
-      jobs.withLock { $0[layer.digest] = nil }
-      job.finish(.failure(error))
+    } else {
+      jobs.finish(layer.digest, with: present.map { _ in () })
     }
     return job
   }
@@ -135,8 +107,8 @@ public final class RegistryFetcher: LayerFetcher {
   /// Downloads and unpacks one layer (on a thread of its own, once a slot is free).
   private func unpack(_ image: ResolvedImage, _ layer: RemoteLayer, progress: ProgressCounter?) throws {
     let request = Self.request(image, layer)
-    slots.wait()
-    defer { slots.signal() }
+    slots.wait(until: { $0 > 0 }) { $0 -= 1 }
+    defer { slots.update { $0 += 1 } }
     var source: BlobSource?
     do {
       let unpacked = try importer.unpackLayer(request, progress: progress) { [client] in
@@ -167,37 +139,15 @@ public final class RegistryFetcher: LayerFetcher {
 
   /// Runs async `body` from a thread that may block (a call's thread), and waits for it.
   static func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let result = Mutex<Result<T, any Error>?>(nil)
-    let done = DispatchSemaphore(value: 0)
+    let result = Promise<Result<T, any Error>>()
     Task {
       do {
-        let value = try await body()
-        result.withLock { $0 = .success(value) }
+        result.fulfill(.success(try await body()))
       } catch {
-        result.withLock { $0 = .failure(error) }
+        result.fulfill(.failure(error))
       }
-      done.signal()
     }
-    done.wait()
-    return try result.withLock { $0! }.get()
-  }
-}
-
-/// One layer's download and unpack, waited for by every request that needs it.
-final class Job: Sendable {
-  private let group = DispatchGroup()
-  private let result = Mutex<Result<Void, any Error>?>(nil)
-
-  init() { group.enter() }
-
-  func finish(_ outcome: Result<Void, any Error>) {
-    result.withLock { $0 = outcome }
-    group.leave()
-  }
-
-  func wait() throws {
-    group.wait()
-    try result.withLock { $0! }.get()
+    return try result.wait().get()
   }
 }
 
@@ -205,4 +155,26 @@ final class Job: Sendable {
 struct FetchError: Error, CustomStringConvertible {
   let description: String
   init(_ description: String) { self.description = description }
+}
+
+extension SnapshotError {
+  /// The one conversion of the registry's errors (and of what else a pull runs into) into
+  /// the snapshotter's kinds, the message kept whole.
+  init(pulling error: any Error) {
+    switch error {
+    case let e as RegistryError:
+      switch e.kind {
+      case .invalid: self.init(.invalidArgument, "\(e)")
+      case .notFound: self.init(.notFound, "\(e)")
+      // Content that cannot be used as served: containerd's content store answers a digest
+      // mismatch with FAILED_PRECONDITION too.
+      case .unauthorized, .badManifest, .digestMismatch: self.init(.failedPrecondition, "\(e)")
+      // The registry, or the way to it, failed: a later try may succeed.
+      case .unreachable, .server, .truncated: self.init(.unavailable, "\(e)")
+      }
+    // An image that does not hold what containerd named.
+    case let e as FetchError: self.init(.failedPrecondition, e.description)
+    default: self.init(error)
+    }
+  }
 }

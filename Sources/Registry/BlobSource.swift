@@ -1,8 +1,6 @@
-import Dispatch
 import LayerStore
 import NIOCore
 import SnapshotSys
-import Synchronization
 
 /// A blob download as a `ByteSource`, the input of `LayerImporter.importLayer`: a task
 /// iterates the `BlobStream` and queues its chunks, at most `limit` bytes ahead of the
@@ -79,102 +77,32 @@ public final class BlobSource: ByteSource, @unchecked Sendable {
   }
 }
 
-/// The bounded queue between the downloading task and the reading thread.
+/// The bounded queue between the downloading task and the reading thread: at most `limit`
+/// bytes queued; the task, which must not block its thread, waits for room with a
+/// continuation.
 final class BlobChannel: Sendable {
-  private struct State {
-    var queue = Fifo<ByteBuffer>()
-    var queued = 0
-    var done = false
-    var error: RegistryError?
-    var abandoned = false
-    var producer: CheckedContinuation<Void, Never>?
-  }
+  private let queue: BoundedQueue<ByteBuffer, RegistryError>
 
-  private let state = Mutex(State())
-  private let arrived = DispatchSemaphore(value: 0)
-  private let limit: Int
+  init(limit: Int) { queue = BoundedQueue(limit: limit) { $0.readableBytes } }
 
-  init(limit: Int) { self.limit = limit }
+  var failure: RegistryError? { queue.failure }
 
-  var failure: RegistryError? { state.withLock { $0.error } }
-
-  func abandon() {
-    let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-      s.abandoned = true
-      s.queue.removeAll()
-      s.queued = 0
-      defer { s.producer = nil }
-      return s.producer
-    }
-    waiter?.resume()
-  }
+  func abandon() { queue.abandon() }
 
   /// Queues a chunk, then waits while `limit` bytes or more are queued; false once the
   /// reader is gone.
   func put(_ chunk: ByteBuffer) async -> Bool {
-    enum Queued { case gone, below, full }
-    let queued = state.withLock { s -> Queued in
-      if s.abandoned { return .gone }
-      s.queue.push(chunk)
-      s.queued += chunk.readableBytes
-      return s.queued < limit ? .below : .full
+    switch queue.offer(chunk) {
+    case .closed: return false
+    case .room: return true  // one lock per chunk unless the queue is full
+    case .full:
+      await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in queue.whenRoom { c.resume() } }
+      return !queue.isClosed
     }
-    if queued == .gone { return false }
-    arrived.signal()
-    guard queued == .full else { return true }  // one lock per chunk unless the queue is full
-    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-      let wait = state.withLock { s -> Bool in
-        if s.queued < limit || s.abandoned { return false }
-        s.producer = c
-        return true
-      }
-      if !wait { c.resume() }
-    }
-    return state.withLock { !$0.abandoned }
   }
 
-  func finish(_ error: RegistryError?) {
-    state.withLock { s in
-      s.done = true
-      s.error = error
-    }
-    arrived.signal()
-  }
+  func finish(_ error: RegistryError?) { queue.close(failure: error) }
 
   /// The next chunk (blocking), nil at the end, or the download's failure.
-  func take() -> Result<ByteBuffer?, RegistryError> {
-    while true {
-      enum Next {
-        case chunk(ByteBuffer, CheckedContinuation<Void, Never>?)
-        case end
-        case failed(RegistryError)
-        case wait
-      }
-      let next = state.withLock { s -> Next in
-        if let c = s.queue.pop() {
-          s.queued -= c.readableBytes
-          var wake: CheckedContinuation<Void, Never>?
-          if s.queued < limit {
-            wake = s.producer
-            s.producer = nil
-          }
-          return .chunk(c, wake)
-        }
-        if s.done { return s.error.map { .failed($0) } ?? .end }
-        if s.abandoned { return .end }
-        return .wait
-      }
-      switch next {
-      case .chunk(let c, let wake):
-        wake?.resume()
-        return .success(c)
-      case .end:
-        return .success(nil)
-      case .failed(let e):
-        return .failure(e)
-      case .wait:
-        arrived.wait()
-      }
-    }
-  }
+  func take() -> Result<ByteBuffer?, RegistryError> { Result { () throws(RegistryError) in try queue.take() } }
 }

@@ -40,7 +40,7 @@ final class FileSystem: @unchecked Sendable {
   /// unrelated files rarely share a lock: the kernel's readahead sends a file's reads in
   /// order, and served in parallel they reach the layer's file out of order, which defeats
   /// its readahead.
-  private let readLocks = (0..<1024).map { _ in Mutex() }
+  private let readLocks = (0..<1024).map { _ in Lock() }
   /// Listings of directories being read (no OPENDIR: see `Listings`).
   let listings = Listings()
   /// OPENDIR is answered ENOSYS (the kernel offers "no opendir"; set at INIT).
@@ -501,10 +501,10 @@ final class FileSystem: @unchecked Sendable {
     // One read of a file at a time (see `readLocks`).
     guard noOpen else {
       let fd = FileHandle(fi!.pointee.fh).fd
-      return readLocks[Int(fd) & (readLocks.count - 1)].with { _ = snapfs_reply_fd(req, fd, size, offset) }
+      return readLocks[Int(fd) & (readLocks.count - 1)].withLock { _ = snapfs_reply_fd(req, fd, size, offset) }
     }
     let n = node(ino)
-    readLocks[Int(truncatingIfNeeded: n.id >> 4) & (readLocks.count - 1)].with {
+    readLocks[Int(truncatingIfNeeded: n.id >> 4) & (readLocks.count - 1)].withLock {
       do throws(Errno) {
         let file = try nodeFile(n)
         _ = snapfs_reply_fd(req, file.fd, size, offset)

@@ -1,3 +1,5 @@
+import SnapshotSys
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -54,7 +56,7 @@ final class Listings: @unchecked Sendable {
     func offset(after index: Int) -> off_t { index + 1 < keys.count ? keys[index + 1] : off_t.max }
   }
 
-  private let mutex = Mutex()
+  private let mutex = Lock()
   /// The node is held weakly: a kept listing must not keep a forgotten or removed
   /// directory (and its descriptors) alive.
   private struct Kept {
@@ -78,7 +80,7 @@ final class Listings: @unchecked Sendable {
   /// The kept listing of `node`, if any (now the newest: a directory being read is not the
   /// one to drop).
   func find(_ node: Node) -> Listing? {
-    mutex.with {
+    mutex.withLock {
       let key = ObjectIdentifier(node)
       guard let kept = lists[key], kept.node === node else { return nil }
       clock += 1
@@ -89,7 +91,7 @@ final class Listings: @unchecked Sendable {
 
   /// Keeps `listing` as `node`'s (in place of any other).
   func keep(_ node: Node, _ listing: Listing) {
-    mutex.with {
+    mutex.withLock {
       clock += 1
       lists[ObjectIdentifier(node)] = Kept(node: node, listing: listing, age: clock)
       if lists.count > Self.limit, let oldest = lists.min(by: { $0.value.age < $1.value.age })?.key {
@@ -100,7 +102,7 @@ final class Listings: @unchecked Sendable {
 
   /// `node`'s listing was read to the end.
   func finish(_ node: Node) {
-    mutex.with {
+    mutex.withLock {
       if lists[ObjectIdentifier(node)]?.node === node { lists[ObjectIdentifier(node)] = nil }
     }
   }

@@ -182,7 +182,7 @@ extension Overlay {
   /// st_blocks as overlayfs shows it for a stub whose attributes are `st`: the data file's
   /// once it was found, else the size in whole blocks of st_blksize.
   func stubBlocks(_ stub: Stub, _ st: stat) -> blkcnt_t {
-    if let blocks = stubs.with({ stub.blocks }) { return blocks }
+    if let blocks = stubs.withLock({ stub.blocks }) { return blocks }
     let block = max(Int64(st.st_blksize), 512)
     return blkcnt_t((Int64(st.st_size) + block - 1) / block * block / 512)
   }
@@ -200,7 +200,7 @@ extension Overlay {
     case .dataOnly(let p):
       path = p
     }
-    if let layer = stubs.with({ stub.dataLayer }) {
+    if let layer = stubs.withLock({ stub.dataLayer }) {
       return try Sys.call(shim_openat(dataLayers[layer], path, flags | O_NOFOLLOW, 0))
     }
     let resolve = UInt64(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
@@ -220,7 +220,7 @@ extension Overlay {
         continue
       }
       let fd = try Sys.call(shim_openat(layer, path, flags | O_NOFOLLOW, 0))
-      stubs.with {
+      stubs.withLock {
         stub.dataLayer = index
         stub.blocks = st.st_blocks
       }

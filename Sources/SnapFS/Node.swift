@@ -1,3 +1,5 @@
+import SnapshotSys
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -118,7 +120,7 @@ final class NodeTable: @unchecked Sendable {
       hasher.combine(name)
     }
   }
-  private let mutex = Mutex()
+  private let mutex = Lock()
   private var map: [Key: Node] = [:]
   /// Linked nodes by their upper file's inode number.
   private var linked: [UInt64: Node] = [:]
@@ -133,7 +135,7 @@ final class NodeTable: @unchecked Sendable {
 
   /// The node of `name` in `parent` if the kernel holds it, counted once more.
   func find(_ parent: Node, _ name: String) -> Node? {
-    mutex.with {
+    mutex.withLock {
       guard let node = map[key(parent, name)] else { return nil }
       countLocked(node)
       return node
@@ -142,13 +144,13 @@ final class NodeTable: @unchecked Sendable {
 
   /// The node of `name` in `parent` if the kernel holds it, not counted.
   func peek(_ parent: Node, _ name: String) -> Node? {
-    mutex.with { map[key(parent, name)] }
+    mutex.withLock { map[key(parent, name)] }
   }
 
   /// Records a fresh node for its parent and name and counts it once; answers the node
   /// another thread recorded meanwhile instead, or the node of the same hard-linked file.
   func intern(_ node: Node) -> Node {
-    mutex.with {
+    mutex.withLock {
       let k = key(node.parent!, node.name)
       if let existing = map[k] {
         countLocked(existing)
@@ -171,7 +173,7 @@ final class NodeTable: @unchecked Sendable {
 
   /// A new hard link: `node` (an upper file) is also `name` in `parent`; counted once more.
   func addName(_ node: Node, _ parent: Node, _ name: String) {
-    mutex.with {
+    mutex.withLock {
       if !node.linked {
         node.linked = true
         linked[node.realIno] = node
@@ -185,7 +187,7 @@ final class NodeTable: @unchecked Sendable {
   /// The kernel forgot `n` references: at zero the node leaves the table and is freed once
   /// nothing else (open directories, children) holds it.
   func forget(_ node: Node, _ n: UInt64) {
-    let release: Bool = mutex.with {
+    let release: Bool = mutex.withLock {
       node.lookups -= min(n, node.lookups)
       guard node.lookups == 0 else { return false }
       if node.linked {
@@ -204,7 +206,7 @@ final class NodeTable: @unchecked Sendable {
   /// kernel's open files but no longer answers lookups under that name. A linked node
   /// keeps its other names.
   func detach(_ parent: Node, _ name: String) {
-    mutex.with {
+    mutex.withLock {
       parent.carried[name] = nil
       guard let node = map.removeValue(forKey: key(parent, name)) else { return }
       guard node.linked, let other = map.first(where: { $0.value === node }) else {
@@ -220,7 +222,7 @@ final class NodeTable: @unchecked Sendable {
 
   /// A rename: `name` in `parent` is now `newName` in `newParent`.
   func move(_ node: Node, from parent: Node, _ name: String, to newParent: Node, _ newName: String) {
-    mutex.with {
+    mutex.withLock {
       let old = key(parent, name)
       parent.carried[name] = nil
       if map[old] === node { map[old] = nil }
@@ -237,7 +239,7 @@ final class NodeTable: @unchecked Sendable {
   /// the next lookup on, with the same inode number. `node` stays for what the kernel holds,
   /// detached from its names like a removed file (the caller pins it first).
   func split(_ node: Node) {
-    mutex.with {
+    mutex.withLock {
       guard node.parent != nil, !node.detached else { return }
       if node.linked, linked[node.realIno] === node { linked[node.realIno] = nil }
       for (k, v) in map where v === node {

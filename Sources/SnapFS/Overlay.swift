@@ -49,7 +49,7 @@ final class Overlay: @unchecked Sendable {
   /// The index of the bottom normal layer.
   let bottomLayer: Int
   /// Guards stubs' state (`Stub.blocks`, `Stub.dataLayer`).
-  let stubs = Mutex()
+  let stubs = Lock()
   private let work: Int32
   private let sameDevice: Bool
   /// The *xattrat calls (Linux 6.13) answer here: probed once on the top layer, since an

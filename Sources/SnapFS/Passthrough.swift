@@ -83,7 +83,7 @@ final class Passthrough: @unchecked Sendable {
   private let devfd: Int32
   /// The `passthrough` option.
   private let wanted: Bool
-  private let mutex = Mutex()
+  private let mutex = Lock()
   /// Lower files' descriptors kept registered, at most `retainedLimit` (a descriptor each).
   private var retained = 0
   static let retainedLimit = 65536
@@ -92,7 +92,7 @@ final class Passthrough: @unchecked Sendable {
   /// Lower files up to this size are read through the page cache (see above); 0: none.
   private let cachedReadsMax: Int64
   /// Signalled when a node's store ends (`Node.storing`).
-  private let stores = Condition()
+  private let stores = Condition(())
 
   init(devfd: Int32, wanted: Bool, cachedReadsMax: Int64) {
     self.devfd = devfd
@@ -117,7 +117,7 @@ final class Passthrough: @unchecked Sendable {
   /// only if its data is that long.
   func open(_ node: Node, upper: Bool, size: () -> Int64?, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> Opened {
     guard enabled else { return Opened(fd: try openFile(), io: .requests, shared: false, keepCache: true) }
-    if !upper, let reused = mutex.with({ reuse(node) }) { return reused }
+    if !upper, let reused = mutex.withLock({ reuse(node) }) { return reused }
     let fd = try openFile()
     // Only a lower file's first open gets here (later ones reuse its kept descriptor), so the
     // sizes are looked at once per lower file; an upper file's opens look at none.
@@ -127,7 +127,7 @@ final class Passthrough: @unchecked Sendable {
       if fstat(fd, &st) == 0 { length = Int64(st.st_size) }
     }
     let small = length >= 0 && length <= cachedReadsMax && size() == length
-    return mutex.with {
+    return mutex.withLock {
       if node.passthroughOpens > 0 || node.cachedOpens > 0 {
         // Opens of the other file (lower or upper) are still there.
         guard node.backingUpper == upper else { return Opened(fd: fd, io: .stale, shared: false) }
@@ -176,17 +176,17 @@ final class Passthrough: @unchecked Sendable {
   }
 
   /// The store of the node's first open (`Opened.store`) is over, done or not.
-  func stored(_ node: Node) { stores.change { mutex.with { node.storing = false } } }
+  func stored(_ node: Node) { stores.update { _ in mutex.withLock { node.storing = false } } }
 
   /// Waits until the node's store is over (`Opened.awaitStore`).
-  func awaitStore(_ node: Node) { stores.wait { mutex.with { !node.storing } } }
+  func awaitStore(_ node: Node) { stores.wait(until: { _ in mutex.withLock { !node.storing } }) { _ in } }
 
   /// An open of `node` was released. An upper file's backing file is unregistered with its
   /// last open (the next may be for writing, through another descriptor); a retained lower
   /// file's stays.
   func close(_ node: Node, passthrough: Bool) {
     guard enabled else { return }
-    mutex.with {
+    mutex.withLock {
       if passthrough {
         node.passthroughOpens -= 1
         if node.passthroughOpens == 0 && node.backingFD < 0 { unregister(node) }
@@ -200,11 +200,11 @@ final class Passthrough: @unchecked Sendable {
   /// opened by `openFile` at the first read and kept with the node (up to `retainedLimit`
   /// nodes at once; past that, each read opens its own, which the returned handle closes).
   func readFile(_ node: Node, _ openFile: () throws(Errno) -> Int32) throws(Errno) -> FileHandle {
-    if let fd = mutex.with({ node.backingFD >= 0 ? node.backingFD : nil }) {
+    if let fd = mutex.withLock({ node.backingFD >= 0 ? node.backingFD : nil }) {
       return FileHandle(fd: fd, shared: true)
     }
     let fd = try openFile()
-    return mutex.with {
+    return mutex.withLock {
       if node.backingFD >= 0 {  // another thread's read was first
         Glibc.close(fd)
         return FileHandle(fd: node.backingFD, shared: true)
@@ -224,7 +224,7 @@ final class Passthrough: @unchecked Sendable {
 
   /// A new descriptor of `node`'s lower file if it is registered (see `Overlay.split`).
   func lowerFile(_ node: Node) -> Int32? {
-    mutex.with {
+    mutex.withLock {
       guard node.backingFD >= 0 else { return nil }
       let fd = fcntl(node.backingFD, F_DUPFD_CLOEXEC, 0)
       return fd >= 0 ? fd : nil
@@ -232,7 +232,7 @@ final class Passthrough: @unchecked Sendable {
   }
 
   /// A node goes away: its registration and descriptor with it.
-  func release(_ node: Node) { mutex.with { unregister(node) } }
+  func release(_ node: Node) { mutex.withLock { unregister(node) } }
 
   /// Drops `node`'s registered backing file and descriptor, if any: when it has no opens.
   /// Under the mutex.

@@ -4,49 +4,6 @@ import SnapshotSys
   import Glibc
 #endif
 
-/// A plain mutex for short critical sections (the node table).
-final class Mutex: @unchecked Sendable {
-  private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-  init() { pthread_mutex_init(lock, nil) }
-  deinit {
-    pthread_mutex_destroy(lock)
-    lock.deallocate()
-  }
-  @inline(__always) func with<T>(_ body: () -> T) -> T {
-    pthread_mutex_lock(lock)
-    defer { pthread_mutex_unlock(lock) }
-    return body()
-  }
-}
-
-/// Waiting for a condition that other threads change: `wait(until:)` blocks until `ready`
-/// holds, `change` runs a change and wakes the waiters. For rare, short waits.
-final class Condition: @unchecked Sendable {
-  private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-  private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-  init() {
-    pthread_mutex_init(lock, nil)
-    pthread_cond_init(cond, nil)
-  }
-  deinit {
-    pthread_cond_destroy(cond)
-    pthread_mutex_destroy(lock)
-    cond.deallocate()
-    lock.deallocate()
-  }
-  func wait(until ready: () -> Bool) {
-    pthread_mutex_lock(lock)
-    while !ready() { pthread_cond_wait(cond, lock) }
-    pthread_mutex_unlock(lock)
-  }
-  func change(_ body: () -> Void) {
-    pthread_mutex_lock(lock)
-    body()
-    pthread_cond_broadcast(cond)
-    pthread_mutex_unlock(lock)
-  }
-}
-
 extension stat {
   var type: mode_t { st_mode & S_IFMT }
   var isDirectory: Bool { type == S_IFDIR }

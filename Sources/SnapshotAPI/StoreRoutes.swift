@@ -1,4 +1,3 @@
-import Dispatch
 import LayerStore
 import Logging
 import SnapshotCore
@@ -92,41 +91,20 @@ public enum StoreRoutes {
     do { return try M(serializedBytes: bytes) } catch { throw RPCStatus(.invalidArgument, "malformed \(what) request: \(error)") }
   }
 
-  /// Runs `body` on a new thread; the result is waited for with `wait`. The thread gives
-  /// what the job freed back to the kernel before it reports.
-  private final class Job<T: Sendable>: Sendable {
-    private let result = Mutex<Result<T, SnapshotError>?>(nil)
-    private let done = DispatchSemaphore(value: 0)
-
-    init(_ body: @escaping @Sendable () throws -> T) throws {
-      do {
-        try Threads.spawn { [self] in
-          let r: Result<T, SnapshotError>
-          do {
-            r = .success(try body())
-          } catch let e as SnapshotError {
-            r = .failure(e)
-          } catch {
-            r = .failure(SnapshotError(.internal, "\(error)"))
-          }
-          Sys.returnFreedMemory()  // what the job freed, back to the kernel
-          result.withLock { $0 = r }
-          done.signal()
+  /// Runs `body` on a new thread; its promise gets the result. The thread gives what the
+  /// job freed back to the kernel before it reports.
+  private static func runJob<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> Promise<Result<T, SnapshotError>> {
+    do {
+      return try Threads.run {
+        defer { Sys.returnFreedMemory() }  // what the job freed, back to the kernel
+        do {
+          return .success(try body())
+        } catch {
+          return .failure(SnapshotError(error))
         }
-      } catch {
-        throw RPCStatus(.unavailable, "cannot start a thread: \(error)")
       }
-    }
-
-    /// The result, or nil if it is not there within `seconds`.
-    func wait(seconds: Double? = nil) -> Result<T, SnapshotError>? {
-      if let seconds {
-        guard done.wait(timeout: .now() + seconds) == .success else { return nil }
-      } else {
-        done.wait()
-      }
-      done.signal()
-      return result.withLock { $0 }
+    } catch {
+      throw RPCStatus(.unavailable, "cannot start a thread: \(error)")
     }
   }
 
@@ -150,7 +128,7 @@ public enum StoreRoutes {
     // A few messages queued are enough to keep the import busy; each is a client's message
     // (snapctl sends 1 MiB), so a deeper queue only holds more of the blob in memory.
     let pipe = h.path.isEmpty ? ChunkPipe(depth: 4) : nil
-    let job = try Job { () throws -> String in
+    let job = try runJob { () throws -> String in
       let source: ByteSource
       if let pipe {
         source = PipeSource(pipe)
@@ -188,7 +166,7 @@ public enum StoreRoutes {
         }
       }
     }
-    switch job.wait()! {
+    switch job.wait() {
     case .success(let chainID):
       try call.send(try encode(Snapshotd_V1_ImportLayerResponse.with { $0.chainID = chainID }))
     case .failure(let e):
@@ -223,7 +201,7 @@ public enum StoreRoutes {
     _ body: @escaping @Sendable (ImportProgress) throws -> String
   ) throws {
     let progress = ImportProgress()
-    let job = try Job { () throws -> String in try body(progress) }
+    let job = try runJob { () throws -> String in try body(progress) }
     func report(_ chainID: String = "") throws {
       try call.send(
         try encode(
@@ -263,7 +241,7 @@ public enum StoreRoutes {
   private static func check(_ s: Snapshotter, _ call: RPCStream, _ logger: Logger) throws {
     let r: Snapshotd_V1_CheckRequest = try decode(try call.receive(), "Check")
     let progress = CheckProgress()
-    let job = try Job { () throws -> [CheckFinding] in try s.check(repair: r.repair, progress: progress) }
+    let job = try runJob { () throws -> [CheckFinding] in try s.check(repair: r.repair, progress: progress) }
     func report(_ findings: [CheckFinding]? = nil) throws {
       try call.send(
         try encode(

@@ -69,12 +69,12 @@ extension ObjectCollector {
     var used: [String: Int64] = [:]  // object → size, over every tree
     try objects.exclusive { () throws(SnapshotError) in
       do {
-        let (trees, recorded, rows, layerIDs) = try store.db.read { db in
+        let (trees, recorded, rows, layerIDs) = try read { db in
           (try Metadata.trees(db), try Metadata.allRefs(db), try Metadata.allObjects(db), try Metadata.allLayerIDs(db))
         }
         // A layer whose image is gone shows an empty directory: every mount of it an empty layer.
         for id in layerIDs.sorted() where !Sys.exists(store.images.image(id)) && Sys.exists(layout.layer(id)) {
-          guard try Sys.listDirectory(layout.layer(id)).isEmpty, try store.db.read({ db in try Metadata.layerSize(db, id).1 }) > 1 else {
+          guard try Sys.listDirectory(layout.layer(id)).isEmpty, try read({ db in try Metadata.layerSize(db, id).1 }) > 1 else {
             continue
           }
           findings.append(
@@ -112,7 +112,7 @@ extension ObjectCollector {
           let path = t.layer.map(layout.layer) ?? layout.fs(t.snapshot!)
           guard Sys.exists(path) else {
             // Removed since the list was read (removes do not wait for the gate) is no finding.
-            let still = try store.db.read { db in try Metadata.trees(db) }.contains { $0.tree == t.tree }
+            let still = try read { db in try Metadata.trees(db) }.contains { $0.tree == t.tree }
             if still { findings.append(.init(kind: .orphanLayer, detail: "\(t.tree): directory \(path) is missing", repairable: false)) }
             continue
           }
@@ -196,11 +196,11 @@ extension ObjectCollector {
           findings.append(.init(kind: .orphanLayer, detail: "\(layout.layers)/\(name) belongs to no layer", repairable: true))
         }
         if repair && findings.contains(where: \.repairable) {
-          try store.db.write { db in
+          try write { db in
             for (tree, stubs) in found { try Metadata.replaceRefs(db, tree: tree, stubs) }
             try Metadata.dropRefs(db, trees: stale)
             try Metadata.recountRefs(db)
-            try db.execute(sql: "DELETE FROM object WHERE refs <= 0")
+            try Metadata.deleteUnreferencedObjects(db)
           }
           for key in orphans { try objects.remove(key) }
           for name in try Sys.listDirectory(layout.layers) where !name.hasPrefix("new-") {
@@ -212,7 +212,7 @@ extension ObjectCollector {
       } catch let e as SnapshotError {
         throw e
       } catch {
-        throw Store.mapError(error)
+        throw SnapshotError(error)
       }
     }
     // Every object in use, hashed against its recorded digest.
@@ -223,7 +223,7 @@ extension ObjectCollector {
         var want = digests[key]?.info.sha256 ?? ""
         if want.isEmpty, let info = try? objects.info(key) { want = info.sha256 }
         let hex: String?
-        do { hex = try objects.hashContent(key) } catch { throw Store.mapError(error) }
+        do { hex = try objects.hashContent(key) } catch { throw SnapshotError(error) }
         progress?.add(size)
         guard let hex else { continue }  // removed meanwhile: reported by the walk if a stub needs it
         if hex != want {

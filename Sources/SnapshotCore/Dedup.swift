@@ -154,7 +154,7 @@ public final class ObjectCollector: StorePart, Sendable {
             scheduleCollect(sweep: true)
             return
           }
-          throw Store.mapError(error)
+          throw SnapshotError(error)
         }
         // A tree without objects needs no row change (a restart looks at it again, cheaply).
         if absorbed.objects.isEmpty { return }
@@ -236,7 +236,7 @@ public final class ObjectCollector: StorePart, Sendable {
         }
         return (freed.count, count, bytes)
       } catch {
-        throw Store.mapError(error)
+        throw SnapshotError(error)
       }
     }
   }

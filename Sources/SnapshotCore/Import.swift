@@ -1,4 +1,3 @@
-import Dispatch
 import GRDB
 import LayerStore
 import Logging
@@ -59,8 +58,8 @@ public final class ImportProgress: Sendable {
 }
 
 /// Imports of the same layer running at once: the second waits for the first.
-final class Inflight: Sendable {
-  private let running = Mutex<[String: DispatchGroup]>([:])
+struct Inflight: Sendable {
+  private let running = SingleFlight<String, Void>()
 
   /// Runs `body` unless an import under `key` runs; then waits for that one and returns
   /// false so the caller looks again.
@@ -69,21 +68,12 @@ final class Inflight: Sendable {
       try body()
       return true
     }
-    let (group, mine) = running.withLock { r -> (DispatchGroup, Bool) in
-      if let g = r[key] { return (g, false) }
-      let g = DispatchGroup()
-      g.enter()
-      r[key] = g
-      return (g, true)
-    }
-    guard mine else {
-      group.wait()
+    let (other, leads) = running.join(key)
+    guard leads else {
+      other.wait()
       return false
     }
-    defer {
-      running.withLock { _ = $0.removeValue(forKey: key) }
-      group.leave()
-    }
+    defer { running.finish(key, with: ()) }
     try body()
     return true
   }
@@ -161,7 +151,7 @@ public final class LayerImporter: StorePart, Sendable {
         try objects.shared { () throws(SnapshotError) in
           if try known() { return }
           let blob: ByteSource
-          do { blob = try source() } catch { throw Store.mapError(error) }
+          do { blob = try source() } catch { throw SnapshotError(error) }
           let layer = LayerDescription(name: request.name, compression: compression, digest: request.digest, diffID: request.diffID)
           _ = try commitLayer(parent: nil, try stage(blob, layer, progress: progress), snapshots: false)
           unpacked = true
@@ -196,13 +186,13 @@ public final class LayerImporter: StorePart, Sendable {
     defer { if let temporary { try? Tree.remove(temporary) } }
     if !isDirectory(path) {
       let dir = layout.temporary + "/" + Sys.temporaryName("image")
-      do { try Sys.mkdir(dir, mode: 0o700) } catch { throw Store.mapError(error) }
+      do { try Sys.mkdir(dir, mode: 0o700) } catch { throw SnapshotError(error) }
       temporary = dir
-      do { try ImageArchive.extract(path, into: dir) } catch { throw Store.mapError(error) }
+      do { try ImageArchive.extract(path, into: dir) } catch { throw SnapshotError(error) }
       layoutDir = dir
     }
     let layers: [ImageLayer]
-    do { layers = try ImageLayout(dir: layoutDir).layers() } catch { throw Store.mapError(error) }
+    do { layers = try ImageLayout(dir: layoutDir).layers() } catch { throw SnapshotError(error) }
     guard !layers.isEmpty else { throw .invalid("image \(path) has no layers") }
     progress?.start(layers: layers.count, bytes: layers.reduce(0) { $0 + $1.descriptor.size })
 
@@ -212,32 +202,27 @@ public final class LayerImporter: StorePart, Sendable {
       // Layers still missing, unpacked concurrently.
       let present = try read { db in try chain.map { try Metadata.find(db, key: $0.description) != nil } }
       let known = try read { db in try layers.map { try Metadata.layerVariant(db, diffID: $0.diffID.description) != nil } }
-      let results = Mutex<[Int: Result<StagedLayer, SnapshotError>]>([:])
-      let group = DispatchGroup()
+      var running: [Int: Promise<Result<StagedLayer, SnapshotError>>] = [:]
       for (i, l) in layers.enumerated() where !present[i] && !known[i] {
-        group.enter()
         let counter = progress?.counter()
         do {
-          try Threads.spawn { [self] in
-            let r: Result<StagedLayer, SnapshotError>
+          running[i] = try Threads.run { [self] in
+            defer { progress?.layerDone() }
             do {
               let source = try FileSource(path: l.path, limit: l.descriptor.size, cancellation: progress?.cancellation)
               let desc = LayerDescription(name: l.digest.description, compression: l.compression, digest: l.digest, diffID: l.diffID)
-              r = .success(try stage(source, desc, progress: counter))
+              return .success(try stage(source, desc, progress: counter))
             } catch {
-              r = .failure(Store.mapError(error))
+              return .failure(SnapshotError(error))
             }
-            results.withLock { $0[i] = r }
-            progress?.layerDone()
-            group.leave()
           }
         } catch {
-          results.withLock { $0[i] = .failure(Store.mapError(error)) }
-          group.leave()
+          running[i] = Promise()
+          running[i]!.fulfill(.failure(SnapshotError(error)))
         }
       }
-      group.wait()
-      let staged = results.withLock { $0 }
+      var staged: [Int: Result<StagedLayer, SnapshotError>] = [:]
+      for (i, p) in running { staged[i] = p.wait() }
       let failures = staged.values.compactMap { if case .failure(let e) = $0 { e } else { nil } }
       if let first = failures.first { throw first }
       // Commit in order; each layer's chainID snapshot on top of the previous one.
@@ -298,7 +283,7 @@ public final class LayerImporter: StorePart, Sendable {
       return StagedLayer(tree: tree, unpacked: unpacked)
     } catch {
       logger.warning("layer import failed", metadata: ["layer": "\(layer.name)", "error": "\(error)"])
-      throw Store.mapError(error)
+      throw SnapshotError(error)
     }
   }
 
@@ -320,7 +305,7 @@ public final class LayerImporter: StorePart, Sendable {
     } catch {
       try? Tree.remove(staging)
       try? Tree.remove(staging + LayerImages.suffix)
-      throw Store.mapError(error)
+      throw SnapshotError(error)
     }
   }
 
@@ -369,7 +354,7 @@ public final class LayerImporter: StorePart, Sendable {
     } catch {
       if let installed { try? images.remove(installed) }
       try? Tree.remove(staging)
-      throw Store.mapError(error)
+      throw SnapshotError(error)
     }
   }
 
@@ -397,7 +382,7 @@ public final class LayerImporter: StorePart, Sendable {
       let fixes = try ImplicitDirectories.resolve(implicit, lowers: lowers)
       return (fixes, ImplicitDirectories.signature(fixes).map { diffID.description + "+" + $0 } ?? diffID.description)
     } catch {
-      throw Store.mapError(error)
+      throw SnapshotError(error)
     }
   }
 
@@ -420,7 +405,7 @@ public final class LayerImporter: StorePart, Sendable {
           return (try Metadata.refs(db, tree: Layout.tree(layer: known.id)), size, entries)
         }
         let tree: LayerTree
-        do { tree = try LayerTree.load(from: layout.layer(known.id)) } catch { throw Store.mapError(error) }
+        do { tree = try LayerTree.load(from: layout.layer(known.id)) } catch { throw SnapshotError(error) }
         let unpacked = UnpackedLayer(
           digest: known.digest.flatMap(Digest.init) ?? diffID, diffID: diffID, entries: Int(entries), fileBytes: size,
           objects: objects, implicitDirectories: known.implicit)

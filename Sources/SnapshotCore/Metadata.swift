@@ -362,6 +362,23 @@ enum Metadata {
     try db.execute(sql: "UPDATE object SET refs = (SELECT COUNT(*) FROM object_ref r WHERE r.key = object.key)")
   }
 
+  /// Deletes the rows of objects no tree references (after `recountRefs`).
+  static func deleteUnreferencedObjects(_ db: Database) throws {
+    try db.execute(sql: "DELETE FROM object WHERE refs <= 0")
+  }
+
+  /// Rows of objects named the way stores before stubs named them (64 hex: the SHA-256
+  /// alone; see `Upgrade`).
+  static func legacyObjectCount(_ db: Database) throws -> Int {
+    try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM object WHERE length(key) = 64") ?? 0
+  }
+
+  /// Deletes the rows and references of objects named the way stores before stubs named them.
+  static func deleteLegacyObjects(_ db: Database) throws {
+    try db.execute(sql: "DELETE FROM object_ref WHERE length(key) = 64")
+    try db.execute(sql: "DELETE FROM object WHERE length(key) = 64")
+  }
+
   /// Drops references of trees that no longer exist.
   static func dropRefs(_ db: Database, trees: [String]) throws {
     for tree in trees { try releaseRefs(db, tree: tree) }

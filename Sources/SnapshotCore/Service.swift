@@ -331,27 +331,47 @@ public final class SnapshotService: StorePart, Sendable {
   public func cleanup() throws(SnapshotError) -> [String] {
     jobs.run(.recyclePool)
     jobs.drain()
-    // Listing and removal run inside a write transaction so no snapshot is being made
-    // while we decide what is an orphan.
+    // The listing runs inside a write transaction, so no snapshot is being made while we
+    // decide what is an orphan; the trees are deleted after it commits (writers do not
+    // wait for an `rm -rf`), with no directory being renamed back into the pool meanwhile.
+    // No later snapshot can take an orphan's name: ids are never given twice.
     let layout = self.layout
-    return try write { db in
-      try pool.excludingRecycling { try Self.removeOrphans(layout) { try Metadata.allIDs(db).union(pool.inUse) } }
+    let orphans = try write { db in
+      try pool.excludingRecycling { try Self.orphans(layout) { try Metadata.allIDs(db).union(pool.inUse) } }
     }
+    let failure = pool.excludingRecycling { () -> SnapshotError? in
+      for path in orphans {
+        do {
+          try Sys.detachMounts(under: path)
+          try Tree.remove(path)
+        } catch {
+          return SnapshotError(error)
+        }
+      }
+      return nil
+    }
+    if let failure { throw failure }
+    return orphans
   }
 
-  /// Removes what `s/` holds for ids outside `keep()`. `keep` is asked after the listing:
-  /// the pool reserves an id before it makes its directory, so a directory listed is either
-  /// kept or truly orphaned.
-  private static func removeOrphans(_ layout: Layout, keep: () throws -> Set<Int64>) throws -> [String] {
-    var removed: [String] = []
+  /// What `s/` holds for ids outside `keep()`. `keep` is asked after the listing: the pool
+  /// reserves an id before it makes its directory, so a directory listed is either kept or
+  /// truly orphaned.
+  private static func orphans(_ layout: Layout, keep: () throws -> Set<Int64>) throws -> [String] {
     let names = try Sys.listDirectory(layout.snapshots)
     let ids = try keep()
-    for name in names {
-      if let id = Layout.id(ofDirectory: name) ?? Layout.id(ofStaging: name), ids.contains(id) { continue }
-      let path = layout.snapshots + "/" + name
+    return names.filter { name in
+      guard let id = Layout.id(ofDirectory: name) ?? Layout.id(ofStaging: name) else { return true }
+      return !ids.contains(id)
+    }.map { layout.snapshots + "/" + $0 }
+  }
+
+  /// Removes what `s/` holds for ids outside `keep()` (see `orphans`).
+  private static func removeOrphans(_ layout: Layout, keep: () throws -> Set<Int64>) throws -> [String] {
+    let removed = try orphans(layout, keep: keep)
+    for path in removed {
       try Sys.detachMounts(under: path)
       try Tree.remove(path)
-      removed.append(path)
     }
     return removed
   }
@@ -360,12 +380,13 @@ public final class SnapshotService: StorePart, Sendable {
   /// snapshot or view that lost it (an unclean shutdown on a file system without ordered
   /// metadata). A committed snapshot without its directory is reported, not hidden.
   /// Returns the highest id ever given to a snapshot.
-  static func sweep(_ layout: Layout, db: DatabasePool, images: LayerImages, logger: Logger) throws(SnapshotError) -> Int64 {
+  static func sweep(_ store: Store) throws(SnapshotError) -> Int64 {
+    let (layout, images, logger) = (store.layout, store.images, store.logger)
     do {
-      let (rows, lastID) = try db.read { db in (try Metadata.all(db), try Metadata.lastID(db)) }
+      let (rows, lastID) = try store.read { db in (try Metadata.all(db), try Metadata.lastID(db)) }
       let removed = try removeOrphans(layout) { Set(rows.map(\.id)) }
       for path in removed { logger.info("removed orphan directory", metadata: ["path": "\(path)"]) }
-      let layers = try db.read { db in try Metadata.allLayerIDs(db) }
+      let layers = try store.read { db in try Metadata.allLayerIDs(db) }
       for name in try Sys.listDirectory(layout.layers) {
         if let id = Layout.id(ofLayerEntry: name), layers.contains(id) { continue }
         logger.info("removed orphan layer files", metadata: ["path": "\(layout.layers)/\(name)"])

@@ -28,10 +28,10 @@ public final class Snapshotter: Sendable {
   ) throws(SnapshotError) {
     store = try Store(root: root, layerFormat: layerFormat, logger: logger)
     let layout = store.layout
-    let lastID = try SnapshotService.sweep(layout, db: store.db, images: store.images, logger: logger)
+    let lastID = try SnapshotService.sweep(store)
     pool = DirectoryPool(layout: layout, firstID: lastID + 1, jobs: store.jobs, logger: logger)
     do {
-      try Upgrade.convertIfNeeded(layout, db: store.db, objects: store.objects, names: try store.objects.list(), logger: logger)
+      try Upgrade.convertIfNeeded(store, names: try store.objects.list())
     } catch let e as SnapshotError {
       throw e
     } catch {

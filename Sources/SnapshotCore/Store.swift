@@ -26,7 +26,7 @@ import Synchronization
 ///      the pool's and the removals' lanes, never the reverse (`BackgroundQueue`).
 public final class Store: Sendable {
   public let layout: Layout
-  let db: DatabasePool
+  private let db: DatabasePool
   /// A read-only connection of its own for the lookups of the API's hot calls (see `lookup`).
   let lookups: DatabaseQueue
   let logger: Logger
@@ -102,7 +102,7 @@ public final class Store: Sendable {
     do {
       return try db.writeWithoutTransaction { db in try Self.transaction(db, "BEGIN IMMEDIATE", body) }
     } catch {
-      throw Self.mapError(error)
+      throw SnapshotError(error)
     }
   }
 
@@ -128,7 +128,7 @@ public final class Store: Sendable {
     do {
       return try db.read(body)
     } catch {
-      throw Self.mapError(error)
+      throw SnapshotError(error)
     }
   }
 
@@ -141,7 +141,7 @@ public final class Store: Sendable {
     do {
       return try lookups.inDatabase { db in isolated ? try Self.transaction(db, "BEGIN DEFERRED", body) : try body(db) }
     } catch {
-      throw Self.mapError(error)
+      throw SnapshotError(error)
     }
   }
 
@@ -155,26 +155,6 @@ public final class Store: Sendable {
     }
   }
 
-  /// The one mapping of what the layers below throw (system calls, the layer store, the
-  /// database) to the snapshotter's error kinds: a full file system is Unavailable.
-  static func mapError(_ error: any Error) -> SnapshotError {
-    func failed(_ errno: Int32?, _ message: String) -> SnapshotError {
-      errno == ENOSPC || errno == EDQUOT ? .init(.unavailable, "no space left: \(message)") : .internal(message)
-    }
-    switch error {
-    case let e as SnapshotError: return e
-    case let e as SystemError: return failed(e.errno, "\(e)")
-    case let e as LayerError:
-      switch e.kind {
-      case .invalid: return .invalid(e.message)
-      case .cancelled: return .init(.cancelled, e.message)
-      case .failed: return failed(e.errno, e.message)
-      }
-    case let e as DatabaseError where e.resultCode == .SQLITE_FULL:
-      return .init(.unavailable, "no space left for the metadata database: \(e.message ?? "")")
-    default: return .internal("\(error)")
-    }
-  }
 }
 
 /// A part of the snapshotter: what it reaches of the `Store` it shares with the others.

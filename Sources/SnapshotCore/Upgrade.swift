@@ -16,16 +16,10 @@ enum Upgrade {
   /// Converts the store if it holds old objects. Refuses (with what to do) while mounts made
   /// by the earlier version use it: their overlays have no data-only layer, and would show
   /// the stubs' holes.
-  static func convertIfNeeded(_ layout: Layout, db: DatabasePool, objects: ObjectStore, names: [String], logger: Logger)
-    throws(SnapshotError)
-  {
+  static func convertIfNeeded(_ store: Store, names: [String]) throws(SnapshotError) {
+    let (layout, objects, logger) = (store.layout, store.objects, store.logger)
     let legacy = names.filter(ObjectStore.isLegacyKey)
-    let legacyRows: Int
-    do {
-      legacyRows = try db.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM object WHERE length(key) = 64") ?? 0 }
-    } catch {
-      throw Store.mapError(error)
-    }
+    let legacyRows = try store.read { db in try Metadata.legacyObjectCount(db) }
     guard !legacy.isEmpty || legacyRows > 0 else { return }
     let inUse = oldMounts(layout)
     if !inUse.isEmpty {
@@ -44,19 +38,18 @@ enum Upgrade {
         "root": "\(layout.root)", "old objects": "\(legacy.count)",
       ])
     do {
-      let trees = try db.read { db in try Metadata.trees(db) }
+      let trees = try store.read { db in try Metadata.trees(db) }
       for t in trees {
         let path = t.layer.map(layout.layer) ?? layout.fs(t.snapshot!)
         guard Sys.exists(path) else { continue }
         let absorbed = try objects.shared { () throws(SystemError) in
           try objects.absorb(tree: path, scratch: layout.temporary, separateLinks: true)
         }
-        try db.write { db in try Metadata.replaceRefs(db, tree: t.tree, absorbed.objects) }
+        try store.write { db in try Metadata.replaceRefs(db, tree: t.tree, absorbed.objects) }
         logger.info("converted", metadata: ["tree": "\(t.tree)", "objects": "\(absorbed.objects.count)"])
       }
-      try db.write { db in
-        try db.execute(sql: "DELETE FROM object_ref WHERE length(key) = 64")
-        try db.execute(sql: "DELETE FROM object WHERE length(key) = 64")
+      try store.write { db in
+        try Metadata.deleteLegacyObjects(db)
         try Metadata.recountRefs(db)
       }
       for key in legacy { try objects.remove(key) }

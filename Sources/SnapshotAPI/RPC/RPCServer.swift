@@ -1,7 +1,5 @@
-import Dispatch
 import Logging
 import SnapshotSys
-import Synchronization
 
 /// A gRPC server on a unix socket: one thread accepts, one thread per connection serves
 /// (``H2Connection``). `stop()` is graceful: no new connections, calls in progress finish
@@ -10,13 +8,14 @@ public final class RPCServer: Sendable {
   public let socketPath: String
   let routes: RPCRoutes
   let logger: Logger
-  private let state = Mutex(State())
-  private let running = DispatchGroup()
+  private let state = Condition(State())
 
   private struct State {
     var listener: Int32 = -1
     var connections: Set<Int32> = []
     var stopping = false
+    /// The accepting thread and the connections' threads still running.
+    var threads = 0
   }
 
   public init(socketPath: String, routes: RPCRoutes, logger: Logger) {
@@ -28,12 +27,14 @@ public final class RPCServer: Sendable {
   /// Binds the socket and starts accepting.
   public func start() throws(SystemError) {
     let fd = try Socket.listen(unixPath: socketPath)
-    state.withLock { $0.listener = fd }
-    running.enter()
+    state.withLock {
+      $0.listener = fd
+      $0.threads += 1
+    }
     do {
       try Threads.spawn { self.acceptLoop(fd) }
     } catch {
-      running.leave()
+      state.update { $0.threads -= 1 }
       Socket.close(fd)
       throw error
     }
@@ -41,11 +42,11 @@ public final class RPCServer: Sendable {
 
   private func acceptLoop(_ listener: Int32) {
     defer {
-      state.withLock { s in
+      state.update { s in
         s.listener = -1
         Socket.close(listener)
+        s.threads -= 1
       }
-      running.leave()
     }
     while true {
       let fd: Int32
@@ -65,6 +66,7 @@ public final class RPCServer: Sendable {
       let accepted = state.withLock { s in
         if s.stopping { return false }
         s.connections.insert(fd)
+        s.threads += 1
         return true
       }
       guard accepted else {
@@ -72,14 +74,15 @@ public final class RPCServer: Sendable {
         return
       }
       try? Socket.setSendTimeout(fd, seconds: 60)
-      running.enter()
       do {
         try Threads.spawn { self.serve(fd) }
       } catch {
         logger.error("cannot start a connection thread", metadata: ["error": "\(error)"])
-        state.withLock { _ = $0.connections.remove(fd) }
+        state.update {
+          $0.connections.remove(fd)
+          $0.threads -= 1
+        }
         Socket.close(fd)
-        running.leave()
       }
     }
   }
@@ -91,11 +94,11 @@ public final class RPCServer: Sendable {
       logger.warning("connection refused: no wakeup pipe", metadata: ["error": "\(error)"])
     }
     // Removed and closed under the lock, so stop() never shuts down a reused number.
-    state.withLock { s in
+    state.update { s in
       s.connections.remove(fd)
       Socket.close(fd)
+      s.threads -= 1
     }
-    running.leave()
   }
 
   /// Stops accepting, lets calls in progress finish, closes every connection, and returns
@@ -113,10 +116,9 @@ public final class RPCServer: Sendable {
       for fd in s.connections { Socket.shutdownRead(fd) }
     }
     if deadline.isFinite {
-      guard running.wait(timeout: .now() + deadline) == .timedOut else { return 0 }
-      return state.withLock { $0.connections.count }
+      return state.wait(until: { $0.threads == 0 }, seconds: deadline) { _ in 0 } ?? state.withLock { $0.connections.count }
     }
-    running.wait()
+    state.wait(until: { $0.threads == 0 }) { _ in }
     return 0
   }
 }
