@@ -2,12 +2,14 @@
 // snapshotd: a layered filesystem snapshotter service for containerd.
 //
 // Dependencies point one way:
-//   CSysShims, CArchive, CIsal (C) → SnapshotSys (system calls) → LayerStore (layer unpacking,
-//   content objects, OCI formats) → SnapshotCore (metadata, layout, mounts, imports)
-//     → SnapshotAPI (gRPC, generated code) → executables (snapshotd, snapctl)
-//   SnapshotSys, CFuse (libfuse3), CFuseIO (passthrough hooks) → SnapFS (the FUSE overlay file system) → snapfs
-//   LayerStore → Registry (OCI distribution client: async-http-client, hosts.toml, auth)
-//   Registry, SnapshotCore → Pull (layers containerd's CRI names, fetched on Prepare) → snapshotd
+//   CSysShims (C) → SnapshotSys (system calls, waiting) → Unpack (with CArchive, CIsal: layer
+//   tars into content objects and trees, EROFS images, OCI formats) → SnapshotCore (metadata,
+//   layout, mounts, imports) → SnapshotAPI (gRPC, generated code) → snapshotd, snapctl
+//   SnapshotSys, CFuse (libfuse3), CFuseIO (passthrough hooks) → FuseOverlay (the FUSE overlay
+//   file system) → snapfs
+//   Unpack → Registry (OCI distribution client: async-http-client, hosts.toml, auth)
+//   Registry, SnapshotCore → snapshotd (its RegistryFetcher: the layers containerd's CRI
+//   names, fetched on Prepare)
 //   Benchmarks/snapbench times the core in-process; Tests/fuzz (snapfuzz) fuzzes the parsers.
 // The core never imports gRPC.
 import PackageDescription
@@ -58,12 +60,12 @@ let package = Package(
       providers: [.apt(["libfuse3-dev"])]
     ),
     .target(
-      name: "SnapFS",
+      name: "FuseOverlay",
       dependencies: ["CSysShims", "CFuse", "CFuseIO", "SnapshotSys"]
     ),
     .executableTarget(
       name: "snapfs",
-      dependencies: ["SnapFS"]
+      dependencies: ["FuseOverlay"]
     ),
     .target(
       name: "SnapshotSys",
@@ -71,7 +73,7 @@ let package = Package(
       path: "Sources/SnapshotSys"
     ),
     .target(
-      name: "LayerStore",
+      name: "Unpack",
       dependencies: [
         "SnapshotSys", "CArchive", "CIsal",
         .product(name: "Crypto", package: "swift-crypto"),
@@ -80,24 +82,17 @@ let package = Package(
     .target(
       name: "Registry",
       dependencies: [
-        "LayerStore", "SnapshotSys",
+        "Unpack", "SnapshotSys",
         .product(name: "AsyncHTTPClient", package: "async-http-client"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
       ]
     ),
-    .target(
-      name: "Pull",
-      dependencies: [
-        "Registry", "SnapshotCore", "LayerStore", "SnapshotSys",
-        .product(name: "Logging", package: "swift-log"),
-      ]
-    ),
     .executableTarget(
       name: "registry-probe",
       dependencies: [
-        "Registry", "LayerStore",
+        "Registry", "Unpack",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       path: "Tests/registry-probe"
@@ -105,7 +100,7 @@ let package = Package(
     .target(
       name: "SnapshotCore",
       dependencies: [
-        "SnapshotSys", "LayerStore",
+        "SnapshotSys", "Unpack",
         .product(name: "GRDB", package: "GRDB.swift"),
         .product(name: "Logging", package: "swift-log"),
       ]
@@ -113,7 +108,7 @@ let package = Package(
     .target(
       name: "SnapshotAPI",
       dependencies: [
-        "SnapshotCore", "LayerStore", "SnapshotSys",
+        "SnapshotCore", "Unpack", "SnapshotSys",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -126,7 +121,7 @@ let package = Package(
     .executableTarget(
       name: "snapshotd",
       dependencies: [
-        "SnapshotAPI", "SnapshotCore", "SnapshotSys", "Pull", "Registry",
+        "SnapshotAPI", "SnapshotCore", "SnapshotSys", "Registry", "Unpack",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -153,7 +148,7 @@ let package = Package(
     .executableTarget(
       name: "snapfuzz",
       dependencies: [
-        "SnapshotAPI", "SnapshotCore", "LayerStore", "Registry", "SnapFS", "SnapshotSys", "CSysShims",
+        "SnapshotAPI", "SnapshotCore", "Unpack", "Registry", "FuseOverlay", "SnapshotSys", "CSysShims",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
       ],
@@ -165,20 +160,20 @@ let package = Package(
       dependencies: ["SnapshotSys"]
     ),
     .testTarget(
-      name: "SnapFSTests",
-      dependencies: ["SnapFS", "CSysShims", "SnapshotSys"]
+      name: "FuseOverlayTests",
+      dependencies: ["FuseOverlay", "CSysShims", "SnapshotSys"]
     ),
     .testTarget(
-      name: "LayerStoreTests",
-      dependencies: ["LayerStore", "SnapshotSys"]
+      name: "UnpackTests",
+      dependencies: ["Unpack", "SnapshotSys"]
     ),
     .testTarget(
       name: "RegistryTests",
-      dependencies: ["Registry", "LayerStore", .product(name: "NIOCore", package: "swift-nio")]
+      dependencies: ["Registry", "Unpack", .product(name: "NIOCore", package: "swift-nio")]
     ),
     .testTarget(
       name: "SnapshotCoreTests",
-      dependencies: ["SnapshotCore", "SnapshotSys", "LayerStore"]
+      dependencies: ["SnapshotCore", "SnapshotSys", "Unpack"]
     ),
     .testTarget(
       name: "SnapshotAPITests",

@@ -1,7 +1,7 @@
 import AsyncHTTPClient
-import LayerStore
 import NIOCore
 import NIOHTTP1
+import Unpack
 
 /// A blob's bytes as they arrive from the registry (see `RegistryClient.blob`). Each
 /// iteration downloads the blob anew. Throws `RegistryError`: `digestMismatch` when the
@@ -29,7 +29,7 @@ public struct BlobStream: AsyncSequence, Sendable {
     private var session: Session?
     private var body: HTTPClientResponse.Body.AsyncIterator?
     let verifyDigest: Bool
-    private var hasher = LayerStore.Hasher()
+    private var hasher = Unpack.Hasher()
     /// Bytes received so far.
     private var received: Int64 = 0
     /// Bytes of the current body to drop: what a server that ignored Range sends again.

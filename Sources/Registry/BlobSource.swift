@@ -1,6 +1,6 @@
-import LayerStore
 import NIOCore
 import SnapshotSys
+import Unpack
 
 /// A blob download as a `ByteSource`, the input of `LayerImporter.importLayer`: a task
 /// iterates the `BlobStream` and queues its chunks, at most `limit` bytes ahead of the

@@ -1,9 +1,9 @@
 import AsyncHTTPClient
 import Foundation
-import LayerStore
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import Unpack
 
 /// How a `RegistryClient` finds hosts and credentials, and its limits.
 public struct RegistryConfiguration: Sendable {
@@ -228,7 +228,7 @@ struct Session: Sendable {
     let response = try await send(ep, .GET, url(ep, "manifests", object), headers: headers, object: object)
     guard response.status == .ok else { throw await statusError(response, ep, object: object, what: "manifest") }
     let bytes = try await collect(response, ep, object: object, what: "manifest")
-    let actual = LayerStore.Digest.of(bytes)
+    let actual = Unpack.Digest.of(bytes)
     if let expected, actual != expected {
       throw error(.digestMismatch, ep, object: object, "manifest content has digest \(actual)")
     }
@@ -270,7 +270,7 @@ struct Session: Sendable {
         let response = try await send(ep, .GET, url(ep, "blobs", object), headers: HTTPHeaders(), object: object)
         guard response.status == .ok else { throw await statusError(response, ep, object: object, what: "blob") }
         let bytes = try await collect(response, ep, object: object, what: "config")
-        let actual = LayerStore.Digest.of(bytes)
+        let actual = Unpack.Digest.of(bytes)
         guard actual == d.digest, bytes.count == d.size else {
           throw error(.digestMismatch, ep, object: object, "config blob has \(bytes.count) bytes of digest \(actual), \(d.size) expected")
         }

@@ -1,5 +1,5 @@
 import Foundation
-import LayerStore
+import Unpack
 
 /// The manifest media types resolved: OCI's and Docker's schema 2.
 public enum ManifestMediaType {

@@ -1,4 +1,4 @@
-import LayerStore
+import Unpack
 
 /// An image reference, normalized as Docker and containerd normalize it:
 /// `busybox` is `docker.io/library/busybox:latest`, `user/app` is `docker.io/user/app:latest`,

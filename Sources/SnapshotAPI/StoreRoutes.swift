@@ -1,9 +1,9 @@
-import LayerStore
 import Logging
 import SnapshotCore
 import SnapshotSys
 import SwiftProtobuf
 import Synchronization
+import Unpack
 
 /// snapshotd's `snapshotd.v1.Store` methods: layer and image import into the layer store,
 /// its usage, garbage collection and check. Imports and checks run on their own thread

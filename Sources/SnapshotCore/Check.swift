@@ -1,7 +1,7 @@
 import GRDB
-import LayerStore
 import SnapshotSys
 import Synchronization
+import Unpack
 
 #if canImport(Glibc)
   import Glibc

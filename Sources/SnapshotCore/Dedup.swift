@@ -1,7 +1,7 @@
-import LayerStore
 import Logging
 import SnapshotSys
 import Synchronization
+import Unpack
 
 #if canImport(Glibc)
   import Glibc
@@ -101,8 +101,8 @@ public final class ObjectCollector: StorePart, Sendable {
       }
       for id in snapshots where !Sys.exists(layout.fs(id) + LayerImages.suffix) {
         guard let mounted = layout.mountedIDs(fuse: fuse), !mounted.contains(id) else { continue }
-        store.deduplicating.withLock { _ = $0.insert(id) }
-        defer { store.deduplicating.withLock { _ = $0.remove(id) } }
+        store.deduplicating.update { _ = $0.insert(id) }
+        defer { store.deduplicating.update { _ = $0.remove(id) } }
         guard let still = layout.mountedIDs(fuse: fuse), !still.contains(id) else { continue }
         makeImage(snapshot: id)
       }
@@ -110,8 +110,8 @@ public final class ObjectCollector: StorePart, Sendable {
         try objects.shared { () throws in
           guard let mounted = layout.mountedLayerIDs(fuse: fuse), !mounted.contains(id), Sys.exists(layout.layer(id)) else { return }
           let guarded = try read { db in try Metadata.snapshots(db, layer: id) }
-          store.deduplicating.withLock { $0.formUnion(guarded) }
-          defer { store.deduplicating.withLock { $0.subtract(guarded) } }
+          store.deduplicating.update { $0.formUnion(guarded) }
+          defer { store.deduplicating.update { $0.subtract(guarded) } }
           guard let still = layout.mountedLayerIDs(fuse: fuse), !still.contains(id) else { return }
           try images.convert(layout.layer(id), objects: nil) { _ in }
           logger.info("an imported layer's directory is an image now", metadata: ["layer": "\(id)"])

@@ -1,8 +1,8 @@
 import GRDB
-import LayerStore
 import Logging
 import SnapshotSys
 import Synchronization
+import Unpack
 
 #if canImport(Glibc)
   import Glibc

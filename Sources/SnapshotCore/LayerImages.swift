@@ -1,6 +1,6 @@
-import LayerStore
 import Logging
 import SnapshotSys
+import Unpack
 
 #if canImport(Glibc)
   import Glibc

@@ -1,5 +1,5 @@
-import LayerStore
 import SnapshotSys
+import Unpack
 
 #if canImport(Glibc)
   import Glibc

@@ -1,5 +1,5 @@
 import GRDB
-import LayerStore
+import Unpack
 
 /// A snapshot row as stored: the integer id names its directory (`s/<id>`).
 struct SnapshotRow: Sendable {

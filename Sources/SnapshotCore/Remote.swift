@@ -1,5 +1,5 @@
-import LayerStore
 import Synchronization
+import Unpack
 
 /// What containerd's CRI plugin tells a snapshotter about the layer its unpacker is about
 /// to make, as labels on Prepare (with `disable_snapshot_annotations = false`): the image,
@@ -45,7 +45,7 @@ public struct RemoteLayerRequest: Sendable, Equatable {
 
 /// Brings layers from where the image lives (a registry) into the store: what makes
 /// snapshotd a remote snapshotter. `SnapshotService` asks it on Prepare; snapshotd plugs
-/// in the registry client (`Sources/Pull`). The core knows nothing of HTTP.
+/// in snapshotd (`Sources/snapshotd/RegistryFetcher.swift`), on the registry client. The core knows nothing of HTTP.
 public protocol LayerFetcher: Sendable {
   /// Makes the committed snapshot `request.chainID` on top of `request.parent` from the
   /// layer's blob, fetched (unless the store has the layer), and starts fetching the

@@ -1,7 +1,7 @@
 import GRDB
-import LayerStore
 import Logging
 import SnapshotSys
+import Unpack
 
 #if canImport(Glibc)
   import Glibc
@@ -219,8 +219,8 @@ public final class SnapshotService: StorePart, Sendable {
     }
     // Until its files are stubs, no mount of a child may be handed out (another client may
     // see the committed name at once): Prepare, View and Mounts on it wait for this.
-    store.deduplicating.withLock { _ = $0.insert(found.id) }
-    defer { store.deduplicating.withLock { _ = $0.remove(found.id) } }
+    store.deduplicating.update { _ = $0.insert(found.id) }
+    defer { store.deduplicating.update { _ = $0.remove(found.id) } }
     try write { db in
       let row = try Metadata.get(db, key: key)
       guard row.kind == .active, row.id == found.id else {

@@ -1,6 +1,6 @@
 import GRDB
-import LayerStore
 import SnapshotSys
+import Unpack
 
 #if canImport(Glibc)
   import Glibc
@@ -41,7 +41,7 @@ extension SnapshotError {
   /// The one conversion of what the layers below the core throw (system calls, the layer
   /// store, the database) into the snapshotter's kinds: a full file system is Unavailable,
   /// a layer's bad content InvalidArgument, anything else Internal. The registry's errors
-  /// are converted where the core meets the registry (`Pull`); the kinds become gRPC codes
+  /// are converted where the core meets the registry (snapshotd's `RegistryFetcher`); the kinds become gRPC codes
   /// in `SnapshotAPI/Convert.swift`.
   public init(_ error: any Error) {
     func failed(_ errno: Int32?, _ message: String) -> SnapshotError {

@@ -1,7 +1,7 @@
 import GRDB
-import LayerStore
 import Logging
 import SnapshotSys
+import Unpack
 
 /// The snapshotter: one root's `Store` and the parts that share it, wired together at start.
 /// The API (`SnapshotAPI`) calls these methods; each is one of the parts':

@@ -1,29 +1,32 @@
 import GRDB
-import LayerStore
 import Logging
 import SnapshotSys
 import Synchronization
+import Unpack
 
 #if canImport(Glibc)
   import Glibc
 #endif
 
 /// What the parts of the snapshotter share: the root's layout, the metadata database and its
-/// transactions, the one mapping of errors to `SnapshotError`, the object store, and the
-/// background queue of typed jobs (`BackgroundQueue`). The parts are `SnapshotService` (containerd's calls),
-/// `LayerImporter` (layers and images into the layer store) and `ObjectCollector` (dedup of
-/// committed snapshots, garbage collection, `check`); `Snapshotter` wires them together.
+/// transactions, the object store, and the background queue of typed jobs
+/// (`BackgroundQueue`). What the layers below throw becomes a `SnapshotError` in
+/// `SnapshotError.init(_:)` (SnapshotError.swift). The parts are `SnapshotService`
+/// (containerd's calls), `LayerImporter` (layers and images into the layer store) and
+/// `ObjectCollector` (dedup of committed snapshots, garbage collection, `check`);
+/// `Snapshotter` wires them together.
 ///
 /// Lock order, outermost first (a holder of one may take those after it, never before):
-///   1. the object store's gate (`ObjectStore.shared`/`exclusive`): imports and dedup share
+///   1. waiting for the background queue (`drain`, `run`, `DirectoryPool.waitIdle`): its
+///      jobs take any of the locks below, so it is done holding none of them; an upkeep job
+///      may wait for the pool's and the removals' lanes, never the reverse;
+///   2. `Inflight` (one import per layer digest): an import takes the gate inside it;
+///   3. the object store's gate (`ObjectStore.shared`/`exclusive`): imports and dedup share
 ///      it, collections and checks hold it alone;
-///   2. `Inflight` (one import per layer digest) is taken outside the gate;
-///   3. the SQLite writer (`write`: BEGIN IMMEDIATE); reads (`read`, `lookup`) take no lock
+///   4. the SQLite writer (`write`: BEGIN IMMEDIATE); reads (`read`, `lookup`) take no lock
 ///      a writer waits for;
-///   4. the directory pool's locks (`DirectoryPool`), taken inside transactions;
-///   5. the background queue's jobs take any of the above, so nothing waits for a job while
-///      holding them (`drain`, `run` are called with none held); an upkeep job may wait for
-///      the pool's and the removals' lanes, never the reverse (`BackgroundQueue`).
+///   5. the directory pool's locks (`DirectoryPool`), taken inside transactions.
+/// `waitForDedup` (children's mounts waiting for a Commit's dedup) is called holding none.
 public final class Store: Sendable {
   public let layout: Layout
   private let db: DatabasePool
@@ -37,13 +40,13 @@ public final class Store: Sendable {
   let collections = CollectionRequests()
   /// Snapshots in their Commit whose files are being made stubs: mounts of their children
   /// wait (`waitForDedup`), since a mount must never see its directories change.
-  let deduplicating = Mutex<Set<Int64>>([])
+  let deduplicating = Condition<Set<Int64>>([])
   /// How layers are stored: EROFS images where the kernel mounts them, else directories.
   let images: LayerImages
 
   /// Returns once none of `ids` is being deduplicated.
   func waitForDedup(_ ids: [Int64]) {
-    while deduplicating.withLock({ set in ids.contains(where: set.contains) }) { usleep(5000) }
+    deduplicating.wait(until: { set in !ids.contains(where: set.contains) }) { _ in }
   }
 
   /// Opens (creating when needed) the root's directories, the object store and the database.

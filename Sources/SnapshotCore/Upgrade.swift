@@ -1,7 +1,7 @@
 import GRDB
-import LayerStore
 import Logging
 import SnapshotSys
+import Unpack
 
 /// Stores made before stubs (snapshotd up to the hard-linked object store): every regular
 /// file of a layer was a hard link to an object `o/<2 hex>/<62 hex>` that carried the

@@ -5,9 +5,10 @@ import Synchronization
 #endif
 
 // How blocking work waits (docs/architecture.md, "How we wait"). Blocking I/O runs on
-// threads, and a thread that waits for another waits here: a `Condition` (a mutex and a
-// condition variable over some state), and what is built on it. State nobody waits for is a
-// `Synchronization.Mutex`. Nothing else in the sources blocks a thread on another.
+// threads, and a thread that waits for another's result or state waits here: a `Condition`
+// (a mutex and a condition variable over some state), and what is built on it. State
+// nobody waits for is a `Synchronization.Mutex`. The few other waits (readers-writer locks,
+// the background queue's lanes, poll(2) on descriptors, thread joins) are listed there.
 
 /// A mutex with no state of its own, for short critical sections over state kept elsewhere
 /// (snapfs's node table, one read of a file at a time). A class, so that arrays of them work.

@@ -1,5 +1,5 @@
-// snapfs: the FUSE overlay file system of snapshotd. See SnapFS.Options for the command line.
-import SnapFS
+// snapfs: the FUSE overlay file system of snapshotd. See FuseOverlay.Options for the command line.
+import FuseOverlay
 
 #if canImport(Glibc)
   import Glibc

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Dispatch
 import Logging
-import Pull
 import Registry
 import ServiceLifecycle
 import SnapshotAPI

@@ -1,8 +1,8 @@
 import Foundation
-import LayerStore
 import NIOCore
 import SnapshotSys
 import Testing
+import Unpack
 
 @testable import Registry
 

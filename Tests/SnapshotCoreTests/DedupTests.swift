@@ -1,6 +1,6 @@
-import LayerStore
 import SnapshotSys
 import Testing
+import Unpack
 
 @testable import SnapshotCore
 

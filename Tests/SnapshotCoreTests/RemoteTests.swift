@@ -1,6 +1,6 @@
-import LayerStore
 import Synchronization
 import Testing
+import Unpack
 
 @testable import SnapshotCore
 

@@ -7,8 +7,10 @@ import Testing
   import Glibc
 #endif
 
-/// A fresh snapshotter on a temporary root, removed afterwards. No root privileges needed:
-/// these tests exercise the metadata and directory layer, not mounts.
+/// A fresh snapshotter on a temporary root under /tmp, removed afterwards with its alias
+/// symlink under /run/sd and whatever is mounted under it (layer images). It needs root: the
+/// store sets trusted.* xattrs and owners and makes the /run/sd alias, and tests mount (a bind
+/// mount here, EROFS layer images in `DedupTests`); the suites that use it run only as root.
 final class TempRoot {
   let path: String
   init() {

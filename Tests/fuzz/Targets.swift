@@ -1,10 +1,10 @@
 import Foundation
-import LayerStore
+import FuseOverlay
 import Logging
-import SnapFS
 import SnapshotCore
 import SnapshotSys
 import SwiftProtobuf
+import Unpack
 
 @testable import Registry
 @testable import SnapshotAPI

@@ -2,8 +2,8 @@
 // product). On failure it prints `error: <message>` and `kind: <kind>` to stderr and exits 1.
 import ArgumentParser
 import Foundation
-import LayerStore
 import Registry
+import Unpack
 
 struct Options: ParsableArguments {
   @Option(help: "containerd's registry config_path (hosts.toml directories); \"\" for none")

@@ -6,7 +6,7 @@ operations.
     crash.py tars                 layer tarballs and the manifests of their chains
     crash.py worker W ROUND N     worker W of N: random operations until T/stop exists,
                                   journaled in T/journal (start, then ack or fail)
-    crash.py dedup-pending ROUND  at a crash: did a commit's conversion to stubs not finish?
+    crash.py dedup-pending ROUND  at a crash: had an acknowledged commit's conversion not finished?
     crash.py settle ROUND         after a restart: check, reconcile the model (T/model.json)
                                   with the journal and the listing, verify every snapshot
     crash.py converted            every committed snapshot has been made stubs (per the log)
@@ -39,7 +39,6 @@ JOURNAL = f"{T}/journal"
 MODEL = f"{T}/model.json"
 LOG = f"{T}/snapshotd.log"
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
-Snapshotter_dedupDelay = 0.5  # Snapshotter.dedupDelay: a commit's files become stubs this long after it
 
 
 class Failure(Exception):
@@ -513,8 +512,7 @@ def entries(rnd):
 
 def new_model():
     return {"snap": {}, "gone": [], "stats": {"acked": {}, "uncertain": {}, "verified": 0, "checks": 0,
-                                              "startup_crashes": 0, "dedup_pending": 0,
-                                              "dedup_running": 0}}
+                                              "startup_crashes": 0, "dedup_pending": 0}}
 
 
 def count(stats, kind, op):
@@ -654,7 +652,7 @@ WHAT = {"import": "imported chain", "commit": "committed snapshot"}
 
 
 def converted_pending():
-    """Committed snapshots made by commit whose conversion to stubs the log does not show."""
+    """Committed snapshots made by commit whose conversion (image or stubs) the log does not show."""
     model = load(MODEL)
     with open(LOG, errors="replace") as f:
         done = {w[4:] for line in f if "deduplicated snapshot" in line for w in line.split() if w.startswith("key=")}
@@ -669,7 +667,7 @@ def cmd_converted():
         if not pending:
             return
         time.sleep(0.1)
-    raise Failure(f"committed snapshots never converted to stubs (no 'deduplicated snapshot' in the log): {pending}")
+    raise Failure(f"committed snapshots never converted (no 'deduplicated snapshot' in the log): {pending}")
 
 
 def cmd_dedup_pending(rnd):
@@ -677,13 +675,10 @@ def cmd_dedup_pending(rnd):
     model = load(MODEL)
     with open(LOG, errors="replace") as f:
         done = {w[4:] for line in f if "deduplicated snapshot" in line for w in line.split() if w.startswith("key=")}
-    kill = load(f"{T}/kill.{rnd}")
     acked = {o["start"]["name"]: o["end"]["t"] for o in entries(int(rnd))
              if o["start"]["op"] == "commit" and o["end"] and o["end"]["rc"] == 0}
     pending = [n for n in acked if n not in done]
     model["stats"]["dedup_pending"] += bool(pending)
-    # Acknowledged over half a second before the crash: its conversion had begun.
-    model["stats"]["dedup_running"] += any(kill - acked[n] > Snapshotter_dedupDelay for n in pending)
     save(MODEL, model)
 
 

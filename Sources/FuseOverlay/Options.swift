@@ -6,10 +6,12 @@
 /// data-only layers (`A:B::D1::D2`, see `Overlay`), as overlayfs has them since Linux 6.5,
 /// with its escapes (`\:` is a colon in a path). `metacopy=on|off` is overlayfs's: whether
 /// metacopy files in layers above the bottom one are followed. Mount flags (ro, nosuid,
-/// nodev, noexec, ...) go to the kernel; overlayfs options snapfs has no use for (index,
-/// xino, redirect_dir, volatile) are accepted and ignored so that the same option list
-/// mounts either way; combinations overlayfs refuses (metacopy=on with userxattr or with a
-/// redirect_dir other than on) are refused too. Anything else is an error.
+/// nodev, noexec, ...) go to the kernel. `redirect_dir` decides, as overlayfs's does, whether
+/// lower layers' renamed directories are followed (snapfs itself makes no redirects, see
+/// `followsRedirects`). Overlayfs options snapfs has no use for (index, xino, volatile) are
+/// accepted and ignored so that the same option list mounts either way; combinations
+/// overlayfs refuses (metacopy=on with userxattr or with a redirect_dir other than on) are
+/// refused too. Anything else is an error.
 public struct Options: Equatable, Sendable {
   public var target = ""
   public var source = "snapfs"

@@ -1,9 +1,9 @@
-import LayerStore
 import Logging
 import Registry
 import SnapshotCore
 import SnapshotSys
 import Synchronization
+import Unpack
 
 /// snapshotd as a remote snapshotter: the layers containerd's CRI plugin names on Prepare
 /// come from their registry (`RegistryClient`), the asked one and the image's later ones
@@ -11,7 +11,7 @@ import Synchronization
 /// decompress → unpack into the store with dedup, without a copy of the blob. A layer the
 /// store has (by diffID or blob digest, from any import or pull) is not downloaded; two
 /// pulls of one image at once download each layer once.
-public final class RegistryFetcher: LayerFetcher {
+final class RegistryFetcher: LayerFetcher {
   let client: RegistryClient
   let importer: LayerImporter
   let logger: Logger
@@ -22,14 +22,14 @@ public final class RegistryFetcher: LayerFetcher {
   /// Images resolved lately, by manifest digest (containerd asks once per layer).
   private let images = Mutex<[Digest: ResolvedImage]>([:])
 
-  public init(client: RegistryClient, importer: LayerImporter, concurrency: Int = 4, logger: Logger) {
+  init(client: RegistryClient, importer: LayerImporter, concurrency: Int = 4, logger: Logger) {
     self.client = client
     self.importer = importer
     self.logger = logger
     slots = Condition(max(1, concurrency))
   }
 
-  public func fetch(_ request: RemoteLayerRequest) throws {
+  func fetch(_ request: RemoteLayerRequest) throws {
     let image = try resolve(request)
     // By digest and chainID: an image may hold one blob twice (empty layers).
     let chainIDs = image.chainIDs
@@ -51,7 +51,7 @@ public final class RegistryFetcher: LayerFetcher {
     _ = try importer.snapshotOfLayer(diffID: image.layers[i].diffID, parent: request.parent)
   }
 
-  public func pull(_ reference: String, platform: String, progress: ImportProgress) throws(SnapshotError) -> String {
+  func pull(_ reference: String, platform: String, progress: ImportProgress) throws(SnapshotError) -> String {
     do {
       let ref = try Reference(parsing: reference)
       let wanted = platform.isEmpty ? Platform.host : try Platform(parsing: platform)

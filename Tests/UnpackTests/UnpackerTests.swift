@@ -1,7 +1,7 @@
 import Foundation
-import LayerStore
 import SnapshotSys
 import Testing
+import Unpack
 
 /// A minimal ustar writer: enough to build the tars these tests need byte by byte.
 struct TarWriter {

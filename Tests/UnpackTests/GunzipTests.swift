@@ -2,7 +2,7 @@ import CIsal
 import Foundation
 import Testing
 
-@testable import LayerStore
+@testable import Unpack
 
 /// `Gunzip`: streams made by GNU gzip (an independent encoder), fed in pieces of every size.
 struct GunzipTests {

@@ -3,7 +3,7 @@ import Foundation
 import SnapshotSys
 import Testing
 
-@testable import SnapFS
+@testable import FuseOverlay
 
 #if canImport(Glibc)
   import Glibc

@@ -1,7 +1,7 @@
 import Testing
 
-@testable import LayerStore
 @testable import SnapshotSys
+@testable import Unpack
 
 #if canImport(Glibc)
   import Glibc

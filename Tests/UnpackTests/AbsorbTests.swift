@@ -1,7 +1,7 @@
 import Foundation
-import LayerStore
 import SnapshotSys
 import Testing
+import Unpack
 
 #if canImport(Glibc)
   import Glibc
