@@ -40,7 +40,7 @@ final class FileSystem: @unchecked Sendable {
   /// unrelated files rarely share a lock: the kernel's readahead sends a file's reads in
   /// order, and served in parallel they reach the layer's file out of order, which defeats
   /// its readahead.
-  private let readLocks = (0..<1024).map { _ in Lock() }
+  let readLocks = (0..<1024).map { _ in Lock() }
   /// Listings of directories being read (no OPENDIR: see `Listings`).
   let listings = Listings()
   /// OPENDIR is answered ENOSYS (the kernel offers "no opendir"; set at INIT).
@@ -118,13 +118,13 @@ final class FileSystem: @unchecked Sendable {
   // MARK: - Helpers
 
   @inline(__always)
-  private func node(_ ino: fuse_ino_t) -> Node {
+  func node(_ ino: fuse_ino_t) -> Node {
     if ino == FUSE_ROOT_ID { return overlay.root }
     return Unmanaged<Node>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(ino))!).takeUnretainedValue()
   }
 
   /// The id the kernel knows `node` by.
-  private func kernelID(_ node: Node) -> fuse_ino_t { node === overlay.root ? fuse_ino_t(FUSE_ROOT_ID) : node.id }
+  func kernelID(_ node: Node) -> fuse_ino_t { node === overlay.root ? fuse_ino_t(FUSE_ROOT_ID) : node.id }
 
   /// How long the kernel may trust what it is told. Lower layers never change, and the upper
   /// one changes only through this mount, so names and attributes are cached long; except a
@@ -138,7 +138,7 @@ final class FileSystem: @unchecked Sendable {
   private var negativeTimeout: Double { overlay.hasUpper ? 1 : 86400 }
 
   /// The entry the kernel is told for `node` with attributes `st`.
-  private func entry(_ node: Node, _ st: stat) -> fuse_entry_param {
+  func entry(_ node: Node, _ st: stat) -> fuse_entry_param {
     var entry = fuse_entry_param()
     entry.attr = st
     entry.ino = node.id
@@ -157,7 +157,7 @@ final class FileSystem: @unchecked Sendable {
 
   /// Open flags as passed to the layer: with the writeback cache the kernel reads pages it
   /// caches for writing, and handles O_APPEND itself.
-  private func layerFlags(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Int32 {
+  func layerFlags(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Int32 {
     var flags = fi!.pointee.flags
     if writeback {
       if flags & O_ACCMODE == O_WRONLY { flags = (flags & ~O_ACCMODE) | O_RDWR }
@@ -169,7 +169,7 @@ final class FileSystem: @unchecked Sendable {
   /// Replies to OPEN or CREATE (`reply` sends it) for the open file `opened` of `node`,
   /// counted by `passthrough.open` (under the tree lock that opened it). If the reply does not
   /// reach the kernel (the caller was interrupted), no RELEASE will come: the open is undone here.
-  private func replyOpen(
+  func replyOpen(
     _ node: Node, _ opened: Passthrough.Opened, _ fi: UnsafeMutablePointer<fuse_file_info>?,
     _ reply: () -> Int32
   ) -> Bool {
@@ -194,19 +194,19 @@ final class FileSystem: @unchecked Sendable {
     fuse_reply_attr(req, &st, timeout(node, st))
   }
 
-  private func context(_ req: fuse_req_t?) -> (uid: uid_t, gid: gid_t) {
+  func context(_ req: fuse_req_t?) -> (uid: uid_t, gid: gid_t) {
     let ctx = fuse_req_ctx(req)!.pointee
     return (ctx.uid, ctx.gid)
   }
 
   /// Makes `name` in `parent` with `make` (given the upper dir's descriptor), owned by the
   /// caller, and replies with its entry. A directory made over a whiteout is opaque.
-  private func make(
+  func make(
     _ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, mode: mode_t? = nil,
     directory: Bool = false, _ body: (Int32, String) throws(Errno) -> Void
   ) {
     let p = node(parent)
-    let n = string(name)
+    let n = fuseName(name)
     let caller = context(req)
     let overlay = self.overlay
     reply(req) { () throws(Errno) in
@@ -259,7 +259,7 @@ final class FileSystem: @unchecked Sendable {
 
   func lookup(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
     let p = node(parent)
-    let n = string(name)
+    let n = fuseName(name)
     do throws(Errno) {
       try overlay.tree.read { () throws(Errno) in try replyLookup(req, p, n) }
     } catch  where error.code == ENOENT {
@@ -367,395 +367,14 @@ final class FileSystem: @unchecked Sendable {
       fuse_reply_readlink(req, try overlay.tree.read { () throws(Errno) -> [CChar] in try overlay.readlink(n) })
     }
   }
-
-  func mknod(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ mode: mode_t, _ rdev: dev_t) {
-    make(req, parent, name, mode: mode) { (dir, n) throws(Errno) in _ = try Sys.call(mknodat(dir, n, mode, rdev)) }
-  }
-
-  func mkdir(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ mode: mode_t) {
-    make(req, parent, name, directory: true) { (dir, n) throws(Errno) in _ = try Sys.call(mkdirat(dir, n, mode)) }
-  }
-
-  func symlink(_ req: fuse_req_t?, _ link: UnsafePointer<CChar>?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
-    let target = string(link)
-    make(req, parent, name) { (dir, n) throws(Errno) in _ = try Sys.call(symlinkat(target, dir, n)) }
-  }
-
-  func link(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ newParent: fuse_ino_t, _ newName: UnsafePointer<CChar>?) {
-    let n = node(ino)
-    let p = node(newParent)
-    let name = string(newName)
-    reply(req) { () throws(Errno) in
-      try overlay.tree.write { () throws(Errno) in
-        try overlay.link(n, p, name)
-        var e: fuse_entry_param
-        do throws(Errno) { e = entry(n, try overlay.attributes(n)) } catch {
-          overlay.nodes.forget(n, 1)
-          throw error
-        }
-        fuse_reply_entry(req, &e)
-      }
-    }
-  }
-
-  func unlink(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
-    remove(req, parent, name, directory: false)
-  }
-
-  func rmdir(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
-    remove(req, parent, name, directory: true)
-  }
-
-  private func remove(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, directory: Bool) {
-    let p = node(parent)
-    let n = string(name)
-    reply(req) { () throws(Errno) in
-      try overlay.tree.write { () throws(Errno) in try overlay.remove(p, n, directory: directory) }
-      fuse_reply_err(req, 0)
-    }
-  }
-
-  func rename(
-    _ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ newParent: fuse_ino_t,
-    _ newName: UnsafePointer<CChar>?, _ flags: UInt32
-  ) {
-    let p = node(parent)
-    let n = string(name)
-    let np = node(newParent)
-    let nn = string(newName)
-    reply(req) { () throws(Errno) in
-      try overlay.tree.write { () throws(Errno) in try overlay.rename(p, n, np, nn, flags: flags) }
-      fuse_reply_err(req, 0)
-    }
-  }
-
-  func open(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    // No open on a read-only mount: the kernel stops sending OPEN and RELEASE, and reads by
-    // node (see the type's comment).
-    if noOpen {
-      fuse_reply_err(req, ENOSYS)
-      return
-    }
-    let n = node(ino)
-    let passthrough = self.passthrough!
-    reply(req) { () throws(Errno) in
-      let opened = try overlay.open(n, flags: layerFlags(fi)) { (upper, openFile) throws(Errno) in
-        try passthrough.open(n, upper: upper, size: { overlay.ownSize(n) }, openFile)
-      }
-      if opened.io == .stale {
-        // The kernel retries the open once with a fresh lookup, which finds the split's new
-        // node; other processes' cached entries for the name are dropped too.
-        FileHandle(opened).close()
-        if let gone = try overlay.split(n, lower: passthrough.lowerFile(n)) {
-          notifier?.forget(parent: kernelID(gone.parent), name: gone.name)
-        }
-        throw Errno(ESTALE)
-      }
-      // A small lower file's first open: its bytes into the page cache first (one pread of
-      // ours instead of a READ round trip at its first read). If that fails, READ serves.
-      // Other opens of the file meanwhile wait for it (see `Passthrough.Opened.awaitStore`).
-      if let size = opened.store {
-        if let session = fuseSession { _ = snapfs_notify_store(session, kernelID(n), opened.fd, Int(size)) }
-        passthrough.stored(n)
-      } else if opened.awaitStore {
-        passthrough.awaitStore(n)
-      }
-      _ = replyOpen(n, opened, fi) { fuse_reply_open(req, fi) }
-    }
-  }
-
-  func create(
-    _ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ mode: mode_t,
-    _ fi: UnsafeMutablePointer<fuse_file_info>?
-  ) {
-    let p = node(parent)
-    let n = string(name)
-    let caller = context(req)
-    let passthrough = self.passthrough!
-    reply(req) { () throws(Errno) in
-      let flags = layerFlags(fi)
-      try overlay.tree.write { () throws(Errno) in
-        _ = try overlay.prepareCreate(p, n)
-        let upper = p.dirs[0].fd
-        let fd = try Sys.call(shim_openat(upper, n, flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, UInt32(mode)))
-        do throws(Errno) {
-          try overlay.chownNew(p, n, uid: caller.uid, gid: caller.gid, mode: mode)
-          let (child, st) = try overlay.lookup(p, n)
-          var e = entry(child, st)
-          let opened = try passthrough.open(child, upper: true, size: { nil }) { fd }
-          if opened.io == .stale {  // a node of a name that was not there: cannot be, but undo and retry
-            overlay.nodes.forget(child, 1)
-            throw Errno(ESTALE)
-          }
-          if !replyOpen(child, opened, fi, { fuse_reply_create(req, &e, fi) }) { overlay.nodes.forget(child, 1) }
-        } catch {
-          close(fd)
-          unlinkat(upper, n, 0)
-          throw error
-        }
-      }
-    }
-  }
-
-  func read(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ offset: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    // One read of a file at a time (see `readLocks`).
-    guard noOpen else {
-      let fd = FileHandle(fi!.pointee.fh).fd
-      return readLocks[Int(fd) & (readLocks.count - 1)].withLock { _ = snapfs_reply_fd(req, fd, size, offset) }
-    }
-    let n = node(ino)
-    readLocks[Int(truncatingIfNeeded: n.id >> 4) & (readLocks.count - 1)].withLock {
-      do throws(Errno) {
-        let file = try nodeFile(n)
-        _ = snapfs_reply_fd(req, file.fd, size, offset)
-        file.close()
-      } catch {
-        fuse_reply_err(req, error.code)
-      }
-    }
-  }
-
-  /// No open file (a read-only mount): the node's file, kept open for its reads (a stub's
-  /// object). Its open is not one the kernel asked for, so a failure is a read error: EIO
-  /// for a stub whose object is missing (the open succeeded, unlike overlayfs's, which
-  /// fails with ENOENT).
-  private func nodeFile(_ n: Node) throws(Errno) -> FileHandle {
-    // The kept descriptor first: the tree lock only for the open (nothing under a read-only
-    // mount is copied up or split).
-    let overlay = self.overlay
-    do {
-      return try passthrough.readFile(n) { () throws(Errno) -> Int32 in
-        try overlay.open(n, flags: O_RDONLY) { (_, openFile) throws(Errno) -> Int32 in try openFile() }
-      }
-    } catch  where error.code == ENOENT {
-      throw Errno(EIO)
-    }
-  }
-
-  func writeBuf(
-    _ req: fuse_req_t?, _ buffers: UnsafeMutablePointer<fuse_bufvec>?, _ offset: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?
-  ) {
-    let n = snapfs_write_buf(FileHandle(fi!.pointee.fh).fd, buffers, offset)
-    if n < 0 { fuse_reply_err(req, Int32(-n)) } else { fuse_reply_write(req, n) }
-  }
-
-  func release(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    let handle = FileHandle(fi!.pointee.fh)
-    passthrough.close(node(ino), passthrough: handle.passthrough)
-    handle.close()
-    fuse_reply_err(req, 0)
-  }
-
-  func fsync(_ req: fuse_req_t?, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    // A read-only mount has nothing to write back (overlayfs: 0 for a lower file).
-    if noOpen {
-      fuse_reply_err(req, 0)
-      return
-    }
-    let fd = FileHandle(fi!.pointee.fh).fd
-    fuse_reply_err(req, (datasync != 0 ? fdatasync(fd) : Glibc.fsync(fd)) == 0 ? 0 : errno)
-  }
-
-  func fallocate(_ req: fuse_req_t?, _ mode: Int32, _ offset: off_t, _ length: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    if noOpen {  // no file open for writing can exist on a read-only mount
-      fuse_reply_err(req, EBADF)
-      return
-    }
-    fuse_reply_err(req, shim_fallocate(FileHandle(fi!.pointee.fh).fd, mode, Int64(offset), Int64(length)) == 0 ? 0 : errno)
-  }
-
-  func lseek(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ offset: off_t, _ whence: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    // SEEK_DATA and SEEK_HOLE: answered by the file in its layer (the node's on a read-only
-    // mount), so holes show as overlayfs shows them.
-    let file: FileHandle
-    if noOpen {
-      do throws(Errno) { file = try nodeFile(node(ino)) } catch {
-        fuse_reply_err(req, error.code)
-        return
-      }
-    } else {
-      file = FileHandle(fi!.pointee.fh)
-    }
-    let r = Glibc.lseek(file.fd, offset, whence)
-    let e = errno
-    if noOpen { file.close() }
-    if r < 0 { fuse_reply_err(req, e) } else { fuse_reply_lseek(req, r) }
-  }
-
-  /// No OPENDIR (ENOSYS): the kernel then opens directories itself and may keep their
-  /// listings, which is right here: a directory changes only through this mount, and the
-  /// kernel drops its cached listing when it changes one. See `Listings`.
-  /// On a kernel without "no opendir" (before Linux 5.1) directories open with a request,
-  /// still keeping their listings (readdir needs no handle).
-  func opendir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    if noOpendir {
-      fuse_reply_err(req, ENOSYS)
-    } else {
-      snapfs_fi_set(fi, 1, 1, 0)
-      fuse_reply_open(req, fi)
-    }
-  }
-
-  func readDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ offset: off_t, plus: Bool) {
-    // Past the last name: the kernel asks once more after a listing ends.
-    if offset == off_t.max {
-      fuse_reply_buf(req, nil, 0)
-      return
-    }
-    let dir = node(ino)
-    let overlay = self.overlay
-    var listed = offset == 0 ? nil : listings.find(dir)
-    let fresh = listed == nil
-    if fresh {
-      do {
-        listed = Listings.Listing(try overlay.tree.read { () throws(Errno) -> [Overlay.Entry] in try overlay.entries(dir) })
-      } catch {
-        fuse_reply_err(req, error.code)
-        return
-      }
-    }
-    let listing = listed!
-    let entries = listing.entries
-    let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
-    defer { buffer.deallocate() }
-    var used = 0
-    // Indexes 0 and 1 are "." and ".."; entry i of the listing is index i + 2. An entry's
-    // offset is where the next one resumes (see `Listings`).
-    var index = offset <= 2 ? max(0, Int(offset)) : listing.index(of: offset) + 2
-    overlay.tree.read {
-      while index < entries.count + 2 {
-        let next =
-          switch index {
-          case 0: off_t(1)
-          case 1: entries.isEmpty ? off_t.max : off_t(2)
-          default: listing.offset(after: index - 2)
-          }
-        var added = 0
-        if index < 2 {
-          var st = stat()
-          st.st_mode = S_IFDIR
-          st.st_ino = ino_t(index == 0 ? dir.ino : (dir.parent ?? dir).ino)
-          let name = index == 0 ? "." : ".."
-          if plus {
-            var entry = fuse_entry_param()
-            entry.attr = st
-            added = fuse_add_direntry_plus(req, buffer + used, size - used, name, &entry, next)
-          } else {
-            added = fuse_add_direntry(req, buffer + used, size - used, name, &st, next)
-          }
-          if added > size - used { break }
-        } else {
-          let e = entries[index - 2]
-          if plus {
-            var child: Node?
-            var plusEntry = fuse_entry_param()
-            do throws(Errno) {
-              let (node, attr) = try overlay.lookup(dir, e.name)
-              child = node
-              plusEntry = entry(node, attr)
-            } catch  where error.code == ENOENT {
-              index += 1  // gone meanwhile
-              continue
-            } catch {
-              // Listed, but its attributes cannot be had now: a plain entry (node id 0), which
-              // the kernel looks up itself when it is used, and gets the error then.
-              plusEntry.attr.st_ino = ino_t(e.ino)
-              plusEntry.attr.st_mode = mode_t(e.type) << 12
-            }
-            added = fuse_add_direntry_plus(req, buffer + used, size - used, e.name, &plusEntry, next)
-            if added > size - used {
-              if let child { overlay.nodes.forget(child, 1) }
-              break
-            }
-          } else {
-            var st = stat()
-            st.st_ino = ino_t(e.ino)
-            st.st_mode = mode_t(e.type) << 12
-            added = fuse_add_direntry(req, buffer + used, size - used, e.name, &st, next)
-            if added > size - used { break }
-          }
-        }
-        used += added
-        index += 1
-      }
-    }
-    // Kept only for a listing the reply did not finish (most fit in one).
-    if index >= entries.count + 2 {
-      if !fresh { listings.finish(dir) }
-    } else if fresh {
-      listings.keep(dir, listing)
-    }
-    fuse_reply_buf(req, buffer, used)
-  }
-
-  func fsyncdir(_ req: fuse_req_t?, _ ino: fuse_ino_t) {
-    let n = node(ino)
-    let rc = overlay.tree.read { n.dirs[0].layer == 0 ? Glibc.fsync(n.dirs[0].fd) : 0 }
-    fuse_reply_err(req, rc == 0 ? 0 : errno)
-  }
-
-  func statfs(_ req: fuse_req_t?) {
-    var st = statvfs()
-    if fstatvfs(overlay.root.dirs[0].fd, &st) != 0 { fuse_reply_err(req, errno) } else { fuse_reply_statfs(req, &st) }
-  }
-
-  func getxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ size: Int) {
-    let n = node(ino)
-    let key = string(name)
-    reply(req) { () throws(Errno) in
-      try overlay.tree.read { () throws(Errno) in
-        if size == 0 {
-          fuse_reply_xattr(req, try overlay.getXattr(n, key, into: nil, size: 0))
-          return
-        }
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
-        defer { buffer.deallocate() }
-        let count = try overlay.getXattr(n, key, into: buffer, size: size)
-        fuse_reply_buf(req, buffer, count)
-      }
-    }
-  }
-
-  func listxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int) {
-    let n = node(ino)
-    reply(req) { () throws(Errno) in
-      let names = try overlay.tree.read { () throws(Errno) -> [UInt8] in try overlay.listXattrs(n) }
-      if size == 0 {
-        fuse_reply_xattr(req, names.count)
-        return
-      }
-      guard names.count <= size else { throw Errno(ERANGE) }
-      names.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), names.count) }
-    }
-  }
-
-  func setxattr(
-    _ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ value: UnsafePointer<CChar>?, _ size: Int,
-    _ flags: Int32
-  ) {
-    let n = node(ino)
-    let key = string(name)
-    reply(req) { () throws(Errno) in
-      try overlay.tree.write { () throws(Errno) in try overlay.setXattr(n, key, value, size: size, flags: flags) }
-      fuse_reply_err(req, 0)
-    }
-  }
-
-  func removexattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
-    let n = node(ino)
-    let key = string(name)
-    reply(req) { () throws(Errno) in
-      try overlay.tree.write { () throws(Errno) in try overlay.removeXattr(n, key) }
-      fuse_reply_err(req, 0)
-    }
-  }
 }
 
 @inline(__always)
-private func string(_ name: UnsafePointer<CChar>?) -> String { String(cString: name!) }
+/// A name the kernel sent (NUL-terminated, never null for the requests that carry one).
+func fuseName(_ name: UnsafePointer<CChar>?) -> String { String(cString: name!) }
 
 /// Runs `body`, which replies on success; a thrown errno becomes the reply.
 @inline(__always)
-private func reply(_ req: fuse_req_t?, _ body: () throws(Errno) -> Void) {
+func reply(_ req: fuse_req_t?, _ body: () throws(Errno) -> Void) {
   do { try body() } catch { fuse_reply_err(req, error.code) }
 }

@@ -1,4 +1,5 @@
 import GRPCCore
+import Logging
 import SnapshotCore
 import SwiftProtobuf
 
@@ -22,6 +23,18 @@ extension SnapshotError {
       case .internal: .internal
       }
     return RPCStatus(code, message)
+  }
+
+  /// The level every route logs this failure at: the store's own failures (internal, and
+  /// unavailable: a full disk) as errors; the answers containerd asks for as a matter of
+  /// course (a snapshot not found, one that already exists: every layer of every pull) at
+  /// debug; the caller's other mistakes at info.
+  public var logLevel: Logger.Level {
+    switch kind {
+    case .internal, .unavailable: .error
+    case .notFound, .alreadyExists: .debug
+    case .invalidArgument, .failedPrecondition, .cancelled: .info
+    }
   }
 
   /// The inverse, for clients (grpc-swift): a gRPC error back into a core error kind.

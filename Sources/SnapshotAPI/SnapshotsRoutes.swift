@@ -7,6 +7,9 @@ import SwiftProtobuf
 /// becomes its gRPC status in one place (``SnapshotError/status``).
 public enum SnapshotsRoutes {
   static let service = "/containerd.services.snapshots.v1.Snapshots/"
+  /// Snapshots per List response message: containerd's own server sends 100 a message, and
+  /// a message stays far below the 16 MiB its client accepts whatever the labels.
+  static let listBatch = 100
 
   public static func make(_ s: Snapshotter, logger: Logger) -> RPCRoutes {
     func unary<Request: Message, Response: Message>(
@@ -25,8 +28,7 @@ public enum SnapshotsRoutes {
           do {
             return [try body(request).serializedBytes()]
           } catch let e as SnapshotError {
-            let level: Logger.Level = e.kind == .internal || e.kind == .unavailable ? .error : .debug
-            logger.log(level: level, "\(method) failed", metadata: ["key": "\(key(request).prefix(200))", "error": "\(e.message)"])
+            logger.log(level: e.logLevel, "\(method) failed", metadata: ["key": "\(key(request).prefix(200))", "error": "\(e.message)"])
             throw e.status
           } catch {
             throw RPCStatus(.internal, "\(method): encoding the response: \(error)")
@@ -97,7 +99,7 @@ public enum SnapshotsRoutes {
       var out: [[UInt8]] = []
       var start = 0
       repeat {
-        let end = min(start + 100, infos.count)
+        let end = min(start + listBatch, infos.count)
         let batch = Containerd_Services_Snapshots_V1_ListSnapshotsResponse.with { $0.info = infos[start..<end].map(PBInfo.init) }
         do { out.append(try batch.serializedBytes()) } catch { throw RPCStatus(.internal, "List: encoding: \(error)") }
         start = end

@@ -10,6 +10,10 @@ import Unpack
 /// while the call's thread feeds them the streamed blob or reports progress.
 public enum StoreRoutes {
   static let service = "/snapshotd.v1.Store/"
+  /// How often a long call's thread looks whether its client cancelled or left.
+  static let cancelPoll = 0.2
+  /// The longest path a call may name (PATH_MAX, with its NUL).
+  static let maxPath = 4096
 
   public static func make(_ s: Snapshotter, logger: Logger) -> RPCRoutes {
     [
@@ -61,8 +65,7 @@ public enum StoreRoutes {
     do {
       return try body()
     } catch {
-      let level: Logger.Level = error.kind == .internal ? .error : .info
-      logger.log(level: level, "\(method) failed", metadata: ["error": "\(error.message)"])
+      logger.log(level: error.logLevel, "\(method) failed", metadata: ["error": "\(error.message)"])
       throw error.status
     }
   }
@@ -71,8 +74,8 @@ public enum StoreRoutes {
   /// from root, or from the daemon's own user, alone. A member of the socket's group
   /// (`--group`) streams the blob instead, so it reads nothing it could not read itself.
   private static func allowPath(_ call: RPCStream, _ path: String, _ method: String) throws {
-    guard path.hasPrefix("/"), !path.utf8.contains(0), path.utf8.count <= 4096 else {
-      throw RPCStatus(.invalidArgument, "\(method): the path must be absolute, without NUL, at most 4096 bytes")
+    guard path.hasPrefix("/"), !path.utf8.contains(0), path.utf8.count <= maxPath else {
+      throw RPCStatus(.invalidArgument, "\(method): the path must be absolute, without NUL, at most \(maxPath) bytes")
     }
     guard let peer = call.peer, peer.uid == 0 || peer.uid == Sys.effectiveUserID else {
       throw RPCStatus(
@@ -157,7 +160,7 @@ public enum StoreRoutes {
       }
     } else {
       // The import reads the file itself: stop it if the client cancels or leaves.
-      while job.wait(seconds: 0.2) == nil {
+      while job.wait(seconds: cancelPoll) == nil {
         if call.isCancelled {
           cancellation.cancel()
           _ = job.wait()
@@ -170,7 +173,7 @@ public enum StoreRoutes {
     case .success(let chainID):
       try call.send(try encode(Snapshotd_V1_ImportLayerResponse.with { $0.chainID = chainID }))
     case .failure(let e):
-      logger.info("ImportLayer failed", metadata: ["layer": "\(name)", "error": "\(e.message)"])
+      logger.log(level: e.logLevel, "ImportLayer failed", metadata: ["layer": "\(name)", "error": "\(e.message)"])
       throw e.status
     }
   }
@@ -214,7 +217,7 @@ public enum StoreRoutes {
           }))
     }
     while true {
-      guard let result = job.wait(seconds: 0.2) else {
+      guard let result = job.wait(seconds: cancelPoll) else {
         do {
           if call.isCancelled { throw RPCStatus(.cancelled, "\(method) \(subject): cancelled") }
           try report()
@@ -232,7 +235,7 @@ public enum StoreRoutes {
         try report(chainID)
         return
       case .failure(let e):
-        logger.info("\(method) failed", metadata: ["image": "\(subject)", "error": "\(e.message)"])
+        logger.log(level: e.logLevel, "\(method) failed", metadata: ["image": "\(subject)", "error": "\(e.message)"])
         throw e.status
       }
     }
@@ -255,7 +258,7 @@ public enum StoreRoutes {
           }))
     }
     while true {
-      guard let result = job.wait(seconds: 0.2) else {
+      guard let result = job.wait(seconds: cancelPoll) else {
         do { try report() } catch {
           _ = job.wait()  // the client left: the check still finishes (and repairs) cleanly
           throw error
@@ -272,8 +275,7 @@ public enum StoreRoutes {
         try report(findings)
         return
       case .failure(let e):
-        let level: Logger.Level = e.kind == .internal ? .error : .info
-        logger.log(level: level, "Check failed", metadata: ["error": "\(e.message)"])
+        logger.log(level: e.logLevel, "Check failed", metadata: ["error": "\(e.message)"])
         throw e.status
       }
     }

@@ -21,7 +21,7 @@ public enum LayerFormat: String, Sendable, CaseIterable {
 /// instead of one per entry, is written with one fsync, and goes with one unlink.
 ///
 /// Where the kernel has no file-backed EROFS (`available` false), layers are directories of
-/// stubs, as before.
+/// stubs.
 ///
 /// The mounts live as long as their layer: made when it commits (before any snapshot can
 /// name it), again at start for any missing (after a reboot or a crash), detached when gc

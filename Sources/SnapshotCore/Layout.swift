@@ -32,13 +32,17 @@ public struct Layout: Sendable {
   /// (paths relative to their common directory, split on ":") cannot handle the `::` before
   /// the data-only layer, and roots can be long.
   public let alias: String
-  static let aliasBase = "/run/sd"
+  /// The directory of the aliases: `defaultAliasBase` for the daemon; a test that runs as
+  /// any user gives one of its own.
+  public let aliasBase: String
+  public static let defaultAliasBase = "/run/sd"
 
-  public init(root: String) {
+  public init(root: String, aliasBase: String = Layout.defaultAliasBase) {
     var r = root
     while r.count > 1 && r.hasSuffix("/") { r.removeLast() }
     self.root = r
-    alias = Self.aliasBase + "/" + Digest.of(Array(r.utf8)).hex.prefix(6)
+    self.aliasBase = aliasBase
+    alias = aliasBase + "/" + Digest.of(Array(r.utf8)).hex.prefix(6)
   }
 
   /// Modes of a snapshot's directory, its `fs` and its `work` as they are made.
@@ -74,10 +78,10 @@ public struct Layout: Sendable {
       throw SystemError(
         "symlink", "\(alias) names the root \(other) already; roots whose SHA-256 begin alike cannot be used at once", errno: EEXIST)
     }
-    try Sys.mkdirAll(Self.aliasBase, mode: 0o755)
-    let dir = try At.openDirectory(Self.aliasBase)
+    try Sys.mkdirAll(aliasBase, mode: 0o755)
+    let dir = try At.openDirectory(aliasBase)
     defer { At.close(dir) }
-    let name = String(alias.dropFirst(Self.aliasBase.count + 1))
+    let name = String(alias.dropFirst(aliasBase.count + 1))
     let temp = Sys.temporaryName(name + ".new")
     try? At.unlink(dir, temp)
     try At.symlink(root, dir, temp)

@@ -21,12 +21,13 @@ public final class Snapshotter: Sendable {
   public var driver: MountDriver { service.driver }
   public var driverReason: String { service.driverReason }
 
-  /// Opens (creating when needed) the snapshotter state under `root`.
+  /// Opens (creating when needed) the snapshotter state under `root`; its short alias goes
+  /// under `aliasBase` (see `Layout.alias`).
   public init(
-    root: String, driver: MountDriver = .overlay, driverReason: String = "default", layerFormat: LayerFormat = .auto,
-    logger: Logger = Logger(label: "snapshotd.core")
+    root: String, aliasBase: String = Layout.defaultAliasBase, driver: MountDriver = .overlay,
+    driverReason: String = "default", layerFormat: LayerFormat = .auto, logger: Logger = Logger(label: "snapshotd.core")
   ) throws(SnapshotError) {
-    store = try Store(root: root, layerFormat: layerFormat, logger: logger)
+    store = try Store(root: root, aliasBase: aliasBase, layerFormat: layerFormat, logger: logger)
     let layout = store.layout
     let lastID = try SnapshotService.sweep(store)
     pool = DirectoryPool(layout: layout, firstID: lastID + 1, jobs: store.jobs, logger: logger)

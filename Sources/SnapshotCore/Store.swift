@@ -49,9 +49,15 @@ public final class Store: Sendable {
     deduplicating.wait(until: { set in !ids.contains(where: set.contains) }) { _ in }
   }
 
+  /// How long a connection waits for SQLite's lock (another process, WAL recovery) before
+  /// SQLITE_BUSY: as GRDB gives its pool's readers.
+  static let busyTimeout: Double = 5
+
   /// Opens (creating when needed) the root's directories, the object store and the database.
-  init(root: String, layerFormat: LayerFormat = .auto, logger: Logger) throws(SnapshotError) {
-    layout = Layout(root: root)
+  init(root: String, aliasBase: String = Layout.defaultAliasBase, layerFormat: LayerFormat = .auto, logger: Logger)
+    throws(SnapshotError)
+  {
+    layout = Layout(root: root, aliasBase: aliasBase)
     self.logger = logger
     do {
       try Sys.mkdirAll(layout.root, mode: 0o700)
@@ -65,7 +71,7 @@ public final class Store: Sendable {
     }
     var config = Configuration()
     config.label = "snapshotd"
-    config.busyMode = .timeout(5)
+    config.busyMode = .timeout(Self.busyTimeout)
     do {
       db = try DatabasePool(path: layout.database, configuration: config)
       // Every call durable when it returns: the WAL is fsync'd at each commit. (GRDB sets
@@ -75,7 +81,7 @@ public final class Store: Sendable {
       var readOnly = Configuration()
       readOnly.readonly = true
       readOnly.label = "snapshotd-lookups"
-      readOnly.busyMode = .timeout(5)  // as GRDB gives its pool's readers (WAL recovery)
+      readOnly.busyMode = .timeout(Self.busyTimeout)
       lookups = try DatabaseQueue(path: layout.database, configuration: readOnly)
     } catch {
       throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
@@ -137,9 +143,9 @@ public final class Store: Sendable {
 
   /// A short read for the API's hot calls (stat, mounts, usage, commit's check), on a
   /// connection of its own: a pooled read spends more on GRDB's bookkeeping (taking a reader,
-  /// a savepoint, a schema version check) than on the lookup itself; stat takes 24 µs here
-  /// against 58 µs pooled (`snapbench --lookups 5000`, README). Lookups run one at a time. `isolated: false` spares the
-  /// transaction for a body of one statement, which SQLite answers from one snapshot anyway.
+  /// a savepoint, a schema version check) than on the lookup itself (docs/benchmarks.md, "API
+  /// latency"). Lookups run one at a time. `isolated: false` spares the transaction for a
+  /// body of one statement, which SQLite answers from one snapshot anyway.
   func lookup<T>(isolated: Bool = true, _ body: (Database) throws -> T) throws(SnapshotError) -> T {
     do {
       return try lookups.inDatabase { db in isolated ? try Self.transaction(db, "BEGIN DEFERRED", body) : try body(db) }

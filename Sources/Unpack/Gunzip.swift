@@ -4,8 +4,8 @@ import CIsal
 /// igzip, which checks each member's CRC-32 and length as it ends.
 ///
 /// Why not libarchive's gzip filter, which is zlib: inflating is what one layer's unpack
-/// cannot go faster than, and igzip does it in 0.75 s where zlib takes 2.0 s (the
-/// benchmark's 126 MB layer; `scripts/bench-inflate-floor`). Like Go's gzip reader (and so
+/// cannot go faster than, and igzip does it in well under half zlib's time (docs/benchmarks.md,
+/// "Layer import"; `scripts/bench-inflate-floor`). Like Go's gzip reader (and so
 /// containerd), anything after the last member that is not another member is an error.
 ///
 /// Feed it input with `feed`, then call `inflate` until it returns less than it was given

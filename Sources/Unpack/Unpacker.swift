@@ -333,8 +333,8 @@ final class Extractor {
   let tree: LayerTree
   private var totals = Totals()
   private var stubsNaming: [String: Int] = [:]  // how many stub nodes (not names) name each object
-  /// The tar stream's hash (the diffID), taken as each chunk is parsed: with the layer's
-  /// files no longer written one inode each, this thread is the less busy of the two.
+  /// The tar stream's hash (the diffID), taken as each chunk is parsed: this thread, which
+  /// writes only the objects, is the less busy of the two.
   var tarHash = Hasher()
   private var pipe: ChunkPipe?
   private var current: Chunk?

@@ -19,8 +19,11 @@ final class RegistryFetcher: LayerFetcher {
   private let slots: Condition<Int>
   /// Downloads under way, by blob digest: a second request for one waits for it.
   private let jobs = SingleFlight<Digest, Result<Void, any Error>>()
-  /// Images resolved lately, by manifest digest (containerd asks once per layer).
+  /// Images resolved lately, by manifest digest (containerd asks once per layer), at most
+  /// `resolvedKept` (then forgotten all at once: a pull takes a few at a time).
   private let images = Mutex<[Digest: ResolvedImage]>([:])
+
+  static let resolvedKept = 32
 
   init(client: RegistryClient, importer: LayerImporter, concurrency: Int = 4, logger: Logger) {
     self.client = client
@@ -77,7 +80,7 @@ final class RegistryFetcher: LayerFetcher {
     let reference = try Reference(parsing: request.imageRef).with(digest: request.manifestDigest)
     let image = try Self.blocking { [client] in try await client.resolve(reference) }
     images.withLock {
-      if $0.count >= 32 { $0.removeAll() }
+      if $0.count >= Self.resolvedKept { $0.removeAll() }
       $0[request.manifestDigest] = image
     }
     return image

@@ -16,7 +16,8 @@ func withTestServer(_ body: (String, Snapshotter) async throws -> Void) async th
     try? Sys.detachMounts(under: dir)  // layer images
     try? Tree.remove(dir)
   }
-  let snapshotter = try Snapshotter(root: dir + "/root")
+  // The root's alias under /run/sd as the daemon's when root, else beside the root.
+  let snapshotter = try Snapshotter(root: dir + "/root", aliasBase: getuid() == 0 ? Layout.defaultAliasBase : dir + "/alias")
   let socket = dir + "/s.sock"
   let server = SnapshotServer(socketPath: socket, snapshotter: snapshotter, logger: Logger(label: "test"))
   try server.start()

@@ -8,23 +8,32 @@ import Testing
 #endif
 
 /// A fresh snapshotter on a temporary root under /tmp, removed afterwards with its alias
-/// symlink under /run/sd and whatever is mounted under it (layer images). It needs root: the
-/// store sets trusted.* xattrs and owners and makes the /run/sd alias, and tests mount (a bind
-/// mount here, EROFS layer images in `DedupTests`); the suites that use it run only as root.
+/// symlink and whatever is mounted under it (layer images). As root the alias is under
+/// /run/sd, as the daemon's; as any other user under the temporary directory. Tests that set
+/// trusted.* xattrs (stubs), owners, or mount (a bind mount, EROFS layer images) run only as
+/// root (`Root.needed`); the rest run as any user.
 final class TempRoot {
   let path: String
+  let aliasBase: String
   init() {
     var template = Array("/tmp/snapshotd-test-XXXXXX".utf8CString)
     path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    aliasBase = getuid() == 0 ? Layout.defaultAliasBase : path + "/alias"
   }
   deinit {
-    // The root's alias under /run/sd goes with it.
-    try? Sys.unlink(Layout(root: path + "/root").alias)
+    try? Sys.unlink(Layout(root: path + "/root", aliasBase: aliasBase).alias)
     try? Sys.detachMounts(under: path)  // layer images
     try? Tree.remove(path)
   }
   /// Layers as directories unless `format` says otherwise: most suites check the stubs on disk.
-  func open(_ format: LayerFormat = .directory) throws -> Snapshotter { try Snapshotter(root: path + "/root", layerFormat: format) }
+  func open(_ format: LayerFormat = .directory) throws -> Snapshotter {
+    try Snapshotter(root: path + "/root", aliasBase: aliasBase, layerFormat: format)
+  }
+}
+
+/// The condition of tests that need root: trusted.* xattrs, owners, mounts.
+enum Root {
+  static let needed = ConditionTrait.enabled(if: getuid() == 0, "needs root: trusted.* xattrs, owners, mounts")
 }
 
 func expectError(_ kind: SnapshotError.Kind, containing text: String, _ body: () throws -> Void) {
@@ -45,7 +54,7 @@ func upperDir(_ mounts: [Mount]) -> String {
   return String(mounts[0].options.first { $0.hasPrefix("upperdir=") }!.dropFirst("upperdir=".count))
 }
 
-@Suite(.enabled(if: getuid() == 0, "needs root: trusted.* xattrs, owners, /run/sd, mounts"))
+@Suite
 struct SnapshotterTests {
   @Test func prepareCommitChain() async throws {
     let tmp = TempRoot()
@@ -131,7 +140,7 @@ struct SnapshotterTests {
     let tmp = TempRoot()
     let other = TempRoot()
     _ = try tmp.open()
-    let layout = Layout(root: tmp.path + "/root")
+    let layout = Layout(root: tmp.path + "/root", aliasBase: tmp.aliasBase)
     #expect(Sys.readLink(layout.alias) == layout.root)
     // As if another root's digest began with the same 6 hex digits and held the alias.
     try Sys.mkdirAll(other.path + "/root", mode: 0o700)

@@ -95,6 +95,12 @@ final class H2Connection {
   static let maxHeaderList = 16_384
   /// Every flow-control window's size until SETTINGS or WINDOW_UPDATE change it.
   static let defaultWindow = 65_535
+  /// Received DATA bytes given back to the client's connection window at once: one
+  /// WINDOW_UPDATE per MiB rather than one per frame.
+  static let windowUpdateBatch = 1 << 20
+  /// The longest `grpc-message` sent (bytes, before percent-encoding): a status message
+  /// quoting a client's input must not make a huge trailer.
+  static let maxStatusMessage = 1024
 
   init(fd: Int32, routes: RPCRoutes, logger: Logger) throws {
     self.fd = fd
@@ -256,7 +262,7 @@ final class H2Connection {
   private func data(_ f: Frame) throws {
     guard f.stream != 0 else { throw ConnectionError(.protocolError, "DATA on stream 0") }
     unacknowledged += f.payload.count  // padding included
-    if unacknowledged >= 1 << 20 {
+    if unacknowledged >= Self.windowUpdateBatch {
       output.windowUpdate(stream: 0, increment: UInt32(unacknowledged))
       unacknowledged = 0
     }
@@ -497,7 +503,9 @@ final class H2Connection {
   /// boundary, then "..."), percent-encoded.
   private static func message(of status: RPCStatus) -> String {
     var message = status.message
-    if message.utf8.count > 1024 { message = String(decoding: message.utf8.prefix(1024), as: UTF8.self) + "..." }
+    if message.utf8.count > maxStatusMessage {
+      message = String(decoding: message.utf8.prefix(maxStatusMessage), as: UTF8.self) + "..."
+    }
     return percentEncoded(message)
   }
 

@@ -9,6 +9,11 @@ public final class RPCServer: Sendable {
   let routes: RPCRoutes
   let logger: Logger
   private let state = Condition(State())
+  /// How long a connection's thread waits for a peer that stopped reading (SO_SNDTIMEO):
+  /// at most this holds the thread, and a graceful stop, up.
+  static let sendTimeout = 60
+  /// The pause before accepting again when the process is out of descriptors or memory.
+  static let acceptBackoff: useconds_t = 100_000
 
   private struct State {
     var listener: Int32 = -1
@@ -56,7 +61,7 @@ public final class RPCServer: Sendable {
         if state.withLock({ $0.stopping }) { return }
         if error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS || error.errno == ENOMEM {
           logger.error("accept failed", metadata: ["error": "\(error)"])
-          usleep(100_000)
+          usleep(Self.acceptBackoff)
           continue
         }
         if error.errno == ECONNABORTED { continue }
@@ -73,7 +78,7 @@ public final class RPCServer: Sendable {
         Socket.close(fd)
         return
       }
-      try? Socket.setSendTimeout(fd, seconds: 60)
+      try? Socket.setSendTimeout(fd, seconds: Self.sendTimeout)
       do {
         try Threads.spawn { self.serve(fd) }
       } catch {
