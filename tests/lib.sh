@@ -4,16 +4,17 @@
 #   cd "$(dirname "$0")/../.." && . tests/lib.sh && test_init import
 #
 # test_init sets `bin` (the binaries: $SNAPSHOTD_BIN or the debug build), `t` (a fresh
-# directory under /tmp, removed at exit unless KEEP=1) and `pids` (processes to stop at
+# directory under /tmp, or under test_init's second argument; removed at exit unless
+# KEEP=1) and `pids` (processes to stop at
 # exit), and installs traps: at exit, every pid is stopped, everything mounted under $t is
 # unmounted and $t removed; a failing command (ERR) fails the test with its line.
 # A test may set `logs` (files whose tail `fail` prints) and define `at_cleanup` and
 # `at_fail` (run first in the cleanup, and after the logs on a failure).
 
-test_init() { # NAME
+test_init() { # NAME [PARENT]
   test_name=$1
   bin=${SNAPSHOTD_BIN:-$(swift build --show-bin-path)}
-  t=$(mktemp -d "/tmp/snapshotd-$1-XXXXXX")
+  t=$(mktemp -d "${2:-/tmp}/snapshotd-$1-XXXXXX")
   pids=() logs=()
   trap test_cleanup EXIT
   trap 'fail "\"$BASH_COMMAND\" exited $? at line $LINENO${FUNCNAME:+ (in ${FUNCNAME[*]}; lines ${BASH_LINENO[*]})}"' ERR
@@ -55,9 +56,12 @@ expect_exit() {
   [ "$got" = "$want" ] || fail "'$*' exited $got, expected $want: $(cat "$t/err")"
 }
 
-# eventually COMMAND...: polls COMMAND for up to 10 s; its status is the last try's.
+# eventually [-t SECONDS] COMMAND...: polls COMMAND for up to SECONDS (10); its status is
+# the last try's.
 eventually() {
-  for _ in $(seq 100); do "$@" && return; sleep 0.1; done
+  local tries=100 i
+  if [ "$1" = -t ]; then tries=$(($2 * 10)); shift 2; fi
+  for ((i = 0; i < tries; i++)); do "$@" && return; sleep 0.1; done
   "$@"
 }
 

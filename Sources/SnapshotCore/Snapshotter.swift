@@ -13,9 +13,9 @@ import Unpack
 public final class Snapshotter: Sendable {
   let store: Store
   let pool: DirectoryPool
-  public let service: SnapshotService
-  public let importer: LayerImporter
-  public let collector: ObjectCollector
+  let service: SnapshotService
+  let importer: LayerImporter
+  let collector: ObjectCollector
 
   public var layout: Layout { store.layout }
   public var driver: MountDriver { service.driver }
@@ -123,6 +123,16 @@ public final class Snapshotter: Sendable {
   }
   public func importImage(_ path: String, progress: ImportProgress? = nil) throws(SnapshotError) -> String {
     try importer.importImage(path, progress: progress)
+  }
+  /// For a `LayerFetcher`: see `LayerImporter.unpackLayer`, `hasLayer`, `snapshotOfLayer`.
+  public func unpackLayer(
+    _ request: LayerImport, progress: ProgressCounter? = nil, source: () throws -> ByteSource
+  ) throws(SnapshotError) -> Bool {
+    try importer.unpackLayer(request, progress: progress, source: source)
+  }
+  public func hasLayer(_ request: LayerImport) throws(SnapshotError) -> Bool { try importer.hasLayer(request) }
+  public func snapshotOfLayer(diffID: Digest, parent: String) throws(SnapshotError) -> String {
+    try importer.snapshotOfLayer(diffID: diffID, parent: parent)
   }
   @discardableResult
   public func collectGarbage(layers: Bool = true, sweep: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {

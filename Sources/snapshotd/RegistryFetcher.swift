@@ -13,7 +13,9 @@ import Unpack
 /// pulls of one image at once download each layer once.
 final class RegistryFetcher: LayerFetcher {
   let client: RegistryClient
-  let importer: LayerImporter
+  /// The store the layers go into. Unowned: the snapshotter holds this fetcher, and
+  /// outlives it.
+  unowned let store: Snapshotter
   let logger: Logger
   /// Download slots free (at most `concurrency` at once).
   private let slots: Condition<Int>
@@ -25,9 +27,9 @@ final class RegistryFetcher: LayerFetcher {
 
   static let resolvedKept = 32
 
-  init(client: RegistryClient, importer: LayerImporter, concurrency: Int = 4, logger: Logger) {
+  init(client: RegistryClient, store: Snapshotter, concurrency: Int = 4, logger: Logger) {
     self.client = client
-    self.importer = importer
+    self.store = store
     self.logger = logger
     slots = Condition(max(1, concurrency))
   }
@@ -51,7 +53,7 @@ final class RegistryFetcher: LayerFetcher {
       _ = try start(image, j)
     }
     try asked.wait().get()
-    _ = try importer.snapshotOfLayer(diffID: image.layers[i].diffID, parent: request.parent)
+    _ = try store.snapshotOfLayer(diffID: image.layers[i].diffID, parent: request.parent)
   }
 
   func pull(_ reference: String, platform: String, progress: ImportProgress) throws(SnapshotError) -> String {
@@ -66,7 +68,7 @@ final class RegistryFetcher: LayerFetcher {
         progress.layerDone()
       }
       var parent = ""
-      for layer in image.layers { parent = try importer.snapshotOfLayer(diffID: layer.diffID, parent: parent) }
+      for layer in image.layers { parent = try store.snapshotOfLayer(diffID: layer.diffID, parent: parent) }
       logger.info("pulled image", metadata: ["image": "\(reference)", "chainID": "\(parent)"])
       return parent
     } catch {
@@ -92,7 +94,7 @@ final class RegistryFetcher: LayerFetcher {
     let (job, leads) = jobs.join(layer.digest)
     guard leads else { return job }
     // A layer the store has needs no thread (every Prepare starts the image's later layers).
-    let present: Result<Bool, any Error> = Result { try importer.hasLayer(Self.request(image, layer)) }
+    let present: Result<Bool, any Error> = Result { try store.hasLayer(Self.request(image, layer)) }
     if case .success(false) = present {
       do {
         try Threads.spawn { [self] in
@@ -114,7 +116,7 @@ final class RegistryFetcher: LayerFetcher {
     defer { slots.update { $0 += 1 } }
     var source: BlobSource?
     do {
-      let unpacked = try importer.unpackLayer(request, progress: progress) { [client] in
+      let unpacked = try store.unpackLayer(request, progress: progress) { [client] in
         // The importer checks the blob's digest (`request.digest`) as it hashes it anyway.
         let blob = client.blobSource(image.reference, layer.blob, verifyDigest: false)
         source = blob

@@ -146,7 +146,7 @@ struct Snapshotd: AsyncParsableCommand {
       configuration.hosts = HostsConfiguration(configPath: registryConfigPath)
       if let dockerConfig { configuration.dockerConfigPath = dockerConfig }
       let client = RegistryClient(configuration: configuration)
-      snapshotter.fetcher = RegistryFetcher(client: client, importer: snapshotter.importer, concurrency: fetchConcurrency, logger: logger)
+      snapshotter.fetcher = RegistryFetcher(client: client, store: snapshotter, concurrency: fetchConcurrency, logger: logger)
       registry = client
     }
     let served: Result<Void, any Error>
