@@ -9,21 +9,17 @@ public typealias PBMount = Containerd_Types_Mount
 public typealias PBKind = Containerd_Services_Snapshots_V1_Kind
 
 /// The one mapping from the core's error kinds to gRPC status codes, matching containerd's
-/// `errdefs.ToGRPC` so that its client turns them back into the same error kinds.
+/// `errdefs.ToGRPC` so that its client turns them back into the same error kinds; clients
+/// (grpc-swift) map a code back through the same table.
 extension SnapshotError {
-  public var status: RPCStatus {
-    let code: RPCStatus.Code =
-      switch kind {
-      case .invalidArgument: .invalidArgument
-      case .notFound: .notFound
-      case .alreadyExists: .alreadyExists
-      case .failedPrecondition: .failedPrecondition
-      case .unavailable: .unavailable
-      case .cancelled: .cancelled
-      case .internal: .internal
-      }
-    return RPCStatus(code, message)
-  }
+  /// Each kind and its code (the same names: containerd's errdefs has one kind per code).
+  static let codes: [(kind: Kind, code: RPCStatus.Code)] = [
+    (.invalidArgument, .invalidArgument), (.notFound, .notFound), (.alreadyExists, .alreadyExists),
+    (.failedPrecondition, .failedPrecondition), (.unavailable, .unavailable), (.cancelled, .cancelled),
+    (.internal, .internal),
+  ]
+
+  public var status: RPCStatus { RPCStatus(Self.codes.first { $0.kind == kind }!.code, message) }
 
   /// The level every route logs this failure at: the store's own failures (internal, and
   /// unavailable: a full disk) as errors; the answers containerd asks for as a matter of
@@ -37,18 +33,10 @@ extension SnapshotError {
     }
   }
 
-  /// The inverse, for clients (grpc-swift): a gRPC error back into a core error kind.
+  /// The inverse, for clients (grpc-swift): a gRPC error back into a core error kind; a code
+  /// of no kind is internal.
   public init(_ error: RPCError) {
-    let kind: Kind =
-      switch error.code {
-      case .invalidArgument: .invalidArgument
-      case .notFound: .notFound
-      case .alreadyExists: .alreadyExists
-      case .failedPrecondition: .failedPrecondition
-      case .unavailable: .unavailable
-      case .cancelled: .cancelled
-      default: .internal
-      }
+    let kind = Self.codes.first { $0.code.rawValue == error.code.rawValue }?.kind ?? .internal
     self.init(kind, error.message)
   }
 }
