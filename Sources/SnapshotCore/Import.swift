@@ -183,12 +183,16 @@ public final class LayerImporter: StorePart, Sendable {
   public func importImage(_ path: String, progress: ImportProgress? = nil) throws(SnapshotError) -> String {
     var layoutDir = path
     var temporary: String?
+    // An archive's layers too large to be anything else are read where they are in it;
+    // the rest of the archive is written out as a layout.
+    var inPlace: [String: Range<Int64>] = [:]
     defer { if let temporary { try? Tree.remove(temporary) } }
     if !isDirectory(path) {
       let dir = layout.temporary + "/" + Sys.temporaryName("image")
       do { try Sys.mkdir(dir, mode: 0o700) } catch { throw SnapshotError(error) }
       temporary = dir
-      do { try ImageArchive.extract(path, into: dir) } catch { throw SnapshotError(error) }
+      inPlace = ImageArchive.blobsInPlace(path, minimum: ImageLayout.maxDocument + 1)
+      do { try ImageArchive.extract(path, into: dir, skipping: Set(inPlace.keys)) } catch { throw SnapshotError(error) }
       layoutDir = dir
     }
     let layers: [ImageLayer]
@@ -202,6 +206,7 @@ public final class LayerImporter: StorePart, Sendable {
       // Layers still missing, unpacked concurrently.
       let present = try read { db in try chain.map { try Metadata.find(db, key: $0.description) != nil } }
       let known = try read { db in try layers.map { try Metadata.layerVariant(db, diffID: $0.diffID.description) != nil } }
+      let inPlace = inPlace
       var running: [Int: Promise<Result<StagedLayer, SnapshotError>>] = [:]
       for (i, l) in layers.enumerated() where !present[i] && !known[i] {
         let counter = progress?.counter()
@@ -209,7 +214,12 @@ public final class LayerImporter: StorePart, Sendable {
           running[i] = try Threads.run { [self] in
             defer { progress?.layerDone() }
             do {
-              let source = try FileSource(path: l.path, limit: l.descriptor.size, cancellation: progress?.cancellation)
+              let source =
+                if let range = inPlace["blobs/sha256/" + l.digest.hex] {
+                  try FileSource(path: path, limit: l.descriptor.size, range: range, cancellation: progress?.cancellation)
+                } else {
+                  try FileSource(path: l.path, limit: l.descriptor.size, cancellation: progress?.cancellation)
+                }
               let desc = LayerDescription(name: l.digest.description, compression: l.compression, digest: l.digest, diffID: l.diffID)
               return .success(try stage(source, desc, progress: counter))
             } catch {

@@ -70,6 +70,9 @@ public struct ImageLayout: Sendable {
     "application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
   ]
 
+  /// The largest index, manifest or config read: larger blobs can only be layers.
+  public static let maxDocument: Int64 = 16 << 20
+
   public func blobPath(_ digest: Digest) -> String { dir + "/blobs/sha256/" + digest.hex }
 
   /// The layers, bottom first, of the image for `platform`.
@@ -112,7 +115,7 @@ public struct ImageLayout: Sendable {
   /// A small blob (index, manifest, config), checked against its digest.
   private func blob(_ d: Descriptor) throws(LayerError) -> Data {
     guard let digest = Digest(d.digest) else { throw LayerError(.invalid, "image \(dir): malformed digest \(d.digest)") }
-    guard d.size <= 16 << 20 else { throw LayerError(.invalid, "image \(dir): \(d.digest) is too large for a \(d.mediaType)") }
+    guard d.size <= Self.maxDocument else { throw LayerError(.invalid, "image \(dir): \(d.digest) is too large for a \(d.mediaType)") }
     let data = try Data(contentsOf: blobPath(digest), d.digest)
     guard Digest.of(data) == digest else { throw LayerError(.invalid, "image \(dir): blob \(d.digest) does not match its digest") }
     return data
@@ -141,8 +144,9 @@ extension Data {
 /// OCI archives (the tar `ctr image export` writes): unpacked into a layout directory.
 public enum ImageArchive {
   /// Writes the archive's `oci-layout`, `index.json` and `blobs/sha256/<hex>` files into
-  /// `dir` (which must exist and be empty); nothing else is written, and nothing outside.
-  public static func extract(_ path: String, into dir: String) throws(LayerError) {
+  /// `dir` (which must exist and be empty), but those named in `skipping` (read in place,
+  /// see `blobsInPlace`); nothing else is written, and nothing outside.
+  public static func extract(_ path: String, into dir: String, skipping: Set<String> = []) throws(LayerError) {
     guard let a = archive_read_new() else { throw LayerError(.failed, "libarchive: out of memory") }
     defer { archive_read_free(a) }
     archive_read_support_format_tar(a)
@@ -167,7 +171,7 @@ public enum ImageArchive {
       if rc == ARCHIVE_EOF { return }
       guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let entry else { throw failure(a, path) }
       guard archive_entry_filetype(entry) == S_IFREG, let p = archive_entry_pathname(entry),
-        let name = String(validatingCString: p).map(normalized), wanted(name)
+        let name = String(validatingCString: p).map(normalized), wanted(name), !skipping.contains(name)
       else { continue }
       do {
         let fd = try At.open(root, name, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
@@ -185,6 +189,87 @@ public enum ImageArchive {
       } catch {
         throw error as! LayerError
       }
+    }
+  }
+
+  /// The blobs of an uncompressed archive at least `minimum` bytes long, by name
+  /// (`blobs/sha256/<hex>`), with where their bytes are in the file: a tar stores a member's
+  /// data whole, so a layer can be read where it is instead of copied out first. Headers are
+  /// read as POSIX ustar, with pax `path`/`size` records and GNU long names. Anything else
+  /// (a compressed archive, another header, a bad checksum, a name twice) answers none, and
+  /// everything is extracted. What is read in place is checked against its digest as ever.
+  public static func blobsInPlace(_ path: String, minimum: Int64) -> [String: Range<Int64>] {
+    guard let fd = try? FileSource.openRegular(path) else { return [:] }
+    defer { At.close(fd) }
+    let block = 512
+    var header = [UInt8](repeating: 0, count: block)
+    func read(_ buffer: inout [UInt8], at offset: Int64) -> Bool {
+      buffer.withUnsafeMutableBytes { b in (try? At.read(fd, path, into: b, at: offset)) == b.count }
+    }
+    func string(_ bytes: ArraySlice<UInt8>) -> String {
+      String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+    }
+    func octal(_ bytes: ArraySlice<UInt8>) -> Int64? {
+      var value: Int64 = 0
+      var digits = 0
+      for c in bytes {
+        if c == 0 || c == 0x20 { if digits > 0 { break } else { continue } }
+        guard c >= 0x30, c <= 0x37, value < Int64.max >> 3 else { return nil }
+        value = value << 3 | Int64(c - 0x30)
+        digits += 1
+      }
+      return digits > 0 ? value : nil
+    }
+    var found: [String: Range<Int64>] = [:]
+    var position: Int64 = 0
+    var nextName: String?  // from a pax record or a GNU long name, for the entry after it
+    var nextSize: Int64?
+    while true {
+      guard read(&header, at: position) else { return [:] }
+      if header.allSatisfy({ $0 == 0 }) { return found }
+      var sum = 0
+      for (i, c) in header.enumerated() { sum += (148..<156).contains(i) ? 0x20 : Int(c) }
+      guard let check = octal(header[148..<156]), check == sum, var size = octal(header[124..<136]) else { return [:] }
+      let type = header[156]
+      let data = position + Int64(block)
+      switch type {
+      case UInt8(ascii: "x"), UInt8(ascii: "L"):
+        guard size <= 1 << 20 else { return [:] }
+        var body = [UInt8](repeating: 0, count: Int(size))
+        guard read(&body, at: data) else { return [:] }
+        if type == UInt8(ascii: "L") {
+          nextName = string(body[...])
+        } else {
+          // Records "LEN key=value\n".
+          for record in body.split(separator: 0x0A) {
+            guard let space = record.firstIndex(of: 0x20), let eq = record[space...].firstIndex(of: 0x3D) else { continue }
+            let key = String(decoding: record[(space + 1)..<eq], as: UTF8.self)
+            let value = String(decoding: record[(eq + 1)...], as: UTF8.self)
+            if key == "path" { nextName = value }
+            if key == "size" {
+              guard let v = Int64(value) else { return [:] }
+              nextSize = v
+            }
+          }
+        }
+      case UInt8(ascii: "g"):
+        break
+      default:
+        var name = string(header[0..<100])
+        if string(header[257..<262]) == "ustar", case let prefix = string(header[345..<500]), !prefix.isEmpty {
+          name = prefix + "/" + name
+        }
+        name = normalized(nextName ?? name)
+        size = nextSize ?? size
+        nextName = nil
+        nextSize = nil
+        if type == 0 || type == UInt8(ascii: "0"), size >= minimum, wanted(name), name.hasPrefix("blobs/") {
+          guard found[name] == nil else { return [:] }
+          found[name] = data..<(data + size)
+        }
+      }
+      guard size >= 0, data <= Int64.max - size - Int64(block) else { return [:] }
+      position = data + (size + Int64(block) - 1) / Int64(block) * Int64(block)
     }
   }
 

@@ -115,11 +115,17 @@ public final class FileSource: ByteSource {
   let path: String
   let limit: Int64?
   let cancellation: Cancellation?
+  /// Bytes `range.lowerBound..<range.upperBound` of the file only (a blob inside an image
+  /// archive), read with pread; nil: the whole file.
+  let range: Range<Int64>?
   private var done: Int64 = 0
 
-  public init(path: String, limit: Int64? = nil, cancellation: Cancellation? = nil) throws(LayerError) {
+  public init(path: String, limit: Int64? = nil, range: Range<Int64>? = nil, cancellation: Cancellation? = nil)
+    throws(LayerError)
+  {
     self.path = path
     self.limit = limit
+    self.range = range
     self.cancellation = cancellation
     fd = try Self.openRegular(path)
   }
@@ -177,11 +183,19 @@ public final class FileSource: ByteSource {
     if cancellation?.isCancelled == true { throw LayerError(.cancelled, "reading \(path): cancelled") }
     let n: Int
     do {
-      n = try At.read(fd, path, into: buffer)
+      if let range {
+        let left = range.count - Int(done)
+        if left <= 0 { return 0 }
+        n = try At.read(
+          fd, path, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, left)]), at: range.lowerBound + done)
+      } else {
+        n = try At.read(fd, path, into: buffer)
+      }
     } catch {
       // The client's file cannot be read (a /proc file, a bad disk): its input is at fault.
       throw LayerError(.invalid, "reading \(path): \(error)")
     }
+    if let range, n == 0 { throw LayerError(.invalid, "\(path) ends inside a blob it holds (\(done) of \(range.count) bytes)") }
     done += Int64(n)
     if let limit, done > limit {
       throw LayerError(.invalid, "\(path) is larger than the \(limit) bytes expected")
