@@ -12,14 +12,20 @@ public typealias PBKind = Containerd_Services_Snapshots_V1_Kind
 /// `errdefs.ToGRPC` so that its client turns them back into the same error kinds; clients
 /// (grpc-swift) map a code back through the same table.
 extension SnapshotError {
-  /// Each kind and its code (the same names: containerd's errdefs has one kind per code).
-  static let codes: [(kind: Kind, code: RPCStatus.Code)] = [
-    (.invalidArgument, .invalidArgument), (.notFound, .notFound), (.alreadyExists, .alreadyExists),
-    (.failedPrecondition, .failedPrecondition), (.unavailable, .unavailable), (.cancelled, .cancelled),
-    (.internal, .internal),
-  ]
+  /// Each kind's code (the same names: containerd's errdefs has one kind per code).
+  static func code(_ kind: Kind) -> RPCStatus.Code {
+    switch kind {
+    case .invalidArgument: .invalidArgument
+    case .notFound: .notFound
+    case .alreadyExists: .alreadyExists
+    case .failedPrecondition: .failedPrecondition
+    case .unavailable: .unavailable
+    case .cancelled: .cancelled
+    case .internal: .internal
+    }
+  }
 
-  public var status: RPCStatus { RPCStatus(Self.codes.first { $0.kind == kind }!.code, message) }
+  public var status: RPCStatus { RPCStatus(Self.code(kind), message) }
 
   /// The level every route logs this failure at: the store's own failures (internal, and
   /// unavailable: a full disk) as errors; the answers containerd asks for as a matter of
@@ -36,7 +42,7 @@ extension SnapshotError {
   /// The inverse, for clients (grpc-swift): a gRPC error back into a core error kind; a code
   /// of no kind is internal.
   public init(_ error: RPCError) {
-    let kind = Self.codes.first { $0.code.rawValue == error.code.rawValue }?.kind ?? .internal
+    let kind = Kind.allCases.first { Self.code($0).rawValue == error.code.rawValue } ?? .internal
     self.init(kind, error.message)
   }
 }

@@ -227,8 +227,9 @@ public final class LayerImporter: StorePart, Sendable {
             }
           }
         } catch {
-          running[i] = Promise()
-          running[i]!.fulfill(.failure(SnapshotError(error)))
+          let failed = Promise<Result<StagedLayer, SnapshotError>>()
+          failed.fulfill(.failure(SnapshotError(error)))
+          running[i] = failed
         }
       }
       var staged: [Int: Result<StagedLayer, SnapshotError>] = [:]

@@ -339,18 +339,7 @@ public final class SnapshotService: StorePart, Sendable {
     let orphans = try write { db in
       try pool.excludingRecycling { try Self.orphans(layout) { try Metadata.allIDs(db).union(pool.inUse) } }
     }
-    let failure = pool.excludingRecycling { () -> SnapshotError? in
-      for path in orphans {
-        do {
-          try Sys.detachMounts(under: path)
-          try Tree.remove(path)
-        } catch {
-          return SnapshotError(error)
-        }
-      }
-      return nil
-    }
-    if let failure { throw failure }
+    do { try pool.excludingRecycling { try Self.remove(orphans) } } catch { throw SnapshotError(error) }
     return orphans
   }
 
@@ -366,14 +355,12 @@ public final class SnapshotService: StorePart, Sendable {
     }.map { layout.snapshots + "/" + $0 }
   }
 
-  /// Removes what `s/` holds for ids outside `keep()` (see `orphans`).
-  private static func removeOrphans(_ layout: Layout, keep: () throws -> Set<Int64>) throws -> [String] {
-    let removed = try orphans(layout, keep: keep)
-    for path in removed {
+  /// Removes `paths` (snapshot directories) and whatever is mounted under them.
+  private static func remove(_ paths: [String]) throws(SystemError) {
+    for path in paths {
       try Sys.detachMounts(under: path)
       try Tree.remove(path)
     }
-    return removed
   }
 
   /// At start: removes orphan directories and recreates the directory of any active
@@ -384,7 +371,8 @@ public final class SnapshotService: StorePart, Sendable {
     let (layout, images, logger) = (store.layout, store.images, store.logger)
     do {
       let (rows, lastID) = try store.read { db in (try Metadata.all(db), try Metadata.lastID(db)) }
-      let removed = try removeOrphans(layout) { Set(rows.map(\.id)) }
+      let removed = try orphans(layout) { Set(rows.map(\.id)) }
+      try remove(removed)
       for path in removed { logger.info("removed orphan directory", metadata: ["path": "\(path)"]) }
       let layers = try store.read { db in try Metadata.allLayerIDs(db) }
       for name in try Sys.listDirectory(layout.layers) {

@@ -9,7 +9,7 @@ import Unpack
 /// The one error type of the snapshotter. Its ``Kind`` is what containerd's `errdefs`
 /// distinguishes; the API layer maps each kind to a gRPC status code in one place.
 public struct SnapshotError: Error, CustomStringConvertible, Sendable, Equatable {
-  public enum Kind: String, Sendable {
+  public enum Kind: String, Sendable, CaseIterable {
     case invalidArgument
     case notFound
     case alreadyExists

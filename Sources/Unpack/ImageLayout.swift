@@ -221,6 +221,7 @@ public enum ImageArchive {
       return digits > 0 ? value : nil
     }
     var found: [String: Range<Int64>] = [:]
+    var seen: Set<String> = []
     var position: Int64 = 0
     var nextName: String?  // from a pax record or a GNU long name, for the entry after it
     var nextSize: Int64?
@@ -240,21 +241,27 @@ public enum ImageArchive {
         if type == UInt8(ascii: "L") {
           nextName = string(body[...])
         } else {
-          // Records "LEN key=value\n".
-          for record in body.split(separator: 0x0A) {
-            guard let space = record.firstIndex(of: 0x20), let eq = record[space...].firstIndex(of: 0x3D) else { continue }
-            let key = String(decoding: record[(space + 1)..<eq], as: UTF8.self)
-            let value = String(decoding: record[(eq + 1)...], as: UTF8.self)
+          // Records "LEN key=value\n", LEN counting the whole record: a value may hold
+          // newlines, so records are cut by their length, not at newlines.
+          var at = 0
+          while at < body.count {
+            guard let space = body[at...].firstIndex(of: 0x20), let length = Int(String(decoding: body[at..<space], as: UTF8.self)),
+              length > space - at, at + length <= body.count, body[at + length - 1] == 0x0A,
+              let eq = body[(space + 1)..<(at + length)].firstIndex(of: 0x3D)
+            else { return [:] }
+            let key = String(decoding: body[(space + 1)..<eq], as: UTF8.self)
+            let value = String(decoding: body[(eq + 1)..<(at + length - 1)], as: UTF8.self)
             if key == "path" { nextName = value }
             if key == "size" {
-              guard let v = Int64(value) else { return [:] }
+              guard let v = Int64(value), v >= 0 else { return [:] }
               nextSize = v
             }
+            at += length
           }
         }
-      case UInt8(ascii: "g"):
-        break
-      default:
+      case UInt8(ascii: "g"), UInt8(ascii: "K"):
+        break  // global records; a GNU long link name (no blob is a link)
+      case 0, UInt8(ascii: "0")...UInt8(ascii: "7"):
         var name = string(header[0..<100])
         if string(header[257..<262]) == "ustar", case let prefix = string(header[345..<500]), !prefix.isEmpty {
           name = prefix + "/" + name
@@ -263,10 +270,15 @@ public enum ImageArchive {
         size = nextSize ?? size
         nextName = nil
         nextSize = nil
-        if type == 0 || type == UInt8(ascii: "0"), size >= minimum, wanted(name), name.hasPrefix("blobs/") {
-          guard found[name] == nil else { return [:] }
-          found[name] = data..<(data + size)
-        }
+        // Links, directories and devices have no data; one that claims some is read two
+        // ways by tar readers.
+        guard type == 0 || type == UInt8(ascii: "0") || type == UInt8(ascii: "7") || size == 0 else { return [:] }
+        guard wanted(name) else { break }
+        // A name twice: extraction refuses it; here, none in place.
+        guard seen.insert(name).inserted else { return [:] }
+        if type == 0 || type == UInt8(ascii: "0"), size >= minimum, name.hasPrefix("blobs/") { found[name] = data..<(data + size) }
+      default:
+        return [:]  // a sparse file, or a type this does not know: its data may not be where it seems
       }
       guard size >= 0, data <= Int64.max - size - Int64(block) else { return [:] }
       position = data + (size + Int64(block) - 1) / Int64(block) * Int64(block)

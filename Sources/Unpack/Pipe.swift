@@ -153,9 +153,10 @@ public final class FileSource: ByteSource {
     return fd
   }
 
-  /// A whole small file (an index, a manifest), refused when larger than `limit`.
-  public static func readAll(_ path: String, limit: Int64) throws(LayerError) -> [UInt8] {
-    let source = try FileSource(path: path, limit: limit)
+  /// A whole small file (an index, a manifest), or its bytes in `range`, refused when larger
+  /// than `limit`.
+  public static func readAll(_ path: String, limit: Int64, range: Range<Int64>? = nil) throws(LayerError) -> [UInt8] {
+    let source = try FileSource(path: path, limit: limit, range: range)
     var out: [UInt8] = []
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
     defer { buffer.deallocate() }

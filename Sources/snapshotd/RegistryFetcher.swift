@@ -13,9 +13,8 @@ import Unpack
 /// pulls of one image at once download each layer once.
 final class RegistryFetcher: LayerFetcher {
   let client: RegistryClient
-  /// The store the layers go into. Unowned: the snapshotter holds this fetcher, and
-  /// outlives it.
-  unowned let store: Snapshotter
+  /// The store the layers go into; weak, since the snapshotter holds this fetcher.
+  private weak let snapshotter: Snapshotter?
   let logger: Logger
   /// Download slots free (at most `concurrency` at once).
   private let slots: Condition<Int>
@@ -27,9 +26,15 @@ final class RegistryFetcher: LayerFetcher {
 
   static let resolvedKept = 32
 
+  /// The store, or a failure once it is closed (a fetch still running at shutdown).
+  private func store() throws(SnapshotError) -> Snapshotter {
+    guard let snapshotter else { throw SnapshotError(.unavailable, "the store is closed") }
+    return snapshotter
+  }
+
   init(client: RegistryClient, store: Snapshotter, concurrency: Int = 4, logger: Logger) {
     self.client = client
-    self.store = store
+    snapshotter = store
     self.logger = logger
     slots = Condition(max(1, concurrency))
   }
@@ -53,7 +58,7 @@ final class RegistryFetcher: LayerFetcher {
       _ = try start(image, j)
     }
     try asked.wait().get()
-    _ = try store.snapshotOfLayer(diffID: image.layers[i].diffID, parent: request.parent)
+    _ = try store().snapshotOfLayer(diffID: image.layers[i].diffID, parent: request.parent)
   }
 
   func pull(_ reference: String, platform: String, progress: ImportProgress) throws(SnapshotError) -> String {
@@ -68,7 +73,7 @@ final class RegistryFetcher: LayerFetcher {
         progress.layerDone()
       }
       var parent = ""
-      for layer in image.layers { parent = try store.snapshotOfLayer(diffID: layer.diffID, parent: parent) }
+      for layer in image.layers { parent = try store().snapshotOfLayer(diffID: layer.diffID, parent: parent) }
       logger.info("pulled image", metadata: ["image": "\(reference)", "chainID": "\(parent)"])
       return parent
     } catch {
@@ -94,7 +99,7 @@ final class RegistryFetcher: LayerFetcher {
     let (job, leads) = jobs.join(layer.digest)
     guard leads else { return job }
     // A layer the store has needs no thread (every Prepare starts the image's later layers).
-    let present: Result<Bool, any Error> = Result { try store.hasLayer(Self.request(image, layer)) }
+    let present: Result<Bool, any Error> = Result { try store().hasLayer(Self.request(image, layer)) }
     if case .success(false) = present {
       do {
         try Threads.spawn { [self] in
@@ -116,7 +121,7 @@ final class RegistryFetcher: LayerFetcher {
     defer { slots.update { $0 += 1 } }
     var source: BlobSource?
     do {
-      let unpacked = try store.unpackLayer(request, progress: progress) { [client] in
+      let unpacked = try store().unpackLayer(request, progress: progress) { [client] in
         // The importer checks the blob's digest (`request.digest`) as it hashes it anyway.
         let blob = client.blobSource(image.reference, layer.blob, verifyDigest: false)
         source = blob

@@ -47,15 +47,7 @@ import Testing
   }
 
   func readBack(_ path: String, _ range: Range<Int64>) throws -> [UInt8] {
-    let source = try FileSource(path: path, limit: Int64(range.count), range: range)
-    var out: [UInt8] = []
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
-    defer { buffer.deallocate() }
-    while true {
-      let n = try source.read(into: buffer)
-      if n == 0 { return out }
-      out += buffer[..<n]
-    }
+    try FileSource.readAll(path, limit: Int64(range.count), range: range)
   }
 
   @Test(arguments: [["--format=ustar"], ["--format=pax"], ["--format=gnu"], ["--format=pax", "--transform=s|^|./|"]])
@@ -77,13 +69,24 @@ import Testing
     // Compressed: not a tar header at offset 0.
     let gz = try tree.archive("a.tar.gz", ["--format=ustar", "-z"])
     #expect(ImageArchive.blobsInPlace(gz, minimum: 1).isEmpty)
-    // A header whose checksum does not match.
+    // A header past the first whose checksum does not match: index.json's header and its
+    // one block of data come first, so the second header starts at 1024.
     var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: plain)))
-    bytes[600] ^= 0xFF  // inside the second header (the first is index.json's, 512 + its data)
-    bytes[5] ^= 0x01  // and the first
+    #expect(String(decoding: bytes[0..<10], as: UTF8.self) == "index.json")
+    bytes[1024 + 5] ^= 0x01
     let bad = tree.dir + "/bad.tar"
     try Data(bytes).write(to: URL(fileURLWithPath: bad))
     #expect(ImageArchive.blobsInPlace(bad, minimum: 1).isEmpty)
+    // A pax record whose length does not fit its data.
+    let pax = try tree.archive("pax.tar", ["--format=pax", "--pax-option=comment:=x"])
+    var paxBytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: pax)))
+    #expect(!ImageArchive.blobsInPlace(pax, minimum: 1).isEmpty)
+    let record = Array("comment=x".utf8)
+    let at = try #require((0..<(paxBytes.count - record.count)).first { Array(paxBytes[$0..<($0 + record.count)]) == record })
+    paxBytes[at - 2] = UInt8(ascii: "9")  // "12 comment=x" claims 92 bytes (the header's checksum does not cover it)
+    let badPax = tree.dir + "/badpax.tar"
+    try Data(paxBytes).write(to: URL(fileURLWithPath: badPax))
+    #expect(ImageArchive.blobsInPlace(badPax, minimum: 1).isEmpty)
     // Cut short: a header or the end blocks missing.
     let cut = tree.dir + "/cut.tar"
     try Data(try [UInt8](Data(contentsOf: URL(fileURLWithPath: plain))).prefix(1000)).write(to: URL(fileURLWithPath: cut))
