@@ -9,7 +9,9 @@
 //   file system) → snapfs
 //   Unpack → Registry (OCI distribution client: async-http-client, hosts.toml, auth)
 //   Registry, SnapshotCore → snapshotd (its RegistryFetcher: the layers containerd's CRI
-//   names, fetched on Prepare)
+//   names, fetched on Prepare; its metrics endpoint: swift-prometheus over NIO HTTP/1)
+//   SnapshotCore and SnapshotAPI record metrics through swift-metrics (CoreMetrics) with
+//   the factory snapshotd gives them; neither knows Prometheus.
 //   Benchmarks/snapbench times the core in-process; Tests/fuzz (snapfuzz) fuzzes the parsers.
 // The core never imports gRPC.
 import PackageDescription
@@ -37,6 +39,8 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
     .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+    .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+    .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
   ],
   targets: [
     .target(name: "CSysShims", path: "Sources/CSysShims"),
@@ -103,6 +107,7 @@ let package = Package(
         "SnapshotSys", "Unpack",
         .product(name: "GRDB", package: "GRDB.swift"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "CoreMetrics", package: "swift-metrics"),
       ]
     ),
     .target(
@@ -116,6 +121,7 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOHPACK", package: "swift-nio-http2"),
+        .product(name: "CoreMetrics", package: "swift-metrics"),
       ]
     ),
     .executableTarget(
@@ -125,6 +131,11 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "CoreMetrics", package: "swift-metrics"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
       ]
     ),
     .executableTarget(

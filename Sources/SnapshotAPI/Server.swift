@@ -8,10 +8,11 @@ public final class SnapshotServer: Sendable {
   public let socketPath: String
   let rpc: RPCServer
 
-  public init(socketPath: String, snapshotter: Snapshotter, logger: Logger) {
+  /// With `metrics`, every call is counted and timed (`RPCMetrics`).
+  public init(socketPath: String, snapshotter: Snapshotter, metrics: RPCMetrics? = nil, logger: Logger) {
     self.socketPath = socketPath
     let routes = SnapshotsRoutes.make(snapshotter, logger: logger).merging(StoreRoutes.make(snapshotter, logger: logger)) { a, _ in a }
-    rpc = RPCServer(socketPath: socketPath, routes: routes, logger: logger)
+    rpc = RPCServer(socketPath: socketPath, routes: metrics?.instrument(routes) ?? routes, logger: logger)
   }
 
   /// Binds the socket and serves on background threads.

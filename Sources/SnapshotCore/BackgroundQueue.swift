@@ -31,15 +31,39 @@ final class BackgroundQueue: Sendable {
     case collect
     /// Make layer directories images (`ObjectCollector.runToImages`).
     case toImages
+
+    /// The lane that runs it, by name (as metrics name it).
+    var lane: String {
+      switch self {
+      case .fillPool, .recyclePool: "pool"
+      case .removeTree: "removals"
+      case .collect, .toImages: "upkeep"
+      }
+    }
+
+    /// Its kind, as metrics name it.
+    var name: String {
+      switch self {
+      case .fillPool: "fill_pool"
+      case .recyclePool: "recycle_pool"
+      case .removeTree: "remove_tree"
+      case .collect: "collect"
+      case .toImages: "to_images"
+      }
+    }
   }
 
   private let pool = DispatchQueue(label: "snapshotd.background.pool", qos: .userInitiated)
   private let removals = DispatchQueue(label: "snapshotd.background.removals", qos: .utility)
   private let upkeep = DispatchQueue(label: "snapshotd.background", qos: .utility)
   private let logger: Logger
+  private let metrics: Instruments
   private let handler = Mutex<(@Sendable (Job) -> Void)?>(nil)
 
-  init(logger: Logger) { self.logger = logger }
+  init(metrics: Instruments = Instruments(), logger: Logger) {
+    self.metrics = metrics
+    self.logger = logger
+  }
 
   /// Sets what runs the jobs other than `removeTree` (the queue's own).
   func attach(_ handler: @escaping @Sendable (Job) -> Void) { self.handler.withLock { $0 = handler } }
@@ -47,6 +71,7 @@ final class BackgroundQueue: Sendable {
   /// Queues `job`, to run after `delay` seconds (at once when 0).
   func submit(_ job: Job, after delay: Double = 0) {
     let lane = self.lane(job)
+    metrics.queued(job.lane, 1)
     if delay > 0 {
       lane.asyncAfter(deadline: .now() + delay) { [self] in perform(job) }
     } else {
@@ -55,7 +80,10 @@ final class BackgroundQueue: Sendable {
   }
 
   /// Runs `job` on its lane now and waits for it (never from a job of the same lane).
-  func run(_ job: Job) { lane(job).sync { perform(job) } }
+  func run(_ job: Job) {
+    metrics.queued(job.lane, 1)
+    lane(job).sync { perform(job) }
+  }
 
   /// Returns once every removal queued before the call is done. Not from a removal.
   func waitForRemovals() { removals.sync {} }
@@ -69,14 +97,19 @@ final class BackgroundQueue: Sendable {
   }
 
   private func lane(_ job: Job) -> DispatchQueue {
-    switch job {
-    case .fillPool, .recyclePool: pool
-    case .removeTree: removals
-    case .collect, .toImages: upkeep
+    switch job.lane {
+    case "pool": pool
+    case "removals": removals
+    default: upkeep
     }
   }
 
   private func perform(_ job: Job) {
+    let start = ContinuousClock.now
+    defer {
+      metrics.queued(job.lane, -1)
+      metrics.jobDone(job.name, since: start)
+    }
     if case .removeTree(let path) = job {
       guard Sys.exists(path) else { return }
       do {

@@ -80,6 +80,18 @@ struct Inflight: Sendable {
 }
 
 /// A layer read (its objects durable, its entries in memory), not yet committed.
+/// A source that counts the bytes read from it (a layer's blob, for metrics).
+final class CountingSource: ByteSource {
+  let source: ByteSource
+  private(set) var count: Int64 = 0
+  init(_ source: ByteSource) { self.source = source }
+  func read(into buffer: UnsafeMutableRawBufferPointer) throws(LayerError) -> Int {
+    let n = try source.read(into: buffer)
+    count += Int64(n)
+    return n
+  }
+}
+
 struct StagedLayer: @unchecked Sendable {  // the tree goes from the thread that read it to the one that commits it
   var tree: LayerTree
   var unpacked: UnpackedLayer
@@ -122,7 +134,7 @@ public final class LayerImporter: StorePart, Sendable {
             return
           }
           let layer = LayerDescription(name: request.name, compression: compression, digest: request.digest, diffID: request.diffID)
-          let staged = try stage(source, layer, progress: progress?.counter())
+          let staged = try stage(source, layer, .import, progress: progress?.counter())
           result = try commitLayer(parent: parent, staged)
         }
       }
@@ -153,7 +165,7 @@ public final class LayerImporter: StorePart, Sendable {
           let blob: ByteSource
           do { blob = try source() } catch { throw SnapshotError(error) }
           let layer = LayerDescription(name: request.name, compression: compression, digest: request.digest, diffID: request.diffID)
-          _ = try commitLayer(parent: nil, try stage(blob, layer, progress: progress), snapshots: false)
+          _ = try commitLayer(parent: nil, try stage(blob, layer, .registry, progress: progress), snapshots: false)
           unpacked = true
         }
       }
@@ -221,7 +233,7 @@ public final class LayerImporter: StorePart, Sendable {
                   try FileSource(path: l.path, limit: l.descriptor.size, cancellation: progress?.cancellation)
                 }
               let desc = LayerDescription(name: l.digest.description, compression: l.compression, digest: l.digest, diffID: l.diffID)
-              return .success(try stage(source, desc, progress: counter))
+              return .success(try stage(source, desc, .import, progress: counter))
             } catch {
               return .failure(SnapshotError(error))
             }
@@ -288,13 +300,20 @@ public final class LayerImporter: StorePart, Sendable {
   }
 
   /// Reads a layer: its objects into the store, its entries into memory.
-  private func stage(_ source: ByteSource, _ layer: LayerDescription, progress: ProgressCounter?) throws(SnapshotError) -> StagedLayer {
+  private func stage(
+    _ source: ByteSource, _ layer: LayerDescription, _ origin: Instruments.Origin, progress: ProgressCounter?
+  ) throws(SnapshotError) -> StagedLayer {
+    let start = ContinuousClock.now
+    let counted = CountingSource(source)
     do {
-      let (unpacked, tree) = try Unpacker.read(source, layer, objects: objects, progress: progress)
+      let (unpacked, tree) = try Unpacker.read(counted, layer, objects: objects, progress: progress)
+      metrics.layerUnpacked(origin, read: counted.count, files: unpacked.fileBytes, since: start)
       return StagedLayer(tree: tree, unpacked: unpacked)
     } catch {
       logger.warning("layer import failed", metadata: ["layer": "\(layer.name)", "error": "\(error)"])
-      throw SnapshotError(error)
+      let failure = SnapshotError(error)
+      metrics.layerFailed(origin, failure.kind)
+      throw failure
     }
   }
 

@@ -424,6 +424,14 @@ enum Metadata {
     return StoreUsage(layers: row[0], objects: row[1], storedBytes: row[2], logicalBytes: row[3])
   }
 
+  static func countByKind(_ db: Database) throws -> [SnapshotKind: Int] {
+    var counts = Dictionary(uniqueKeysWithValues: SnapshotKind.allCases.map { ($0, 0) })
+    for row in try Row.fetchAll(db, sql: "SELECT kind, COUNT(*) FROM snapshot GROUP BY kind") {
+      if let kind = SnapshotKind(rawValue: row[0]) { counts[kind] = row[1] }
+    }
+    return counts
+  }
+
   static func count(_ db: Database) throws -> Int {
     try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM snapshot") ?? 0
   }

@@ -57,6 +57,7 @@ public final class SnapshotService: StorePart, Sendable {
     do {
       try fetcher.fetch(request)
     } catch {
+      metrics.fetchFallback(((error as? SnapshotError) ?? SnapshotError(error)).kind)
       logger.warning(
         "fetching a layer failed; containerd unpacks it",
         metadata: ["layer": "\(request.layerDigest)", "image": "\(request.imageRef)", "error": "\(error)"])

@@ -25,9 +25,10 @@ public final class Snapshotter: Sendable {
   /// under `aliasBase` (see `Layout.alias`).
   public init(
     root: String, aliasBase: String = Layout.defaultAliasBase, driver: MountDriver = .overlay,
-    driverReason: String = "default", layerFormat: LayerFormat = .auto, logger: Logger = Logger(label: "snapshotd.core")
+    driverReason: String = "default", layerFormat: LayerFormat = .auto, metrics: Instruments = Instruments(),
+    logger: Logger = Logger(label: "snapshotd.core")
   ) throws(SnapshotError) {
-    store = try Store(root: root, aliasBase: aliasBase, layerFormat: layerFormat, logger: logger)
+    store = try Store(root: root, aliasBase: aliasBase, layerFormat: layerFormat, metrics: metrics, logger: logger)
     let layout = store.layout
     let lastID = try SnapshotService.sweep(store)
     pool = DirectoryPool(layout: layout, firstID: lastID + 1, jobs: store.jobs, logger: logger)
@@ -136,11 +137,19 @@ public final class Snapshotter: Sendable {
   }
   @discardableResult
   public func collectGarbage(layers: Bool = true, sweep: Bool = true) throws(SnapshotError) -> (layers: Int, objects: Int, bytes: Int64) {
-    try collector.collectGarbage(layers: layers, sweep: sweep)
+    let freed = try collector.collectGarbage(layers: layers, sweep: sweep)
+    store.metrics.collected(layers: freed.layers, objects: freed.objects, bytes: freed.bytes)
+    return freed
   }
   public func storeUsage() throws(SnapshotError) -> StoreUsage { try collector.storeUsage() }
   public func check(repair: Bool = false, progress: CheckProgress? = nil) throws(SnapshotError) -> [CheckFinding] {
-    try collector.check(repair: repair, progress: progress)
+    let findings = try collector.check(repair: repair, progress: progress)
+    store.metrics.checked(findings, repair: repair)
+    return findings
+  }
+  /// What metrics read at a scrape: the store's usage and its snapshots by kind.
+  public func gauges() throws(SnapshotError) -> StoreGauges {
+    try store.read { db in StoreGauges(usage: try Metadata.storeUsage(db), snapshots: try Metadata.countByKind(db)) }
   }
   /// Waits for every background task (directory removals, collections).
   public func drain() { collector.drain() }

@@ -33,6 +33,8 @@ public final class Store: Sendable {
   /// A read-only connection of its own for the lookups of the API's hot calls (see `lookup`).
   let lookups: DatabaseQueue
   let logger: Logger
+  /// What the store counts and times (`Instruments`).
+  let metrics: Instruments
   let objects: ObjectStore
   /// The background queue: the directory pool's work, removals, collections.
   let jobs: BackgroundQueue
@@ -54,11 +56,13 @@ public final class Store: Sendable {
   static let busyTimeout: Double = 5
 
   /// Opens (creating when needed) the root's directories, the object store and the database.
-  init(root: String, aliasBase: String = Layout.defaultAliasBase, layerFormat: LayerFormat = .auto, logger: Logger)
-    throws(SnapshotError)
-  {
+  init(
+    root: String, aliasBase: String = Layout.defaultAliasBase, layerFormat: LayerFormat = .auto,
+    metrics: Instruments = Instruments(), logger: Logger
+  ) throws(SnapshotError) {
     layout = Layout(root: root, aliasBase: aliasBase)
     self.logger = logger
+    self.metrics = metrics
     do {
       try Sys.mkdirAll(layout.root, mode: 0o700)
       try Sys.mkdirIfMissing(layout.snapshots, mode: 0o700)
@@ -86,7 +90,7 @@ public final class Store: Sendable {
     } catch {
       throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
     }
-    jobs = BackgroundQueue(logger: logger)
+    jobs = BackgroundQueue(metrics: metrics, logger: logger)
     switch layerFormat {
     case .auto:
       let (works, reason) = LayerImages.probe(layout)
@@ -176,6 +180,7 @@ extension StorePart {
   var logger: Logger { store.logger }
   var objects: ObjectStore { store.objects }
   var jobs: BackgroundQueue { store.jobs }
+  var metrics: Instruments { store.metrics }
 
   /// Queues a collection of objects no tree references any more (after removes); with
   /// `sweep`, also of objects no row knows and no layer links (what an import or a dedup

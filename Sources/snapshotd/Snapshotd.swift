@@ -65,6 +65,12 @@ struct Snapshotd: AsyncParsableCommand {
   )
   var stopTimeout: Double = 20
 
+  @Option(
+    help:
+      "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9337); off without it."
+  )
+  var metricsAddress: String?
+
   enum DriverChoice: String, ExpressibleByArgument, CaseIterable {
     case overlay, fuse, auto
   }
@@ -123,12 +129,20 @@ struct Snapshotd: AsyncParsableCommand {
     if chosen == .fuse && Sys.findProgram("snapfs") == nil {
       logger.warning("snapfs is not installed beside snapshotd or on PATH: fuse3.snapfs mounts will fail")
     }
-    let snapshotter = try Snapshotter(root: root, driver: chosen, driverReason: reason, layerFormat: layerFormat, logger: logger)
+    let metrics = metricsAddress.map { _ in DaemonMetrics() }
+    let snapshotter = try Snapshotter(
+      root: root, driver: chosen, driverReason: reason, layerFormat: layerFormat,
+      metrics: metrics.map { Instruments(factory: $0.factory) } ?? Instruments(), logger: logger)
     try prepareSocket()
+    let endpoint = try metrics.map {
+      try MetricsEndpoint(address: metricsAddress!, metrics: $0, snapshotter: snapshotter, logger: logger)
+    }
+    defer { endpoint?.stop() }
 
     // The socket is created with mode 0600 (0660 with --group): no moment where others can connect.
     let old = Sys.setUmask(group == nil ? 0o177 : 0o117)
-    let server = SnapshotServer(socketPath: address, snapshotter: snapshotter, logger: logger)
+    let server = SnapshotServer(
+      socketPath: address, snapshotter: snapshotter, metrics: metrics.map { RPCMetrics(factory: $0.factory) }, logger: logger)
     let service = ServerService(
       server: server, group: group.flatMap(Sys.groupID), logger: logger, restoreUmask: old, stopTimeout: stopTimeout)
     let group = ServiceGroup(
