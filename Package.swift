@@ -7,6 +7,7 @@
 //   layout, mounts, imports) → SnapshotAPI (gRPC, generated code) → snapshotd, snapctl
 //   SnapshotSys, CFuse (libfuse3), CFuseIO (passthrough hooks) → FuseOverlay (the FUSE overlay
 //   file system) → snapfs
+//   SnapshotSys → FuseStats (snapfs's request statistics file) → FuseOverlay, snapctl
 //   Unpack → Registry (OCI distribution client: async-http-client, hosts.toml, auth)
 //   Registry, SnapshotCore → snapshotd (its RegistryFetcher: the layers containerd's CRI
 //   names, fetched on Prepare; its metrics endpoint: swift-prometheus over NIO HTTP/1)
@@ -64,8 +65,12 @@ let package = Package(
       providers: [.apt(["libfuse3-dev"])]
     ),
     .target(
+      name: "FuseStats",
+      dependencies: ["CSysShims", "SnapshotSys"]
+    ),
+    .target(
       name: "FuseOverlay",
-      dependencies: ["CSysShims", "CFuse", "CFuseIO", "SnapshotSys"]
+      dependencies: ["CSysShims", "CFuse", "CFuseIO", "SnapshotSys", "FuseStats"]
     ),
     .executableTarget(
       name: "snapfs",
@@ -141,7 +146,7 @@ let package = Package(
     .executableTarget(
       name: "snapctl",
       dependencies: [
-        "SnapshotAPI", "SnapshotCore", "SnapshotSys",
+        "SnapshotAPI", "SnapshotCore", "SnapshotSys", "FuseStats",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]

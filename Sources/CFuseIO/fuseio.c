@@ -26,6 +26,9 @@ struct snapfs_backing_map {
 #define INIT_OUT_MAX_STACK_DEPTH 36
 
 static __thread int32_t armed = 0;
+static __thread uint32_t failed_replies = 0;
+
+uint32_t fuseio_failed_replies(void) { return failed_replies; }
 
 static int64_t now_ns(void) {
   struct timespec t;
@@ -98,6 +101,11 @@ static void patch_u32(void *base, size_t offset, uint32_t set) {
 
 ssize_t fuseio_writev(int fd, struct iovec *iov, int count, void *userdata) {
   struct fuseio_session *s = userdata;
+  if (count == 1 && iov[0].iov_len >= sizeof(struct fuse_out_header)) {
+    struct fuse_out_header h;
+    memcpy(&h, iov[0].iov_base, sizeof h);
+    if (h.error != 0 && h.error != -ENOSYS) failed_replies++;
+  }
   if (count >= 2) {
     if (armed != 0) {
       // fuse_open_out ends the reply (CREATE: after fuse_entry_out): fh, open_flags, backing_id.

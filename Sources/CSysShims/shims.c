@@ -97,3 +97,11 @@ int shim_peer_credentials(int fd, int *pid, unsigned int *uid, unsigned int *gid
   *gid = c.gid;
   return 0;
 }
+
+void shim_add_relaxed(unsigned long long *counter, unsigned long long value) {
+  __atomic_fetch_add(counter, value, __ATOMIC_RELAXED);
+}
+
+unsigned long long shim_load_relaxed(const unsigned long long *counter) {
+  return __atomic_load_n(counter, __ATOMIC_RELAXED);
+}

@@ -1,6 +1,7 @@
 import CFuse
 import CFuseIO
 import CSysShims
+import FuseStats
 import SnapshotSys
 
 #if canImport(Glibc)
@@ -45,6 +46,8 @@ final class FileSystem: @unchecked Sendable {
   let listings = Listings()
   /// OPENDIR is answered ENOSYS (the kernel offers "no opendir"; set at INIT).
   private(set) var noOpendir = false
+  /// The mount's request statistics (set once mounted, before the loop).
+  var stats: FuseStats.Recorder?
 
   init(_ overlay: Overlay, readOnly: Bool) {
     self.overlay = overlay
@@ -80,39 +83,60 @@ final class FileSystem: @unchecked Sendable {
   static func operations() -> fuse_lowlevel_ops {
     var ops = fuse_lowlevel_ops()
     ops.`init` = { userdata, conn in FileSystem.from(userdata).initialize(conn) }
-    ops.lookup = { req, parent, name in FileSystem.of(req).lookup(req, parent, name) }
-    ops.forget = { req, ino, count in FileSystem.of(req).forget(req, ino, count) }
-    ops.forget_multi = { req, count, forgets in FileSystem.of(req).forgetMulti(req, count, forgets) }
-    ops.getattr = { req, ino, _ in FileSystem.of(req).getattr(req, ino) }
-    ops.setattr = { req, ino, attr, toSet, fi in FileSystem.of(req).setattr(req, ino, attr, toSet, fi) }
-    ops.readlink = { req, ino in FileSystem.of(req).readlink(req, ino) }
-    ops.mknod = { req, parent, name, mode, rdev in FileSystem.of(req).mknod(req, parent, name, mode, rdev) }
-    ops.mkdir = { req, parent, name, mode in FileSystem.of(req).mkdir(req, parent, name, mode) }
-    ops.symlink = { req, link, parent, name in FileSystem.of(req).symlink(req, link, parent, name) }
-    ops.link = { req, ino, newParent, newName in FileSystem.of(req).link(req, ino, newParent, newName) }
-    ops.unlink = { req, parent, name in FileSystem.of(req).unlink(req, parent, name) }
-    ops.rmdir = { req, parent, name in FileSystem.of(req).rmdir(req, parent, name) }
+    ops.lookup = { req, parent, name in FileSystem.of(req).timed(.lookup) { $0.lookup(req, parent, name) } }
+    ops.forget = { req, ino, count in FileSystem.of(req).timed(.forget) { $0.forget(req, ino, count) } }
+    ops.forget_multi = { req, count, forgets in FileSystem.of(req).timed(.forget) { $0.forgetMulti(req, count, forgets) } }
+    ops.getattr = { req, ino, _ in FileSystem.of(req).timed(.getattr) { $0.getattr(req, ino) } }
+    ops.setattr = { req, ino, attr, toSet, fi in FileSystem.of(req).timed(.setattr) { $0.setattr(req, ino, attr, toSet, fi) } }
+    ops.readlink = { req, ino in FileSystem.of(req).timed(.readlink) { $0.readlink(req, ino) } }
+    ops.mknod = { req, parent, name, mode, rdev in FileSystem.of(req).timed(.mknod) { $0.mknod(req, parent, name, mode, rdev) } }
+    ops.mkdir = { req, parent, name, mode in FileSystem.of(req).timed(.mkdir) { $0.mkdir(req, parent, name, mode) } }
+    ops.symlink = { req, link, parent, name in FileSystem.of(req).timed(.symlink) { $0.symlink(req, link, parent, name) } }
+    ops.link = { req, ino, newParent, newName in FileSystem.of(req).timed(.link) { $0.link(req, ino, newParent, newName) } }
+    ops.unlink = { req, parent, name in FileSystem.of(req).timed(.unlink) { $0.unlink(req, parent, name) } }
+    ops.rmdir = { req, parent, name in FileSystem.of(req).timed(.rmdir) { $0.rmdir(req, parent, name) } }
     ops.rename = { req, parent, name, newParent, newName, flags in
-      FileSystem.of(req).rename(req, parent, name, newParent, newName, flags)
+      FileSystem.of(req).timed(.rename) { $0.rename(req, parent, name, newParent, newName, flags) }
     }
-    ops.open = { req, ino, fi in FileSystem.of(req).open(req, ino, fi) }
-    ops.create = { req, parent, name, mode, fi in FileSystem.of(req).create(req, parent, name, mode, fi) }
-    ops.read = { req, ino, size, offset, fi in FileSystem.of(req).read(req, ino, size, offset, fi) }
-    ops.write_buf = { req, _, buffers, offset, fi in FileSystem.of(req).writeBuf(req, buffers, offset, fi) }
-    ops.release = { req, ino, fi in FileSystem.of(req).release(req, ino, fi) }
-    ops.fsync = { req, _, datasync, fi in FileSystem.of(req).fsync(req, datasync, fi) }
-    ops.fallocate = { req, _, mode, offset, length, fi in FileSystem.of(req).fallocate(req, mode, offset, length, fi) }
-    ops.lseek = { req, ino, offset, whence, fi in FileSystem.of(req).lseek(req, ino, offset, whence, fi) }
-    ops.opendir = { req, ino, fi in FileSystem.of(req).opendir(req, ino, fi) }
-    ops.readdir = { req, ino, size, offset, _ in FileSystem.of(req).readDirectory(req, ino, size, offset, plus: false) }
-    ops.readdirplus = { req, ino, size, offset, _ in FileSystem.of(req).readDirectory(req, ino, size, offset, plus: true) }
-    ops.fsyncdir = { req, ino, _, _ in FileSystem.of(req).fsyncdir(req, ino) }
-    ops.statfs = { req, _ in FileSystem.of(req).statfs(req) }
-    ops.getxattr = { req, ino, name, size in FileSystem.of(req).getxattr(req, ino, name, size) }
-    ops.listxattr = { req, ino, size in FileSystem.of(req).listxattr(req, ino, size) }
-    ops.setxattr = { req, ino, name, value, size, flags in FileSystem.of(req).setxattr(req, ino, name, value, size, flags) }
-    ops.removexattr = { req, ino, name in FileSystem.of(req).removexattr(req, ino, name) }
+    ops.open = { req, ino, fi in FileSystem.of(req).timed(.open) { $0.open(req, ino, fi) } }
+    ops.create = { req, parent, name, mode, fi in FileSystem.of(req).timed(.create) { $0.create(req, parent, name, mode, fi) } }
+    ops.read = { req, ino, size, offset, fi in FileSystem.of(req).timed(.read) { $0.read(req, ino, size, offset, fi) } }
+    ops.write_buf = { req, _, buffers, offset, fi in FileSystem.of(req).timed(.write) { $0.writeBuf(req, buffers, offset, fi) } }
+    ops.release = { req, ino, fi in FileSystem.of(req).timed(.release) { $0.release(req, ino, fi) } }
+    ops.fsync = { req, _, datasync, fi in FileSystem.of(req).timed(.fsync) { $0.fsync(req, datasync, fi) } }
+    ops.fallocate = { req, _, mode, offset, length, fi in
+      FileSystem.of(req).timed(.fallocate) { $0.fallocate(req, mode, offset, length, fi) }
+    }
+    ops.lseek = { req, ino, offset, whence, fi in FileSystem.of(req).timed(.lseek) { $0.lseek(req, ino, offset, whence, fi) } }
+    ops.opendir = { req, ino, fi in FileSystem.of(req).timed(.opendir) { $0.opendir(req, ino, fi) } }
+    ops.readdir = { req, ino, size, offset, _ in
+      FileSystem.of(req).timed(.readdir) { $0.readDirectory(req, ino, size, offset, plus: false) }
+    }
+    ops.readdirplus = { req, ino, size, offset, _ in
+      FileSystem.of(req).timed(.readdirplus) { $0.readDirectory(req, ino, size, offset, plus: true) }
+    }
+    ops.fsyncdir = { req, ino, _, _ in FileSystem.of(req).timed(.fsyncdir) { $0.fsyncdir(req, ino) } }
+    ops.statfs = { req, _ in FileSystem.of(req).timed(.statfs) { $0.statfs(req) } }
+    ops.getxattr = { req, ino, name, size in FileSystem.of(req).timed(.getxattr) { $0.getxattr(req, ino, name, size) } }
+    ops.listxattr = { req, ino, size in FileSystem.of(req).timed(.listxattr) { $0.listxattr(req, ino, size) } }
+    ops.setxattr = { req, ino, name, value, size, flags in
+      FileSystem.of(req).timed(.setxattr) { $0.setxattr(req, ino, name, value, size, flags) }
+    }
+    ops.removexattr = { req, ino, name in FileSystem.of(req).timed(.removexattr) { $0.removexattr(req, ino, name) } }
     return ops
+  }
+
+  /// Runs one operation, counted and timed in the mount's statistics (`FuseStats`) when
+  /// it keeps them.
+  @inline(__always)
+  func timed(_ op: FuseStats.Op, _ body: (FileSystem) -> Void) {
+    guard let stats else { return body(self) }
+    let start = ContinuousClock.now
+    let failures = fuseio_failed_replies()
+    body(self)
+    let (seconds, attoseconds) = (ContinuousClock.now - start).components
+    stats.record(
+      op, nanoseconds: UInt64(seconds * 1_000_000_000 + attoseconds / 1_000_000_000), failed: fuseio_failed_replies() != failures)
   }
 
   // MARK: - Helpers

@@ -1,5 +1,6 @@
 import CFuse
 import CFuseIO
+import FuseStats
 import SnapshotSys
 
 #if canImport(Glibc)
@@ -76,6 +77,16 @@ public func serve(_ options: Options) -> Int32 {
     }
     fs.session.pointee.busy_poll_ns = Int64(options.busyPollMicroseconds) * 1000
     if !options.foreground { fuse_daemonize(0) }
+    // The request statistics, named by the mount's device (mountinfo: no request to
+    // ourselves, which nobody would serve yet).
+    if let mount = (try? MountInfo.current())?.last(where: { $0.mountPoint == target && $0.fsType == "fuse.snapfs" }) {
+      do {
+        fs.stats = try FuseStats.Recorder(major: mount.major, minor: mount.minor)
+      } catch {
+        FileHandleStderr.write("snapfs: warning: no request statistics: \(error)\n")
+      }
+    }
+    defer { fs.stats?.remove() }
     fs.notifier = Notifier(session: session)
     fs.fuseSession = session
     let rc = snapfs_loop_mt(session, UInt32(options.threads), UInt32(options.threads))

@@ -214,6 +214,15 @@ extension Sys {
     return (p, rounded)
   }
 
+  /// `mmap(2)` of the first `size` bytes of the file `fd`, shared: what is written there is
+  /// the file's, and other processes mapping it see it.
+  public static func mapShared(_ fd: Int32, _ size: Int, writable: Bool) throws(SystemError) -> UnsafeMutableRawPointer {
+    guard let p = mmap(nil, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0),
+      p != UnsafeMutableRawPointer(bitPattern: -1)
+    else { throw SystemError("mmap", "", errno: errno) }
+    return p
+  }
+
   /// `munmap(2)` of what `mapMemory` mapped.
   public static func unmapMemory(_ base: UnsafeMutableRawPointer, _ size: Int) { munmap(base, size) }
 

@@ -1,3 +1,5 @@
+import ArgumentParser
+import FuseStats
 import SnapshotCore
 import SnapshotSys
 
@@ -43,5 +45,65 @@ extension Mount {
       throw SystemError("mount", target + " (options are \(joined.utf8.count) bytes, more than a page)", errno: E2BIG)
     }
     try Sys.mount(source: source, target: target, type: type, flags: flags, data: joined)
+  }
+}
+
+/// `snapctl fuse-stats MOUNTPOINT`: a snapfs mount's requests by operation, from the file
+/// snapfs keeps (`FuseStats`); no daemon, and no request to the mount itself.
+struct FuseStatsCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "fuse-stats",
+    abstract: "Show a snapfs mount's requests by operation: count, errors, mean and p50/p99 latency.")
+  @Flag(help: "Print JSON instead of a table.") var json = false
+  @Argument(help: "A snapfs mount point (or its device, MAJOR:MINOR).") var target: String
+
+  func run() async throws {
+    try await reporting {
+      let (major, minor) = try device()
+      let report: FuseStats.Report
+      do { report = try FuseStats.read(major: major, minor: minor) } catch {
+        throw Failure("\(target) (\(major):\(minor)) has no snapfs statistics: \(error)", code: 3)
+      }
+      let used = report.operations.filter { $0.count > 0 }
+      if json {
+        let ops = used.map { f in
+          "{\"op\":\"\(f.op.name)\",\"count\":\(f.count),\"errors\":\(f.failures),\"nanoseconds\":\(f.nanoseconds),"
+            + "\"buckets\":[\(f.buckets.map(String.init).joined(separator: ","))]}"
+        }
+        let bounds = FuseStats.bucketBounds.map(String.init).joined(separator: ",")
+        print("{\"pid\":\(report.pid),\"bucketMicroseconds\":[\(bounds)],\"operations\":[\(ops.joined(separator: ","))]}")
+        return
+      }
+      func quantile(_ f: FuseStats.Figures, _ q: Double) -> String {
+        switch f.quantile(q) {
+        case .some(.some(let bound)): "≤\(bound)µs"
+        case .some(.none): ">\(FuseStats.bucketBounds.last!)µs"
+        case .none: "-"
+        }
+      }
+      print("snapfs pid \(report.pid), device \(major):\(minor)")
+      Output.table(
+        ["OPERATION", "COUNT", "ERRORS", "MEAN", "P50", "P99"],
+        used.map { f in
+          [
+            f.op.name, "\(f.count)", "\(f.failures)", "\(f.nanoseconds / max(f.count, 1) / 1000)µs", quantile(f, 0.5),
+            quantile(f, 0.99),
+          ]
+        })
+    }
+  }
+
+  /// The mount's device number: from MAJOR:MINOR, or the mount point in mountinfo (a stat
+  /// of a hung mount would hang).
+  func device() throws -> (UInt32, UInt32) {
+    let parts = target.split(separator: ":")
+    if parts.count == 2, let major = UInt32(parts[0]), let minor = UInt32(parts[1]) { return (major, minor) }
+    let path: String
+    do { path = try Sys.realPath(target) } catch { throw Failure("\(target): \(error)", code: 3) }
+    let mounts: [MountInfo]
+    do { mounts = try MountInfo.current() } catch { throw Failure("cannot read the mount table: \(error)") }
+    guard let mount = mounts.last(where: { $0.mountPoint == path }) else { throw Failure("\(target) is not a mount point", code: 3) }
+    guard mount.fsType == "fuse.snapfs" else { throw Failure("\(target) is a \(mount.fsType) mount, not snapfs", code: 2) }
+    return (mount.major, mount.minor)
   }
 }

@@ -34,7 +34,7 @@ struct Snapctl: AsyncParsableCommand {
       """,
     subcommands: [
       Prepare.self, View.self, Commit.self, Remove.self, Stat.self, List.self, Usage.self,
-      Mounts.self, Update.self, Cleanup.self, MountCommand.self, Umount.self,
+      Mounts.self, Update.self, Cleanup.self, MountCommand.self, Umount.self, FuseStatsCommand.self,
       ImportLayer.self, ImportImage.self, Pull.self, GC.self, Check.self, Info.self,
     ])
 }

@@ -48,6 +48,10 @@ void fuseio_want_passthrough(struct fuseio_session *session, uint32_t max_stack_
 void fuseio_arm_open(int32_t backing_id);
 void fuseio_disarm(void);
 
+/// How many error replies (other than ENOSYS, the protocol's "not implemented") this
+/// thread has sent: compared before and after an operation, whether it failed.
+uint32_t fuseio_failed_replies(void);
+
 /// Registers `fd` as a backing file on the FUSE device `devfd`: its id (> 0), or -errno.
 int32_t fuseio_backing_open(int devfd, int fd);
 /// Drops the registration; files already open on it keep it.

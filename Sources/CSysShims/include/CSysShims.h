@@ -61,6 +61,12 @@ unsigned int shim_major(unsigned long dev);
 unsigned int shim_minor(unsigned long dev);
 
 /// libFuzzer's entry point for a program with a main of its own (libclang_rt.fuzzer_no_main),
+/// A relaxed atomic add to a counter in memory another process maps too (snapfs's
+/// request statistics, FuseStats).
+void shim_add_relaxed(unsigned long long *counter, unsigned long long value);
+/// A relaxed atomic load of such a counter.
+unsigned long long shim_load_relaxed(const unsigned long long *counter);
+
 /// linked only into the fuzzing build of Tests/fuzz (scripts/fuzz); declared here so that
 /// build can call it.
 int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*UserCb)(const unsigned char *Data, unsigned long Size));
