@@ -127,8 +127,9 @@ extension FileSystem {
   }
 
   func fsync(_ req: fuse_req_t?, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-    // A read-only mount has nothing to write back (overlayfs: 0 for a lower file).
-    if noOpen {
+    // A read-only mount has nothing to write back (overlayfs: 0 for a lower file); a
+    // volatile one does not (overlayfs: ovl_should_sync).
+    if noOpen || volatile {
       fuse_reply_err(req, 0)
       return
     }

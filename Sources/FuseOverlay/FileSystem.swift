@@ -37,6 +37,8 @@ final class FileSystem: @unchecked Sendable {
   private(set) var writeback = false
   /// OPEN is answered ENOSYS (see above).
   let noOpen: Bool
+  /// Mounted `volatile`: FSYNC and FSYNCDIR succeed without syncing.
+  let volatile: Bool
   /// Serializes reads per open file (per node with `noOpen`), striped wide enough that
   /// unrelated files rarely share a lock: the kernel's readahead sends a file's reads in
   /// order, and served in parallel they reach the layer's file out of order, which defeats
@@ -49,9 +51,10 @@ final class FileSystem: @unchecked Sendable {
   /// The mount's request statistics (set once mounted, before the loop).
   var stats: FuseStats.Recorder?
 
-  init(_ overlay: Overlay, readOnly: Bool) {
+  init(_ overlay: Overlay, readOnly: Bool, volatile: Bool = false) {
     self.overlay = overlay
     noOpen = readOnly
+    self.volatile = volatile
     session = .allocate(capacity: 1)
     session.initialize(to: fuseio_session())
     session.pointee.owner = Unmanaged.passUnretained(self).toOpaque()

@@ -31,6 +31,9 @@ public struct Options: Equatable, Sendable {
   /// `effectiveMetacopy`).
   public var metacopy: Bool?
   public var foreground = false
+  /// `volatile`, as overlayfs's: fsync and fsyncdir return at once without syncing (as
+  /// fuse-overlayfs's fsync=0), for containers whose writes need not survive a crash.
+  public var volatile = false
   public var debug = false
   /// Options passed on to libfuse's mount (ro, nosuid, fsname=, ...).
   public var mountOptions: [String] = []
@@ -174,7 +177,8 @@ public struct Options: Equatable, Sendable {
         }
       case "redirect_dir": redirectDir = value
       // overlayfs's own knobs: meaningless here, accepted so the same options mount both ways.
-      case "index", "xino", "volatile", "nfs_export", "uuid", "default_permissions", "allow_other":
+      case "volatile": volatile = true
+      case "index", "xino", "nfs_export", "uuid", "default_permissions", "allow_other":
         break
       // Generic mount flags and libfuse mount options.
       case "ro", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "sync", "async", "dirsync",

@@ -31,7 +31,7 @@ public func serve(_ options: Options) -> Int32 {
   if !options.mountOptions.contains(where: { $0.hasPrefix("fsname=") }) { mountOptions.append("fsname=" + options.source) }
   mountOptions += options.mountOptions
   if !overlay.hasUpper && !options.readOnly { mountOptions.append("ro") }
-  let fs = FileSystem(overlay, readOnly: options.readOnly || !overlay.hasUpper)
+  let fs = FileSystem(overlay, readOnly: options.readOnly || !overlay.hasUpper, volatile: options.volatile)
   var arguments = ["snapfs", "-o", mountOptions.joined(separator: ",")]
   if options.debug { arguments.append("-d") }
   var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }

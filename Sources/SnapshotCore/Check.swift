@@ -27,6 +27,9 @@ public struct CheckFinding: Sendable, Equatable, CustomStringConvertible {
     /// A layer image not mounted on its layer's directory (mounts of it would show an empty
     /// layer), or a mount of no layer.
     case layerMount = "layer mount"
+    /// A volatile active snapshot the host restarted under: its upper may have lost
+    /// acknowledged writes (`Volatile`). Mounts and Commit refuse it; remove it.
+    case untrustedVolatile = "untrusted volatile snapshot"
   }
 
   public var kind: Kind
@@ -81,6 +84,12 @@ extension ObjectCollector {
             .init(
               kind: .orphanLayer, detail: "layer \(id) has neither its image nor its files (\(layout.layer(id)) is empty)",
               repairable: false))
+        }
+        for (id, key) in try read({ db in try Metadata.volatileSnapshots(db) }) where !Volatile.intact(layout, id) {
+          findings.append(
+            .init(
+              kind: .untrustedVolatile,
+              detail: "snapshot \(quoted(key)) was mounted volatile and the host restarted since; remove it", repairable: false))
         }
         let unmounted = try store.images.unmounted(layerIDs.sorted())
         for id in unmounted {

@@ -68,6 +68,14 @@ public struct Layout: Sendable {
     layer.map { alias + "/l/" + String($0) } ?? alias + "/s/" + String(id) + "/fs"
   }
 
+  /// Marks of the volatile snapshots prepared since the host started (`Volatile`): beside
+  /// the alias in /run, which a restart empties.
+  var volatileMarks: String { alias + ".volatile" }
+  func volatileMark(_ id: Int64) -> String { volatileMarks + "/" + String(id) }
+  /// What a volatile overlayfs mount leaves in its work dir: while it holds `volatile`,
+  /// the kernel refuses to mount that work dir again.
+  func volatileIncompat(_ id: Int64) -> String { work(id) + "/work/incompat" }
+
   /// The object directory as mounts name it.
   var aliasObjects: String { alias + "/o" }
 

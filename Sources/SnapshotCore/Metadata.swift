@@ -17,6 +17,8 @@ struct SnapshotRow: Sendable {
   /// Bytes of a committed snapshot's regular files once its files are content objects
   /// (dedup of snapshots committed through Prepare/Commit, in Commit); nil before.
   var fileBytes: Int64?
+  /// An active snapshot mounted `volatile` (`Volatile`).
+  var volatile: Bool
 
   /// From a row of `Metadata.selectColumns`, by position (names are matched without case
   /// on every access, which shows on the hot path).
@@ -34,6 +36,7 @@ struct SnapshotRow: Sendable {
     inodes = row[8]
     layer = row[9]
     fileBytes = row[10]
+    volatile = row[11]
   }
 }
 
@@ -115,12 +118,16 @@ enum Metadata {
     m.registerMigration("v5") { db in
       try db.execute(sql: "ALTER TABLE layer ADD COLUMN implicit_dirs TEXT")
     }
+    // Active snapshots mounted `volatile` (see `Volatile`).
+    m.registerMigration("v6") { db in
+      try db.execute(sql: "ALTER TABLE snapshot ADD COLUMN volatile INTEGER NOT NULL DEFAULT 0")
+    }
     return m
   }
 
   /// The columns `SnapshotRow` reads, in its order.
   private static let selectColumns = """
-    SELECT s.id, s.key, s.parent, p.key AS parent_key, s.kind, s.created, s.updated, s.size, s.inodes, s.layer, s.file_bytes
+    SELECT s.id, s.key, s.parent, p.key AS parent_key, s.kind, s.created, s.updated, s.size, s.inodes, s.layer, s.file_bytes, s.volatile
     FROM snapshot s LEFT JOIN snapshot p ON p.id = s.parent
     """
 
@@ -171,9 +178,17 @@ enum Metadata {
     try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM snapshot WHERE parent = ?)"), arguments: [id]) ?? false
   }
 
-  static func insert(_ db: Database, id: Int64, key: String, parent: Int64?, kind: SnapshotKind, now: Int64) throws {
-    try db.cachedStatement(sql: "INSERT INTO snapshot (id, key, parent, kind, created, updated) VALUES (?, ?, ?, ?, ?, ?)").execute(
-      arguments: [id, key, parent, kind.rawValue, now, now])
+  static func insert(_ db: Database, id: Int64, key: String, parent: Int64?, kind: SnapshotKind, now: Int64, volatile: Bool = false)
+    throws
+  {
+    try db.cachedStatement(sql: "INSERT INTO snapshot (id, key, parent, kind, created, updated, volatile) VALUES (?, ?, ?, ?, ?, ?, ?)")
+      .execute(arguments: [id, key, parent, kind.rawValue, now, now, volatile])
+  }
+
+  /// The volatile active snapshots: id and key.
+  static func volatileSnapshots(_ db: Database) throws -> [(id: Int64, key: String)] {
+    try Row.fetchAll(db, sql: "SELECT id, key FROM snapshot WHERE volatile = 1 AND kind = ?", arguments: [SnapshotKind.active.rawValue])
+      .map { ($0[0], $0[1]) }
   }
 
   /// The highest id any snapshot ever had (AUTOINCREMENT remembers removed ones).

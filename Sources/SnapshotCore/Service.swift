@@ -26,12 +26,18 @@ public final class SnapshotService: StorePart, Sendable {
   public let driver: MountDriver
   /// Why: configured, or what probing found.
   public let driverReason: String
+  /// Whether active snapshots are volatile unless their label says otherwise (`Volatile`).
+  let volatileByDefault: Bool
   /// Where layers come from when containerd's CRI plugin names them on Prepare (none: the
   /// unpacker makes them).
   let remote = FetcherSlot()
 
-  init(store: Store, pool: DirectoryPool, importer: LayerImporter, collector: ObjectCollector, driver: MountDriver, driverReason: String) {
+  init(
+    store: Store, pool: DirectoryPool, importer: LayerImporter, collector: ObjectCollector, driver: MountDriver, driverReason: String,
+    volatileByDefault: Bool = false
+  ) {
     self.store = store
+    self.volatileByDefault = volatileByDefault
     self.pool = pool
     self.importer = importer
     self.collector = collector
@@ -69,6 +75,7 @@ public final class SnapshotService: StorePart, Sendable {
   private func create(_ kind: SnapshotKind, key: String, parent: String, labels: [String: String]) throws(SnapshotError) -> [Mount] {
     try Validate.key(key, what: "key")
     try Validate.labels(labels, key: key)
+    let volatile = kind == .active ? try Volatile.wanted(labels, byDefault: volatileByDefault) : false
     let layout = self.layout
     let driver = self.driver
     let images = store.images.available
@@ -104,12 +111,15 @@ public final class SnapshotService: StorePart, Sendable {
       // A key taken already fails the insert (UNIQUE), which is the existence check; the
       // untouched pooled directory goes back to the pool.
       do {
-        try Store.unique(key) { try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos()) }
+        try Store.unique(key) {
+          try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos(), volatile: volatile)
+        }
       } catch {
         if pooled != nil { pool.recycle(id) }
         throw error
       }
       try Metadata.insertLabels(db, id: id, labels)
+      if volatile { try Volatile.mark(layout, id) }
       let lowers = try parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
       let parentFiles = lowers.first.map { layout.files(id: $0.id, layer: $0.layer) }
       if pooled == nil {
@@ -119,7 +129,8 @@ public final class SnapshotService: StorePart, Sendable {
       } else {
         try Self.adopt(layout, id: id, kind: kind, parent: parentFiles)
       }
-      return (Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver, images: images), lowers.map(\.id))
+      let mounts = Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver, images: images, volatile: volatile)
+      return (mounts, lowers.map(\.id))
     }
     store.waitForDedup(lowerIDs)
     return mounts
@@ -147,14 +158,17 @@ public final class SnapshotService: StorePart, Sendable {
     let layout = self.layout
     let driver = self.driver
     let images = store.images.available
-    let (mounts, lowerIDs) = try lookup { db -> ([Mount], [Int64]) in
+    let (mounts, lowerIDs, volatileID) = try lookup { db -> ([Mount], [Int64], Int64?) in
       let row = try Metadata.get(db, key: key)
       guard row.kind != .committed else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
       }
       let lowers = try row.parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
-      return (Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver, images: images), lowers.map(\.id))
+      let mounts = Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver, images: images, volatile: row.volatile)
+      return (mounts, lowers.map(\.id), row.volatile ? row.id : nil)
     }
+    // Asked again: the snapshot may be mounted again (its container restarted).
+    if let volatileID { try Volatile.readyToMount(layout, volatileID, key: key) }
     store.waitForDedup(lowerIDs)
     return mounts
   }
@@ -168,7 +182,7 @@ public final class SnapshotService: StorePart, Sendable {
   /// overlay with the data-only layer shows.
   static func mounts(
     _ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay,
-    images: Bool = false
+    images: Bool = false, volatile: Bool = false
   ) -> [Mount] {
     if lowers.isEmpty {
       return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
@@ -184,6 +198,7 @@ public final class SnapshotService: StorePart, Sendable {
     // (the layer's index in the top bits). snapfs does the same by itself.
     if images { options.append("xino=on") }
     if kind == .active {
+      if volatile { options.append("volatile") }
       options.append("workdir=" + layout.work(id))
       options.append("upperdir=" + layout.fs(id))
     }
@@ -211,6 +226,7 @@ public final class SnapshotService: StorePart, Sendable {
     guard found.kind == .active else {
       throw .precondition("snapshot \(quoted(key)) is not active: only an active snapshot can be committed")
     }
+    if found.volatile && !Volatile.intact(layout, found.id) { throw Volatile.untrusted(key) }
     let usage: SnapshotUsage
     do {
       let u = try Tree.diskUsage(layout.fs(found.id))
@@ -230,6 +246,7 @@ public final class SnapshotService: StorePart, Sendable {
       try Store.unique(name) { try Metadata.commit(db, id: row.id, name: name, usage: usage, now: Clock.nowNanos()) }
       try Metadata.setLabels(db, id: row.id, labels)
     }
+    if found.volatile { Volatile.unmark(layout, found.id) }
     // Its files become stubs of shared content objects now, before the caller hears of the
     // commit: no mount can have the new layer as a lower one yet, so none sees them change.
     collector.dedupIfUnmounted(found.id, inodes: usage.inodes)
@@ -251,6 +268,7 @@ public final class SnapshotService: StorePart, Sendable {
     // An imported layer stays in the layer store, ready to be used again, until
     // `collectGarbage` finds no snapshot using it.
     if row.layer == nil { pool.recycle(row.id) }
+    if row.volatile { Volatile.unmark(layout, row.id) }
     // Objects only this snapshot held are freed in the background.
     if row.fileBytes != nil { collector.scheduleCollect() }
   }

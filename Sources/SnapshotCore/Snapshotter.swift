@@ -26,7 +26,7 @@ public final class Snapshotter: Sendable {
   public init(
     root: String, aliasBase: String = Layout.defaultAliasBase, driver: MountDriver = .overlay,
     driverReason: String = "default", layerFormat: LayerFormat = .auto, metrics: Instruments = Instruments(),
-    logger: Logger = Logger(label: "snapshotd.core")
+    volatileByDefault: Bool = false, logger: Logger = Logger(label: "snapshotd.core")
   ) throws(SnapshotError) {
     store = try Store(root: root, aliasBase: aliasBase, layerFormat: layerFormat, metrics: metrics, logger: logger)
     let layout = store.layout
@@ -42,7 +42,8 @@ public final class Snapshotter: Sendable {
     importer = LayerImporter(store: store, pool: pool)
     collector = ObjectCollector(store: store, pool: pool, driver: driver)
     service = SnapshotService(
-      store: store, pool: pool, importer: importer, collector: collector, driver: driver, driverReason: driverReason)
+      store: store, pool: pool, importer: importer, collector: collector, driver: driver, driverReason: driverReason,
+      volatileByDefault: volatileByDefault)
     // The background queue's jobs, each to the part that owns the work (held weakly: a
     // job queued when the snapshotter goes does nothing).
     store.jobs.attach { [weak pool, weak collector] job in

@@ -54,7 +54,7 @@ struct FuseStatsCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "fuse-stats",
     abstract: "Show a snapfs mount's requests by operation: count, errors, mean and p50/p99 latency.")
-  @Flag(help: "Print JSON instead of a table.") var json = false
+  @OptionGroup var client: ClientOptions  // --json; the address is accepted for symmetry (no daemon needed)
   @Argument(help: "A snapfs mount point (or its device, MAJOR:MINOR).") var target: String
 
   func run() async throws {
@@ -65,7 +65,7 @@ struct FuseStatsCommand: AsyncParsableCommand {
         throw Failure("\(target) (\(major):\(minor)) has no snapfs statistics: \(error)", code: 3)
       }
       let used = report.operations.filter { $0.count > 0 }
-      if json {
+      if client.json {
         let ops = used.map { f in
           "{\"op\":\"\(f.op.name)\",\"count\":\(f.count),\"errors\":\(f.failures),\"nanoseconds\":\(f.nanoseconds),"
             + "\"buckets\":[\(f.buckets.map(String.init).joined(separator: ","))]}"

@@ -71,6 +71,12 @@ struct Snapshotd: AsyncParsableCommand {
   )
   var metricsAddress: String?
 
+  @Flag(
+    help:
+      "Make active snapshots volatile: overlayfs's volatile (no sync; snapfs skips fsync), for throwaway containers. A snapshot's label containerd.io/snapshot/overlay.volatile=true or =false overrides it."
+  )
+  var volatile = false
+
   enum DriverChoice: String, ExpressibleByArgument, CaseIterable {
     case overlay, fuse, auto
   }
@@ -132,7 +138,7 @@ struct Snapshotd: AsyncParsableCommand {
     let metrics = metricsAddress.map { _ in DaemonMetrics() }
     let snapshotter = try Snapshotter(
       root: root, driver: chosen, driverReason: reason, layerFormat: layerFormat,
-      metrics: metrics.map { Instruments(factory: $0.factory) } ?? Instruments(), logger: logger)
+      metrics: metrics.map { Instruments(factory: $0.factory) } ?? Instruments(), volatileByDefault: volatile, logger: logger)
     try prepareSocket()
     let endpoint = try metrics.map {
       try MetricsEndpoint(address: metricsAddress!, metrics: $0, snapshotter: snapshotter, logger: logger)
