@@ -1,5 +1,9 @@
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
+#include <linux/loop.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -104,4 +108,34 @@ void shim_add_relaxed(unsigned long long *counter, unsigned long long value) {
 
 unsigned long long shim_load_relaxed(const unsigned long long *counter) {
   return __atomic_load_n(counter, __ATOMIC_RELAXED);
+}
+
+int shim_loop_attach(int fd, int *index) {
+  for (int tries = 0; tries < 64; tries++) {
+    int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+    if (ctl < 0) return -errno;
+    int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+    int e = errno;
+    close(ctl);
+    if (n < 0) return -e;
+    char path[32];
+    snprintf(path, sizeof path, "/dev/loop%d", n);
+    int dev = open(path, O_RDWR | O_CLOEXEC);
+    if (dev < 0) {
+      if (errno == ENOENT || errno == ENXIO) continue;  /* removed meanwhile */
+      return -errno;
+    }
+    struct loop_config config;
+    memset(&config, 0, sizeof config);
+    config.fd = (unsigned int)fd;
+    config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+    if (ioctl(dev, LOOP_CONFIGURE, &config) == 0) {
+      *index = n;
+      return dev;
+    }
+    e = errno;
+    close(dev);
+    if (e != EBUSY) return -e;  /* EBUSY: another process took it first */
+  }
+  return -EBUSY;
 }

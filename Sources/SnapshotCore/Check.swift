@@ -30,6 +30,9 @@ public struct CheckFinding: Sendable, Equatable, CustomStringConvertible {
     /// A volatile active snapshot the host restarted under: its upper may have lost
     /// acknowledged writes (`Volatile`). Mounts and Commit refuse it; remove it.
     case untrustedVolatile = "untrusted volatile snapshot"
+    /// A size-limited active snapshot whose file system is not mounted (its mounts would
+    /// fail), or a writable file system mounted for no such snapshot (a leak).
+    case writableMount = "writable layer mount"
   }
 
   public var kind: Kind
@@ -90,6 +93,27 @@ extension ObjectCollector {
             .init(
               kind: .untrustedVolatile,
               detail: "snapshot \(quoted(key)) was mounted volatile and the host restarted since; remove it", repairable: false))
+        }
+        let limited = Set(try read({ db in try Metadata.limitedSnapshots(db) }))
+        let mountPoints = Set(try MountInfo.current().map(\.mountPoint))
+        for id in limited.sorted() where !mountPoints.contains(layout.writable(id)) {
+          findings.append(
+            .init(
+              kind: .writableMount, detail: "the file system of size-limited snapshot \(id) is not mounted on \(layout.writable(id))",
+              repairable: true))
+          if repair {
+            try WritableLimit.attach(layout, id, mounted: mountPoints)
+            findings[findings.count - 1].repaired = true
+          }
+        }
+        let prefix = layout.snapshots + "/"
+        for point in mountPoints.sorted() where point.hasPrefix(prefix) && point.hasSuffix("/rw") {
+          guard let id = Int64(point.dropFirst(prefix.count).dropLast(3)), !limited.contains(id) else { continue }
+          findings.append(.init(kind: .writableMount, detail: "\(point) is mounted for no size-limited snapshot", repairable: true))
+          if repair {
+            try Sys.detachMounts(under: point)
+            findings[findings.count - 1].repaired = true
+          }
         }
         let unmounted = try store.images.unmounted(layerIDs.sorted())
         for id in unmounted {

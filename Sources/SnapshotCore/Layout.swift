@@ -68,6 +68,14 @@ public struct Layout: Sendable {
     layer.map { alias + "/l/" + String($0) } ?? alias + "/s/" + String(id) + "/fs"
   }
 
+  /// A size-limited active snapshot's file system (`WritableLimit`): its mount point,
+  /// holding `fs` (the upper dir) and `work`, and its image file.
+  func writable(_ id: Int64) -> String { dir(id) + "/rw" }
+  func writableImage(_ id: Int64) -> String { dir(id) + "/rw.img" }
+  /// An active snapshot's upper and work dirs: in its own file system when it is limited.
+  func upper(_ id: Int64, limited: Bool) -> String { limited ? writable(id) + "/fs" : fs(id) }
+  func workDir(_ id: Int64, limited: Bool) -> String { limited ? writable(id) + "/work" : work(id) }
+
   /// Marks of the volatile snapshots prepared since the host started (`Volatile`): beside
   /// the alias in /run, which a restart empties.
   var volatileMarks: String { alias + ".volatile" }

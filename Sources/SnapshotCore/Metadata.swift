@@ -19,6 +19,11 @@ struct SnapshotRow: Sendable {
   var fileBytes: Int64?
   /// An active snapshot mounted `volatile` (`Volatile`).
   var volatile: Bool
+  /// An active snapshot's size limit in bytes (0: none), and what its empty file system
+  /// uses (`WritableLimit`).
+  var sizeLimit: Int64
+  var base: WritableLimit.Base
+  var limited: Bool { sizeLimit > 0 }
 
   /// From a row of `Metadata.selectColumns`, by position (names are matched without case
   /// on every access, which shows on the hot path).
@@ -37,6 +42,8 @@ struct SnapshotRow: Sendable {
     layer = row[9]
     fileBytes = row[10]
     volatile = row[11]
+    sizeLimit = row[12]
+    base = WritableLimit.Base(bytes: row[13], inodes: row[14])
   }
 }
 
@@ -118,16 +125,24 @@ enum Metadata {
     m.registerMigration("v5") { db in
       try db.execute(sql: "ALTER TABLE layer ADD COLUMN implicit_dirs TEXT")
     }
-    // Active snapshots mounted `volatile` (see `Volatile`).
+    // Active snapshots mounted `volatile` (see `Volatile`), and size-limited ones with
+    // what their empty file system uses (see `WritableLimit`).
     m.registerMigration("v6") { db in
-      try db.execute(sql: "ALTER TABLE snapshot ADD COLUMN volatile INTEGER NOT NULL DEFAULT 0")
+      try db.execute(
+        sql: """
+          ALTER TABLE snapshot ADD COLUMN volatile INTEGER NOT NULL DEFAULT 0;
+          ALTER TABLE snapshot ADD COLUMN size_limit INTEGER NOT NULL DEFAULT 0;
+          ALTER TABLE snapshot ADD COLUMN base_bytes INTEGER NOT NULL DEFAULT 0;
+          ALTER TABLE snapshot ADD COLUMN base_inodes INTEGER NOT NULL DEFAULT 0;
+          """)
     }
     return m
   }
 
   /// The columns `SnapshotRow` reads, in its order.
   private static let selectColumns = """
-    SELECT s.id, s.key, s.parent, p.key AS parent_key, s.kind, s.created, s.updated, s.size, s.inodes, s.layer, s.file_bytes, s.volatile
+    SELECT s.id, s.key, s.parent, p.key AS parent_key, s.kind, s.created, s.updated, s.size, s.inodes, s.layer, s.file_bytes, s.volatile,
+      s.size_limit, s.base_bytes, s.base_inodes
     FROM snapshot s LEFT JOIN snapshot p ON p.id = s.parent
     """
 
@@ -183,6 +198,18 @@ enum Metadata {
   {
     try db.cachedStatement(sql: "INSERT INTO snapshot (id, key, parent, kind, created, updated, volatile) VALUES (?, ?, ?, ?, ?, ?, ?)")
       .execute(arguments: [id, key, parent, kind.rawValue, now, now, volatile])
+  }
+
+  /// Records snapshot `id`'s size limit and what its empty file system uses.
+  static func setWritableLimit(_ db: Database, id: Int64, limit: Int64, base: WritableLimit.Base) throws {
+    try db.execute(
+      sql: "UPDATE snapshot SET size_limit = ?, base_bytes = ?, base_inodes = ? WHERE id = ?",
+      arguments: [limit, base.bytes, base.inodes, id])
+  }
+
+  /// The size-limited active snapshots' ids.
+  static func limitedSnapshots(_ db: Database) throws -> [Int64] {
+    try Int64.fetchAll(db, sql: "SELECT id FROM snapshot WHERE size_limit > 0 AND kind = ?", arguments: [SnapshotKind.active.rawValue])
   }
 
   /// The volatile active snapshots: id and key.

@@ -28,16 +28,19 @@ public final class SnapshotService: StorePart, Sendable {
   public let driverReason: String
   /// Whether active snapshots are volatile unless their label says otherwise (`Volatile`).
   let volatileByDefault: Bool
+  /// Active snapshots' size limit unless their label says otherwise (0: none; `WritableLimit`).
+  let writableSizeByDefault: Int64
   /// Where layers come from when containerd's CRI plugin names them on Prepare (none: the
   /// unpacker makes them).
   let remote = FetcherSlot()
 
   init(
     store: Store, pool: DirectoryPool, importer: LayerImporter, collector: ObjectCollector, driver: MountDriver, driverReason: String,
-    volatileByDefault: Bool = false
+    volatileByDefault: Bool = false, writableSizeByDefault: Int64 = 0
   ) {
     self.store = store
     self.volatileByDefault = volatileByDefault
+    self.writableSizeByDefault = writableSizeByDefault
     self.pool = pool
     self.importer = importer
     self.collector = collector
@@ -76,6 +79,7 @@ public final class SnapshotService: StorePart, Sendable {
     try Validate.key(key, what: "key")
     try Validate.labels(labels, key: key)
     let volatile = kind == .active ? try Volatile.wanted(labels, byDefault: volatileByDefault) : false
+    let limit = kind == .active ? try WritableLimit.wanted(labels, byDefault: writableSizeByDefault) : 0
     let layout = self.layout
     let driver = self.driver
     let images = store.images.available
@@ -129,7 +133,18 @@ public final class SnapshotService: StorePart, Sendable {
       } else {
         try Self.adopt(layout, id: id, kind: kind, parent: parentFiles)
       }
-      let mounts = Self.mounts(layout, id: id, kind: kind, lowers: lowers, driver: driver, images: images, volatile: volatile)
+      if limit > 0 {
+        do {
+          let owner = try parentFiles.map { p throws(SystemError) in try Sys.lstat(p) }.map { ($0.st_uid, $0.st_gid) }
+          let base = try WritableLimit.make(layout, id, size: limit, owner: owner)
+          try Metadata.setWritableLimit(db, id: id, limit: limit, base: base)
+        } catch {
+          try? WritableLimit.release(layout, id)  // the row rolls back; its directory is an orphan
+          throw error
+        }
+      }
+      let mounts = Self.mounts(
+        layout, id: id, kind: kind, lowers: lowers, driver: driver, images: images, volatile: volatile, limited: limit > 0)
       return (mounts, lowers.map(\.id))
     }
     store.waitForDedup(lowerIDs)
@@ -164,7 +179,9 @@ public final class SnapshotService: StorePart, Sendable {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
       }
       let lowers = try row.parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
-      let mounts = Self.mounts(layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver, images: images, volatile: row.volatile)
+      let mounts = Self.mounts(
+        layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver, images: images, volatile: row.volatile,
+        limited: row.limited)
       return (mounts, lowers.map(\.id), row.volatile ? row.id : nil)
     }
     // Asked again: the snapshot may be mounted again (its container restarted).
@@ -182,10 +199,10 @@ public final class SnapshotService: StorePart, Sendable {
   /// overlay with the data-only layer shows.
   static func mounts(
     _ layout: Layout, id: Int64, kind: SnapshotKind, lowers: [(id: Int64, layer: Int64?)], driver: MountDriver = .overlay,
-    images: Bool = false, volatile: Bool = false
+    images: Bool = false, volatile: Bool = false, limited: Bool = false
   ) -> [Mount] {
     if lowers.isEmpty {
-      return [Mount(type: "bind", source: layout.fs(id), options: [kind == .view ? "ro" : "rw", "rbind"])]
+      return [Mount(type: "bind", source: layout.upper(id, limited: limited), options: [kind == .view ? "ro" : "rw", "rbind"])]
     }
     // metacopy=on: Linux 6.18 follows a stub's redirect into the data-only layer without it
     // only when the stub is in the lowest layer; from any layer above it answers EPERM
@@ -199,8 +216,8 @@ public final class SnapshotService: StorePart, Sendable {
     if images { options.append("xino=on") }
     if kind == .active {
       if volatile { options.append("volatile") }
-      options.append("workdir=" + layout.work(id))
-      options.append("upperdir=" + layout.fs(id))
+      options.append("workdir=" + layout.workDir(id, limited: limited))
+      options.append("upperdir=" + layout.upper(id, limited: limited))
     }
     // The object directory as a data-only layer: stubs' data (see `ObjectStore`).
     options.append(
@@ -229,6 +246,8 @@ public final class SnapshotService: StorePart, Sendable {
     if found.volatile && !Volatile.intact(layout, found.id) { throw Volatile.untrusted(key) }
     let usage: SnapshotUsage
     do {
+      // A limited snapshot's files leave its own file system: a layer is on the store's.
+      if found.limited { try WritableLimit.moveOut(layout, found.id) }
       let u = try Tree.diskUsage(layout.fs(found.id))
       usage = SnapshotUsage(size: u.size, inodes: u.inodes)
     } catch {
@@ -247,6 +266,11 @@ public final class SnapshotService: StorePart, Sendable {
       try Metadata.setLabels(db, id: row.id, labels)
     }
     if found.volatile { Volatile.unmark(layout, found.id) }
+    if found.limited {
+      do { try WritableLimit.release(layout, found.id) } catch {
+        logger.warning("cannot release a committed snapshot's writable image", metadata: ["key": "\(name)", "error": "\(error)"])
+      }
+    }
     // Its files become stubs of shared content objects now, before the caller hears of the
     // commit: no mount can have the new layer as a lower one yet, so none sees them change.
     collector.dedupIfUnmounted(found.id, inodes: usage.inodes)
@@ -320,6 +344,7 @@ public final class SnapshotService: StorePart, Sendable {
     let row = try lookup(isolated: false) { db in try Metadata.get(db, key: key) }
     guard row.kind == .active else { return SnapshotUsage(size: row.size, inodes: row.inodes) }
     do {
+      if row.limited { return try WritableLimit.usage(layout, row.id, base: row.base) }
       let u = try Tree.diskUsage(layout.files(id: row.id, layer: row.layer))
       return SnapshotUsage(size: u.size, inodes: u.inodes)
     } catch {

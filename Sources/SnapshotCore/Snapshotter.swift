@@ -26,7 +26,7 @@ public final class Snapshotter: Sendable {
   public init(
     root: String, aliasBase: String = Layout.defaultAliasBase, driver: MountDriver = .overlay,
     driverReason: String = "default", layerFormat: LayerFormat = .auto, metrics: Instruments = Instruments(),
-    volatileByDefault: Bool = false, logger: Logger = Logger(label: "snapshotd.core")
+    volatileByDefault: Bool = false, writableSizeByDefault: Int64 = 0, logger: Logger = Logger(label: "snapshotd.core")
   ) throws(SnapshotError) {
     store = try Store(root: root, aliasBase: aliasBase, layerFormat: layerFormat, metrics: metrics, logger: logger)
     let layout = store.layout
@@ -43,7 +43,7 @@ public final class Snapshotter: Sendable {
     collector = ObjectCollector(store: store, pool: pool, driver: driver)
     service = SnapshotService(
       store: store, pool: pool, importer: importer, collector: collector, driver: driver, driverReason: driverReason,
-      volatileByDefault: volatileByDefault)
+      volatileByDefault: volatileByDefault, writableSizeByDefault: writableSizeByDefault)
     // The background queue's jobs, each to the part that owns the work (held weakly: a
     // job queued when the snapshotter goes does nothing).
     store.jobs.attach { [weak pool, weak collector] job in
@@ -71,6 +71,14 @@ public final class Snapshotter: Sendable {
         collector.makeImage(snapshot: row.id)  // (one already an image: its mount checked)
       } else if pending.contains(row.id) {
         collector.dedup(row.id)
+      }
+    }
+    // Size-limited writable layers a reboot (or an unmount) left unmounted, mounted again
+    // before any client can ask for their mounts.
+    let points = Set((try? MountInfo.current())?.map(\.mountPoint) ?? [])
+    for id in try store.read({ db in try Metadata.limitedSnapshots(db) }) {
+      do { try WritableLimit.attach(layout, id, mounted: points) } catch {
+        logger.error("a size-limited snapshot's file system does not mount (snapctl check)", metadata: ["error": "\(error.message)"])
       }
     }
     // Layers still in directories (an earlier version's store) become images meanwhile.

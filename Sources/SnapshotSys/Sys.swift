@@ -134,6 +134,29 @@ public enum Sys {
     }
   }
 
+  /// Mounts the file system in the image file `image` (ext4) at `target` through a loop
+  /// device of its own, which detaches itself when the mount goes (LO_FLAGS_AUTOCLEAR).
+  public static func mountImage(_ image: String, at target: String, type: String, data: String? = nil) throws(SystemError) {
+    let fd = try SystemError.check("open", image) { shim_open(image, O_RDWR | O_CLOEXEC, 0) }
+    defer { Glibc.close(fd) }
+    var index: Int32 = 0
+    let device = shim_loop_attach(fd, &index)
+    guard device >= 0 else { throw SystemError("loop attach", image, errno: -device) }
+    defer { Glibc.close(device) }  // the mount holds the device from here on
+    try mount(source: "/dev/loop\(index)", target: target, type: type, flags: 0, data: data)
+  }
+
+  /// `statvfs(3)`: (bytes in use, inodes in use, bytes free for unprivileged users) of the
+  /// file system holding `path`.
+  public static func fileSystemUse(_ path: String) throws(SystemError) -> (bytes: Int64, inodes: Int64, available: Int64) {
+    var st = statvfs()
+    _ = try SystemError.check("statvfs", path) { statvfs(path, &st) }
+    let block = Int64(st.f_frsize)
+    return (
+      (Int64(st.f_blocks) - Int64(st.f_bfree)) * block, Int64(st.f_files) - Int64(st.f_ffree), Int64(st.f_bavail) * block
+    )
+  }
+
   /// `umount2(2)`.
   public static func unmount(_ target: String, flags: Int32 = 0) throws(SystemError) {
     _ = try SystemError.check("umount2", target) { Glibc.umount2(target, flags) }

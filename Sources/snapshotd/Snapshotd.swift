@@ -77,6 +77,12 @@ struct Snapshotd: AsyncParsableCommand {
   )
   var volatile = false
 
+  @Option(
+    help:
+      "Limit each active snapshot's writes to SIZE (e.g. 10G; 0 = unlimited) with a file system of its own; the label containerd.io/snapshot/disk_quota overrides it per snapshot."
+  )
+  var writableSize: String = "0"
+
   enum DriverChoice: String, ExpressibleByArgument, CaseIterable {
     case overlay, fuse, auto
   }
@@ -86,6 +92,9 @@ struct Snapshotd: AsyncParsableCommand {
     guard !address.isEmpty else { throw ValidationError("--address must not be empty") }
     if let group, Sys.groupID(group) == nil { throw ValidationError("--group \(group): no such group") }
     guard (1...64).contains(fetchConcurrency) else { throw ValidationError("--fetch-concurrency must be 1 to 64, got \(fetchConcurrency)") }
+    guard let size = WritableSize.parse(writableSize), size == 0 || size >= WritableSize.minimum else {
+      throw ValidationError("--writable-size must be 0 or a size of at least 16M (like 10G), got \(writableSize)")
+    }
     guard stopTimeout >= 0, stopTimeout.isFinite else {
       throw ValidationError("--stop-timeout must be 0 or more seconds, got \(stopTimeout)")
     }
@@ -138,7 +147,8 @@ struct Snapshotd: AsyncParsableCommand {
     let metrics = metricsAddress.map { _ in DaemonMetrics() }
     let snapshotter = try Snapshotter(
       root: root, driver: chosen, driverReason: reason, layerFormat: layerFormat,
-      metrics: metrics.map { Instruments(factory: $0.factory) } ?? Instruments(), volatileByDefault: volatile, logger: logger)
+      metrics: metrics.map { Instruments(factory: $0.factory) } ?? Instruments(), volatileByDefault: volatile,
+      writableSizeByDefault: WritableSize.parse(writableSize) ?? 0, logger: logger)
     try prepareSocket()
     let endpoint = try metrics.map {
       try MetricsEndpoint(address: metricsAddress!, metrics: $0, snapshotter: snapshotter, logger: logger)

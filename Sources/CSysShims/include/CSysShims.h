@@ -61,6 +61,12 @@ unsigned int shim_major(unsigned long dev);
 unsigned int shim_minor(unsigned long dev);
 
 /// libFuzzer's entry point for a program with a main of its own (libclang_rt.fuzzer_no_main),
+/// Attaches the open file `fd` to a free loop device (LOOP_CTL_GET_FREE, then LOOP_CONFIGURE
+/// with LO_FLAGS_AUTOCLEAR: the device detaches itself once its last user goes). Returns an
+/// open descriptor of the device, to be held until it is mounted, and its number in
+/// *index; or -errno.
+int shim_loop_attach(int fd, int *index);
+
 /// A relaxed atomic add to a counter in memory another process maps too (snapfs's
 /// request statistics, FuseStats).
 void shim_add_relaxed(unsigned long long *counter, unsigned long long value);
