@@ -22,6 +22,8 @@ final class BackgroundQueue: Sendable {
   enum Job: Sendable {
     /// Make the directory pool's next directories (`DirectoryPool.fill`).
     case fillPool
+    /// Make the next pooled writable file systems (`WritablePool.fill`).
+    case fillWritablePool
     /// Take removed snapshots' directories back into the pool, or delete them
     /// (`DirectoryPool.takeBack`).
     case recyclePool
@@ -35,7 +37,7 @@ final class BackgroundQueue: Sendable {
     /// The lane that runs it, by name (as metrics name it).
     var lane: String {
       switch self {
-      case .fillPool, .recyclePool: "pool"
+      case .fillPool, .recyclePool, .fillWritablePool: "pool"
       case .removeTree: "removals"
       case .collect, .toImages: "upkeep"
       }
@@ -45,6 +47,7 @@ final class BackgroundQueue: Sendable {
     var name: String {
       switch self {
       case .fillPool: "fill_pool"
+      case .fillWritablePool: "fill_writable_pool"
       case .recyclePool: "recycle_pool"
       case .removeTree: "remove_tree"
       case .collect: "collect"

@@ -30,6 +30,8 @@ public final class SnapshotService: StorePart, Sendable {
   let volatileByDefault: Bool
   /// Active snapshots' size limit unless their label says otherwise (0: none; `WritableLimit`).
   let writableSizeByDefault: Int64
+  /// File systems of that size made ahead of time (nil without a default).
+  let writablePool: WritablePool?
   /// Where layers come from when containerd's CRI plugin names them on Prepare (none: the
   /// unpacker makes them).
   let remote = FetcherSlot()
@@ -41,6 +43,9 @@ public final class SnapshotService: StorePart, Sendable {
     self.store = store
     self.volatileByDefault = volatileByDefault
     self.writableSizeByDefault = writableSizeByDefault
+    writablePool =
+      writableSizeByDefault > 0
+      ? WritablePool(layout: store.layout, size: writableSizeByDefault, jobs: store.jobs, logger: store.logger) : nil
     self.pool = pool
     self.importer = importer
     self.collector = collector
@@ -136,7 +141,8 @@ public final class SnapshotService: StorePart, Sendable {
       if limit > 0 {
         do {
           let owner = try parentFiles.map { p throws(SystemError) in try Sys.lstat(p) }.map { ($0.st_uid, $0.st_gid) }
-          let base = try WritableLimit.make(layout, id, size: limit, owner: owner)
+          let pooled = limit == writableSizeByDefault ? writablePool?.take(id, owner: owner) : nil
+          let base = try pooled ?? WritableLimit.make(layout, id, size: limit, owner: owner)
           try Metadata.setWritableLimit(db, id: id, limit: limit, base: base)
         } catch {
           try? WritableLimit.release(layout, id)  // the row rolls back; its directory is an orphan
@@ -427,6 +433,7 @@ public final class SnapshotService: StorePart, Sendable {
       // Layer images a reboot or crash left unmounted, mounted before anything names them.
       try images.mountMissing(
         layers.sorted(), snapshots: rows.filter { $0.kind == .committed && $0.layer == nil }.map(\.id), logger: logger)
+      try Sys.detachMounts(under: layout.temporary)  // pooled writable file systems
       try Tree.remove(layout.temporary)
       try Sys.mkdir(layout.temporary, mode: 0o700)
       let byID = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })

@@ -46,9 +46,10 @@ public final class Snapshotter: Sendable {
       volatileByDefault: volatileByDefault, writableSizeByDefault: writableSizeByDefault)
     // The background queue's jobs, each to the part that owns the work (held weakly: a
     // job queued when the snapshotter goes does nothing).
-    store.jobs.attach { [weak pool, weak collector] job in
+    store.jobs.attach { [weak pool, weak collector, weak service] job in
       switch job {
       case .fillPool: pool?.fill()
+      case .fillWritablePool: service?.writablePool?.fill()
       case .recyclePool: pool?.takeBack()
       case .collect: collector?.runCollect()
       case .toImages: collector?.runToImages()
@@ -56,6 +57,7 @@ public final class Snapshotter: Sendable {
       }
     }
     pool.start()
+    if service.writablePool != nil { store.jobs.submit(.fillWritablePool) }
     // Objects of imports a crash cut short are dropped before an import can reuse them:
     // only what committed was made durable first.
     try collector.collectGarbage(layers: false, sweep: true)

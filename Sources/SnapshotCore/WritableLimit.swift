@@ -1,4 +1,6 @@
+import Logging
 import SnapshotSys
+import Synchronization
 
 #if canImport(Glibc)
   import Glibc
@@ -73,8 +75,10 @@ enum WritableLimit {
   /// `work` in it, `fs` owned as `owner` (the parent's, as containerd's overlay snapshotter
   /// gives its upper). Returns what the empty file system uses.
   static func make(_ layout: Layout, _ id: Int64, size: Int64, owner: (uid_t, gid_t)?) throws(SnapshotError) -> Base {
-    let image = layout.writableImage(id)
-    let mountPoint = layout.writable(id)
+    try make(image: layout.writableImage(id), at: layout.writable(id), size: size, owner: owner)
+  }
+
+  static func make(image: String, at mountPoint: String, size: Int64, owner: (uid_t, gid_t)?) throws(SnapshotError) -> Base {
     do {
       guard let mkfs = Sys.findProgram("mkfs.ext4") ?? ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"].first(where: Sys.exists) else {
         throw SnapshotError(.unavailable, "mkfs.ext4 is not installed (e2fsprogs): size-limited writable layers need it")
@@ -137,5 +141,73 @@ enum WritableLimit {
     try Sys.detachMounts(under: layout.writable(id))
     try Tree.remove(layout.writable(id))
     try? Sys.unlink(layout.writableImage(id))
+  }
+}
+
+/// File systems of the daemon's default limit made ahead of time (`--writable-size`), so a
+/// Prepare with that limit takes one instead of formatting one: a bind mount of a pooled
+/// file system onto the snapshot's `rw`, the pool's own mount gone, the image renamed.
+/// Under `tmp/rw-pool` (which start empties, its mounts detached first).
+final class WritablePool: Sendable {
+  let layout: Layout
+  let size: Int64
+  private let jobs: BackgroundQueue
+  private let logger: Logger
+  private let ready = Mutex<[(n: Int, base: WritableLimit.Base)]>([])
+  private let next = Atomic<Int>(0)
+  /// How many ready file systems the pool keeps.
+  static let depth = 2
+
+  init(layout: Layout, size: Int64, jobs: BackgroundQueue, logger: Logger) {
+    self.layout = layout
+    self.size = size
+    self.jobs = jobs
+    self.logger = logger
+  }
+
+  private var directory: String { layout.temporary + "/rw-pool" }
+  private func mountPoint(_ n: Int) -> String { directory + "/" + String(n) }
+  private func image(_ n: Int) -> String { directory + "/" + String(n) + ".img" }
+
+  /// Gives snapshot `id` a pooled file system (its `fs` owned as `owner`); nil when none is
+  /// ready (the caller makes one).
+  func take(_ id: Int64, owner: (uid_t, gid_t)?) -> WritableLimit.Base? {
+    defer { jobs.submit(.fillWritablePool) }
+    guard let (n, base) = ready.withLock({ $0.popLast() }) else { return nil }
+    let target = layout.writable(id)
+    do {
+      try Sys.mkdirIfMissing(target, mode: 0o700)
+      try Sys.mount(source: mountPoint(n), target: target, type: "", flags: UInt(MS_BIND), data: nil)
+      try Sys.unmount(mountPoint(n))
+      try Sys.rename(image(n), layout.writableImage(id))
+      try? Tree.remove(mountPoint(n))  // an empty directory now
+      if let owner, owner != (0, 0) { try Sys.lchown(target + "/fs", uid: owner.0, gid: owner.1) }
+      return base
+    } catch {
+      logger.warning("a pooled writable file system could not be used", metadata: ["error": "\(error)"])
+      try? Sys.detachMounts(under: target)
+      try? Sys.detachMounts(under: mountPoint(n))
+      try? Tree.remove(mountPoint(n))
+      try? Sys.unlink(image(n))
+      return nil
+    }
+  }
+
+  /// The `fillWritablePool` job: makes file systems until the pool holds `depth`.
+  func fill() {
+    while ready.withLock({ $0.count }) < Self.depth {
+      let n = next.add(1, ordering: .relaxed).newValue
+      do {
+        try Sys.mkdirIfMissing(directory, mode: 0o700)
+        let base = try WritableLimit.make(image: image(n), at: mountPoint(n), size: size, owner: nil)
+        ready.withLock { $0.append((n, base)) }
+      } catch {
+        logger.warning("cannot make a pooled writable file system", metadata: ["error": "\(error)"])
+        try? Sys.detachMounts(under: mountPoint(n))
+        try? Tree.remove(mountPoint(n))
+        try? Sys.unlink(image(n))
+        return
+      }
+    }
   }
 }
