@@ -27,6 +27,10 @@ test_cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   unmount_under "$t"
+  # The short aliases of roots under $t that daemons made (/run/sd/<6 hex>, and their marks).
+  for alias in /run/sd/*; do
+    case $(readlink "$alias" 2>/dev/null) in "$t"/*) rm -rf "$alias" "$alias.volatile" ;; esac
+  done
   if [ -n "${KEEP:-}" ]; then echo "$test_name: kept $t" >&2; else rm -rf "$t"; fi
 }
 
