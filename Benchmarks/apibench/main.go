@@ -42,6 +42,7 @@ func main() {
 	depth := flag.Int("depth", 32, "chain depth for the deep prepare case")
 	scale := flag.Int("scale", 10000, "snapshots in the store for the scale case (0 skips)")
 	scaleOn := flag.String("scale-on", "", "comma-separated servers for the scale case (default: the first)")
+	pause := flag.Duration("pause", 0, "sleep between cycles, not timed (background work catches up, as between container starts)")
 	flag.Parse()
 	ctx := context.Background()
 
@@ -71,6 +72,7 @@ func main() {
 		for _, t := range ts {
 			for i := done; i < done+*round && i < *n; i++ {
 				cycle(ctx, t, fmt.Sprint(i), t.s)
+				time.Sleep(*pause)
 			}
 		}
 	}
@@ -87,6 +89,7 @@ func main() {
 			k := fmt.Sprintf("deep-%d", i)
 			timed(t.s, deep, func() error { _, err := t.sn.Prepare(ctx, k, parent); return err })
 			check(t.sn.Remove(ctx, k))
+			time.Sleep(*pause)
 		}
 	}
 

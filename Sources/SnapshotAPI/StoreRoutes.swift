@@ -44,6 +44,19 @@ public enum StoreRoutes {
             })
         ]
       },
+      service + "Describe": .unary { bytes in
+        let request: Snapshotd_V1_DescribeRequest = try decode(bytes, "Describe")
+        let d = try run("Describe", logger) { () throws(SnapshotError) in try s.describe(key: request.key) }
+        return [
+          try encode(
+            Snapshotd_V1_DescribeResponse.with {
+              $0.volatile = d.volatile
+              $0.volatileUntrusted = d.volatileUntrusted
+              $0.sizeLimit = d.sizeLimit
+              $0.available = d.available
+            })
+        ]
+      },
       service + "GC": .unary { bytes in
         let _: Snapshotd_V1_GCRequest = try decode(bytes, "GC")
         let r = try run("GC", logger) { () throws(SnapshotError) in try s.collectGarbage() }

@@ -97,3 +97,22 @@ public struct StoreUsage: Sendable, Equatable, Codable {
     self.logicalBytes = logicalBytes
   }
 }
+
+/// What snapshotd keeps about a snapshot beyond containerd's Info (`snapctl stat`, `usage`).
+public struct SnapshotDetails: Sendable, Equatable {
+  /// Its writable layer is mounted volatile (`Volatile`).
+  public var volatile: Bool
+  /// Volatile, and the host restarted since it was prepared: not to be trusted.
+  public var volatileUntrusted: Bool
+  /// Its writable layer's size limit in bytes (0: none; `WritableLimit`).
+  public var sizeLimit: Int64
+  /// Bytes its writable file system has left, for a limited active snapshot.
+  public var available: Int64
+
+  public init(volatile: Bool, volatileUntrusted: Bool, sizeLimit: Int64, available: Int64) {
+    self.volatile = volatile
+    self.volatileUntrusted = volatileUntrusted
+    self.sizeLimit = sizeLimit
+    self.available = available
+  }
+}

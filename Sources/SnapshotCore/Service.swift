@@ -272,10 +272,10 @@ public final class SnapshotService: StorePart, Sendable {
       try Metadata.setLabels(db, id: row.id, labels)
     }
     if found.volatile { Volatile.unmark(layout, found.id) }
+    // Its own file system goes in the background (an ext4 unmount waits for its journal).
     if found.limited {
-      do { try WritableLimit.release(layout, found.id) } catch {
-        logger.warning("cannot release a committed snapshot's writable image", metadata: ["key": "\(name)", "error": "\(error)"])
-      }
+      jobs.submit(.removeTree(layout.writable(found.id)))
+      jobs.submit(.removeTree(layout.writableImage(found.id)))
     }
     // Its files become stubs of shared content objects now, before the caller hears of the
     // commit: no mount can have the new layer as a lower one yet, so none sees them change.
@@ -310,6 +310,18 @@ public final class SnapshotService: StorePart, Sendable {
       let row = try Metadata.get(db, key: key)
       return try Self.info(row, labels: Metadata.labels(db, id: row.id))
     }
+  }
+
+  /// What snapshotd keeps about a snapshot beyond containerd's Info.
+  public func describe(key: String) throws(SnapshotError) -> SnapshotDetails {
+    try Validate.key(key, what: "key")
+    let row = try lookup { db in try Metadata.get(db, key: key) }
+    let active = row.kind == .active
+    var details = SnapshotDetails(
+      volatile: active && row.volatile, volatileUntrusted: active && row.volatile && !Volatile.intact(layout, row.id),
+      sizeLimit: active ? row.sizeLimit : 0, available: 0)
+    if active && row.limited { details.available = (try? Sys.fileSystemUse(layout.writable(row.id)).available) ?? 0 }
+    return details
   }
 
   /// Update: replaces the labels (no field paths, or `labels`) or single labels

@@ -78,6 +78,12 @@ public final class Snapshotter: Sendable {
     // Size-limited writable layers a reboot (or an unmount) left unmounted, mounted again
     // before any client can ask for their mounts.
     let points = Set((try? MountInfo.current())?.map(\.mountPoint) ?? [])
+    // A committed snapshot's file system a crash left (its removal runs after the commit).
+    for row in committed where row.limited && Sys.exists(layout.writableImage(row.id)) {
+      do { try WritableLimit.release(layout, row.id) } catch {
+        logger.warning("cannot remove a committed snapshot's writable image", metadata: ["error": "\(error)"])
+      }
+    }
     for id in try store.read({ db in try Metadata.limitedSnapshots(db) }) {
       do { try WritableLimit.attach(layout, id, mounted: points) } catch {
         logger.error("a size-limited snapshot's file system does not mount (snapctl check)", metadata: ["error": "\(error.message)"])
@@ -114,6 +120,7 @@ public final class Snapshotter: Sendable {
   }
   public func remove(key: String) throws(SnapshotError) { try service.remove(key: key) }
   public func stat(key: String) throws(SnapshotError) -> SnapshotInfo { try service.stat(key: key) }
+  public func describe(key: String) throws(SnapshotError) -> SnapshotDetails { try service.describe(key: key) }
   public func update(_ info: SnapshotInfo, fieldPaths: [String]) throws(SnapshotError) -> SnapshotInfo {
     try service.update(info, fieldPaths: fieldPaths)
   }

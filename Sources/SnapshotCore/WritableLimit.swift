@@ -24,12 +24,15 @@ public enum WritableSize {
   /// Bytes from a size as snapshotd's flag and the label take it (`WritableLimit.parse`).
   public static func parse(_ text: String) -> Int64? { WritableLimit.parse(text) }
   public static let minimum = WritableLimit.minimum
+  public static let maximum = WritableLimit.maximum
 }
 
 enum WritableLimit {
   static let label = "containerd.io/snapshot/disk_quota"
   /// The smallest limit: ext4's own metadata (its journal, inode tables) needs a few MiB.
   static let minimum: Int64 = 16 << 20
+  /// The largest: an image is one file, and ext4 (4 KiB blocks) holds files up to 16 TiB.
+  static let maximum: Int64 = 15 << 40
 
   /// Bytes from `10G`, `512Mi`, `1048576` (K, M, G, T with or without `i` or `B`: powers of 1024).
   static func parse(_ text: String) -> Int64? {
@@ -54,6 +57,7 @@ enum WritableLimit {
     guard let value = labels[label] else { return byDefault }
     guard let bytes = parse(value) else { throw .invalid("label \(label)=\(quoted(value)): expected a size like 10G or a number of bytes") }
     guard bytes == 0 || bytes >= minimum else { throw .invalid("label \(label)=\(quoted(value)): the smallest limit is 16M") }
+    guard bytes <= maximum else { throw .invalid("label \(label)=\(quoted(value)): the largest limit is 15T") }
     return bytes
   }
 
@@ -156,7 +160,7 @@ final class WritablePool: Sendable {
   private let ready = Mutex<[(n: Int, base: WritableLimit.Base)]>([])
   private let next = Atomic<Int>(0)
   /// How many ready file systems the pool keeps.
-  static let depth = 2
+  static let depth = 4
 
   init(layout: Layout, size: Int64, jobs: BackgroundQueue, logger: Logger) {
     self.layout = layout
@@ -178,7 +182,7 @@ final class WritablePool: Sendable {
     do {
       try Sys.mkdirIfMissing(target, mode: 0o700)
       try Sys.mount(source: mountPoint(n), target: target, type: "", flags: UInt(MS_BIND), data: nil)
-      try Sys.unmount(mountPoint(n))
+      try Sys.unmount(mountPoint(n), flags: Int32(MNT_DETACH))  // the bind holds the file system
       try Sys.rename(image(n), layout.writableImage(id))
       try? Tree.remove(mountPoint(n))  // an empty directory now
       if let owner, owner != (0, 0) { try Sys.lchown(target + "/fs", uid: owner.0, gid: owner.1) }

@@ -101,8 +101,21 @@ struct Stat: AsyncParsableCommand {
 
   func run() async throws {
     try await reporting {
+      let key = self.key
       let info = try await client.run { try await $0.stat(.with { $0.key = key }).info.core }
-      if client.json { print(Output.json(info)) } else { Output.infos([info], asJSON: false) }
+      let d = try await client.store { try await $0.describe(request: .init(message: .with { $0.key = key })) }
+      if client.json {
+        print(
+          Output.json(info).dropLast()
+            + ",\"volatile\":\(d.volatile),\"volatileUntrusted\":\(d.volatileUntrusted),\"sizeLimit\":\(d.sizeLimit),\"available\":\(d.available)}"
+        )
+        return
+      }
+      Output.infos([info], asJSON: false)
+      var writable: [String] = []
+      if d.volatile { writable.append(d.volatileUntrusted ? "volatile, untrusted: the host restarted since it was prepared" : "volatile") }
+      if d.sizeLimit > 0 { writable.append("limit \(Output.bytes(d.sizeLimit)), \(Output.bytes(d.available)) free") }
+      if !writable.isEmpty { print("writable layer: " + writable.joined(separator: "; ")) }
     }
   }
 }
@@ -163,10 +176,21 @@ struct Usage: AsyncParsableCommand {
         }
         return rows
       }
+      // Each snapshot's writable limit (0: none).
+      let limits: [Int64] = try await client.store { s in
+        var limits: [Int64] = []
+        for (key, _, _) in rows { limits.append(try await s.describe(request: .init(message: .with { $0.key = key })).sizeLimit) }
+        return limits
+      }
       if client.json {
-        print("[" + rows.map { "{\"key\":\(Output.json($0.0)),\"size\":\($0.1),\"inodes\":\($0.2)}" }.joined(separator: ",") + "]")
+        print(
+          "["
+            + zip(rows, limits).map { "{\"key\":\(Output.json($0.0.0)),\"size\":\($0.0.1),\"inodes\":\($0.0.2),\"limit\":\($0.1)}" }
+            .joined(separator: ",") + "]")
       } else {
-        Output.table(["KEY", "SIZE", "INODES"], rows.map { [$0.0, String($0.1), String($0.2)] })
+        Output.table(
+          ["KEY", "SIZE", "INODES", "LIMIT"],
+          zip(rows, limits).map { [$0.0.0, String($0.0.1), String($0.0.2), $0.1 > 0 ? Output.bytes($0.1) : "-"] })
       }
     }
   }

@@ -92,8 +92,8 @@ struct Snapshotd: AsyncParsableCommand {
     guard !address.isEmpty else { throw ValidationError("--address must not be empty") }
     if let group, Sys.groupID(group) == nil { throw ValidationError("--group \(group): no such group") }
     guard (1...64).contains(fetchConcurrency) else { throw ValidationError("--fetch-concurrency must be 1 to 64, got \(fetchConcurrency)") }
-    guard let size = WritableSize.parse(writableSize), size == 0 || size >= WritableSize.minimum else {
-      throw ValidationError("--writable-size must be 0 or a size of at least 16M (like 10G), got \(writableSize)")
+    guard let size = WritableSize.parse(writableSize), size == 0 || (WritableSize.minimum...WritableSize.maximum).contains(size) else {
+      throw ValidationError("--writable-size must be 0 or a size from 16M to 15T (like 10G), got \(writableSize)")
     }
     guard stopTimeout >= 0, stopTimeout.isFinite else {
       throw ValidationError("--stop-timeout must be 0 or more seconds, got \(stopTimeout)")

@@ -182,6 +182,11 @@ case("Prepare wire-active", SNAP + "Prepare", S.PrepareSnapshotRequest(key="wire
 case("Prepare wire-c", SNAP + "Prepare", S.PrepareSnapshotRequest(key="wire-c"), expect=C.OK)
 case("Commit wire-c as wire-committed", SNAP + "Commit", S.CommitSnapshotRequest(name="wire-committed", key="wire-c"), expect=C.OK)
 
+def big_label(key, value):
+    """Whether a label is over containerd's 4096 bytes per key and value."""
+    return len(key.encode()) + len(value.encode()) > 4096 or value == MARK
+
+
 # Every string field of every request, with every string class.
 for i, v in enumerate(STRINGS):
     tag = f"string #{i} ({len(v)} chars)"
@@ -203,6 +208,14 @@ for i, v in enumerate(STRINGS):
         ("Remove", lambda v: S.RemoveSnapshotRequest(key=v)),
     ]:
         case(f"{method} key={tag}", SNAP + method, make(v), expect={C.INVALID_ARGUMENT, C.NOT_FOUND} if bad_key else C.NOT_FOUND)
+    case(f"Store.Describe key={tag}", STORE + "Describe", T.DescribeRequest(key=v),
+         expect={C.INVALID_ARGUMENT, C.NOT_FOUND} if bad_key else C.NOT_FOUND)
+    # The writable layer's labels with every string: refused or taken, never worse.
+    for label in ("containerd.io/snapshot/overlay.volatile", "containerd.io/snapshot/disk_quota"):
+        case(f"Prepare {label.rsplit('/', 1)[-1]}={tag}", SNAP + "Prepare",
+             S.PrepareSnapshotRequest(key=f"q{i}", parent="wire-committed", labels={label: v}),
+             expect=C.INVALID_ARGUMENT if big_label(label, v) else {C.OK, C.INVALID_ARGUMENT})
+        case(f"Remove q{i}", SNAP + "Remove", S.RemoveSnapshotRequest(key=f"q{i}"), expect={C.OK, C.NOT_FOUND})
     case(f"Commit name={tag}", SNAP + "Commit", S.CommitSnapshotRequest(name=v, key="nonexistent"),
          expect={C.INVALID_ARGUMENT, C.NOT_FOUND} if bad_key else C.NOT_FOUND)
     case(f"Commit key={tag}", SNAP + "Commit", S.CommitSnapshotRequest(name="x", key=v),
@@ -217,6 +230,14 @@ for i, v in enumerate(STRINGS):
     case(f"Remove l{i}", SNAP + "Remove", S.RemoveSnapshotRequest(key=f"l{i}"), expect={C.OK, C.NOT_FOUND})
     case(f"List filter={tag}", SNAP + "List", S.ListSnapshotsRequest(filters=[v]), "server_stream",
          expect=C.INVALID_ARGUMENT if v == MARK else None)
+
+# Sizes for the writable layer's limit: the smallest, too small, too large, overflowing.
+for size, want in [("16M", C.OK), ("16777215", C.INVALID_ARGUMENT), ("0", C.OK), ("1T", C.OK), ("16T", C.INVALID_ARGUMENT),
+                   ("9223372036854775807", C.INVALID_ARGUMENT), ("99999999999999999999", C.INVALID_ARGUMENT),
+                   ("8E", C.INVALID_ARGUMENT), ("-1G", C.INVALID_ARGUMENT), ("1.5G", C.INVALID_ARGUMENT), ("G", C.INVALID_ARGUMENT)]:
+    case(f"Prepare disk_quota={size}", SNAP + "Prepare",
+         S.PrepareSnapshotRequest(key="quota", parent="wire-committed", labels={"containerd.io/snapshot/disk_quota": size}), expect=want)
+    case("Remove quota", SNAP + "Remove", S.RemoveSnapshotRequest(key="quota"), expect={C.OK, C.NOT_FOUND})
 
 # Update's times: containerd's metadata store sends Go's zero time; any value must do.
 for s in TIMES:
@@ -293,7 +314,7 @@ for method, shape in [("Prepare", "unary"), ("View", "unary"), ("Mounts", "unary
     for garbage in (b"\xff\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", b"\x0a\x05ab", b"\x12" + MARK.encode()):
         case(f"{method} malformed {garbage[:4]!r}", SNAP + method, garbage, shape, expect=C.INVALID_ARGUMENT)
 for method, shape in [("ImportImage", "server_stream"), ("Pull", "server_stream"), ("Usage", "unary"),
-                      ("GC", "unary"), ("Check", "server_stream"), ("Info", "unary")]:
+                      ("GC", "unary"), ("Check", "server_stream"), ("Info", "unary"), ("Describe", "unary")]:
     for garbage in (b"\xff\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f"):
         case(f"Store.{method} malformed", STORE + method, garbage, shape, expect=C.INVALID_ARGUMENT)
 case("ImportLayer malformed", STORE + "ImportLayer", [b"\xff\xff\xff\xff"], "client_stream", expect=C.INVALID_ARGUMENT)
@@ -378,7 +399,8 @@ for ref, platform, want in [("", "", C.INVALID_ARGUMENT), ("../x", "", C.INVALID
 
 for method, request, shape in [("Usage", T.StoreUsageRequest(), "unary"), ("Info", T.InfoRequest(), "unary"),
                                ("GC", T.GCRequest(), "unary"), ("Check", T.CheckRequest(), "server_stream"),
-                               ("Check", T.CheckRequest(repair=True), "server_stream")]:
+                               ("Check", T.CheckRequest(repair=True), "server_stream"),
+                               ("Describe", T.DescribeRequest(key="wire-active"), "unary")]:
     case(f"Store.{method}", STORE + method, request, shape, expect=C.OK)
 
 # An import the client cancels stops: a sparse 64 GiB file read as a plain tar (zeros end

@@ -49,7 +49,6 @@ public enum Snapshotd_V1_Store: Sendable {
                 type: .serverStreaming
             )
         }
-
         /// Namespace for "Pull" metadata.
         public enum Pull: Sendable {
             /// Request type for "Pull".
@@ -115,6 +114,19 @@ public enum Snapshotd_V1_Store: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "Describe" metadata.
+        public enum Describe: Sendable {
+            /// Request type for "Describe".
+            public typealias Input = Snapshotd_V1_DescribeRequest
+            /// Response type for "Describe".
+            public typealias Output = Snapshotd_V1_DescribeResponse
+            /// Descriptor for "Describe".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "snapshotd.v1.Store"),
+                method: "Describe",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "snapshotd.v1.Store" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             ImportLayer.descriptor,
@@ -123,7 +135,8 @@ public enum Snapshotd_V1_Store: Sendable {
             Usage.descriptor,
             GC.descriptor,
             Check.descriptor,
-            Info.descriptor
+            Info.descriptor,
+            Describe.descriptor
         ]
     }
 }
@@ -196,8 +209,8 @@ extension Snapshotd_V1_Store {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > An OCI image layout directory or OCI archive on the daemon's host. Streams progress;
-        /// > the last message carries the top chainID.
+        /// > Pulls an image from its registry into the store (each layer unpacked once, several
+        /// > at once); the last message carries the top chainID.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Snapshotd_V1_PullRequest` message.
@@ -305,6 +318,30 @@ extension Snapshotd_V1_Store {
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_InfoResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
+
+        /// Call the "Describe" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > What snapshotd keeps about a snapshot beyond containerd's Info: whether its writable
+        /// > layer is volatile, and its size limit.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Snapshotd_V1_DescribeRequest` message.
+        ///   - serializer: A serializer for `Snapshotd_V1_DescribeRequest` messages.
+        ///   - deserializer: A deserializer for `Snapshotd_V1_DescribeResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func describe<Result>(
+            request: GRPCCore.ClientRequest<Snapshotd_V1_DescribeRequest>,
+            serializer: some GRPCCore.MessageSerializer<Snapshotd_V1_DescribeRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_DescribeResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_DescribeResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
     }
 
     /// Generated client for the "snapshotd.v1.Store" service.
@@ -396,8 +433,8 @@ extension Snapshotd_V1_Store {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > An OCI image layout directory or OCI archive on the daemon's host. Streams progress;
-        /// > the last message carries the top chainID.
+        /// > Pulls an image from its registry into the store (each layer unpacked once, several
+        /// > at once); the last message carries the top chainID.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Snapshotd_V1_PullRequest` message.
@@ -556,6 +593,41 @@ extension Snapshotd_V1_Store {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "Describe" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > What snapshotd keeps about a snapshot beyond containerd's Info: whether its writable
+        /// > layer is volatile, and its size limit.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Snapshotd_V1_DescribeRequest` message.
+        ///   - serializer: A serializer for `Snapshotd_V1_DescribeRequest` messages.
+        ///   - deserializer: A deserializer for `Snapshotd_V1_DescribeResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func describe<Result>(
+            request: GRPCCore.ClientRequest<Snapshotd_V1_DescribeRequest>,
+            serializer: some GRPCCore.MessageSerializer<Snapshotd_V1_DescribeRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Snapshotd_V1_DescribeResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_DescribeResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Snapshotd_V1_Store.Method.Describe.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -625,8 +697,8 @@ extension Snapshotd_V1_Store.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > An OCI image layout directory or OCI archive on the daemon's host. Streams progress;
-    /// > the last message carries the top chainID.
+    /// > Pulls an image from its registry into the store (each layer unpacked once, several
+    /// > at once); the last message carries the top chainID.
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Snapshotd_V1_PullRequest` message.
@@ -760,6 +832,36 @@ extension Snapshotd_V1_Store.ClientProtocol {
             onResponse: handleResponse
         )
     }
+
+    /// Call the "Describe" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > What snapshotd keeps about a snapshot beyond containerd's Info: whether its writable
+    /// > layer is volatile, and its size limit.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Snapshotd_V1_DescribeRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func describe<Result>(
+        request: GRPCCore.ClientRequest<Snapshotd_V1_DescribeRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_DescribeResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.describe(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Snapshotd_V1_DescribeRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Snapshotd_V1_DescribeResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
 }
 
 // Helpers providing sugared APIs for 'ClientProtocol' methods.
@@ -837,8 +939,8 @@ extension Snapshotd_V1_Store.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > An OCI image layout directory or OCI archive on the daemon's host. Streams progress;
-    /// > the last message carries the top chainID.
+    /// > Pulls an image from its registry into the store (each layer unpacked once, several
+    /// > at once); the last message carries the top chainID.
     ///
     /// - Parameters:
     ///   - message: request message to send.
@@ -987,6 +1089,40 @@ extension Snapshotd_V1_Store.ClientProtocol {
             metadata: metadata
         )
         return try await self.info(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Describe" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > What snapshotd keeps about a snapshot beyond containerd's Info: whether its writable
+    /// > layer is volatile, and its size limit.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func describe<Result>(
+        _ message: Snapshotd_V1_DescribeRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Snapshotd_V1_DescribeResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Snapshotd_V1_DescribeRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.describe(
             request: request,
             options: options,
             onResponse: handleResponse

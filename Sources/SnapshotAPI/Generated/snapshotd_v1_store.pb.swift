@@ -115,8 +115,10 @@ public nonisolated struct Snapshotd_V1_PullRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// registry/repository[:tag][@digest]
   public var reference: String = String()
 
+  /// os/arch[/variant]; empty: the daemon's own
   public var platform: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -278,6 +280,40 @@ public nonisolated struct Snapshotd_V1_InfoResponse: Sendable {
 
   /// why this driver: configured, or what --driver auto probed
   public var driverReason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Snapshotd_V1_DescribeRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var key: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Snapshotd_V1_DescribeResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// mounted volatile (active snapshots)
+  public var volatile: Bool = false
+
+  /// volatile, and the host restarted since it was prepared
+  public var volatileUntrusted: Bool = false
+
+  /// its writable layer's limit in bytes; 0: none
+  public var sizeLimit: Int64 = 0
+
+  /// bytes its writable file system has left (limited active snapshots)
+  public var available: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -842,6 +878,81 @@ nonisolated extension Snapshotd_V1_InfoResponse: SwiftProtobuf.Message, SwiftPro
     if lhs.driver != rhs.driver {return false}
     if lhs.root != rhs.root {return false}
     if lhs.driverReason != rhs.driverReason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Snapshotd_V1_DescribeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DescribeRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.key) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.key.isEmpty {
+      try visitor.visitSingularStringField(value: self.key, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Snapshotd_V1_DescribeRequest, rhs: Snapshotd_V1_DescribeRequest) -> Bool {
+    if lhs.key != rhs.key {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Snapshotd_V1_DescribeResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DescribeResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}volatile\0\u{3}volatile_untrusted\0\u{3}size_limit\0\u{1}available\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.volatile) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.volatileUntrusted) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.sizeLimit) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.available) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.volatile != false {
+      try visitor.visitSingularBoolField(value: self.volatile, fieldNumber: 1)
+    }
+    if self.volatileUntrusted != false {
+      try visitor.visitSingularBoolField(value: self.volatileUntrusted, fieldNumber: 2)
+    }
+    if self.sizeLimit != 0 {
+      try visitor.visitSingularInt64Field(value: self.sizeLimit, fieldNumber: 3)
+    }
+    if self.available != 0 {
+      try visitor.visitSingularInt64Field(value: self.available, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Snapshotd_V1_DescribeResponse, rhs: Snapshotd_V1_DescribeResponse) -> Bool {
+    if lhs.volatile != rhs.volatile {return false}
+    if lhs.volatileUntrusted != rhs.volatileUntrusted {return false}
+    if lhs.sizeLimit != rhs.sizeLimit {return false}
+    if lhs.available != rhs.available {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
