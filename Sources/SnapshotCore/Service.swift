@@ -45,7 +45,8 @@ public final class SnapshotService: StorePart, Sendable {
     self.writableSizeByDefault = writableSizeByDefault
     writablePool =
       writableSizeByDefault > 0
-      ? WritablePool(layout: store.layout, size: writableSizeByDefault, jobs: store.jobs, logger: store.logger) : nil
+      ? WritablePool(
+        layout: store.layout, size: writableSizeByDefault, directories: pool, jobs: store.jobs, logger: store.logger) : nil
     self.pool = pool
     self.importer = importer
     self.collector = collector
@@ -85,6 +86,8 @@ public final class SnapshotService: StorePart, Sendable {
     try Validate.labels(labels, key: key)
     let volatile = kind == .active ? try Volatile.wanted(labels, byDefault: volatileByDefault) : false
     let limit = kind == .active ? try WritableLimit.wanted(labels, byDefault: writableSizeByDefault) : 0
+    // A directory with a file system of the default limit, made ahead of time.
+    let ready = limit > 0 && limit == writableSizeByDefault ? writablePool?.take() : nil
     let layout = self.layout
     let driver = self.driver
     let images = store.images.available
@@ -114,8 +117,8 @@ public final class SnapshotService: StorePart, Sendable {
         }
         parentID = p.id
       }
-      let pooled = pool.take()
-      let id = pooled ?? pool.reserveID()
+      let pooled = ready == nil ? pool.take() : nil
+      let id = ready?.id ?? pooled ?? pool.reserveID()
       defer { pool.release(id) }
       // A key taken already fails the insert (UNIQUE), which is the existence check; the
       // untouched pooled directory goes back to the pool.
@@ -124,14 +127,14 @@ public final class SnapshotService: StorePart, Sendable {
           try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos(), volatile: volatile)
         }
       } catch {
-        if pooled != nil { pool.recycle(id) }
+        if pooled != nil || ready != nil { pool.recycle(id) }
         throw error
       }
       try Metadata.insertLabels(db, id: id, labels)
       if volatile { try Volatile.mark(layout, id) }
       let lowers = try parentID.map { try Metadata.parentChain(db, of: $0) } ?? []
       let parentFiles = lowers.first.map { layout.files(id: $0.id, layer: $0.layer) }
-      if pooled == nil {
+      if pooled == nil && ready == nil {
         try DirectoryPool.makeDirectory(layout, id: id, kind: kind, parent: parentFiles)
         try Sys.fsyncDirectory(layout.dir(id))
         try Sys.fsyncDirectory(layout.snapshots)
@@ -141,8 +144,15 @@ public final class SnapshotService: StorePart, Sendable {
       if limit > 0 {
         do {
           let owner = try parentFiles.map { p throws(SystemError) in try Sys.lstat(p) }.map { ($0.st_uid, $0.st_gid) }
-          let pooled = limit == writableSizeByDefault ? writablePool?.take(id, owner: owner) : nil
-          let base = try pooled ?? WritableLimit.make(layout, id, size: limit, owner: owner)
+          let base: WritableLimit.Base
+          if let ready {
+            base = ready.base
+            if let owner, owner.0 != geteuid() || owner.1 != getegid() {
+              try Sys.lchown(layout.upper(id, limited: true), uid: owner.0, gid: owner.1)
+            }
+          } else {
+            base = try WritableLimit.make(layout, id, size: limit, owner: owner)
+          }
           try Metadata.setWritableLimit(db, id: id, limit: limit, base: base)
         } catch {
           try? WritableLimit.release(layout, id)  // the row rolls back; its directory is an orphan

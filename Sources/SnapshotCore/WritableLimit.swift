@@ -148,68 +148,53 @@ enum WritableLimit {
   }
 }
 
-/// File systems of the daemon's default limit made ahead of time (`--writable-size`), so a
-/// Prepare with that limit takes one instead of formatting one: a bind mount of a pooled
-/// file system onto the snapshot's `rw`, the pool's own mount gone, the image renamed.
-/// Under `tmp/rw-pool` (which start empties, its mounts detached first).
+/// Snapshot directories with a file system of the daemon's default limit made ahead of time
+/// (`--writable-size`): `s/<id>` with its `rw` formatted and mounted, its id reserved in the
+/// directory pool, so a Prepare with that limit takes one and writes only its row, as an
+/// unlimited Prepare takes a pooled directory. A directory no row ever names is an orphan
+/// that cleanup and every start remove (its mount detached first).
 final class WritablePool: Sendable {
   let layout: Layout
   let size: Int64
+  private let directories: DirectoryPool
   private let jobs: BackgroundQueue
   private let logger: Logger
-  private let ready = Mutex<[(n: Int, base: WritableLimit.Base)]>([])
-  private let next = Atomic<Int>(0)
-  /// How many ready file systems the pool keeps.
+  private let ready = Mutex<[(id: Int64, base: WritableLimit.Base)]>([])
+  /// How many ready directories the pool keeps: each costs about 4.4 MiB of disk and a
+  /// mount (docs/benchmarks.md).
   static let depth = 4
 
-  init(layout: Layout, size: Int64, jobs: BackgroundQueue, logger: Logger) {
+  init(layout: Layout, size: Int64, directories: DirectoryPool, jobs: BackgroundQueue, logger: Logger) {
     self.layout = layout
     self.size = size
+    self.directories = directories
     self.jobs = jobs
     self.logger = logger
   }
 
-  private var directory: String { layout.temporary + "/rw-pool" }
-  private func mountPoint(_ n: Int) -> String { directory + "/" + String(n) }
-  private func image(_ n: Int) -> String { directory + "/" + String(n) + ".img" }
-
-  /// Gives snapshot `id` a pooled file system (its `fs` owned as `owner`); nil when none is
-  /// ready (the caller makes one).
-  func take(_ id: Int64, owner: (uid_t, gid_t)?) -> WritableLimit.Base? {
+  /// A ready directory's id (reserved: release it in the directory pool once the
+  /// transaction using it is over) and what its empty file system uses; nil when none is
+  /// ready.
+  func take() -> (id: Int64, base: WritableLimit.Base)? {
     defer { jobs.submit(.fillWritablePool) }
-    guard let (n, base) = ready.withLock({ $0.popLast() }) else { return nil }
-    let target = layout.writable(id)
-    do {
-      try Sys.mkdirIfMissing(target, mode: 0o700)
-      try Sys.mount(source: mountPoint(n), target: target, type: "", flags: UInt(MS_BIND), data: nil)
-      try Sys.unmount(mountPoint(n), flags: Int32(MNT_DETACH))  // the bind holds the file system
-      try Sys.rename(image(n), layout.writableImage(id))
-      try? Tree.remove(mountPoint(n))  // an empty directory now
-      if let owner, owner != (0, 0) { try Sys.lchown(target + "/fs", uid: owner.0, gid: owner.1) }
-      return base
-    } catch {
-      logger.warning("a pooled writable file system could not be used", metadata: ["error": "\(error)"])
-      try? Sys.detachMounts(under: target)
-      try? Sys.detachMounts(under: mountPoint(n))
-      try? Tree.remove(mountPoint(n))
-      try? Sys.unlink(image(n))
-      return nil
-    }
+    return ready.withLock { $0.isEmpty ? nil : $0.removeFirst() }
   }
 
-  /// The `fillWritablePool` job: makes file systems until the pool holds `depth`.
+  /// The `fillWritablePool` job: makes directories until the pool holds `depth`.
   func fill() {
     while ready.withLock({ $0.count }) < Self.depth {
-      let n = next.add(1, ordering: .relaxed).newValue
+      let id = directories.reserveID()
       do {
-        try Sys.mkdirIfMissing(directory, mode: 0o700)
-        let base = try WritableLimit.make(image: image(n), at: mountPoint(n), size: size, owner: nil)
-        ready.withLock { $0.append((n, base)) }
+        try DirectoryPool.makeDirectory(layout, id: id, kind: .active, parent: nil)
+        let base = try WritableLimit.make(layout, id, size: size, owner: nil)
+        try Sys.fsyncDirectory(layout.dir(id))
+        try Sys.fsyncDirectory(layout.snapshots)
+        ready.withLock { $0.append((id, base)) }
       } catch {
-        logger.warning("cannot make a pooled writable file system", metadata: ["error": "\(error)"])
-        try? Sys.detachMounts(under: mountPoint(n))
-        try? Tree.remove(mountPoint(n))
-        try? Sys.unlink(image(n))
+        logger.warning("cannot make a size-limited snapshot directory ahead of time", metadata: ["error": "\(error)"])
+        try? WritableLimit.release(layout, id)
+        try? Tree.remove(layout.dir(id))
+        directories.release(id)
         return
       }
     }
