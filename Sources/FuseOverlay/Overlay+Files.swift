@@ -15,7 +15,7 @@ extension Overlay {
     throws(Errno) -> T
   {
     let writes = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
-    let clean = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_NOFOLLOW | O_CLOEXEC
+    let clean = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | (volatile ? O_SYNC | O_DSYNC : 0))) | O_NOFOLLOW | O_CLOEXEC
     if writes {
       return try tree.write { () throws(Errno) -> T in
         try copyUp(node, data: flags & O_TRUNC == 0)

@@ -44,6 +44,8 @@ final class Overlay: @unchecked Sendable {
   let dataLayers: [Int32]
   /// overlayfs's `metacopy` (see `Options.metacopy`).
   let metacopy: Bool
+  /// Mounted `volatile`: opens drop O_SYNC and O_DSYNC, as overlayfs does (ovl_write_iter).
+  let volatile: Bool
   /// Whether lower layers' directory redirects are followed (`Options.followsRedirects`).
   let followsRedirects: Bool
   /// The index of the bottom normal layer.
@@ -65,6 +67,7 @@ final class Overlay: @unchecked Sendable {
 
   /// Opens the layers; throws a message naming the layer that cannot be used.
   init(_ options: Options) throws(Options.Invalid) {
+    volatile = options.volatile
     var paths: [String] = []
     if let upper = options.upper { paths.append(upper) }
     paths += options.lowers

@@ -108,7 +108,10 @@ extension ObjectCollector {
         }
         let prefix = layout.snapshots + "/"
         for point in mountPoints.sorted() where point.hasPrefix(prefix) && point.hasSuffix("/rw") {
-          guard let id = Int64(point.dropFirst(prefix.count).dropLast(3)), !limited.contains(id) else { continue }
+          // (Directories made ahead of time for the default limit are the pool's.)
+          guard let id = Int64(point.dropFirst(prefix.count).dropLast(3)), !limited.contains(id), !pool.inUse.contains(id) else {
+            continue
+          }
           findings.append(.init(kind: .writableMount, detail: "\(point) is mounted for no size-limited snapshot", repairable: true))
           if repair {
             try Sys.detachMounts(under: point)

@@ -82,7 +82,7 @@ public struct Layout: Sendable {
   func volatileMark(_ id: Int64) -> String { volatileMarks + "/" + String(id) }
   /// What a volatile overlayfs mount leaves in its work dir: while it holds `volatile`,
   /// the kernel refuses to mount that work dir again.
-  func volatileIncompat(_ id: Int64) -> String { work(id) + "/work/incompat" }
+  func volatileIncompat(_ id: Int64, limited: Bool) -> String { workDir(id, limited: limited) + "/work/incompat" }
 
   /// The object directory as mounts name it.
   var aliasObjects: String { alias + "/o" }

@@ -36,6 +36,14 @@ public final class SnapshotService: StorePart, Sendable {
   /// unpacker makes them).
   let remote = FetcherSlot()
 
+  /// A limited snapshot's directory, file system mounted, before its row names it.
+  struct ReadyDirectory {
+    var id: Int64
+    var base: WritableLimit.Base
+    /// Made ahead of time by `writablePool`.
+    var pooled: Bool
+  }
+
   init(
     store: Store, pool: DirectoryPool, importer: LayerImporter, collector: ObjectCollector, driver: MountDriver, driverReason: String,
     volatileByDefault: Bool = false, writableSizeByDefault: Int64 = 0
@@ -84,10 +92,12 @@ public final class SnapshotService: StorePart, Sendable {
   private func create(_ kind: SnapshotKind, key: String, parent: String, labels: [String: String]) throws(SnapshotError) -> [Mount] {
     try Validate.key(key, what: "key")
     try Validate.labels(labels, key: key)
-    let volatile = kind == .active ? try Volatile.wanted(labels, byDefault: volatileByDefault) : false
-    let limit = kind == .active ? try WritableLimit.wanted(labels, byDefault: writableSizeByDefault) : 0
-    // A directory with a file system of the default limit, made ahead of time.
-    let ready = limit > 0 && limit == writableSizeByDefault ? writablePool?.take() : nil
+    // The daemon's defaults are for containers' writable layers, not for the snapshots
+    // containerd's unpacker applies a layer into (they name their target): a labelled
+    // snapshot gets what its label says either way.
+    let unpacking = labels[LayerImporter.snapshotRef] != nil
+    let volatile = kind == .active ? try Volatile.wanted(labels, byDefault: volatileByDefault && !unpacking) : false
+    let limit = kind == .active ? try WritableLimit.wanted(labels, byDefault: unpacking ? 0 : writableSizeByDefault) : 0
     let layout = self.layout
     let driver = self.driver
     let images = store.images.available
@@ -104,6 +114,12 @@ public final class SnapshotService: StorePart, Sendable {
     if kind == .active, let request = RemoteLayerRequest(labels: labels, parent: parent), try fetched(request) {
       throw .exists("target snapshot \(quoted(request.chainID)) already exists")
     }
+    // A limited snapshot's directory with its file system: made ahead of time (the default
+    // limit) or now, outside the write transaction (mkfs takes tens of milliseconds, more
+    // for a big limit). Given back, or removed, unless a row comes to name it.
+    let ready = limit > 0 ? try readyLimited(limit) : nil
+    var taken = false
+    defer { if let ready, !taken { giveBack(ready) } }
     let (mounts, lowerIDs) = try write { db -> ([Mount], [Int64]) in
       var parentID: Int64?
       if !parent.isEmpty {
@@ -119,7 +135,7 @@ public final class SnapshotService: StorePart, Sendable {
       }
       let pooled = ready == nil ? pool.take() : nil
       let id = ready?.id ?? pooled ?? pool.reserveID()
-      defer { pool.release(id) }
+      defer { if ready == nil { pool.release(id) } }
       // A key taken already fails the insert (UNIQUE), which is the existence check; the
       // untouched pooled directory goes back to the pool.
       do {
@@ -127,7 +143,7 @@ public final class SnapshotService: StorePart, Sendable {
           try Metadata.insert(db, id: id, key: key, parent: parentID, kind: kind, now: Clock.nowNanos(), volatile: volatile)
         }
       } catch {
-        if pooled != nil || ready != nil { pool.recycle(id) }
+        if pooled != nil { pool.recycle(id) }
         throw error
       }
       try Metadata.insertLabels(db, id: id, labels)
@@ -141,30 +157,53 @@ public final class SnapshotService: StorePart, Sendable {
       } else {
         try Self.adopt(layout, id: id, kind: kind, parent: parentFiles)
       }
-      if limit > 0 {
-        do {
-          let owner = try parentFiles.map { p throws(SystemError) in try Sys.lstat(p) }.map { ($0.st_uid, $0.st_gid) }
-          let base: WritableLimit.Base
-          if let ready {
-            base = ready.base
-            if let owner, owner.0 != geteuid() || owner.1 != getegid() {
-              try Sys.lchown(layout.upper(id, limited: true), uid: owner.0, gid: owner.1)
-            }
-          } else {
-            base = try WritableLimit.make(layout, id, size: limit, owner: owner)
-          }
-          try Metadata.setWritableLimit(db, id: id, limit: limit, base: base)
-        } catch {
-          try? WritableLimit.release(layout, id)  // the row rolls back; its directory is an orphan
-          throw error
-        }
+      if let ready {
+        // Its upper takes the parent's owner, as containerd's overlay snapshotter gives it
+        // (a directory given back may have had another's).
+        let owner = try parentFiles.map { p throws(SystemError) in try Sys.lstat(p) }
+        try Sys.lchown(layout.upper(id, limited: true), uid: owner?.st_uid ?? geteuid(), gid: owner?.st_gid ?? getegid())
+        try Metadata.setWritableLimit(db, id: id, limit: limit, base: ready.base)
       }
       let mounts = Self.mounts(
         layout, id: id, kind: kind, lowers: lowers, driver: driver, images: images, volatile: volatile, limited: limit > 0)
       return (mounts, lowers.map(\.id))
     }
+    if let ready {
+      taken = true
+      pool.release(ready.id)
+    }
     store.waitForDedup(lowerIDs)
     return mounts
+  }
+
+  /// A limited snapshot's directory whose file system has `limit` bytes: made ahead of time
+  /// when the pool has one of that size, else made now. Its id stays reserved.
+  private func readyLimited(_ limit: Int64) throws(SnapshotError) -> ReadyDirectory {
+    if limit == writableSizeByDefault, let made = writablePool?.take() {
+      return ReadyDirectory(id: made.id, base: made.base, pooled: true)
+    }
+    let id = pool.reserveID()
+    do {
+      try DirectoryPool.makeDirectory(layout, id: id, kind: .active, parent: nil)
+      let base = try WritableLimit.make(layout, id, size: limit, owner: nil)
+      try Sys.fsyncDirectory(layout.dir(id))
+      try Sys.fsyncDirectory(layout.snapshots)
+      return ReadyDirectory(id: id, base: base, pooled: false)
+    } catch {
+      giveBack(ReadyDirectory(id: id, base: .init(bytes: 0, inodes: 0), pooled: false))
+      throw SnapshotError(error)
+    }
+  }
+
+  /// A ready directory no row names: back to the pool it came from, or removed.
+  private func giveBack(_ ready: ReadyDirectory) {
+    if ready.pooled, let writablePool {
+      writablePool.giveBack(id: ready.id, base: ready.base)
+      return
+    }
+    try? WritableLimit.release(layout, ready.id)
+    try? Tree.remove(layout.dir(ready.id))
+    pool.release(ready.id)
   }
 
   /// Fits a pooled directory (made for an active snapshot without parent) to this
@@ -189,7 +228,7 @@ public final class SnapshotService: StorePart, Sendable {
     let layout = self.layout
     let driver = self.driver
     let images = store.images.available
-    let (mounts, lowerIDs, volatileID) = try lookup { db -> ([Mount], [Int64], Int64?) in
+    let (mounts, lowerIDs, volatileID) = try lookup { db -> ([Mount], [Int64], (Int64, Bool)?) in
       let row = try Metadata.get(db, key: key)
       guard row.kind != .committed else {
         throw SnapshotError.precondition("snapshot \(quoted(key)) is committed: only active snapshots and views have mounts")
@@ -198,10 +237,10 @@ public final class SnapshotService: StorePart, Sendable {
       let mounts = Self.mounts(
         layout, id: row.id, kind: row.kind, lowers: lowers, driver: driver, images: images, volatile: row.volatile,
         limited: row.limited)
-      return (mounts, lowers.map(\.id), row.volatile ? row.id : nil)
+      return (mounts, lowers.map(\.id), row.volatile ? (row.id, row.limited) : nil)
     }
     // Asked again: the snapshot may be mounted again (its container restarted).
-    if let volatileID { try Volatile.readyToMount(layout, volatileID, key: key) }
+    if let (id, limited) = volatileID { try Volatile.readyToMount(layout, id, key: key, limited: limited) }
     store.waitForDedup(lowerIDs)
     return mounts
   }
@@ -229,7 +268,8 @@ public final class SnapshotService: StorePart, Sendable {
     // would be its layer's, where containerd's overlay (all layers on one file system)
     // shows the overlay's for every file; xino keeps one st_dev and unique inode numbers
     // (the layer's index in the top bits). snapfs does the same by itself.
-    if images { options.append("xino=on") }
+    // A limited snapshot's upper is a file system of its own too.
+    if images || limited { options.append("xino=on") }
     if kind == .active {
       if volatile { options.append("volatile") }
       options.append("workdir=" + layout.workDir(id, limited: limited))
@@ -260,6 +300,10 @@ public final class SnapshotService: StorePart, Sendable {
       throw .precondition("snapshot \(quoted(key)) is not active: only an active snapshot can be committed")
     }
     if found.volatile && !Volatile.intact(layout, found.id) { throw Volatile.untrusted(key) }
+    // A limited snapshot's files are copied out below: not for a name already taken.
+    if found.limited, try lookup(isolated: false, { db in try Metadata.find(db, key: name) }) != nil {
+      throw .exists("snapshot \(quoted(name)) already exists")
+    }
     let usage: SnapshotUsage
     do {
       // A limited snapshot's files leave its own file system: a layer is on the store's.
@@ -330,7 +374,7 @@ public final class SnapshotService: StorePart, Sendable {
     var details = SnapshotDetails(
       volatile: active && row.volatile, volatileUntrusted: active && row.volatile && !Volatile.intact(layout, row.id),
       sizeLimit: active ? row.sizeLimit : 0, available: 0)
-    if active && row.limited { details.available = (try? Sys.fileSystemUse(layout.writable(row.id)).available) ?? 0 }
+    if active && row.limited { details.available = (try? WritableLimit.mountedUse(layout, row.id).available) ?? 0 }
     return details
   }
 
@@ -455,11 +499,16 @@ public final class SnapshotService: StorePart, Sendable {
       // Layer images a reboot or crash left unmounted, mounted before anything names them.
       try images.mountMissing(
         layers.sorted(), snapshots: rows.filter { $0.kind == .committed && $0.layer == nil }.map(\.id), logger: logger)
-      try Sys.detachMounts(under: layout.temporary)  // pooled writable file systems
+      try Sys.detachMounts(under: layout.temporary)  // whatever a crash left mounted there (probes)
       try Tree.remove(layout.temporary)
       try Sys.mkdir(layout.temporary, mode: 0o700)
       let byID = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
       for row in rows where !Sys.exists(layout.files(id: row.id, layer: row.layer)) {
+        if row.limited && row.kind == .active && Sys.exists(layout.dir(row.id)) {
+          // Its files are in its own file system (rw): only the empty `fs` is missing.
+          try Sys.mkdirIfMissing(layout.fs(row.id), mode: Layout.fsMode)
+          continue
+        }
         if row.kind == .committed {
           logger.error(
             "committed snapshot has lost its directory",

@@ -43,9 +43,9 @@ enum Volatile {
 
   /// Readies a volatile snapshot's work dir for another mount: fails if the host restarted
   /// since it was prepared, else removes the kernel's `incompat` directory.
-  static func readyToMount(_ layout: Layout, _ id: Int64, key: String) throws(SnapshotError) {
+  static func readyToMount(_ layout: Layout, _ id: Int64, key: String, limited: Bool) throws(SnapshotError) {
     guard intact(layout, id) else { throw untrusted(key) }
-    do { try Tree.remove(layout.volatileIncompat(id)) } catch {
+    do { try Tree.remove(layout.volatileIncompat(id, limited: limited)) } catch {
       throw .internal("cannot ready volatile snapshot \(quoted(key)) for another mount: \(error)")
     }
   }

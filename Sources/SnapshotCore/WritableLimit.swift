@@ -89,8 +89,8 @@ enum WritableLimit {
       }
       try? Sys.unlink(image)
       let fd = try At.open(AT_FDCWD, image, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+      defer { At.close(fd) }
       try At.truncate(fd, image, size: imageSize(size))
-      At.close(fd)
       // Lazy inode tables and journal: a sparse image formats in tens of milliseconds. No
       // blocks reserved for root: a container's root would get more than its limit.
       let status = try Sys.run(mkfs, ["-q", "-F", "-m", "0", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", image])
@@ -98,8 +98,11 @@ enum WritableLimit {
       try Sys.mkdirIfMissing(mountPoint, mode: 0o700)
       try Sys.mountImage(image, at: mountPoint, type: "ext4")
       try Tree.remove(mountPoint + "/lost+found")
+      // Modes set explicitly: the process umask is not ours to rely on (DirectoryPool).
       try Sys.mkdir(mountPoint + "/fs", mode: Layout.fsMode)
-      try Sys.mkdir(mountPoint + "/work", mode: 0o700)
+      try Sys.chmod(mountPoint + "/fs", mode: Layout.fsMode)
+      try Sys.mkdir(mountPoint + "/work", mode: Layout.workMode)
+      try Sys.chmod(mountPoint + "/work", mode: Layout.workMode)
       if let owner { try Sys.lchown(mountPoint + "/fs", uid: owner.0, gid: owner.1) }
       try Sys.fsyncDirectory(mountPoint)
       let use = try Sys.fileSystemUse(mountPoint)
@@ -124,9 +127,25 @@ enum WritableLimit {
   }
 
   /// The usage of snapshot `id`'s writable layer from its file system's counters.
-  static func usage(_ layout: Layout, _ id: Int64, base: Base) throws(SystemError) -> SnapshotUsage {
-    let use = try Sys.fileSystemUse(layout.writable(id))
+  static func usage(_ layout: Layout, _ id: Int64, base: Base) throws(SnapshotError) -> SnapshotUsage {
+    let use = try mountedUse(layout, id)
     return SnapshotUsage(size: max(0, use.bytes - base.bytes), inodes: max(0, use.inodes - base.inodes))
+  }
+
+  /// The counters of snapshot `id`'s own file system; an error when it is not mounted
+  /// (statvfs would give the store's file system).
+  static func mountedUse(_ layout: Layout, _ id: Int64) throws(SnapshotError) -> (bytes: Int64, inodes: Int64, available: Int64) {
+    do {
+      guard try Sys.lstat(layout.writable(id)).st_dev != Sys.lstat(layout.dir(id)).st_dev else {
+        throw SnapshotError(
+          .unavailable, "the file system of size-limited snapshot \(id) is not mounted (snapctl check --repair mounts it)")
+      }
+      return try Sys.fileSystemUse(layout.writable(id))
+    } catch let e as SnapshotError {
+      throw e
+    } catch {
+      throw SnapshotError(error)
+    }
   }
 
   /// Moves snapshot `id`'s files from its image to `fs` on the store's file system (for its
@@ -135,9 +154,14 @@ enum WritableLimit {
     let copy = layout.dir(id) + "/fs.copy"
     try Tree.remove(copy)
     try Tree.copy(from: layout.writable(id) + "/fs", to: copy)
-    try Tree.remove(layout.fs(id))
-    try Sys.rename(copy, layout.fs(id))
-    try Sys.fsyncDirectory(layout.dir(id))
+    // `fs` is there at every moment: the copy and the old (empty) `fs` trade places.
+    let dir = try At.openDirectory(layout.dir(id))
+    defer { At.close(dir) }
+    try At.exchange(dir, "fs.copy", dir, "fs")
+    try Tree.remove(copy)
+    // What the commit acknowledges is on disk before its row says committed (the image,
+    // which held it, goes after).
+    try At.syncfs(dir, layout.dir(id))
   }
 
   /// Detaches and deletes snapshot `id`'s image (committed, or gone).
@@ -179,6 +203,12 @@ final class WritablePool: Sendable {
     defer { jobs.submit(.fillWritablePool) }
     return ready.withLock { $0.isEmpty ? nil : $0.removeFirst() }
   }
+
+  /// Takes back a directory `take` gave that no row came to name (its transaction failed).
+  func giveBack(id: Int64, base: WritableLimit.Base) { ready.withLock { $0.append((id, base)) } }
+
+  /// Whether `id` is a ready directory of the pool (not a leak).
+  func holds(_ id: Int64) -> Bool { ready.withLock { $0.contains { $0.id == id } } }
 
   /// The `fillWritablePool` job: makes directories until the pool holds `depth`.
   func fill() {

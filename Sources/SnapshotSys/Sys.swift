@@ -151,9 +151,12 @@ public enum Sys {
   public static func fileSystemUse(_ path: String) throws(SystemError) -> (bytes: Int64, inodes: Int64, available: Int64) {
     var st = statvfs()
     _ = try SystemError.check("statvfs", path) { statvfs(path, &st) }
-    let block = Int64(st.f_frsize)
+    // Clamped: some file systems (FUSE, NFS) report counters past Int64.
+    let block = Int64(clamping: st.f_frsize)
+    func n(_ v: UInt) -> Int64 { Int64(clamping: v) }
     return (
-      (Int64(st.f_blocks) - Int64(st.f_bfree)) * block, Int64(st.f_files) - Int64(st.f_ffree), Int64(st.f_bavail) * block
+      (n(st.f_blocks) &- n(st.f_bfree)).multipliedReportingOverflow(by: block).partialValue,
+      n(st.f_files) &- n(st.f_ffree), n(st.f_bavail).multipliedReportingOverflow(by: block).partialValue
     )
   }
 

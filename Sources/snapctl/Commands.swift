@@ -103,7 +103,12 @@ struct Stat: AsyncParsableCommand {
     try await reporting {
       let key = self.key
       let info = try await client.run { try await $0.stat(.with { $0.key = key }).info.core }
-      let d = try await client.store { try await $0.describe(request: .init(message: .with { $0.key = key })) }
+      // (A daemon older than Describe answers UNIMPLEMENTED: the info alone then.)
+      let described = try? await client.store { try await $0.describe(request: .init(message: .with { $0.key = key })) }
+      guard let d = described else {
+        if client.json { print(Output.json(info)) } else { Output.infos([info], asJSON: false) }
+        return
+      }
       if client.json {
         print(
           Output.json(info).dropLast()
@@ -176,12 +181,15 @@ struct Usage: AsyncParsableCommand {
         }
         return rows
       }
-      // Each snapshot's writable limit (0: none).
-      let limits: [Int64] = try await client.store { s in
-        var limits: [Int64] = []
-        for (key, _, _) in rows { limits.append(try await s.describe(request: .init(message: .with { $0.key = key })).sizeLimit) }
-        return limits
-      }
+      // Each snapshot's writable limit (0: none, or unknown: removed meanwhile, an older daemon).
+      let limits: [Int64] =
+        (try? await client.store { s in
+          var limits: [Int64] = []
+          for (key, _, _) in rows {
+            limits.append((try? await s.describe(request: .init(message: .with { $0.key = key })).sizeLimit) ?? 0)
+          }
+          return limits
+        }) ?? rows.map { _ in 0 }
       if client.json {
         print(
           "["

@@ -41,6 +41,11 @@ final class DaemonMetrics: Sendable {
 
   var factory: any MetricsFactory { HelpedFactory(registry: registry) }
 
+  init() {
+    // There from the start, so a rate() over it has a series before the first error.
+    _ = registry.makeCounter(descriptor: Self.descriptor("snapshotd_scrape_errors_total"))
+  }
+
   /// Sets the gauges read at a scrape, then renders every metric in Prometheus's text format.
   func scrape(_ snapshotter: Snapshotter) -> [UInt8] {
     func gauge(_ name: String, _ labels: [(String, String)] = []) -> Prometheus.Gauge {
