@@ -184,14 +184,10 @@ public final class SnapshotService: StorePart, Sendable {
     }
     let id = pool.reserveID()
     do {
-      try DirectoryPool.makeDirectory(layout, id: id, kind: .active, parent: nil)
-      let base = try WritableLimit.make(layout, id, size: limit, owner: nil)
-      try Sys.fsyncDirectory(layout.dir(id))
-      try Sys.fsyncDirectory(layout.snapshots)
-      return ReadyDirectory(id: id, base: base, pooled: false)
+      return ReadyDirectory(id: id, base: try WritableLimit.makeSnapshotDirectory(layout, id, size: limit), pooled: false)
     } catch {
-      giveBack(ReadyDirectory(id: id, base: .init(bytes: 0, inodes: 0), pooled: false))
-      throw SnapshotError(error)
+      pool.release(id)
+      throw error
     }
   }
 

@@ -75,14 +75,27 @@ enum WritableLimit {
     var inodes: Int64
   }
 
-  /// Makes snapshot `id`'s image of `size` bytes, formats it, mounts it and makes `fs` and
-  /// `work` in it, `fs` owned as `owner` (the parent's, as containerd's overlay snapshotter
-  /// gives its upper). Returns what the empty file system uses.
-  static func make(_ layout: Layout, _ id: Int64, size: Int64, owner: (uid_t, gid_t)?) throws(SnapshotError) -> Base {
-    try make(image: layout.writableImage(id), at: layout.writable(id), size: size, owner: owner)
+  /// Makes the directory of a limited active snapshot `id` (`s/<id>` with `fs` and `work`,
+  /// as `DirectoryPool` makes them) with its file system of `size` bytes mounted on `rw`,
+  /// durable; removed again if any step fails. Returns what the empty file system uses.
+  /// `rw/fs` is this process's: the caller gives it the parent's owner.
+  static func makeSnapshotDirectory(_ layout: Layout, _ id: Int64, size: Int64) throws(SnapshotError) -> Base {
+    do {
+      try DirectoryPool.makeDirectory(layout, id: id, kind: .active, parent: nil)
+      let base = try make(image: layout.writableImage(id), at: layout.writable(id), size: size)
+      try Sys.fsyncDirectory(layout.dir(id))
+      try Sys.fsyncDirectory(layout.snapshots)
+      return base
+    } catch {
+      try? release(layout, id)
+      try? Tree.remove(layout.dir(id))
+      throw SnapshotError(error)
+    }
   }
 
-  static func make(image: String, at mountPoint: String, size: Int64, owner: (uid_t, gid_t)?) throws(SnapshotError) -> Base {
+  /// Makes the image `image` of `size` bytes, formats it, mounts it on `mountPoint` and makes
+  /// `fs` and `work` in it. Returns what the empty file system uses.
+  static func make(image: String, at mountPoint: String, size: Int64) throws(SnapshotError) -> Base {
     do {
       guard let mkfs = Sys.findProgram("mkfs.ext4") ?? ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"].first(where: Sys.exists) else {
         throw SnapshotError(.unavailable, "mkfs.ext4 is not installed (e2fsprogs): size-limited writable layers need it")
@@ -103,7 +116,6 @@ enum WritableLimit {
       try Sys.chmod(mountPoint + "/fs", mode: Layout.fsMode)
       try Sys.mkdir(mountPoint + "/work", mode: Layout.workMode)
       try Sys.chmod(mountPoint + "/work", mode: Layout.workMode)
-      if let owner { try Sys.lchown(mountPoint + "/fs", uid: owner.0, gid: owner.1) }
       try Sys.fsyncDirectory(mountPoint)
       let use = try Sys.fileSystemUse(mountPoint)
       return Base(bytes: use.bytes, inodes: use.inodes)
@@ -207,23 +219,15 @@ final class WritablePool: Sendable {
   /// Takes back a directory `take` gave that no row came to name (its transaction failed).
   func giveBack(id: Int64, base: WritableLimit.Base) { ready.withLock { $0.append((id, base)) } }
 
-  /// Whether `id` is a ready directory of the pool (not a leak).
-  func holds(_ id: Int64) -> Bool { ready.withLock { $0.contains { $0.id == id } } }
-
   /// The `fillWritablePool` job: makes directories until the pool holds `depth`.
   func fill() {
     while ready.withLock({ $0.count }) < Self.depth {
       let id = directories.reserveID()
       do {
-        try DirectoryPool.makeDirectory(layout, id: id, kind: .active, parent: nil)
-        let base = try WritableLimit.make(layout, id, size: size, owner: nil)
-        try Sys.fsyncDirectory(layout.dir(id))
-        try Sys.fsyncDirectory(layout.snapshots)
+        let base = try WritableLimit.makeSnapshotDirectory(layout, id, size: size)
         ready.withLock { $0.append((id, base)) }
       } catch {
         logger.warning("cannot make a size-limited snapshot directory ahead of time", metadata: ["error": "\(error)"])
-        try? WritableLimit.release(layout, id)
-        try? Tree.remove(layout.dir(id))
         directories.release(id)
         return
       }
