@@ -13,6 +13,7 @@
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <unistd.h>
+#include <sys/resource.h>
 
 #include "CSysShims.h"
 
@@ -33,6 +34,8 @@ const int SHIM_O_NOATIME = O_NOATIME;
 const int SHIM_O_TMPFILE = O_TMPFILE;
 
 int shim_syncfs(int fd) { return (int)syscall(SYS_syncfs, fd); }
+
+int shim_thread_nice(int nice) { return setpriority(PRIO_PROCESS, (id_t)gettid(), nice); }
 int shim_start_writeback(int fd) { return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); }
 
 const int SHIM_AT_EMPTY_PATH = AT_EMPTY_PATH;

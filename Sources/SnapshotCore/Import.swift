@@ -95,6 +95,9 @@ final class CountingSource: ByteSource {
 struct StagedLayer: @unchecked Sendable {  // the tree goes from the thread that read it to the one that commits it
   var tree: LayerTree
   var unpacked: UnpackedLayer
+  /// The layer's files already written under `l/` (`write`), by the thread that read it:
+  /// possible when the tree needs nothing of its parent's (no implicit directories).
+  var written: String?
 }
 
 /// Layers and images into the layer store: each layer unpacked once (stubs of shared
@@ -221,9 +224,12 @@ public final class LayerImporter: StorePart, Sendable {
       let inPlace = inPlace
       var running: [Int: Promise<Result<StagedLayer, SnapshotError>>] = [:]
       for (i, l) in layers.enumerated() where !present[i] && !known[i] {
+        // The largest blob takes longest: the others yield the cores to it.
+        let yields = layers.contains { $0.descriptor.size > l.descriptor.size }
         let counter = progress?.counter()
         do {
           running[i] = try Threads.run { [self] in
+            if yields { Threads.lowerPriority() }
             defer { progress?.layerDone() }
             do {
               let source =
@@ -233,7 +239,11 @@ public final class LayerImporter: StorePart, Sendable {
                   try FileSource(path: l.path, limit: l.descriptor.size, cancellation: progress?.cancellation)
                 }
               let desc = LayerDescription(name: l.digest.description, compression: l.compression, digest: l.digest, diffID: l.diffID)
-              return .success(try stage(source, desc, .import, progress: counter))
+              var s = try stage(source, desc, .import, progress: counter)
+              // Written here, while other layers still unpack, unless the chain decides
+              // its implicit directories: the commits in order are then short.
+              if s.unpacked.implicitDirectories.isEmpty { s.written = try write(s.tree) }
+              return .success(s)
             } catch {
               return .failure(SnapshotError(error))
             }
@@ -246,6 +256,11 @@ public final class LayerImporter: StorePart, Sendable {
       }
       var staged: [Int: Result<StagedLayer, SnapshotError>] = [:]
       for (i, p) in running { staged[i] = p.wait() }
+      // What a failure leaves uncommitted is not left in `l/`.
+      var uncommitted = Set(staged.keys)
+      defer {
+        for i in uncommitted { if case .success(let s) = staged[i], let written = s.written { try? Tree.remove(written) } }
+      }
       let failures = staged.values.compactMap { if case .failure(let e) = $0 { e } else { nil } }
       if let first = failures.first { throw first }
       // Commit in order; each layer's chainID snapshot on top of the previous one.
@@ -257,6 +272,7 @@ public final class LayerImporter: StorePart, Sendable {
           continue
         }
         if case .success(let s) = staged[i] {
+          uncommitted.remove(i)  // commitLayer's own: committed, or removed when it fails
           parent = try commitLayer(parent: parent, s)
         } else {
           parent = try commitKnown(parent: parent, diffID: l.diffID)
@@ -318,12 +334,14 @@ public final class LayerImporter: StorePart, Sendable {
   }
 
   /// Writes a staged layer's files under `l/`: its EROFS image, or its directory of stubs
-  /// where the kernel has no EROFS; durable when this returns. Returns the path.
+  /// where the kernel has no EROFS; durable when this returns, with the objects the read
+  /// made (one `syncfs`, which the image's writing overlaps). Returns the path.
   private func write(_ tree: LayerTree) throws(SnapshotError) -> String {
     let staging = layout.layers + "/new-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
     do {
       if store.images.available {
         try LayerImages.write(tree, to: staging + LayerImages.suffix)
+        try objects.sync()
         return staging + LayerImages.suffix
       }
       try Sys.mkdir(staging, mode: 0o755)
@@ -331,6 +349,7 @@ public final class LayerImporter: StorePart, Sendable {
       let fd = try At.openDirectory(staging)
       defer { At.close(fd) }
       try At.syncfs(fd, staging)
+      try objects.sync()
       return staging
     } catch {
       try? Tree.remove(staging)
@@ -348,8 +367,13 @@ public final class LayerImporter: StorePart, Sendable {
     let layout = self.layout
     let images = store.images
     let diffID = s.unpacked.diffID
-    let key = try chainLayer(s.tree, diffID: diffID, implicit: s.unpacked.implicitDirectories, parent: parent)
-    let staging = try write(s.tree)
+    let key: String
+    do { key = try chainLayer(s.tree, diffID: diffID, implicit: s.unpacked.implicitDirectories, parent: parent) } catch {
+      if let written = s.written { try? Tree.remove(written) }
+      throw SnapshotError(error)
+    }
+    let staging: String
+    if let written = s.written { staging = written } else { staging = try write(s.tree) }
     var installed: Int64?
     do {
       let top = try write { db -> String in

@@ -1,3 +1,4 @@
+import CSysShims
 import Synchronization
 
 #if canImport(Glibc)
@@ -48,6 +49,14 @@ public enum Threads {
       throw SystemError("pthread_create", "", errno: rc)
     }
     return Handle(thread: thread)
+  }
+
+  /// Lowers the calling thread's scheduling priority (nice 10), for the rest of its life and
+  /// for the threads it starts (Linux keeps nice per thread and a new thread inherits it):
+  /// for work that runs beside the work a caller waits for longest, so that work keeps its
+  /// core. Best effort: a failure leaves the priority as it was.
+  public static func lowerPriority() {
+    _ = shim_thread_nice(10)
   }
 
   /// Starts `body` on a new detached thread.

@@ -75,11 +75,12 @@ public final class ProgressCounter: Sendable {
 /// Nothing is written but objects: the tree applies the tar's path rules (`LayerTree`), so
 /// `..`, absolute paths, and writes through symlinks (even ones pointing inside the layer)
 /// are refused, as are hard links leaving the layer and `*.overlay.*` xattrs. The objects are
-/// made durable with one `syncfs(2)` at the end; large ones' writeback starts as each is made.
+/// made durable with one `syncfs(2)` once the layer's files are written too (by `unpack`,
+/// or by the caller of `read`); large ones' writeback starts as each is made.
 public enum Unpacker {
-  /// Reads a layer: its files' data into `objects` (durable when this returns), its
-  /// entries into a tree in memory, which becomes the layer's image (`ErofsImage`) or
-  /// directory (`LayerTree.materialize`).
+  /// Reads a layer: its files' data into `objects` (not yet durable: the caller writes the
+  /// layer's files, then calls `objects.sync()`), its entries into a tree in memory, which
+  /// becomes the layer's image (`ErofsImage`) or directory (`LayerTree.materialize`).
   public static func read(
     _ source: ByteSource, _ layer: LayerDescription, objects: ObjectStore, progress: ProgressCounter? = nil
   ) throws(LayerError) -> (UnpackedLayer, LayerTree) {
@@ -112,11 +113,6 @@ public enum Unpacker {
     if let want = layer.diffID, want != diffID {
       throw LayerError(.invalid, "layer \(layer.name): diffID mismatch: the uncompressed tar is \(diffID), expected \(want)")
     }
-    do {
-      try objects.sync()
-    } catch {
-      throw LayerError(.failed, "layer \(layer.name): \(error)", errno: error.errno)
-    }
     let unpacked = UnpackedLayer(
       digest: digest, diffID: diffID, entries: totals.entries, fileBytes: totals.fileBytes, objects: totals.objects,
       dropped: totals.dropped, implicitDirectories: totals.implicit.sorted())
@@ -135,6 +131,7 @@ public enum Unpacker {
       let fd = try At.openDirectory(dir)
       defer { At.close(fd) }
       try At.syncfs(fd, dir)
+      try objects.sync()  // (the same file system, unless a caller put them apart)
     } catch {
       throw LayerError(.failed, "layer \(layer.name): \(error)", errno: error.errno)
     }

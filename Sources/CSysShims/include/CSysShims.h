@@ -22,6 +22,8 @@ extern const int SHIM_O_NOATIME;
 extern const int SHIM_O_TMPFILE;
 
 int shim_syncfs(int fd);
+/// setpriority(PRIO_PROCESS, gettid(), nice): the calling thread's nice value alone.
+int shim_thread_nice(int nice);
 /* sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE), which Swift's Glibc module lacks. */
 int shim_start_writeback(int fd);
 
