@@ -15,8 +15,9 @@ import SnapshotSys
 ///   / 32), then data blocks.
 /// - Extended (64-byte) inodes only: 32-bit owners, nanosecond mtimes, 32-bit link counts.
 /// - Inline xattrs (no shared ones), with the kernel's short name prefixes.
-/// - Directories and symlinks: their last partial block inline after the inode
-///   (`FLAT_INLINE`) when the whole record fits in one block, else plain data blocks.
+/// - Directories, symlinks and small regular files kept inline (`LayerTree.inlineMax`):
+///   their last partial block inline after the inode (`FLAT_INLINE`) when the whole record
+///   fits in one block, else plain data blocks.
 /// - Stubs: `CHUNK_BASED` with every chunk a hole: the size, no data (their data is the
 ///   object overlayfs's metacopy redirect names), as composefs writes them.
 /// - Devices, FIFOs, sockets, empty files: `FLAT_PLAIN`, no data; devices' number in `i_u`.
@@ -97,6 +98,9 @@ public enum ErofsImage {
       switch node.type {
       case S_IFDIR:
         inodes[i].nlink = 2 + UInt32(node.children.values.filter(\.isDirectory).count)
+      case S_IFREG where node.data != nil:
+        inodes[i].data = node.data!
+        inodes[i].nlink = UInt32(node.links)
       case S_IFREG where node.size > 0:
         inodes[i].layout = .chunkBased
         let bits = max(blockBits, min(blockBits + 31, 64 - (UInt64(node.size) - 1).leadingZeroBitCount))

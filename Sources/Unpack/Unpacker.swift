@@ -69,8 +69,9 @@ public final class ProgressCounter: Sendable {
 /// thread parses the tar with libarchive, hashes each file, writes new content as objects
 /// and the entries into a `LayerTree`. With igzip the two are about equally busy on the
 /// benchmark's big layer (`perf record`: inflate and the two stream hashes against file
-/// hashes and ext4). Regular files become stubs of content objects (`ObjectStore`); OCI
-/// whiteouts become overlayfs whiteouts and opaque directories.
+/// hashes and ext4). Regular files become stubs of content objects (`ObjectStore`), small
+/// ones keep their data in the tree (`LayerTree.inlineMax`); OCI whiteouts become overlayfs
+/// whiteouts and opaque directories.
 ///
 /// Nothing is written but objects: the tree applies the tar's path rules (`LayerTree`), so
 /// `..`, absolute paths, and writes through symlinks (even ones pointing inside the layer)
@@ -592,6 +593,7 @@ final class Extractor {
     if let existing = parent.children[name], existing.isDirectory { throw fail(raw, "replaces a directory") }
     totals.fileBytes += size
     var object: (key: String, sha: [UInt8])?
+    var inline: [UInt8]?
     if size > 0 && size <= Int64(Self.smallFile) {
       // Read and hash first: content the store has costs no write.
       var filled = 0
@@ -604,17 +606,10 @@ final class Extractor {
       }
       if Int(size) > filled { memset(scratch.baseAddress! + filled, 0, Int(size) - filled) }
       let content = UnsafeRawBufferPointer(rebasing: scratch[0..<Int(size)])
-      var hash = Hasher()
-      hash.update(content)
-      let sha = hash.finalizeBytes()
-      do {
-        if let key = try objects.find(sha) {
-          object = (key, sha)
-        } else {
-          object = (try objects.make(sha) { (fd) throws(SystemError) in try At.write(fd, raw, content, at: 0) }.key, sha)
-        }
-      } catch {
-        throw fail(raw, error)
+      if tree.inline(Int(size)) {
+        inline = Array(content)
+      } else {
+        object = try storeSmall(content, raw)
       }
     } else if size > 0 {
       let fd: Int32
@@ -642,14 +637,29 @@ final class Extractor {
     } else {
       try readData(a, raw) { (_, _) throws(LayerError) in throw fail(raw, "data beyond the entry's size") }
     }
-    // The stub: the entry's own node, metadata and size; its data is the object's.
+    // The stub: the entry's own node, metadata and size; its data is the object's, or its own.
     let stub = try node(S_IFREG, meta, raw)
     stub.size = size
+    stub.data = inline
     try place(stub, name, in: parent, raw)
     if let object {
       stub.object = object.key
       totals.objects[object.key] = ObjectInfo(size: size, sha256: Digest.hexString(object.sha))
       stubsNaming[object.key, default: 0] += 1
+    }
+  }
+
+  /// A small file's content as an object: hashed first, so content the store has costs no
+  /// write.
+  private func storeSmall(_ content: UnsafeRawBufferPointer, _ raw: String) throws(LayerError) -> (key: String, sha: [UInt8]) {
+    var hash = Hasher()
+    hash.update(content)
+    let sha = hash.finalizeBytes()
+    do {
+      if let key = try objects.find(sha) { return (key, sha) }
+      return (try objects.make(sha) { (fd) throws(SystemError) in try At.write(fd, raw, content, at: 0) }.key, sha)
+    } catch {
+      throw fail(raw, error)
     }
   }
 

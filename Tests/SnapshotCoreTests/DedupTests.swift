@@ -156,16 +156,20 @@ struct DedupTests {
     let s = try tmp.open(.erofs)
     let names = ["same1", "d/same2", "d/othermode", "d/hard", "empty", "xattr", "d"]
     var before: [stat] = []
+    // Past LayerTree.inlineMax: objects (a small file is inline in the image, "small").
+    let shared = String(repeating: "shared content ", count: 40)
+    let other = String(repeating: "other content ", count: 40)
     let a = try layer(s, "a") { fs in
-      try write(fs + "/same1", "shared content", mtime: 1_000_000)
+      try write(fs + "/same1", shared, mtime: 1_000_000)
       #expect(mkdir(fs + "/d", 0o755) == 0)
-      try write(fs + "/d/same2", "shared content", mtime: 1_000_000)
-      try write(fs + "/d/othermode", "shared content", mode: 0o4755, mtime: 1_000_000)
+      try write(fs + "/d/same2", shared, mtime: 1_000_000)
+      try write(fs + "/d/othermode", shared, mode: 0o4755, mtime: 1_000_000)
       #expect(link(fs + "/same1", fs + "/d/hard") == 0)
       try write(fs + "/empty", "", mtime: 1_000_000)
       #expect(symlink("same1", fs + "/sym") == 0)
-      try write(fs + "/xattr", "other content", mtime: 1_000_000)
+      try write(fs + "/xattr", other, mtime: 1_000_000)
       try At.setXattr(path: fs + "/xattr", name: "user.k", value: [UInt8(ascii: "v")])
+      try write(fs + "/small", "tiny", mtime: 1_000_000)
       try filler(fs)
       setTimes(fs + "/d", mtime: 2_000_000)
       before = try names.map { try st(fs + "/" + $0) }
@@ -188,14 +192,15 @@ struct DedupTests {
     defer { At.close(fd) }
     #expect(try At.xattrs(fd, "xattr").contains { $0.0 == "user.k" && $0.1 == [UInt8(ascii: "v")] })
     var u = try s.storeUsage()
-    #expect(u.objects == 2 && u.storedBytes == 14 + 13)
+    #expect(u.objects == 2 && u.storedBytes == shared.utf8.count + other.utf8.count)
     #expect(try s.check().isEmpty)
     // Read through a child's overlay: the objects' bytes.
     let m = try s.view(key: "v", parent: "a")
     let target = tmp.path + "/v"
     try Sys.mkdir(target, mode: 0o755)
     try Sys.mount(source: "overlay", target: target, type: "overlay", flags: 0, data: m[0].options.joined(separator: ","))
-    #expect(try Sys.readAll(target + "/d/hard") == Array("shared content".utf8))
+    #expect(try Sys.readAll(target + "/d/hard") == Array(shared.utf8))
+    #expect(try Sys.readAll(target + "/small") == Array("tiny".utf8) && object(a + "/small") == nil)
     #expect(try Sys.lstat(target + "/same1").st_dev == Sys.lstat(target + "/d").st_dev)  // xino: one st_dev
     try Sys.unmount(target)
     try s.remove(key: "v")

@@ -77,6 +77,8 @@ struct ErofsTests {
       var fields = ["\(rel.isEmpty ? "/" : rel)", String(st.st_mode, radix: 8), "\(st.st_uid):\(st.st_gid)", "nlink=\(st.st_nlink)"]
       if !rel.isEmpty { fields.append("mtime=\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)") }
       if type != S_IFDIR { fields.append("size=\(st.st_size)") }
+      // Content: an inline file's data; a stub reads as zeros both ways.
+      if type == S_IFREG { fields.append("content=\(Digest.of(try Data(contentsOf: URL(fileURLWithPath: path))).hex.prefix(16))") }
       if type == S_IFCHR || type == S_IFBLK { fields.append("rdev=\(st.st_rdev)") }
       if type == S_IFLNK { fields.append("target=\(Sys.readLink(path) ?? "?")") }
       for (name, value) in try At.xattrs(path: path) { fields.append("\(name)=\(value.map { String(format: "%02x", $0) }.joined())") }
@@ -125,6 +127,43 @@ struct ErofsTests {
     tar.entry("x", data: [4])
     tar.entry("big", data: [UInt8](repeating: 1, count: 5 << 20))
     try check(tar, "types")
+  }
+
+  /// Files up to `LayerTree.inlineMax` bytes keep their data in the image, beside their
+  /// inode (not an object); larger ones are stubs. Hard links, xattrs that leave no room in
+  /// the inode's block, and files rewritten by a later entry keep the same rules.
+  @Test func smallFilesAreInline() throws {
+    let max = LayerTree.inlineMax
+    var tar = TarWriter()
+    tar.entry("one", data: [1])
+    tar.entry("a/at-limit", data: [UInt8](repeating: 2, count: max))
+    tar.entry("a/over-limit", data: [UInt8](repeating: 3, count: max + 1))
+    tar.entry("b/link", type: 0x31, link: "a/at-limit")
+    tar.pax([("SCHILY.xattr.user.big", String(repeating: "x", count: 3600))])
+    tar.entry("no-room", data: [UInt8](repeating: 4, count: max))  // its data takes a block of its own
+    tar.entry("again", data: [UInt8](repeating: 5, count: 10))
+    tar.entry("again", data: [UInt8](repeating: 6, count: 20))
+    try check(tar, "inline")
+    let layer = LayerDescription(name: "inline", compression: .none, digest: nil, diffID: nil)
+    let (unpacked, tree) = try Unpacker.read(MemorySource(tar.finished), layer, objects: objects)
+    func node(_ path: String) -> LayerTree.Node? { tree.lookup(path.split(separator: "/").map { Array($0.utf8) }[...]) }
+    #expect(node("one")?.data == [1])
+    #expect(node("a/at-limit")?.data?.count == max && node("a/at-limit")?.object == nil)
+    #expect(node("a/at-limit") === node("b/link"))
+    #expect(node("a/over-limit")?.data == nil && node("a/over-limit")?.object != nil)
+    #expect(node("again")?.data == [UInt8](repeating: 6, count: 20))
+    #expect(unpacked.objects.count == 1, "only the file over the limit is an object")
+    #expect(unpacked.fileBytes == Int64(1 + max + max + 1 + max + 10 + 20))
+  }
+
+  /// A layer's inline bytes are bounded: past `inlineBudget`, small files are objects.
+  @Test func inlineBytesAreBounded() {
+    let tree = LayerTree(owner: (0, 0), now: Sys.now())
+    #expect(!tree.inline(0) && !tree.inline(LayerTree.inlineMax + 1))
+    var taken = 0
+    while tree.inline(LayerTree.inlineMax) { taken += LayerTree.inlineMax }
+    #expect(taken <= LayerTree.inlineBudget && taken > LayerTree.inlineBudget - LayerTree.inlineMax)
+    #expect(tree.inlineBytes == taken)
   }
 
   @Test func devicesKeepTheirNumbers() throws {

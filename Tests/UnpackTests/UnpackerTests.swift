@@ -53,6 +53,14 @@ struct TarWriter {
 
 typealias BytesSource = MemorySource
 
+/// `text` repeated past `LayerTree.inlineMax` bytes: a file the store keeps as an object
+/// (a smaller one is inline in its layer's image).
+func stored(_ text: String) -> [UInt8] {
+  var out: [UInt8] = []
+  while out.count <= LayerTree.inlineMax { out += text.utf8 }
+  return out
+}
+
 @Suite(.enabled(if: getuid() == 0, "needs root: trusted.* xattrs, owners, /run/sd, mounts"))
 struct UnpackerTests {
   let root: String
@@ -99,7 +107,7 @@ struct UnpackerTests {
   /// the last header wins): its mode, times and xattrs.
   @Test func aHardLinkEntrysHeaderWins() throws {
     var tar = TarWriter()
-    tar.entry("a", mode: 0o644, data: Array("shared".utf8), mtime: 1_600_000_000)
+    tar.entry("a", mode: 0o644, data: stored("shared"), mtime: 1_600_000_000)
     tar.pax([("SCHILY.xattr.user.x", "1")])
     tar.entry("b", type: 0x31, mode: 0o600, link: "a", mtime: 1_700_000_000)
     _ = try unpack(tar)
@@ -116,15 +124,15 @@ struct UnpackerTests {
   /// by its other name, or another file) still names it.
   @Test func aPathWrittenTwiceNamesOnlyWhatIsLeft() throws {
     var tar = TarWriter()
-    tar.entry("twice", data: Array("first".utf8))
-    tar.entry("twice", data: Array("second".utf8))
-    tar.entry("kept", data: Array("kept by a link".utf8))
+    tar.entry("twice", data: stored("first"))
+    tar.entry("twice", data: stored("second"))
+    tar.entry("kept", data: stored("kept by a link"))
     tar.entry("link", type: 0x31, link: "kept")
-    tar.entry("kept", data: Array("replaced".utf8))
-    tar.entry("gone", data: Array("whited out".utf8))
+    tar.entry("kept", data: stored("replaced"))
+    tar.entry("gone", data: stored("whited out"))
     tar.entry(".wh.gone")
     let layer = try unpack(tar)
-    let sha = { (s: String) in Digest.of(Array(s.utf8)).hex }
+    let sha = { (s: String) in Digest.of(stored(s)).hex }
     #expect(Set(layer.objects.values.map(\.sha256)) == [sha("second"), sha("kept by a link"), sha("replaced")])
     #expect(layer.dropped.count == 2)
     let fd = try At.openFile(root + "/layer/twice")
@@ -136,15 +144,15 @@ struct UnpackerTests {
   @Test func filesBecomeStubsOfSharedObjects() throws {
     var tar = TarWriter()
     tar.entry("dir/", type: 0x35, mode: 0o755)
-    tar.entry("dir/a", data: Array("same".utf8))
-    tar.entry("dir/b", data: Array("same".utf8))
-    tar.entry("dir/c", mode: 0o600, data: Array("same".utf8), mtime: 1_700_000_000)
-    tar.entry("dir/d", data: Array("other".utf8))
+    tar.entry("dir/a", data: stored("same"))
+    tar.entry("dir/b", data: stored("same"))
+    tar.entry("dir/c", mode: 0o600, data: stored("same"), mtime: 1_700_000_000)
+    tar.entry("dir/d", data: stored("other"))
     tar.entry("dir/hard", type: 0x31, link: "dir/d")
     tar.entry("dir/empty")
     let layer = try unpack(tar)
     #expect(layer.entries == 7)
-    #expect(layer.fileBytes == 17)
+    #expect(layer.fileBytes == Int64(3 * stored("same").count + stored("other").count))
     // Objects are keyed by content alone: a, b and c (another mode and mtime) share one.
     #expect(layer.objects.count == 2)
     #expect(layer.diffID == Digest.of(tar.finished))
@@ -155,7 +163,7 @@ struct UnpackerTests {
     #expect(st[3].st_ino == st[4].st_ino && st[3].st_nlink == 2)
     #expect(st[0].st_nlink == 1 && st[1].st_nlink == 1 && st[2].st_nlink == 1)
     // The tar's metadata on the stub, no data blocks.
-    #expect(st[0].st_size == 4 && st[0].st_blocks == 0 && st[0].st_mode & 0o7777 == 0o644)
+    #expect(st[0].st_size == stored("same").count && st[0].st_blocks == 0 && st[0].st_mode & 0o7777 == 0o644)
     #expect(st[2].st_mode & 0o7777 == 0o600 && st[2].st_mtim.tv_sec == 1_700_000_000)
     #expect(st[0].st_mtim.tv_sec == 1_600_000_000)
     // The stubs redirect to the object holding the bytes; an empty file is a plain file.
@@ -164,14 +172,14 @@ struct UnpackerTests {
     #expect(redirect == xattr(root + "/layer/dir/c", ObjectStore.redirectXattr))
     #expect(redirect.count <= 20)  // both xattrs fit in a 256-byte ext4 inode
     let key = ObjectStore.key(redirect: String(decoding: redirect, as: UTF8.self))!
-    #expect(layer.objects[key] == ObjectInfo(size: 4, sha256: Digest.of(Array("same".utf8)).hex))
-    #expect(try String(contentsOfFile: objects.path(of: key), encoding: .utf8) == "same")
+    #expect(layer.objects[key] == ObjectInfo(size: Int64(stored("same").count), sha256: Digest.of(stored("same")).hex))
+    #expect(try Sys.readAll(objects.path(of: key)) == stored("same"))
     #expect(xattr(root + "/layer/dir/empty", ObjectStore.metacopyXattr) == nil && st[5].st_size == 0)
 
     // A second layer with the same content makes no new object.
     try Sys.mkdir(root + "/layer2", mode: 0o755)
     var tar2 = TarWriter()
-    tar2.entry("x", mode: 0o755, data: Array("same".utf8))
+    tar2.entry("x", mode: 0o755, data: stored("same"))
     let layer2 = try unpack(tar2, into: "layer2")
     #expect(Array(layer2.objects.keys) == [key])
     #expect(try objects.list().count == 2)
