@@ -35,7 +35,14 @@ const int SHIM_O_TMPFILE = O_TMPFILE;
 
 int shim_syncfs(int fd) { return (int)syscall(SYS_syncfs, fd); }
 
-int shim_thread_nice(int nice) { return setpriority(PRIO_PROCESS, (id_t)gettid(), nice); }
+int shim_thread_nice_get(int *nice) {
+  errno = 0;
+  int value = getpriority(PRIO_PROCESS, (id_t)gettid());
+  if (value == -1 && errno != 0) return -1;
+  *nice = value;
+  return 0;
+}
+int shim_thread_nice_set(int nice) { return setpriority(PRIO_PROCESS, (id_t)gettid(), nice); }
 int shim_start_writeback(int fd) { return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); }
 
 const int SHIM_AT_EMPTY_PATH = AT_EMPTY_PATH;

@@ -223,13 +223,14 @@ public final class LayerImporter: StorePart, Sendable {
       let known = try read { db in try layers.map { try Metadata.layerVariant(db, diffID: $0.diffID.description) != nil } }
       let inPlace = inPlace
       var running: [Int: Promise<Result<StagedLayer, SnapshotError>>] = [:]
-      for (i, l) in layers.enumerated() where !present[i] && !known[i] {
-        // The largest blob takes longest: the others yield the cores to it.
-        let yields = layers.contains { $0.descriptor.size > l.descriptor.size }
+      let missing = layers.indices.filter { !present[$0] && !known[$0] }
+      // The largest blob to unpack takes longest: the others yield the cores to it.
+      let largest = missing.max { layers[$0].descriptor.size < layers[$1].descriptor.size }
+      for i in missing {
+        let l = layers[i]
         let counter = progress?.counter()
         do {
           running[i] = try Threads.run { [self] in
-            if yields { Threads.lowerPriority() }
             defer { progress?.layerDone() }
             do {
               let source =
@@ -239,11 +240,16 @@ public final class LayerImporter: StorePart, Sendable {
                   try FileSource(path: l.path, limit: l.descriptor.size, cancellation: progress?.cancellation)
                 }
               let desc = LayerDescription(name: l.digest.description, compression: l.compression, digest: l.digest, diffID: l.diffID)
-              var s = try stage(source, desc, .import, progress: counter)
-              // Written here, while other layers still unpack, unless the chain decides
-              // its implicit directories: the commits in order are then short.
-              if s.unpacked.implicitDirectories.isEmpty { s.written = try write(s.tree) }
-              return .success(s)
+              func unpack() throws(SnapshotError) -> StagedLayer {
+                var s = try stage(source, desc, .import, progress: counter)
+                // Written here, while other layers still unpack, unless the chain decides
+                // its implicit directories: the commits in order are then short.
+                if s.unpacked.implicitDirectories.isEmpty { s.written = try write(s.tree) }
+                return s
+              }
+              // (stage's reader thread ends with it; nothing here starts a pool's worker)
+              if i == largest { return .success(try unpack()) }
+              return .success(try Threads.withLowerPriority { () throws(SnapshotError) in try unpack() })
             } catch {
               return .failure(SnapshotError(error))
             }
@@ -354,6 +360,7 @@ public final class LayerImporter: StorePart, Sendable {
     } catch {
       try? Tree.remove(staging)
       try? Tree.remove(staging + LayerImages.suffix)
+      logger.warning("writing a layer's files failed", metadata: ["error": "\(error)"])
       throw SnapshotError(error)
     }
   }

@@ -92,7 +92,8 @@ public struct Instruments: Sendable {
     "snapshotd_check_findings_total": "Problems store checks found, by kind.",
     "snapshotd_store_layers": "Layers in the store.",
     "snapshotd_store_objects": "Content objects in the store (each distinct file content once).",
-    "snapshotd_store_stored_bytes": "Bytes of content objects: what the store keeps on disk for file data.",
+    "snapshotd_store_stored_bytes":
+      "Bytes of content objects: what the store keeps on disk for file data (files of up to 512 bytes are inline in their layer's image instead).",
     "snapshotd_store_logical_bytes": "Bytes of files over every layer and committed snapshot, before deduplication.",
     "snapshotd_snapshots": "Snapshots, by kind (active, view, committed).",
   ]

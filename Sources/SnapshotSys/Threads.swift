@@ -51,12 +51,17 @@ public enum Threads {
     return Handle(thread: thread)
   }
 
-  /// Lowers the calling thread's scheduling priority (nice 10), for the rest of its life and
-  /// for the threads it starts (Linux keeps nice per thread and a new thread inherits it):
-  /// for work that runs beside the work a caller waits for longest, so that work keeps its
-  /// core. Best effort: a failure leaves the priority as it was.
-  public static func lowerPriority() {
-    _ = shim_thread_nice(10)
+  /// Runs `body` with the calling thread's scheduling priority lowered (nice 10 more, at
+  /// most 19), then puts it back: for work beside the work a caller waits for longest, so
+  /// that work keeps its core. Linux keeps nice per thread and a thread inherits its
+  /// creator's, so threads `body` starts run lowered too: `body` must not start threads that
+  /// outlive it (a dispatch or task pool's worker would keep the lowered priority). Best
+  /// effort: a failure leaves the priority as it was (putting it back needs CAP_SYS_NICE).
+  public static func withLowerPriority<T>(_ body: () throws -> T) rethrows -> T {
+    var before: Int32 = 0
+    guard shim_thread_nice_get(&before) == 0, shim_thread_nice_set(min(before + 10, 19)) == 0 else { return try body() }
+    defer { _ = shim_thread_nice_set(before) }
+    return try body()
   }
 
   /// Starts `body` on a new detached thread.

@@ -101,11 +101,8 @@ final class RegistryFetcher: LayerFetcher {
     // A layer the store has needs no thread (every Prepare starts the image's later layers).
     let present: Result<Bool, any Error> = Result { try store().hasLayer(Self.request(image, layer)) }
     if case .success(false) = present {
-      // The largest blob takes longest: the others yield the cores to it.
-      let yields = image.layers.contains { $0.size > layer.size }
       do {
         try Threads.spawn { [self] in
-          if yields { Threads.lowerPriority() }
           jobs.finish(layer.digest, with: Result { try unpack(image, layer, progress: progress) })
         }
       } catch {

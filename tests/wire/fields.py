@@ -417,7 +417,8 @@ def daemon_threads():
             if not pid.isdigit() or open(f"/proc/{pid}/comm").read().strip() != "snapshotd":
                 continue
             for tid in os.listdir(f"/proc/{pid}/task"):
-                out.append(open(f"/proc/{pid}/task/{tid}/wchan").read() or "running")
+                wchan = open(f"/proc/{pid}/task/{tid}/wchan").read()
+                out.append(wchan if wchan not in ("", "0") else "running")
         except OSError:
             pass
     return ", ".join(sorted(out))

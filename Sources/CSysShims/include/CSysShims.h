@@ -22,8 +22,10 @@ extern const int SHIM_O_NOATIME;
 extern const int SHIM_O_TMPFILE;
 
 int shim_syncfs(int fd);
-/// setpriority(PRIO_PROCESS, gettid(), nice): the calling thread's nice value alone.
-int shim_thread_nice(int nice);
+/// The calling thread's own nice value (getpriority(PRIO_PROCESS, gettid())), and
+/// setpriority of it: -1 with errno on failure (a nice of -1 reads with errno 0).
+int shim_thread_nice_get(int *nice);
+int shim_thread_nice_set(int nice);
 /* sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE), which Swift's Glibc module lacks. */
 int shim_start_writeback(int fd);
 
