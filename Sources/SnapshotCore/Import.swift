@@ -352,10 +352,7 @@ public final class LayerImporter: StorePart, Sendable {
       }
       try Sys.mkdir(staging, mode: 0o755)
       try tree.materialize(into: staging)
-      let fd = try At.openDirectory(staging)
-      defer { At.close(fd) }
-      try At.syncfs(fd, staging)
-      try objects.sync()
+      try objects.sync()  // (`l/` and `o/` are one file system: the root's)
       return staging
     } catch {
       try? Tree.remove(staging)
