@@ -2,7 +2,7 @@
 // snapshotd: a layered filesystem snapshotter service for containerd.
 //
 // Dependencies point one way:
-//   CSysShims (C) → SnapshotSys (system calls, waiting) → Unpack (with CArchive, CIsal: layer
+//   CSysShims (C) → SnapshotSys (system calls, waiting) → Unpack (with CArchive, CIsal, CSha256: layer
 //   tars into content objects and trees, EROFS images, OCI formats) → SnapshotCore (metadata,
 //   layout, mounts, imports) → SnapshotAPI (gRPC, generated code) → snapshotd, snapctl
 //   SnapshotSys, CFuse (libfuse3), CFuseIO (passthrough hooks) → FuseOverlay (the FUSE overlay
@@ -46,6 +46,7 @@ let package = Package(
   targets: [
     .target(name: "CSysShims", path: "Sources/CSysShims"),
     .target(name: "CFuseIO"),
+    .target(name: "CSha256"),
     .systemLibrary(
       name: "CArchive",
       path: "Sources/CArchive",
@@ -84,7 +85,7 @@ let package = Package(
     .target(
       name: "Unpack",
       dependencies: [
-        "SnapshotSys", "CArchive", "CIsal",
+        "SnapshotSys", "CArchive", "CIsal", "CSha256",
         .product(name: "Crypto", package: "swift-crypto"),
       ]
     ),

@@ -244,7 +244,11 @@ public final class LayerImporter: StorePart, Sendable {
                 var s = try stage(source, desc, .import, progress: counter)
                 // Written here, while other layers still unpack, unless the chain decides
                 // its implicit directories: the commits in order are then short.
-                if s.unpacked.implicitDirectories.isEmpty { s.written = try write(s.tree) }
+                if s.unpacked.implicitDirectories.isEmpty {
+                  s.written = try write(s.tree)
+                  // Its nodes are freed here, beside other layers' work, not in the commits.
+                  s.tree = LayerTree(owner: (0, 0), now: Sys.now())
+                }
                 return s
               }
               // (stage's reader thread ends with it; nothing here starts a pool's worker)
@@ -346,8 +350,8 @@ public final class LayerImporter: StorePart, Sendable {
     let staging = layout.layers + "/new-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
     do {
       if store.images.available {
-        try LayerImages.write(tree, to: staging + LayerImages.suffix)
-        try objects.sync()
+        try LayerImages.write(tree, to: staging + LayerImages.suffix, sync: false)
+        try objects.sync()  // the objects and the image: one file system, the root's
         return staging + LayerImages.suffix
       }
       try Sys.mkdir(staging, mode: 0o755)

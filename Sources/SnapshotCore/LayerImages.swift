@@ -67,12 +67,14 @@ struct LayerImages: Sendable {
 
   func image(_ id: Int64) -> String { layout.layer(id) + Self.suffix }
 
-  /// Writes `tree`'s image to `path` and makes it durable (one fsync).
-  static func write(_ tree: LayerTree, to path: String) throws {
+  /// Writes `tree`'s image to `path` and makes it durable (one fsync), unless `sync` is
+  /// false: then the caller's `syncfs` of the store covers it (one journal commit less on
+  /// an import's critical path).
+  static func write(_ tree: LayerTree, to path: String, sync: Bool = true) throws {
     let fd = try At.open(AT_FDCWD, path, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
     defer { At.close(fd) }
     try ErofsImage.write(tree, to: fd, what: path, buildTime: Sys.now())
-    try At.fsync(fd, path)
+    if sync { try At.fsync(fd, path) }
   }
 
   /// Puts a staged image in place as layer `id`'s and mounts it; the caller fsyncs `l/`.

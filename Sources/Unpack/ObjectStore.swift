@@ -1,4 +1,5 @@
 import SnapshotSys
+import Synchronization
 
 #if canImport(Glibc)
   import Glibc
@@ -48,6 +49,7 @@ public struct ObjectInfo: Sendable, Equatable {
 public final class ObjectStore: @unchecked Sendable {
   public let path: String
   private let root: Int32
+  private let syncing = Atomic<Bool>(false)
   private let dirs: [Int32]
   private let gate = ReadWriteLock()
 
@@ -79,6 +81,23 @@ public final class ObjectStore: @unchecked Sendable {
   /// was started when it was made (`At.startWriteback`), so little is left to wait for.
   public func sync() throws(SystemError) {
     try At.syncfs(root, path)
+  }
+
+  /// Starts a `syncfs(2)` of the store's file system on a thread of its own, unless one is
+  /// running, and returns: called as a large import writes, it spreads the journal commits
+  /// (and the data written with them) over the import, so the `sync` that ends a layer
+  /// commits the last part only, not the layer's every inode and block at once. Best effort:
+  /// durability is still `sync`'s. (The thread only waits, so it may inherit a lowered priority.)
+  public func startSync() {
+    guard syncing.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+    do {
+      try Threads.spawn { [self] in
+        try? At.syncfs(root, path)
+        syncing.store(false, ordering: .releasing)
+      }
+    } catch {
+      syncing.store(false, ordering: .releasing)
+    }
   }
 
   deinit {

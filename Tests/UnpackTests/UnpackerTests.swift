@@ -262,6 +262,27 @@ struct UnpackerTests {
     }
   }
 
+  /// An uncompressed layer, named so or detected: its digest and diffID are the one hash
+  /// of the blob, padding after the tar's end included; a wrong digest is refused.
+  @Test(arguments: [Compression.none, .detect]) func uncompressedLayers(_ compression: Compression) throws {
+    var tar = TarWriter()
+    tar.entry("big", data: (0..<(300 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 7 >> 2) })
+    tar.entry("small", data: Array("small".utf8))
+    let plain = tar.finished + [UInt8](repeating: 0, count: 4096)
+    let dir = root + "/plain-\(compression.rawValue)"
+    try Sys.mkdirAll(dir, mode: 0o755)
+    let layer = try Unpacker.unpack(
+      BytesSource(plain), LayerDescription(name: "plain", compression: compression, digest: Digest.of(plain), diffID: Digest.of(plain)),
+      into: dir, objects: objects)
+    #expect(layer.digest == Digest.of(plain) && layer.diffID == Digest.of(plain))
+    try Sys.mkdirAll(dir + "-wrong", mode: 0o755)
+    #expect {
+      _ = try Unpacker.unpack(
+        BytesSource(plain), LayerDescription(name: "plain", compression: compression, digest: Digest.of([1]), diffID: nil),
+        into: dir + "-wrong", objects: objects)
+    } throws: { ($0 as? LayerError)?.message.contains("digest mismatch") == true }
+  }
+
   @Test func diffIDMismatchIsRefused() throws {
     var tar = TarWriter()
     tar.entry("f", data: [1])
