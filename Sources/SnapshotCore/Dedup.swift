@@ -222,17 +222,14 @@ public final class ObjectCollector: StorePart, Sendable {
       var bytes: Int64 = 0
       do {
         for layer in freed { try store.images.remove(layer) }
-        for (key, size) in dead {
-          try objects.remove(key)
-          bytes += size
-        }
+        try objects.remove(dead.map(\.key))
+        for (_, size) in dead { bytes += size }
         var count = dead.count
         if sweep {
           let known = try read { db in try Metadata.objectKeys(db) }.union(pendingStubKeys())
-          for key in try objects.list() where !known.contains(key) && !ObjectStore.isLegacyKey(key) {
-            try objects.remove(key)
-            count += 1
-          }
+          let orphans = try objects.list().filter { !known.contains($0) && !ObjectStore.isLegacyKey($0) }
+          try objects.remove(orphans)
+          count += orphans.count
         }
         return (freed.count, count, bytes)
       } catch {

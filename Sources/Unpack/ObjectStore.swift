@@ -323,6 +323,25 @@ public final class ObjectStore: @unchecked Sendable {
     do { try At.unlink(d, n) } catch  where error.errno == ENOENT {}
   }
 
+  /// Removes the objects `keys` (missing ones are skipped), in name order, the store's two
+  /// halves of directories on two threads at once: the unlinks are the kernel's CPU work,
+  /// and one after another leave a core idle (`find -delete` of the benchmark image's 10,978
+  /// objects: 248 ms on one thread, 130 ms on two).
+  public func remove(_ keys: [String]) throws(SystemError) {
+    let sorted = keys.sorted()
+    let split = sorted.firstIndex { $0.utf8.first! >= UInt8(ascii: "8") } ?? sorted.endIndex
+    let upper = Array(sorted[split...])
+    let other: Promise<Result<Void, SystemError>>? =
+      upper.isEmpty || split == 0 ? nil : try? Threads.run { [self] in Result { () throws(SystemError) in try removeEach(upper) } }
+    let mine = Result { () throws(SystemError) in try removeEach(other == nil ? sorted : Array(sorted[..<split])) }
+    try other?.wait().get()
+    try mine.get()
+  }
+
+  private func removeEach(_ keys: [String]) throws(SystemError) {
+    for key in keys { try remove(key) }
+  }
+
   /// Every name in the store (objects, and objects of a store made before stubs).
   public func list() throws(SystemError) -> [String] {
     var out: [String] = []

@@ -1,7 +1,8 @@
 import Foundation
 import SnapshotSys
 import Testing
-import Unpack
+
+@testable import Unpack
 
 /// A minimal ustar writer: enough to build the tars these tests need byte by byte.
 struct TarWriter {
@@ -281,6 +282,26 @@ struct UnpackerTests {
         BytesSource(plain), LayerDescription(name: "plain", compression: compression, digest: Digest.of([1]), diffID: nil),
         into: dir + "-wrong", objects: objects)
     } throws: { ($0 as? LayerError)?.message.contains("digest mismatch") == true }
+  }
+
+  /// Removing many objects at once (two threads, by halves of the directories): exactly
+  /// those named go, missing names are skipped, the rest stay.
+  @Test func removingObjectsInBulk() throws {
+    var keys: [String] = []
+    for i in 0..<64 {
+      let content = stored("object \(i)")
+      var hash = Hasher()
+      content.withUnsafeBytes { hash.update($0) }
+      keys.append(
+        try objects.make(hash.finalizeBytes()) { fd throws(SystemError) in try At.write(fd, "object", content.withUnsafeBytes { $0 }, at: 0)
+        }.key)
+    }
+    #expect(Set(keys.map { $0.first! }).count > 8, "keys in both halves of the directories")
+    let gone = keys.enumerated().filter { $0.offset % 3 != 0 }.map(\.element)
+    try objects.remove(gone + ["0000000000000000", "ffffffffffffffff"])
+    for key in keys { #expect((try objects.size(of: key) != nil) == !gone.contains(key)) }
+    #expect(Set(try objects.list()) == Set(keys).subtracting(gone))
+    try objects.remove([])
   }
 
   @Test func diffIDMismatchIsRefused() throws {
