@@ -350,6 +350,7 @@ public final class LayerImporter: StorePart, Sendable {
     let staging = layout.layers + "/new-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
     do {
       if store.images.available {
+        objects.startSync()  // the layer's last objects go to disk while its image is made
         try LayerImages.write(tree, to: staging + LayerImages.suffix, sync: false)
         try objects.sync()  // the objects and the image: one file system, the root's
         return staging + LayerImages.suffix
