@@ -2,6 +2,8 @@
 // published one (sha256rnds2 two rounds at a time, sha256msg1/msg2 for the schedule);
 // tested against swift-crypto in HasherTests.
 #include "CSha256.h"
+
+#if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #include <immintrin.h>
 
@@ -108,3 +110,20 @@ TARGET void csha256_blocks2(uint32_t state_a[8], const uint8_t *data_a, uint32_t
   store(state_a, a0, a1);
   store(state_b, b0, b1);
 }
+
+#else  // another architecture: no SHA extensions of this kind; Hasher uses swift-crypto.
+
+int csha256_accelerated(void) { return 0; }
+
+void csha256_blocks(uint32_t state[8], const uint8_t *data, size_t blocks) {
+  (void)state, (void)data, (void)blocks;
+  __builtin_trap();  // never called where csha256_accelerated() is 0
+}
+
+void csha256_blocks2(uint32_t state_a[8], const uint8_t *data_a, uint32_t state_b[8], const uint8_t *data_b,
+                     size_t blocks) {
+  (void)state_a, (void)data_a, (void)state_b, (void)data_b, (void)blocks;
+  __builtin_trap();
+}
+
+#endif

@@ -251,7 +251,9 @@ public final class LayerImporter: StorePart, Sendable {
                 }
                 return s
               }
-              // (stage's reader thread ends with it; nothing here starts a pool's worker)
+              // (stage's reader thread ends with it, and the syncfs threads the object store
+              // starts, which may outlive it lowered, only wait on the disk; nothing here
+              // starts a pool's worker)
               if i == largest { return .success(try unpack()) }
               return .success(try Threads.withLowerPriority { () throws(SnapshotError) in try unpack() })
             } catch {

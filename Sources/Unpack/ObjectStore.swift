@@ -49,6 +49,10 @@ public struct ObjectInfo: Sendable, Equatable {
 public final class ObjectStore: @unchecked Sendable {
   public let path: String
   private let root: Int32
+  /// The store's directory once more, for `startSync` alone: since Linux 5.8 a `syncfs`
+  /// reports a writeback error once per open file, so a background sync on `root` would
+  /// take the error the `sync` that ends an import must report.
+  private let backgroundRoot: Int32
   private let syncing = Atomic<Bool>(false)
   private let dirs: [Int32]
   private let gate = ReadWriteLock()
@@ -74,6 +78,13 @@ public final class ObjectStore: @unchecked Sendable {
     }
     dirs = fds
     root = try At.openDirectory(path)
+    do {
+      backgroundRoot = try At.openDirectory(path)
+    } catch {
+      for fd in fds { At.close(fd) }
+      At.close(root)
+      throw error
+    }
   }
 
   /// Makes every object written so far durable: one `syncfs(2)` of the store's file system
@@ -92,7 +103,7 @@ public final class ObjectStore: @unchecked Sendable {
     guard syncing.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
     do {
       try Threads.spawn { [self] in
-        try? At.syncfs(root, path)
+        try? At.syncfs(backgroundRoot, path)  // (its errors stay for `sync` to report)
         syncing.store(false, ordering: .releasing)
       }
     } catch {
@@ -103,6 +114,7 @@ public final class ObjectStore: @unchecked Sendable {
   deinit {
     for fd in dirs { At.close(fd) }
     At.close(root)
+    At.close(backgroundRoot)
   }
 
   // MARK: - Names

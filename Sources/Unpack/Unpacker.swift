@@ -146,7 +146,7 @@ public enum Unpacker {
 
 // MARK: - Reading and decompressing
 
-/// The blob side of an unpack, on its own thread: read, hash, decompress, hash, hand on.
+/// The blob side of an unpack, on its own thread: read, hash, decompress, hand on.
 final class BlobReader: @unchecked Sendable {
   private(set) var source: ByteSource
   let layer: LayerDescription

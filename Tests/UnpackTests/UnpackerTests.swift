@@ -292,9 +292,11 @@ struct UnpackerTests {
       let content = stored("object \(i)")
       var hash = Hasher()
       content.withUnsafeBytes { hash.update($0) }
-      keys.append(
-        try objects.make(hash.finalizeBytes()) { fd throws(SystemError) in try At.write(fd, "object", content.withUnsafeBytes { $0 }, at: 0)
-        }.key)
+      let made = try objects.make(hash.finalizeBytes()) { fd throws(SystemError) in
+        let written = content.withUnsafeBytes { b in Result { () throws(SystemError) in try At.write(fd, "object", b, at: 0) } }
+        try written.get()
+      }
+      keys.append(made.key)
     }
     #expect(Set(keys.map { $0.first! }).count > 8, "keys in both halves of the directories")
     let gone = keys.enumerated().filter { $0.offset % 3 != 0 }.map(\.element)
