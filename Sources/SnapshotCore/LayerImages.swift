@@ -18,7 +18,8 @@ public enum LayerFormat: String, Sendable, CaseIterable {
 /// (`ErofsImage`), mounted read-only (file-backed, no loop device) on `l/<id>`, where
 /// mounts name the layer as they name a layer directory. One mount per layer, shared by
 /// every snapshot and mount that uses it: a layer costs the host one inode and one file
-/// instead of one per entry, is written with one fsync, and goes with one unlink.
+/// instead of one per entry, is written with one fsync (an import's: covered by the store's
+/// `syncfs` instead), and goes with one unlink.
 ///
 /// Where the kernel has no file-backed EROFS (`available` false), layers are directories of
 /// stubs.

@@ -3,9 +3,9 @@
 // Why not only swift-crypto (BoringSSL): it hashes one stream at a time. An unpack hashes
 // two streams over the same bytes, the tar stream (the diffID) and each file in it (the
 // object's name); each SHA-NI round waits on the one before, so two independent streams
-// interleaved fill the gaps: 2.9 GB/s for the pair against 1.8 GB/s for one stream on this
-// project's machines (AMD EPYC; BoringSSL's own SHA-NI code also does 1.8). Where the CPU
-// lacks the extensions, `Hasher` keeps using swift-crypto.
+// interleaved fill the gaps: 2.65-2.95 GB/s for the pair against 1.78 GB/s for one stream on
+// this project's machines (AMD EPYC; OpenSSL's own code also does 1.78): scripts/bench-sha256.
+// Where the CPU lacks the extensions, `Hasher` keeps using swift-crypto.
 #ifndef SNAPSHOTD_CSHA256_H
 #define SNAPSHOTD_CSHA256_H
 #include <stddef.h>
