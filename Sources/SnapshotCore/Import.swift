@@ -353,7 +353,7 @@ public final class LayerImporter: StorePart, Sendable {
     do {
       if store.images.available {
         objects.startSync()  // the layer's last objects go to disk while its image is made
-        try LayerImages.write(tree, to: staging + LayerImages.suffix, sync: false)
+        try store.images.write(tree, to: staging + LayerImages.suffix, sync: false)
         try objects.sync()  // the objects and the image: one file system, the root's
         return staging + LayerImages.suffix
       }

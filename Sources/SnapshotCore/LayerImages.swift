@@ -31,6 +31,8 @@ public enum LayerFormat: String, Sendable, CaseIterable {
 struct LayerImages: Sendable {
   let layout: Layout
   let available: Bool
+  /// Whether images may have compact inodes (`ErofsImage`: Linux 6.15+), else extended only.
+  let compact: Bool
 
   static let suffix = ".erofs"
   /// Committed snapshots with fewer entries stay directories (their files stubs, as dedup
@@ -41,29 +43,43 @@ struct LayerImages: Sendable {
   /// Whether a committed snapshot of `inodes` entries (its usage) becomes an image.
   func wants(inodes: Int64) -> Bool { available && inodes >= Self.minimumEntries }
 
-  init(layout: Layout, available: Bool) {
+  init(layout: Layout, available: Bool, compact: Bool = true) {
     self.layout = layout
     self.available = available
+    self.compact = compact
   }
 
-  /// Whether an EROFS image file can be mounted here (Linux 6.12+ with
-  /// CONFIG_EROFS_FS_BACKED_BY_FILE): tried with an empty layer's image.
-  static func probe(_ layout: Layout) -> (Bool, String) {
+  /// How images can be mounted here: file-backed EROFS (Linux 6.12+ with
+  /// CONFIG_EROFS_FS_BACKED_BY_FILE) with compact inodes (6.15+), or extended ones only, or
+  /// not at all. Tried with an image of one entry, whose mtime must read back.
+  static func probe(_ layout: Layout) -> (available: Bool, compact: Bool, reason: String) {
     let dir = layout.temporary + "/" + Sys.temporaryName("erofs-probe")
     defer {
       _ = try? Sys.unmount(dir + "/m", flags: Int32(MNT_DETACH))
       try? Tree.remove(dir)
     }
-    do {
-      try Sys.mkdir(dir, mode: 0o700)
-      try Sys.mkdir(dir + "/m", mode: 0o755)
-      let image = dir + "/probe" + suffix
-      try write(LayerTree(owner: (0, 0), now: Sys.now()), to: image)
-      try Sys.mount(source: image, target: dir + "/m", type: "erofs", flags: UInt(MS_RDONLY), data: nil)
-      return (true, "file-backed EROFS mounts work")
-    } catch {
-      return (false, "file-backed EROFS cannot be mounted (\(error)): layers are directories of stubs")
+    var failure = ""
+    for compact in [true, false] {
+      do throws(any Error) {
+        try Sys.mkdirAll(dir + "/m", mode: 0o755)
+        let image = dir + "/probe\(compact)" + suffix
+        let tree = LayerTree(owner: (0, 0), now: Sys.now())
+        let mtime = timespec(tv_sec: 1_000_000_000, tv_nsec: 0)
+        let file = try tree.node(S_IFREG, FileMeta(mode: 0o644, uid: 0, gid: 0, mtime: mtime, atime: mtime, xattrs: []))
+        try tree.place(file, Array("f".utf8), in: tree.root) { _ in }
+        try write(tree, to: image, compact: compact)
+        try Sys.mount(source: image, target: dir + "/m", type: "erofs", flags: UInt(MS_RDONLY), data: nil)
+        defer { _ = try? Sys.unmount(dir + "/m", flags: Int32(MNT_DETACH)) }
+        guard try Sys.lstat(dir + "/m/f").st_mtim.tv_sec == mtime.tv_sec else {
+          failure = "an image's mtime did not read back"
+          continue
+        }
+        return (true, compact, "file-backed EROFS mounts work" + (compact ? "" : " (extended inodes: no 48-bit layout)"))
+      } catch {
+        failure = "\(error)"
+      }
     }
+    return (false, false, "file-backed EROFS cannot be mounted (\(failure)): layers are directories of stubs")
   }
 
   func image(_ id: Int64) -> String { layout.layer(id) + Self.suffix }
@@ -71,10 +87,14 @@ struct LayerImages: Sendable {
   /// Writes `tree`'s image to `path` and makes it durable (one fsync), unless `sync` is
   /// false: then the caller's `syncfs` of the store covers it (one journal commit less on
   /// an import's critical path).
-  static func write(_ tree: LayerTree, to path: String, sync: Bool = true) throws {
+  func write(_ tree: LayerTree, to path: String, sync: Bool = true) throws {
+    try Self.write(tree, to: path, compact: compact, sync: sync)
+  }
+
+  private static func write(_ tree: LayerTree, to path: String, compact: Bool, sync: Bool = true) throws {
     let fd = try At.open(AT_FDCWD, path, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
     defer { At.close(fd) }
-    try ErofsImage.write(tree, to: fd, what: path, buildTime: Sys.now())
+    try ErofsImage.write(tree, to: fd, what: path, buildTime: Sys.now(), compact: compact)
     if sync { try At.fsync(fd, path) }
   }
 
@@ -124,7 +144,7 @@ struct LayerImages: Sendable {
     do {
       let tree = try LayerTree.load(from: dir, objects: objects, loaded: &loaded)
       try? Sys.unlink(staged)
-      try Self.write(tree, to: staged)
+      try write(tree, to: staged)
       if !loaded.adopted.isEmpty { try objects?.sync() }
       try record(loaded)
     } catch {

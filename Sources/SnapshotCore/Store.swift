@@ -93,8 +93,8 @@ public final class Store: Sendable {
     jobs = BackgroundQueue(metrics: metrics, logger: logger)
     switch layerFormat {
     case .auto:
-      let (works, reason) = LayerImages.probe(layout)
-      images = LayerImages(layout: layout, available: works)
+      let (works, compact, reason) = LayerImages.probe(layout)
+      images = LayerImages(layout: layout, available: works, compact: compact)
       logger.info("layer format", metadata: ["format": "\(works ? "erofs" : "directory")", "reason": "\(reason)"])
     case .erofs, .directory:
       images = LayerImages(layout: layout, available: layerFormat == .erofs)

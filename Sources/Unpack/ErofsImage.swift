@@ -11,10 +11,17 @@ import SnapshotSys
 /// which is the stub tree this replaces; its tar mode came in 1.7. The subset written here
 /// is small (the kernel's `Documentation/filesystems/erofs.rst`, `fs/erofs/erofs_fs.h`):
 ///
-/// - 4 KiB blocks; the superblock at 1024; the metadata area from block 0 (nid = byte offset
-///   / 32), then data blocks.
-/// - Extended (64-byte) inodes only: 32-bit owners, nanosecond mtimes, 32-bit link counts.
-/// - Inline xattrs (no shared ones), with the kernel's short name prefixes.
+/// - 4 KiB blocks; the superblock at 1024, overlayfs's shared xattrs right after it; then
+///   inode records from 2048 (nid = byte offset / 32) in the order a walk visits them
+///   (depth first, by name), each large directory's or symlink's data blocks at the next
+///   block boundary after its inode: a cold `find` or `tar` reads the image forwards.
+/// - Compact (32-byte) inodes where the entry's fields fit (owners and link counts under
+///   65536, sizes under 4 GiB, an mtime of whole seconds within 2^32 s of the image's
+///   epoch), with the 48-bit layout flag (Linux 6.15+; older kernels read a compact inode's
+///   mtime as the epoch, and refuse the flag); else extended (64-byte) ones. `compact`
+///   false writes extended inodes only (kernels 6.12-6.14, and what fsck.erofs 1.5 reads).
+/// - Xattrs inline, with the kernel's short name prefixes; an overlayfs xattr that many
+///   entries carry alike (a stub's empty metacopy) shared: 4 bytes per entry.
 /// - Directories, symlinks and small regular files kept inline (`LayerTree.inlineMax`):
 ///   their last partial block inline after the inode (`FLAT_INLINE`) when the whole record
 ///   fits in one block, else plain data blocks.
@@ -30,6 +37,7 @@ public enum ErofsImage {
   static let superOffset = 1024
   static let magic: UInt32 = 0xE0F5_E1E2
   static let incompatChunkedFile: UInt32 = 0x4
+  static let incompat48Bit: UInt32 = 0x80
   /// Where the first inode (the root) goes: after the superblock, nid 64.
   static let firstInode = 2048
   static let nullAddress: UInt32 = 0xFFFF_FFFF
@@ -48,8 +56,9 @@ public enum ErofsImage {
   private struct Inode {
     let node: LayerTree.Node
     let parent: Int  // index of the parent directory's inode
-    var xattrs: [UInt8] = []  // the inline xattr body (header and entries), or empty
+    var xattrs: [UInt8] = []  // the xattr body (header, shared ids, inline entries), or empty
     var layout = Layout.flatPlain
+    var compact = false  // a 32-byte inode, else 64
     var data: [UInt8] = []  // directory blocks or symlink target, unpadded
     var inline = 0  // bytes of `data` stored after the inode
     var chunkBits = 0
@@ -57,44 +66,40 @@ public enum ErofsImage {
     var offset = 0  // of the inode record in the image
     var dataBlock: UInt32 = 0  // first data block of the part not inline
     var nlink: UInt32 = 1
-    var record: Int { 64 + xattrs.count + (layout == .chunkBased ? chunks * 4 : inline) }
+    var inodeSize: Int { compact ? 32 : 64 }
+    var record: Int { inodeSize + xattrs.count + (layout == .chunkBased ? chunks * 4 : inline) }
+    var dataBlocks: Int { (data.count - inline + blockSize - 1) / blockSize }
   }
 
   /// Writes the image of `tree` to `fd` (an empty file) and returns its size. `fd` is not
-  /// synced.
+  /// synced. `compact`: 32-byte inodes where an entry's fields fit them (the image then
+  /// needs Linux 6.15+, `compactInodesWork`); else extended inodes only.
   @discardableResult
-  public static func write(_ tree: LayerTree, to fd: Int32, what: String, buildTime: timespec) throws -> Int {
-    // Inodes in walk order (the root first: its nid must fit 16 bits); hard links once.
+  public static func write(_ tree: LayerTree, to fd: Int32, what: String, buildTime: timespec, compact: Bool = true) throws -> Int {
+    // Inodes in the order a walk visits them (find, tar, cp -a: depth first, by name), so a
+    // cold walk reads the image forwards; the root first (its nid must fit 16 bits). A
+    // hard link is placed once, at its first name in that order.
     var inodes: [Inode] = []
     var index: [ObjectIdentifier: Int] = [:]
-    var entries: [[(name: [UInt8], child: Int)]] = []  // per inode: directory entries
-    var queue: [(LayerTree.Node, Int)] = [(tree.root, 0)]
-    var head = 0
-    while head < queue.count {
-      let (node, parent) = queue[head]
-      head += 1
-      let me = inodes.count
-      index[ObjectIdentifier(node)] = me
+    var stack: [(LayerTree.Node, Int)] = [(tree.root, 0)]
+    while let (node, parent) = stack.popLast() {
+      if index[ObjectIdentifier(node)] != nil { continue }  // a hard link's later name
+      index[ObjectIdentifier(node)] = inodes.count
       inodes.append(Inode(node: node, parent: parent))
-      entries.append([])
       guard node.isDirectory else { continue }
-      for (_, child) in node.children.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
-        // A hard link is queued once, at its first name.
-        if child.links > 1 {
-          if index[ObjectIdentifier(child)] != nil { continue }
-          index[ObjectIdentifier(child)] = -1
-        }
-        queue.append((child, me))
+      let me = inodes.count - 1
+      for (_, child) in node.children.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }).reversed() {
+        stack.append((child, me))
       }
     }
-    for i in inodes.indices where inodes[i].node.isDirectory {
-      entries[i] = inodes[i].node.children.map { ($0.key, index[ObjectIdentifier($0.value)]!) }
-    }
 
+    // Xattrs: overlayfs's that many entries carry alike (a stub's empty metacopy) are
+    // stored once, in the shared area right after the superblock; the rest inline.
+    let shared = sharedXattrs(inodes.map { $0.node.storedXattrs })
     // Sizes: xattrs, data, layouts.
     for i in inodes.indices {
       let node = inodes[i].node
-      inodes[i].xattrs = try xattrBody(node.storedXattrs, what: what)
+      inodes[i].xattrs = try xattrBody(node.storedXattrs, shared: shared.ids, what: what)
       switch node.type {
       case S_IFDIR:
         inodes[i].nlink = 2 + UInt32(node.children.values.filter(\.isDirectory).count)
@@ -118,44 +123,64 @@ public enum ErofsImage {
     // its names, so its inline tail is known before.
     var dirBlocks: [[[(name: [UInt8], child: Int)]]] = Array(repeating: [], count: inodes.count)
     for i in inodes.indices where inodes[i].node.isDirectory {
-      var all = entries[i] + [(Array(".".utf8), i), (Array("..".utf8), inodes[i].parent)]
-      all.sort { $0.name.lexicographicallyPrecedes($1.name) }
+      var all = inodes[i].node.children.map { ($0.key, index[ObjectIdentifier($0.value)]!) }
+      all += [(Array(".".utf8), i), (Array("..".utf8), inodes[i].parent)]
+      all.sort { $0.0.lexicographicallyPrecedes($1.0) }
       var blocks: [[(name: [UInt8], child: Int)]] = [[]]
       var used = 0
       for e in all {
-        let cost = 12 + e.name.count
+        let cost = 12 + e.0.count
         if used + cost > blockSize {
           blocks.append([])
           used = 0
         }
-        blocks[blocks.count - 1].append(e)
+        blocks[blocks.count - 1].append((e.0, e.1))
         used += cost
       }
       dirBlocks[i] = blocks
       let size = (blocks.count - 1) * blockSize + used
       inodes[i].data = [UInt8](repeating: 0, count: size)  // filled once nids are known
     }
+    // Compact inodes: 16-bit owners and link counts, 32-bit sizes, and an mtime of whole
+    // seconds after the image's epoch (the earliest such mtime).
+    let epoch = inodes.lazy.map(\.node.meta.mtime).filter { $0.tv_nsec == 0 }.map(\.tv_sec).min() ?? buildTime.tv_sec
+    for i in inodes.indices where compact {
+      let node = inodes[i].node
+      let mtime = node.meta.mtime
+      let size = node.type == S_IFREG ? Int(node.size) : inodes[i].data.count
+      inodes[i].compact =
+        node.meta.uid <= 0xFFFF && node.meta.gid <= 0xFFFF && inodes[i].nlink <= 0xFFFF && size <= Int(UInt32.max)
+        && mtime.tv_nsec == 0 && mtime.tv_sec >= epoch && UInt64(mtime.tv_sec - epoch) <= UInt64(UInt32.max)
+    }
+    let anyCompact = inodes.contains(where: \.compact)
     for i in inodes.indices where !inodes[i].data.isEmpty {
       let tail = inodes[i].data.count % blockSize
-      if tail > 0 && 64 + inodes[i].xattrs.count + tail <= blockSize {
+      if tail > 0 && inodes[i].inodeSize + inodes[i].xattrs.count + tail <= blockSize {
         inodes[i].layout = .flatInline
         inodes[i].inline = tail
       }
     }
-    // Place the records.
+    // Place the records in order, none of up to a block crossing one; data blocks (large
+    // directories, long symlink targets) go at the next block boundary after their inode.
     var offset = firstInode
+    var pending: [Int] = []
+    func placePending() {
+      offset = (offset + blockSize - 1) / blockSize * blockSize
+      for p in pending {
+        inodes[p].dataBlock = UInt32(offset / blockSize)
+        offset += inodes[p].dataBlocks * blockSize
+      }
+      pending.removeAll()
+    }
     for i in inodes.indices {
       let size = inodes[i].record
-      if size <= blockSize && offset / blockSize != (offset + size - 1) / blockSize { offset = (offset / blockSize + 1) * blockSize }
+      if size <= blockSize && offset / blockSize != (offset + size - 1) / blockSize { placePending() }
       inodes[i].offset = offset
       offset += (size + 31) & ~31
+      if inodes[i].data.count > inodes[i].inline { pending.append(i) }
     }
-    // Then data blocks.
-    var block = UInt32((offset + blockSize - 1) / blockSize)
-    for i in inodes.indices where inodes[i].data.count > inodes[i].inline {
-      inodes[i].dataBlock = block
-      block += UInt32((inodes[i].data.count - inodes[i].inline + blockSize - 1) / blockSize)
-    }
+    placePending()
+    let blocks = UInt32(offset / blockSize)
     // Directory contents, now that every nid is known.
     for i in inodes.indices where inodes[i].node.isDirectory {
       var data = [UInt8]()
@@ -178,7 +203,7 @@ public enum ErofsImage {
       inodes[i].data = data
     }
 
-    // Write: the metadata area, then the data blocks, in order.
+    // Write in offset order: records, and data blocks where they were placed.
     var out = Output(fd: fd, what: what)
     var superblock = [UInt8]()
     superblock.append(le: magic)
@@ -188,78 +213,163 @@ public enum ErofsImage {
     superblock.append(0)  // sb_extslots
     superblock.append(le: UInt16(inodes[0].offset / 32))  // root_nid
     superblock.append(le: UInt64(inodes.count))  // inos
-    superblock.append(le: UInt64(max(0, buildTime.tv_sec)))
-    superblock.append(le: UInt32(buildTime.tv_nsec))
-    superblock.append(le: block)  // blocks
+    if anyCompact {
+      superblock.append(le: UInt64(bitPattern: Int64(epoch)))  // epoch: compact inodes' mtime base
+      superblock.append(le: UInt32(0))  // fixed_nsec
+    } else {
+      superblock.append(le: UInt64(max(0, buildTime.tv_sec)))
+      superblock.append(le: UInt32(buildTime.tv_nsec))
+    }
+    superblock.append(le: blocks)  // blocks
     superblock.append(le: UInt32(0))  // meta_blkaddr
-    superblock.append(le: UInt32(0))  // xattr_blkaddr
+    superblock.append(le: UInt32(0))  // xattr_blkaddr: shared xattrs are in block 0
     superblock += [UInt8](repeating: 0, count: 32)  // uuid, volume_name
-    superblock.append(le: inodes.contains { $0.layout == .chunkBased } ? incompatChunkedFile : 0)
+    var incompat: UInt32 = inodes.contains { $0.layout == .chunkBased } ? incompatChunkedFile : 0
+    // Kernels before the 48-bit layout (6.15) read a compact inode's mtime as the image's
+    // epoch: the flag makes them refuse the image instead.
+    if anyCompact { incompat |= incompat48Bit }
+    superblock.append(le: incompat)
     superblock += [UInt8](repeating: 0, count: 128 - superblock.count)
     try out.pad(to: superOffset)
     try out.append(superblock)
-    for (i, inode) in inodes.enumerated() {
-      try out.pad(to: inode.offset)
-      let node = inode.node
-      var record = [UInt8]()
-      record.reserveCapacity(inode.record)
-      let version: UInt16 = 1  // extended
-      record.append(le: version | inode.layout.rawValue << 1)
-      record.append(le: UInt16(inode.xattrs.isEmpty ? 0 : 1 + (inode.xattrs.count - 12) / 4))
-      record.append(le: UInt16(truncatingIfNeeded: node.type | (node.meta.mode & 0o7777)))
-      record.append(le: UInt16(0))
-      let size: UInt64 =
-        switch node.type {
-        case S_IFREG: UInt64(node.size)
-        case S_IFDIR, S_IFLNK: UInt64(inode.data.count)
-        default: 0
-        }
-      record.append(le: size)
-      switch inode.layout {
-      case .chunkBased: record.append(le: UInt32(inode.chunkBits - blockBits))
-      case _ where node.type == S_IFCHR || node.type == S_IFBLK: record.append(le: encodeDevice(node.major, node.minor))
-      default: record.append(le: inode.data.count > inode.inline ? inode.dataBlock : 0)
+    try out.append(shared.area)
+    var dataOrder = inodes.indices.filter { inodes[$0].data.count > inodes[$0].inline }.makeIterator()
+    var nextData = dataOrder.next()
+    func writeData(before limit: Int) throws {
+      while let d = nextData, Int(inodes[d].dataBlock) * blockSize < limit {
+        try out.pad(to: Int(inodes[d].dataBlock) * blockSize)
+        try out.append(inodes[d].data[..<(inodes[d].data.count - inodes[d].inline)])
+        nextData = dataOrder.next()
       }
-      record.append(le: UInt32(truncatingIfNeeded: i + 1))  // i_ino
+    }
+    for (i, inode) in inodes.enumerated() {
+      try writeData(before: inode.offset)
+      try out.pad(to: inode.offset)
+      try out.append(record(inode, ino: UInt32(truncatingIfNeeded: i + 1), epoch: epoch))
+    }
+    try writeData(before: Int.max)
+    try out.pad(to: Int(blocks) * blockSize)
+    try out.flush()
+    return Int(blocks) * blockSize
+  }
+
+  /// An inode's record: the inode, its xattrs, then its chunk map or inline data.
+  private static func record(_ inode: Inode, ino: UInt32, epoch: Int) -> [UInt8] {
+    let node = inode.node
+    var record = [UInt8]()
+    record.reserveCapacity(inode.record)
+    let size: UInt64 =
+      switch node.type {
+      case S_IFREG: UInt64(node.size)
+      case S_IFDIR, S_IFLNK: UInt64(inode.data.count)
+      default: 0
+      }
+    let u: UInt32 =
+      switch inode.layout {
+      case .chunkBased: UInt32(inode.chunkBits - blockBits)
+      case _ where node.type == S_IFCHR || node.type == S_IFBLK: encodeDevice(node.major, node.minor)
+      default: inode.data.count > inode.inline ? inode.dataBlock : 0
+      }
+    let version: UInt16 = inode.compact ? 0 : 1
+    record.append(le: version | inode.layout.rawValue << 1)
+    record.append(le: UInt16(inode.xattrs.isEmpty ? 0 : 1 + (inode.xattrs.count - 12) / 4))
+    record.append(le: UInt16(truncatingIfNeeded: node.type | (node.meta.mode & 0o7777)))
+    if inode.compact {
+      record.append(le: UInt16(inode.nlink))  // i_nb (no NLINK_1 bit)
+      record.append(le: UInt32(size))
+      record.append(le: UInt32(node.meta.mtime.tv_sec - epoch))
+      record.append(le: u)
+      record.append(le: ino)
+      record.append(le: UInt16(node.meta.uid))
+      record.append(le: UInt16(node.meta.gid))
+      record.append(le: UInt32(0))
+    } else {
+      record.append(le: UInt16(0))
+      record.append(le: size)
+      record.append(le: u)
+      record.append(le: ino)
       record.append(le: node.meta.uid)
       record.append(le: node.meta.gid)
       record.append(le: UInt64(bitPattern: Int64(node.meta.mtime.tv_sec)))  // (the kernel reads it back signed)
       record.append(le: UInt32(node.meta.mtime.tv_nsec))
       record.append(le: inode.nlink)
       record += [UInt8](repeating: 0, count: 16)
-      record += inode.xattrs
-      if inode.layout == .chunkBased {
-        for _ in 0..<inode.chunks { record.append(le: nullAddress) }
-      } else if inode.inline > 0 {
-        record += inode.data[(inode.data.count - inode.inline)...]
-      }
-      try out.append(record)
     }
-    for inode in inodes where inode.data.count > inode.inline {
-      try out.pad(to: Int(inode.dataBlock) * blockSize)
-      try out.append(inode.data[..<(inode.data.count - inode.inline)])
+    record += inode.xattrs
+    if inode.layout == .chunkBased {
+      for _ in 0..<inode.chunks { record.append(le: nullAddress) }
+    } else if inode.inline > 0 {
+      record += inode.data[(inode.data.count - inode.inline)...]
     }
-    try out.pad(to: Int(block) * blockSize)
-    try out.flush()
-    return Int(block) * blockSize
+    return record
   }
 
-  /// The inline xattr body: the 12-byte header, then each entry (4-byte aligned).
-  private static func xattrBody(_ xattrs: [(name: String, value: [UInt8])], what: String) throws -> [UInt8] {
+  /// Shared xattrs: overlayfs's own (`trusted.overlay.*`, which a container never lists)
+  /// that two or more entries carry with the same value, most used first, as many as fit
+  /// between the superblock and the root inode. Returns their entries (`area`, written right
+  /// after the superblock) and each one's id (its offset / 4, `xattr_blkaddr` being 0).
+  private static func sharedXattrs(_ all: [[(name: String, value: [UInt8])]]) -> (area: [UInt8], ids: [XattrKey: UInt32]) {
+    var counts: [XattrKey: Int] = [:]
+    for xattrs in all {
+      for (name, value) in xattrs where name.hasPrefix(OverlayXattr.trusted.prefix) {
+        counts[XattrKey(name: name, value: value), default: 0] += 1
+      }
+    }
+    let candidates = counts.filter { $0.value >= 2 }.sorted { a, b in
+      if a.value != b.value { return a.value > b.value }
+      if a.key.name != b.key.name { return a.key.name < b.key.name }
+      return a.key.value.lexicographicallyPrecedes(b.key.value)
+    }
+    var area: [UInt8] = []
+    var ids: [XattrKey: UInt32] = [:]
+    let start = superOffset + 128
+    for (key, _) in candidates {
+      guard let (index, suffix) = prefix(of: key.name) else { continue }
+      let entry = xattrEntry(index, suffix, key.value)
+      guard start + area.count + entry.count <= firstInode else { break }
+      ids[key] = UInt32((start + area.count) / 4)
+      area += entry
+    }
+    return (area, ids)
+  }
+
+  struct XattrKey: Hashable {
+    let name: String
+    let value: [UInt8]
+  }
+
+  /// One xattr entry (4-byte aligned).
+  private static func xattrEntry(_ index: UInt8, _ suffix: [UInt8], _ value: [UInt8]) -> [UInt8] {
+    var entry: [UInt8] = [UInt8(suffix.count), index]
+    entry.append(le: UInt16(value.count))
+    entry += suffix
+    entry += value
+    while entry.count % 4 != 0 { entry.append(0) }
+    return entry
+  }
+
+  /// The xattr body: the 12-byte header, the ids of shared ones, then each inline entry.
+  private static func xattrBody(
+    _ xattrs: [(name: String, value: [UInt8])], shared: [XattrKey: UInt32], what: String
+  ) throws -> [UInt8] {
     guard !xattrs.isEmpty else { return [] }
-    var body = [UInt8](repeating: 0, count: 12)
+    var ids: [UInt32] = []
+    var entries: [UInt8] = []
     for (name, value) in xattrs {
+      if let id = shared[XattrKey(name: name, value: value)] {
+        ids.append(id)
+        continue
+      }
       guard let (index, suffix) = prefix(of: name) else {
         throw Unsupported(description: "\(what): the xattr \(name) has a namespace EROFS cannot store")
       }
       guard suffix.count <= 255, value.count <= 65535 else { throw Unsupported(description: "\(what): the xattr \(name) is too long") }
-      body.append(UInt8(suffix.count))
-      body.append(index)
-      body.append(le: UInt16(value.count))
-      body += suffix
-      body += value
-      while body.count % 4 != 0 { body.append(0) }
+      entries += xattrEntry(index, suffix, value)
     }
+    var body = [UInt8](repeating: 0, count: 12)
+    body[4] = UInt8(ids.count)  // h_shared_count
+    for id in ids { body.append(le: id) }
+    body += entries
     guard body.count <= 12 + 4 * 65534 else { throw Unsupported(description: "\(what): xattrs too large") }
     return body
   }

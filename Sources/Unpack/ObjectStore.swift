@@ -15,6 +15,15 @@ public struct FileMeta: Sendable {
   public var mtime: timespec
   public var atime: timespec
   public var xattrs: [(name: String, value: [UInt8])]  // sorted by name
+
+  public init(mode: UInt32, uid: UInt32, gid: UInt32, mtime: timespec, atime: timespec, xattrs: [(name: String, value: [UInt8])]) {
+    self.mode = mode
+    self.uid = uid
+    self.gid = gid
+    self.mtime = mtime
+    self.atime = atime
+    self.xattrs = xattrs
+  }
 }
 
 /// What the store knows of one object: its size and the SHA-256 of its content (hex).

@@ -21,48 +21,70 @@ struct ErofsTests {
     objects = try ObjectStore(path: root + "/o")
   }
 
-  /// Unpacks `tar` both ways and compares what the kernel shows of each.
-  func check(_ tar: TarWriter, _ name: String) throws {
+  /// Unpacks `tar` both ways and compares what the kernel shows of each: the image with
+  /// compact inodes where they fit, and with extended ones only. Returns the compact
+  /// image's size.
+  @discardableResult
+  func check(_ tar: TarWriter, _ name: String) throws -> Int {
     let layer = LayerDescription(name: name, compression: .none, digest: nil, diffID: nil)
     let (_, tree) = try Unpacker.read(MemorySource(tar.finished), layer, objects: objects)
     let dir = root + "/" + name + "-dir"
-    let image = root + "/" + name + ".erofs"
-    let mnt = root + "/" + name + "-mnt"
     try Sys.mkdir(dir, mode: 0o755)
-    try Sys.mkdir(mnt, mode: 0o755)
     try tree.materialize(into: dir)
-    let fd = open(image, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-    #expect(fd >= 0)
-    let size = try ErofsImage.write(tree, to: fd, what: image, buildTime: Sys.now())
-    close(fd)
-    #expect(size % 4096 == 0)
-    let fsck = Process()
-    fsck.executableURL = URL(fileURLWithPath: "/usr/bin/fsck.erofs")
-    fsck.arguments = [image]
-    fsck.standardOutput = FileHandle.nullDevice
-    try fsck.run()
-    fsck.waitUntilExit()
-    #expect(fsck.terminationStatus == 0, "fsck.erofs \(image)")
-    try Sys.mount(source: image, target: mnt, type: "erofs", flags: UInt(MS_RDONLY), data: nil)
-    defer { try? Sys.unmount(mnt, flags: Int32(MNT_DETACH)) }
     let want = try listing(dir)
-    let got = try listing(mnt)
-    #expect(want.count == got.count)
-    #expect(want.count >= tree.entries - 1, "every entry listed")
-    for (w, g) in zip(want, got) where w != g {
-      Issue.record("\(name): directory: \(w)\n\(name): image:     \(g)")
+    var sizes: [Int] = []
+    for compact in [true, false] {
+      let base = root + "/" + name + (compact ? "" : "-extended")
+      let image = base + ".erofs"
+      let mnt = base + "-mnt"
+      try Sys.mkdir(mnt, mode: 0o755)
+      let fd = open(image, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+      #expect(fd >= 0)
+      let size = try ErofsImage.write(tree, to: fd, what: image, buildTime: Sys.now(), compact: compact)
+      close(fd)
+      sizes.append(size)
+      #expect(size % 4096 == 0)
+      // fsck.erofs 1.5 predates the 48-bit layout compact inodes with their own mtimes
+      // need: it checks the images without it; the kernel reads both below.
+      if try !has48BitLayout(image) {
+        let fsck = Process()
+        fsck.executableURL = URL(fileURLWithPath: "/usr/bin/fsck.erofs")
+        fsck.arguments = [image]
+        fsck.standardOutput = FileHandle.nullDevice
+        try fsck.run()
+        fsck.waitUntilExit()
+        #expect(fsck.terminationStatus == 0, "fsck.erofs \(image)")
+      } else {
+        #expect(compact)
+      }
+      try Sys.mount(source: image, target: mnt, type: "erofs", flags: UInt(MS_RDONLY), data: nil)
+      defer { try? Sys.unmount(mnt, flags: Int32(MNT_DETACH)) }
+      let got = try listing(mnt)
+      #expect(want.count == got.count)
+      #expect(want.count >= tree.entries - 1, "every entry listed")
+      for (w, g) in zip(want, got) where w != g {
+        Issue.record("\(name) (compact \(compact)): directory: \(w)\n\(name): image:     \(g)")
+      }
+      // Read back from the mounted image and written again: the same (how a variant of a
+      // layer, or a directory layer converted, becomes an image).
+      let again = base + "-again.erofs"
+      let mnt2 = base + "-mnt2"
+      try Sys.mkdir(mnt2, mode: 0o755)
+      let fd2 = open(again, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+      try ErofsImage.write(try LayerTree.load(from: mnt), to: fd2, what: again, buildTime: Sys.now(), compact: compact)
+      close(fd2)
+      try Sys.mount(source: again, target: mnt2, type: "erofs", flags: UInt(MS_RDONLY), data: nil)
+      defer { try? Sys.unmount(mnt2, flags: Int32(MNT_DETACH)) }
+      #expect(try listing(mnt2) == got)
     }
-    // Read back from the mounted image and written again: the same (how a variant of a
-    // layer, or a directory layer converted, becomes an image).
-    let again = root + "/" + name + "-again.erofs"
-    let mnt2 = root + "/" + name + "-mnt2"
-    try Sys.mkdir(mnt2, mode: 0o755)
-    let fd2 = open(again, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-    try ErofsImage.write(try LayerTree.load(from: mnt), to: fd2, what: again, buildTime: Sys.now())
-    close(fd2)
-    try Sys.mount(source: again, target: mnt2, type: "erofs", flags: UInt(MS_RDONLY), data: nil)
-    defer { try? Sys.unmount(mnt2, flags: Int32(MNT_DETACH)) }
-    #expect(try listing(mnt2) == got)
+    #expect(sizes[0] <= sizes[1], "compact inodes never make an image larger")
+    return sizes[0]
+  }
+
+  /// Whether the image's superblock has the 48-bit layout flag (feature_incompat 0x80).
+  func has48BitLayout(_ image: String) throws -> Bool {
+    let data = try Data(contentsOf: URL(fileURLWithPath: image))
+    return data[1024 + 80] & 0x80 != 0
   }
 
   /// One line per entry: what a container could see of it but atime, ctime, inode numbers
@@ -201,5 +223,60 @@ struct ErofsTests {
     for i in 0..<100_000 { tar.entry("d/f\(i)", data: []) }
     tar.entry("d/data", data: [9])
     try check(tar, "wide")
+  }
+  /// Compact inodes where the fields fit, extended where not, side by side in one image:
+  /// nanosecond and far-apart mtimes, times before 1970, owners past 16 bits.
+  @Test func compactAndExtendedInodes() throws {
+    var tar = TarWriter()
+    tar.pax([("mtime", "1700000000.5")])
+    tar.entry("nanoseconds", data: [1])
+    tar.pax([("mtime", "-86400")])
+    tar.entry("before-1970", data: [2])
+    tar.pax([("mtime", "\(Int64(1) << 33)")])  // more than 2^32 s after the epoch
+    tar.entry("far-future", data: [UInt8](repeating: 3, count: 5000))
+    tar.pax(owner(70_000, 5))
+    tar.entry("wide-uid", data: [4])
+    tar.pax(owner(5, 70_000))
+    tar.entry("wide-gid/", type: 0x35, mode: 0o755)
+    tar.entry("plain", data: [UInt8](repeating: 5, count: 5000))
+    tar.entry("plain-dir/", type: 0x35, mode: 0o700)
+    tar.entry("plain-dir/link", type: 0x31, link: "plain")
+    try check(tar, "mixed")
+  }
+
+  /// A stub's record is 96 bytes with compact inodes (the inode, its redirect, the shared
+  /// metacopy) against 128 with extended ones (160 with its metacopy inline).
+  @Test func stubsAreSmall() throws {
+    var tar = TarWriter()
+    for i in 0..<2000 { tar.entry("d/file-\(i)", data: Array("contents of file \(i) ".utf8) + [UInt8](repeating: 7, count: 600)) }
+    let compact = try check(tar, "stubs")
+    let extended = try Data(contentsOf: URL(fileURLWithPath: root + "/stubs-extended.erofs")).count
+    let names = 2000 * (12 + 10)
+    #expect(compact <= 2048 + 2000 * 96 + names + 3 * 4096, "compact: \(compact) bytes")
+    #expect(extended > 2000 * 128, "extended: \(extended) bytes")
+  }
+
+  /// Inodes lie in the order a walk visits them (depth first, by name): their numbers
+  /// (the kernel's are their byte offsets / 32) grow along `find`'s order.
+  @Test func inodesInWalkOrder() throws {
+    var tar = TarWriter()
+    for d in ["b", "a", "c"] {
+      for i in 0..<50 { tar.entry("\(d)/sub\(i % 3)/f\(i)", data: [UInt8](repeating: 1, count: 600 + i)) }
+    }
+    try check(tar, "order")
+    let mnt = root + "/order-mnt"
+    try Sys.mount(source: root + "/order.erofs", target: mnt, type: "erofs", flags: UInt(MS_RDONLY), data: nil)
+    defer { try? Sys.unmount(mnt, flags: Int32(MNT_DETACH)) }
+    var inos: [UInt64] = []
+    func visit(_ path: String) throws {
+      let st = try Sys.lstat(path)
+      inos.append(UInt64(st.st_ino))
+      if st.st_mode & S_IFMT == S_IFDIR {
+        for name in try FileManager.default.contentsOfDirectory(atPath: path).sorted() { try visit(path + "/" + name) }
+      }
+    }
+    try visit(mnt)
+    #expect(inos.count == 1 + 3 + 9 + 150)
+    #expect(inos == inos.sorted(), "inode numbers along a depth-first walk: \(inos.prefix(20))")
   }
 }
