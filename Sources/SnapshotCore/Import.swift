@@ -275,6 +275,13 @@ public final class LayerImporter: StorePart, Sendable {
       }
       let failures = staged.values.compactMap { if case .failure(let e) = $0 { e } else { nil } }
       if let first = failures.first { throw first }
+      // Every layer not present staged with its files written: one transaction for all.
+      let ready = staged.compactMapValues { if case .success(let s) = $0, s.written != nil { s } else { nil } }
+      if !ready.isEmpty && ready.count == missing.count && missing.count == layers.indices.filter({ !present[$0] }).count {
+        uncommitted = []  // commitChain's own: committed, or removed when it fails
+        for i in layers.indices where present[i] { progress?.layerDone() }
+        return try commitChain(chain, staged: ready)
+      }
       // Commit in order; each layer's chainID snapshot on top of the previous one.
       var parent: String?
       for (i, l) in layers.enumerated() {
@@ -347,7 +354,8 @@ public final class LayerImporter: StorePart, Sendable {
 
   /// Writes a staged layer's files under `l/`: its EROFS image, or its directory of stubs
   /// where the kernel has no EROFS; durable when this returns, with the objects the read
-  /// made (one `syncfs`, which the image's writing overlaps). Returns the path.
+  /// made (one `syncfs`, which the image's writing overlaps). Returns the path. (The sync is
+  /// not in the commit's transaction: a busy disk would hold the store's writer that long.)
   private func write(_ tree: LayerTree) throws(SnapshotError) -> String {
     let staging = layout.layers + "/new-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
     do {
@@ -419,6 +427,58 @@ public final class LayerImporter: StorePart, Sendable {
     } catch {
       if let installed { try? images.remove(installed) }
       try? Tree.remove(staging)
+      throw SnapshotError(error)
+    }
+  }
+
+  /// Commits an image's staged layers (`staged`, by index in `chain`; the others' snapshots
+  /// exist) in one transaction, each as `commitLayer` commits it (layer row, files in
+  /// place, references, the chainID's snapshot), with one fsync of `l/` and one of the
+  /// database for them all. Only for layers whose files are written, durable (`write`: no
+  /// implicit directories to decide on the chain). Returns the top chainID.
+  private func commitChain(_ chain: [Digest], staged: [Int: StagedLayer]) throws(SnapshotError) -> String {
+    let layout = self.layout
+    let images = store.images
+    var installed: [Int64] = []
+    var leftover: [String] = []  // the files of layers another import committed first
+    do {
+      let top = try write { db -> String in
+        var parent: String?
+        for (i, link) in chain.enumerated() {
+          let chainID = link.description
+          if let s = staged[i], let staging = s.written {
+            var layerID = try Metadata.layer(db, diffID: s.unpacked.diffID.description)
+            if layerID == nil {
+              let id = try Metadata.insertLayer(
+                db, diffID: s.unpacked.diffID.description, digest: s.unpacked.digest.description, size: s.unpacked.fileBytes,
+                entries: s.unpacked.entries, implicitDirectories: [], now: Clock.nowNanos())
+              installed.append(id)
+              if staging.hasSuffix(LayerImages.suffix) {
+                try images.install(staged: staging, id: id)
+              } else {
+                try Sys.rename(staging, layout.layer(id))
+              }
+              try Metadata.addRefs(db, tree: Layout.tree(layer: id), s.unpacked.objects)
+              layerID = id
+            } else {
+              leftover.append(staging)
+            }
+            if try Metadata.find(db, key: chainID) == nil {
+              try insertLayerSnapshot(
+                db, chainID: chainID, parent: parent, layer: layerID!, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
+            }
+          }
+          parent = chainID
+        }
+        if !installed.isEmpty { try Sys.fsyncDirectory(layout.layers) }
+        return parent!
+      }
+      for path in leftover { jobs.submit(.removeTree(path)) }
+      if staged.values.contains(where: { !$0.unpacked.dropped.isEmpty }) { scheduleCollect(sweep: true) }
+      return top
+    } catch {
+      for id in installed { try? images.remove(id) }
+      for s in staged.values { if let written = s.written { try? Tree.remove(written) } }
       throw SnapshotError(error)
     }
   }
