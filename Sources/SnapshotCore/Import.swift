@@ -475,6 +475,7 @@ public final class LayerImporter: StorePart, Sendable {
       }
       for path in leftover { jobs.submit(.removeTree(path)) }
       if staged.values.contains(where: { !$0.unpacked.dropped.isEmpty }) { scheduleCollect(sweep: true) }
+      logger.info("image layers committed in one transaction", metadata: ["top": "\(top)", "layers": "\(installed.count)"])
       return top
     } catch {
       for id in installed { try? images.remove(id) }

@@ -50,8 +50,9 @@ struct LayerImages: Sendable {
   }
 
   /// How images can be mounted here: file-backed EROFS (Linux 6.12+ with
-  /// CONFIG_EROFS_FS_BACKED_BY_FILE) with compact inodes (6.15+), or extended ones only, or
-  /// not at all. Tried with an image of one entry, whose mtime must read back.
+  /// CONFIG_EROFS_FS_BACKED_BY_FILE) with compact inodes (6.15+: their own mtimes read
+  /// back), or extended ones only, or not at all. Tried with an image of two files of
+  /// different mtimes.
   static func probe(_ layout: Layout) -> (available: Bool, compact: Bool, reason: String) {
     let dir = layout.temporary + "/" + Sys.temporaryName("erofs-probe")
     defer {
@@ -64,22 +65,36 @@ struct LayerImages: Sendable {
         try Sys.mkdirAll(dir + "/m", mode: 0o755)
         let image = dir + "/probe\(compact)" + suffix
         let tree = LayerTree(owner: (0, 0), now: Sys.now())
-        let mtime = timespec(tv_sec: 1_000_000_000, tv_nsec: 0)
-        let file = try tree.node(S_IFREG, FileMeta(mode: 0o644, uid: 0, gid: 0, mtime: mtime, atime: mtime, xattrs: []))
-        try tree.place(file, Array("f".utf8), in: tree.root) { _ in }
+        let mtimes = [1_000_000_000, 1_000_086_400]
+        for (i, seconds) in mtimes.enumerated() {
+          let mtime = timespec(tv_sec: seconds, tv_nsec: 0)
+          let file = try tree.node(S_IFREG, FileMeta(mode: 0o644, uid: 0, gid: 0, mtime: mtime, atime: mtime, xattrs: []))
+          try tree.place(file, Array("f\(i)".utf8), in: tree.root) { _ in }
+        }
         try write(tree, to: image, compact: compact)
         try Sys.mount(source: image, target: dir + "/m", type: "erofs", flags: UInt(MS_RDONLY), data: nil)
         defer { _ = try? Sys.unmount(dir + "/m", flags: Int32(MNT_DETACH)) }
-        guard try Sys.lstat(dir + "/m/f").st_mtim.tv_sec == mtime.tv_sec else {
-          failure = "an image's mtime did not read back"
+        let read = try mtimes.indices.map { i throws(SystemError) in try Sys.lstat(dir + "/m/f\(i)").st_mtim.tv_sec }
+        guard read == mtimes else {
+          failure = "mtimes \(mtimes) read back as \(read)"
           continue
         }
-        return (true, compact, "file-backed EROFS mounts work" + (compact ? "" : " (extended inodes: no 48-bit layout)"))
+        return (true, compact, "file-backed EROFS mounts work" + (compact ? "" : " (extended inodes only: \(failure))"))
       } catch {
         failure = "\(error)"
       }
     }
     return (false, false, "file-backed EROFS cannot be mounted (\(failure)): layers are directories of stubs")
+  }
+
+  /// The store's images with compact inodes (`ErofsImage.compactMark`): their mtimes read
+  /// wrong on a kernel whose probe says `compact` false (before 6.15).
+  static func compactImages(_ layout: Layout) -> [String] {
+    var images = ((try? Sys.listDirectory(layout.layers)) ?? []).filter { $0.hasSuffix(suffix) }.map { layout.layers + "/" + $0 }
+    for name in (try? Sys.listDirectory(layout.snapshots)) ?? [] where Sys.exists(layout.snapshots + "/" + name + "/fs" + suffix) {
+      images.append(layout.snapshots + "/" + name + "/fs" + suffix)
+    }
+    return images.filter { (try? ErofsImage.hasCompactInodes($0)) == true }
   }
 
   func image(_ id: Int64) -> String { layout.layer(id) + Self.suffix }

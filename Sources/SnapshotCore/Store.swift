@@ -91,13 +91,23 @@ public final class Store: Sendable {
       throw .init(.unavailable, "metadata database \(layout.database) is unusable: \(error)")
     }
     jobs = BackgroundQueue(metrics: metrics, logger: logger)
+    var probed = (available: false, compact: false, reason: "")
+    if layerFormat != .directory { probed = LayerImages.probe(layout) }
     switch layerFormat {
     case .auto:
-      let (works, compact, reason) = LayerImages.probe(layout)
-      images = LayerImages(layout: layout, available: works, compact: compact)
-      logger.info("layer format", metadata: ["format": "\(works ? "erofs" : "directory")", "reason": "\(reason)"])
-    case .erofs, .directory:
-      images = LayerImages(layout: layout, available: layerFormat == .erofs)
+      images = LayerImages(layout: layout, available: probed.available, compact: probed.compact)
+      logger.info("layer format", metadata: ["format": "\(probed.available ? "erofs" : "directory")", "reason": "\(probed.reason)"])
+    case .erofs:
+      images = LayerImages(layout: layout, available: true, compact: probed.compact)
+    case .directory:
+      images = LayerImages(layout: layout, available: false, compact: false)
+    }
+    // Images written on a newer kernel show wrong mtimes here: refused, never served.
+    if layerFormat != .directory, !probed.compact, let image = LayerImages.compactImages(layout).first {
+      throw .init(
+        .unavailable,
+        "\(image) has compact inodes, whose mtimes this kernel cannot read (Linux 6.15+ can; \(probed.reason)): start snapshotd on that kernel"
+      )
     }
   }
 

@@ -17,9 +17,11 @@ import SnapshotSys
 ///   block boundary after its inode: a cold `find` or `tar` reads the image forwards.
 /// - Compact (32-byte) inodes where the entry's fields fit (owners and link counts under
 ///   65536, sizes under 4 GiB, an mtime of whole seconds within 2^32 s of the image's
-///   epoch), with the 48-bit layout flag (Linux 6.15+; older kernels read a compact inode's
-///   mtime as the epoch, and refuse the flag); else extended (64-byte) ones. `compact`
-///   false writes extended inodes only (kernels 6.12-6.14, and what fsck.erofs 1.5 reads).
+///   epoch); else extended (64-byte) ones. Linux 6.15+ reads a compact inode's own mtime
+///   (older kernels show the image's epoch: `LayerImages.probe` checks which, and the
+///   volume name `compactMark` says an image has them); `compact` false writes extended
+///   inodes only. (Not the 48-bit layout flag, which would keep older kernels out: 6.18
+///   calls it experimental and warns at every mount.)
 /// - Xattrs inline, with the kernel's short name prefixes; an overlayfs xattr that many
 ///   entries carry alike (a stub's empty metacopy) shared: 4 bytes per entry.
 /// - Directories, symlinks and small regular files kept inline (`LayerTree.inlineMax`):
@@ -37,7 +39,8 @@ public enum ErofsImage {
   static let superOffset = 1024
   static let magic: UInt32 = 0xE0F5_E1E2
   static let incompatChunkedFile: UInt32 = 0x4
-  static let incompat48Bit: UInt32 = 0x80
+  /// The volume name of an image with compact inodes (whose mtimes need Linux 6.15+).
+  public static let compactMark = Array("compact-mtimes".utf8)
   /// Where the first inode (the root) goes: after the superblock, nid 64.
   static let firstInode = 2048
   static let nullAddress: UInt32 = 0xFFFF_FFFF
@@ -73,7 +76,7 @@ public enum ErofsImage {
 
   /// Writes the image of `tree` to `fd` (an empty file) and returns its size. `fd` is not
   /// synced. `compact`: 32-byte inodes where an entry's fields fit them (the image then
-  /// needs Linux 6.15+, `compactInodesWork`); else extended inodes only.
+  /// needs Linux 6.15+, `LayerImages.probe`); else extended inodes only.
   @discardableResult
   public static func write(_ tree: LayerTree, to fd: Int32, what: String, buildTime: timespec, compact: Bool = true) throws -> Int {
     // Inodes in the order a walk visits them (find, tar, cp -a: depth first, by name), so a
@@ -223,11 +226,11 @@ public enum ErofsImage {
     superblock.append(le: blocks)  // blocks
     superblock.append(le: UInt32(0))  // meta_blkaddr
     superblock.append(le: UInt32(0))  // xattr_blkaddr: shared xattrs are in block 0
-    superblock += [UInt8](repeating: 0, count: 32)  // uuid, volume_name
-    var incompat: UInt32 = inodes.contains { $0.layout == .chunkBased } ? incompatChunkedFile : 0
-    // Kernels before the 48-bit layout (6.15) read a compact inode's mtime as the image's
-    // epoch: the flag makes them refuse the image instead.
-    if anyCompact { incompat |= incompat48Bit }
+    superblock += [UInt8](repeating: 0, count: 16)  // uuid
+    var volume = anyCompact ? compactMark : []
+    volume += [UInt8](repeating: 0, count: 16 - volume.count)
+    superblock += volume  // volume_name
+    let incompat: UInt32 = inodes.contains { $0.layout == .chunkBased } ? incompatChunkedFile : 0
     superblock.append(le: incompat)
     superblock += [UInt8](repeating: 0, count: 128 - superblock.count)
     try out.pad(to: superOffset)
@@ -251,6 +254,17 @@ public enum ErofsImage {
     try out.pad(to: Int(blocks) * blockSize)
     try out.flush()
     return Int(blocks) * blockSize
+  }
+
+  /// Whether the image at `path` has compact inodes (its volume name is `compactMark`).
+  public static func hasCompactInodes(_ path: String) throws(SystemError) -> Bool {
+    let fd = try At.openFile(path)
+    defer { At.close(fd) }
+    var name = [UInt8](repeating: 0, count: 16)
+    let n = try name.withUnsafeMutableBytes { b in
+      Result { () throws(SystemError) in try At.read(fd, path, into: b, at: Int64(superOffset + 64)) }
+    }.get()
+    return n == 16 && Array(name[..<compactMark.count]) == compactMark && name[compactMark.count...].allSatisfy { $0 == 0 }
   }
 
   /// An inode's record: the inode, its xattrs, then its chunk map or inline data.
@@ -324,9 +338,11 @@ public enum ErofsImage {
     var ids: [XattrKey: UInt32] = [:]
     let start = superOffset + 128
     for (key, _) in candidates {
-      guard let (index, suffix) = prefix(of: key.name) else { continue }
+      guard let (index, suffix) = prefix(of: key.name), start + area.count + 4 + suffix.count + key.value.count <= firstInode else {
+        continue
+      }
       let entry = xattrEntry(index, suffix, key.value)
-      guard start + area.count + entry.count <= firstInode else { break }
+      guard start + area.count + entry.count <= firstInode else { continue }
       ids[key] = UInt32((start + area.count) / 4)
       area += entry
     }

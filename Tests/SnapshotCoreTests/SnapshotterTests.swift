@@ -1,5 +1,6 @@
 import SnapshotSys
 import Testing
+import Unpack
 
 @testable import SnapshotCore
 
@@ -152,6 +153,26 @@ struct SnapshotterTests {
     try Tree.remove(other.path + "/root")
     _ = try tmp.open()
     #expect(Sys.readLink(layout.alias) == layout.root)
+  }
+
+  /// Images with compact inodes are marked, and found at start (where a kernel before 6.15
+  /// would show their mtimes wrong, the store refuses them): in l/ and in s/<id>/.
+  @Test func compactImagesAreFound() throws {
+    let tmp = TempRoot()
+    let layout = Layout(root: tmp.path + "/root", aliasBase: tmp.aliasBase)
+    try Sys.mkdirAll(layout.layers, mode: 0o700)
+    try Sys.mkdirAll(layout.snapshots + "/5", mode: 0o700)
+    func tree() throws -> LayerTree {
+      let tree = LayerTree(owner: (0, 0), now: Sys.now())
+      let mtime = timespec(tv_sec: 1_000_000_000, tv_nsec: 0)
+      let file = try tree.node(S_IFREG, FileMeta(mode: 0o644, uid: 0, gid: 0, mtime: mtime, atime: mtime, xattrs: []))
+      try tree.place(file, Array("f".utf8), in: tree.root) { _ in }
+      return tree
+    }
+    try LayerImages(layout: layout, available: true, compact: true).write(try tree(), to: layout.layers + "/1.erofs")
+    try LayerImages(layout: layout, available: true, compact: false).write(try tree(), to: layout.layers + "/2.erofs")
+    try LayerImages(layout: layout, available: true, compact: true).write(try tree(), to: layout.snapshots + "/5/fs.erofs")
+    #expect(LayerImages.compactImages(layout).sorted() == [layout.layers + "/1.erofs", layout.snapshots + "/5/fs.erofs"])
   }
 
   @Test func everyTransactionIsFlushed() throws {
