@@ -277,7 +277,8 @@ public final class LayerImporter: StorePart, Sendable {
       if let first = failures.first { throw first }
       // Every layer not present staged with its files written: one transaction for all.
       let ready = staged.compactMapValues { if case .success(let s) = $0, s.written != nil { s } else { nil } }
-      if !ready.isEmpty && ready.count == missing.count && missing.count == layers.indices.filter({ !present[$0] }).count {
+      // (`known` layers, unpacked for another chain, take the per-layer path.)
+      if !ready.isEmpty && ready.count == missing.count && !layers.indices.contains(where: { !present[$0] && known[$0] }) {
         uncommitted = []  // commitChain's own: committed, or removed when it fails
         for i in layers.indices where present[i] { progress?.layerDone() }
         return try commitChain(chain, staged: ready)
@@ -397,25 +398,14 @@ public final class LayerImporter: StorePart, Sendable {
     do {
       let top = try write { db -> String in
         let chainID = Digest.chainID(parent: parent.flatMap(Digest.init), diffID: diffID).description
-        var layerID = try Metadata.layer(db, diffID: key)
-        if layerID == nil {
-          let id = try Metadata.insertLayer(
-            db, diffID: key, digest: s.unpacked.digest.description, size: s.unpacked.fileBytes, entries: s.unpacked.entries,
-            implicitDirectories: s.unpacked.implicitDirectories, now: Clock.nowNanos())
-          installed = id
-          // Mounted (an image) before the row commits: no snapshot can name the layer before.
-          if staging.hasSuffix(LayerImages.suffix) {
-            try images.install(staged: staging, id: id)
-          } else {
-            try Sys.rename(staging, layout.layer(id))
-          }
-          try Metadata.addRefs(db, tree: Layout.tree(layer: id), s.unpacked.objects)
+        let (layerID, new) = try insertLayer(db, key: key, s, staging: staging)
+        if new {
+          installed = layerID
           try Sys.fsyncDirectory(layout.layers)
-          layerID = id
         }
         if snapshots, try Metadata.find(db, key: chainID) == nil {
           try insertLayerSnapshot(
-            db, chainID: chainID, parent: parent, layer: layerID!, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
+            db, chainID: chainID, parent: parent, layer: layerID, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
         }
         return snapshots ? chainID : ""
       }
@@ -429,6 +419,24 @@ public final class LayerImporter: StorePart, Sendable {
       try? Tree.remove(staging)
       throw SnapshotError(error)
     }
+  }
+
+  /// In a write transaction: layer `key`'s row, its files (`staging`) put in place and its
+  /// object references, unless another import committed the layer first. Returns its id and
+  /// whether this call made it (the caller fsyncs `l/` before the transaction commits).
+  private func insertLayer(_ db: Database, key: String, _ s: StagedLayer, staging: String) throws -> (id: Int64, new: Bool) {
+    if let id = try Metadata.layer(db, diffID: key) { return (id, false) }
+    let id = try Metadata.insertLayer(
+      db, diffID: key, digest: s.unpacked.digest.description, size: s.unpacked.fileBytes, entries: s.unpacked.entries,
+      implicitDirectories: s.unpacked.implicitDirectories, now: Clock.nowNanos())
+    // Mounted (an image) before the row commits: no snapshot can name the layer before.
+    if staging.hasSuffix(LayerImages.suffix) {
+      try store.images.install(staged: staging, id: id)
+    } else {
+      try Sys.rename(staging, layout.layer(id))
+    }
+    try Metadata.addRefs(db, tree: Layout.tree(layer: id), s.unpacked.objects)
+    return (id, true)
   }
 
   /// Commits an image's staged layers (`staged`, by index in `chain`; the others' snapshots
@@ -447,25 +455,11 @@ public final class LayerImporter: StorePart, Sendable {
         for (i, link) in chain.enumerated() {
           let chainID = link.description
           if let s = staged[i], let staging = s.written {
-            var layerID = try Metadata.layer(db, diffID: s.unpacked.diffID.description)
-            if layerID == nil {
-              let id = try Metadata.insertLayer(
-                db, diffID: s.unpacked.diffID.description, digest: s.unpacked.digest.description, size: s.unpacked.fileBytes,
-                entries: s.unpacked.entries, implicitDirectories: [], now: Clock.nowNanos())
-              installed.append(id)
-              if staging.hasSuffix(LayerImages.suffix) {
-                try images.install(staged: staging, id: id)
-              } else {
-                try Sys.rename(staging, layout.layer(id))
-              }
-              try Metadata.addRefs(db, tree: Layout.tree(layer: id), s.unpacked.objects)
-              layerID = id
-            } else {
-              leftover.append(staging)
-            }
+            let (layerID, new) = try insertLayer(db, key: s.unpacked.diffID.description, s, staging: staging)
+            if new { installed.append(layerID) } else { leftover.append(staging) }
             if try Metadata.find(db, key: chainID) == nil {
               try insertLayerSnapshot(
-                db, chainID: chainID, parent: parent, layer: layerID!, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
+                db, chainID: chainID, parent: parent, layer: layerID, size: s.unpacked.fileBytes, inodes: Int64(s.unpacked.entries))
             }
           }
           parent = chainID

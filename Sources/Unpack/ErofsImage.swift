@@ -13,8 +13,8 @@ import SnapshotSys
 ///
 /// - 4 KiB blocks; the superblock at 1024, overlayfs's shared xattrs right after it; then
 ///   inode records from 2048 (nid = byte offset / 32) in the order a walk visits them
-///   (depth first, by name), each large directory's or symlink's data blocks at the next
-///   block boundary after its inode: a cold `find` or `tar` reads the image forwards.
+///   (depth first, by name), each large directory's or symlink's data blocks right after
+///   the block that holds its inode: a cold `find` or `tar` reads the image forwards.
 /// - Compact (32-byte) inodes where the entry's fields fit (owners and link counts under
 ///   65536, sizes under 4 GiB, an mtime of whole seconds within 2^32 s of the image's
 ///   epoch); else extended (64-byte) ones. Linux 6.15+ reads a compact inode's own mtime
@@ -98,11 +98,12 @@ public enum ErofsImage {
 
     // Xattrs: overlayfs's that many entries carry alike (a stub's empty metacopy) are
     // stored once, in the shared area right after the superblock; the rest inline.
-    let shared = sharedXattrs(inodes.map { $0.node.storedXattrs })
+    let stored = inodes.map(\.node.storedXattrs)
+    let shared = sharedXattrs(stored)
     // Sizes: xattrs, data, layouts.
     for i in inodes.indices {
       let node = inodes[i].node
-      inodes[i].xattrs = try xattrBody(node.storedXattrs, shared: shared.ids, what: what)
+      inodes[i].xattrs = try xattrBody(stored[i], shared: shared.ids, what: what)
       switch node.type {
       case S_IFDIR:
         inodes[i].nlink = 2 + UInt32(node.children.values.filter(\.isDirectory).count)
@@ -164,7 +165,7 @@ public enum ErofsImage {
       }
     }
     // Place the records in order, none of up to a block crossing one; data blocks (large
-    // directories, long symlink targets) go at the next block boundary after their inode.
+    // directories, long symlink targets) go right after the block that holds their inode.
     var offset = firstInode
     var pending: [Int] = []
     func placePending() {
