@@ -50,22 +50,26 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible {
 /// the tar stream and the files in it so.
 public struct Hasher {
   private var accelerated: Sha256Blocks?
-  private var portable: SHA256
+  private var portable: SHA256?  // only where `accelerated` is nil
 
   /// Whether this CPU has the SHA extensions.
   public static let acceleratedHere = csha256_accelerated() != 0
 
-  /// `accelerated` false uses swift-crypto's whatever the CPU (for tests).
+  /// `accelerated` false uses swift-crypto's whatever the CPU (for tests); true uses the
+  /// extensions where this CPU has them.
   public init(accelerated: Bool = Hasher.acceleratedHere) {
-    self.accelerated = accelerated ? Sha256Blocks() : nil
-    portable = SHA256()
+    if accelerated && Self.acceleratedHere {
+      self.accelerated = Sha256Blocks()
+    } else {
+      portable = SHA256()
+    }
   }
 
   public mutating func update(_ buffer: UnsafeRawBufferPointer) {
     if accelerated != nil {
       accelerated!.update(buffer)
     } else {
-      portable.update(bufferPointer: buffer)
+      portable!.update(bufferPointer: buffer)
     }
   }
 
@@ -95,7 +99,7 @@ public struct Hasher {
   /// The raw 32 bytes.
   func finalizeBytes() -> [UInt8] {
     if let accelerated { return accelerated.finalize() }
-    return Array(portable.finalize())
+    return Array(portable!.finalize())
   }
 
   private static let zeros = [UInt8](repeating: 0, count: 65_536)
@@ -188,7 +192,7 @@ struct Sha256Blocks {
     out.reserveCapacity(32)
     withUnsafeBytes(of: &copy.h) { words in
       for w in words.bindMemory(to: UInt32.self) {
-        out += [UInt8(w >> 24), UInt8(truncatingIfNeeded: w >> 16), UInt8(truncatingIfNeeded: w >> 8), UInt8(truncatingIfNeeded: w)]
+        for shift in [24, 16, 8, 0] as [UInt32] { out.append(UInt8(truncatingIfNeeded: w >> shift)) }
       }
     }
     return out
